@@ -1,0 +1,75 @@
+# zeroinit.bootstrap — set-up, demo and tests. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+COLLECTIONS := $(VENV)/collections
+SANITY_ROOT ?= $(VENV)/ansible-test/ansible_collections/zeroinit/bootstrap
+PYTEST_ARGS ?=
+
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_HOST_PATTERN_MISMATCH := ignore
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv system-deps demo test unit integration molecule lint sanity bench clean
+
+## Set-up: a virtualenv from PyPI, this checkout linked in as the collection zeroinit.bootstrap,
+## and the node agent as .venv/bin/zeroinit-agent.
+venv: $(VENV)/.ready
+
+$(VENV)/.ready: requirements.txt tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	mkdir -p $(COLLECTIONS)/ansible_collections/zeroinit
+	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/zeroinit/bootstrap
+	echo "$(COLLECTIONS)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zeroinit_bootstrap.pth"
+	printf '#!%s\nimport sys\nfrom ansible_collections.zeroinit.bootstrap.plugins.module_utils.agent import main\nsys.exit(main())\n' \
+		"$(BIN)/python" > $(BIN)/zeroinit-agent
+	chmod 0755 $(BIN)/zeroinit-agent
+	touch $@
+
+## System packages named in bindep.txt (sshd, ip), installed with apt-get when missing.
+system-deps:
+	@missing=$$(sed -e 's/#.*//' -e '/^\s*$$/d' bindep.txt | awk '{print $$1}' | while read -r p; do \
+		dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+## The demo: an embedded nats-server on loopback, a local fleet in provisioning mode, the provisioning playbook.
+demo: venv
+	$(BIN)/python demo/run_demo.py
+
+## Every test and lint. CI runs this.
+test: venv system-deps unit integration molecule lint sanity
+
+unit: venv
+	$(BIN)/pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+integration: venv system-deps
+	$(BIN)/pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+molecule: venv system-deps
+	$(BIN)/molecule test --all
+
+lint: venv
+	$(BIN)/ansible-lint --offline --profile production
+
+## ansible-test needs the collection under ansible_collections/NS/NAME and a get-pip it can run offline.
+sanity: venv
+	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -C $(SANITY_ROOT) -xf -
+	mkdir -p $(HOME)/.ansible/test/cache
+	$(BIN)/python tests/sanity/offline_get_pip.py $(HOME)/.ansible/test/cache
+	cd $(SANITY_ROOT) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no
+
+## Benchmarks print figures; they are not part of `make test`.
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .ansible tests/output

@@ -1,0 +1,257 @@
+# -*- coding: utf-8 -*-
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""The controller's side of the provisioning network: an asyncio Choria RPC client over nats-py.
+
+One subscription to ``<collective>.reply.<md5(callerid)>.>`` carries every reply; replies are routed to the
+waiting request by request id, so thousands of requests can be in flight on one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import traceback
+from typing import Any, Awaitable, Callable
+
+from .protocol import (
+    DEFAULT_TTL,
+    DISCOVERY_PING,
+    PROVISIONING_COLLECTIVE,
+    ProtocolError,
+    Reply,
+    Request,
+    StatusCode,
+    broadcast_subject,
+    caller_id,
+    decode_reply,
+    empty_filter,
+    encode_request,
+    identity_filter,
+    new_request_id,
+    node_subject,
+    reply_inbox_prefix,
+    reply_subject,
+)
+
+try:
+    import nats
+    from nats.errors import Error as NatsError
+
+    HAS_NATS = True
+    NATS_IMPORT_ERROR = None
+except ImportError:  # pragma: no cover - reported by the caller with missing_required_lib
+    HAS_NATS = False
+    NATS_IMPORT_ERROR = traceback.format_exc()
+    NatsError = Exception
+
+
+class RpcError(RuntimeError):
+    """A request that could not be completed; ``step`` names what was being done."""
+
+    def __init__(self, message: str, identity: str = "", step: str = ""):
+        super().__init__(message)
+        self.identity = identity
+        self.step = step
+
+
+class RpcTimeout(RpcError):
+    pass
+
+
+def tls_context(ca: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext | None:
+    """A client TLS context: verify the broker against ``ca``; present ``cert``/``key`` when given."""
+    if not (ca or cert):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def connect(brokers: list[str], name: str, tls: ssl.SSLContext | None = None,
+                  connect_timeout: float = 5.0, reconnect: bool = True, **kwargs: Any):
+    """A nats-py connection with settings suited to a provisioning network."""
+    if not HAS_NATS:
+        raise RpcError("the Python library nats-py is required: %s" % NATS_IMPORT_ERROR)
+    options: dict = dict(servers=list(brokers), name=name, connect_timeout=connect_timeout,
+                         allow_reconnect=reconnect, max_reconnect_attempts=-1 if reconnect else 0,
+                         reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024)
+    if tls is not None:
+        options["tls"] = tls
+        if brokers and "://" in brokers[0]:
+            options["tls_hostname"] = brokers[0].split("://", 1)[1].rsplit(":", 1)[0]
+
+    async def _quiet(_exc):  # reconnects are normal on a provisioning network; don't spam stderr
+        return None
+
+    options.setdefault("error_cb", _quiet)
+    options.update(kwargs)
+    try:
+        return await nats.connect(**options)
+    except (NatsError, OSError, asyncio.TimeoutError) as exc:
+        raise RpcError("could not connect to %s: %s" % (", ".join(brokers), exc or type(exc).__name__)) from None
+
+
+class RpcClient:
+    """Send Choria requests and collect replies.
+
+    ``async with RpcClient(["nats://127.0.0.1:4222"]) as client:`` then ``await client.discover()``,
+    ``await client.call(identity, agent, action, data)`` or ``await client.request(...)`` for many nodes.
+    """
+
+    def __init__(self, brokers: list[str], callerid: str = "zeroinit", collective: str = PROVISIONING_COLLECTIVE,
+                 tls: ssl.SSLContext | None = None, ttl: int = DEFAULT_TTL, connection=None):
+        self.brokers = list(brokers)
+        self.callerid = caller_id(callerid)
+        self.collective = collective
+        self.tls = tls
+        self.ttl = ttl
+        self.nc = connection
+        self._own_connection = connection is None
+        self._waiters: dict[str, Callable[[Reply], None]] = {}
+        self._sub = None
+        self.undecodable = 0
+
+    async def __aenter__(self) -> "RpcClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        if self.nc is None:
+            self.nc = await connect(self.brokers, name=self.callerid, tls=self.tls)
+        prefix = reply_inbox_prefix(self.callerid, self.collective)
+        self._sub = await self.nc.subscribe(prefix + ".>", cb=self._on_reply)
+        await self.nc.flush()
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except NatsError:
+                pass
+            self._sub = None
+        if self.nc is not None and self._own_connection:
+            try:
+                await self.nc.drain()
+            except (NatsError, asyncio.TimeoutError):
+                await self.nc.close()
+        self.nc = None
+
+    async def _on_reply(self, msg) -> None:
+        try:
+            reply = decode_reply(msg.data)
+        except ProtocolError:
+            self.undecodable += 1
+            return
+        waiter = self._waiters.get(reply.requestid)
+        if waiter is not None:
+            waiter(reply)
+
+    def new_request(self, agent: str, body: Any, identities: list[str] | None = None) -> Request:
+        requestid = new_request_id()
+        return Request(agent=agent, body=body, callerid=self.callerid, senderid=self.callerid.split("=", 1)[-1],
+                       collective=self.collective, requestid=requestid, ttl=self.ttl,
+                       filter=identity_filter(identities) if identities else empty_filter(),
+                       reply_to=reply_subject(self.callerid, requestid, self.collective))
+
+    async def publish_request(self, req: Request, identities: list[str] | None = None) -> None:
+        """Node-directed when ``identities`` are given (one publish each), else broadcast to the agent."""
+        payload = encode_request(req)
+        if identities:
+            for identity in identities:
+                await self.nc.publish(node_subject(identity, self.collective), payload)
+        else:
+            await self.nc.publish(broadcast_subject(req.agent, self.collective), payload)
+
+    async def request(self, agent: str, body: Any, identities: list[str] | None = None, timeout: float = 10.0,
+                      expect: int | None = None,
+                      on_reply: Callable[[Reply], Awaitable[None] | None] | None = None) -> list[Reply]:
+        """Send one request and gather replies until ``timeout`` or until ``expect`` replies have come."""
+        req = self.new_request(agent, body, identities)
+        replies: list[Reply] = []
+        done = asyncio.get_running_loop().create_future()
+        wanted = expect if expect is not None else (len(identities) if identities else None)
+
+        def collect(reply: Reply) -> None:
+            replies.append(reply)
+            if on_reply is not None:
+                result = on_reply(reply)
+                if asyncio.iscoroutine(result):
+                    asyncio.ensure_future(result)
+            if wanted is not None and len(replies) >= wanted and not done.done():
+                done.set_result(None)
+
+        self._waiters[req.requestid] = collect
+        try:
+            await self.publish_request(req, identities)
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            self._waiters.pop(req.requestid, None)
+        return replies
+
+    async def call(self, identity: str, agent: str, action: str, data: dict | None = None,
+                   timeout: float = 10.0, retries: int = 0, step: str = "") -> Reply:
+        """One RPC to one node; retried with backoff on timeout. Raises RpcTimeout naming the step."""
+        step = step or "%s#%s" % (agent, action)
+        delay = 0.5
+        for attempt in range(retries + 1):
+            replies = await self.request(agent, {"agent": agent, "action": action, "data": data or {}},
+                                         identities=[identity], timeout=timeout, expect=1)
+            for reply in replies:
+                if reply.senderid == identity:
+                    return reply
+            if attempt < retries:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise RpcTimeout("%s: no reply from %s within %.1fs (%d attempt%s)"
+                         % (step, identity, timeout, retries + 1, "" if retries == 0 else "s"),
+                         identity=identity, step=step)
+
+    async def discover(self, timeout: float = 2.0, expect: int | None = None,
+                       flt: dict | None = None) -> list[str]:
+        """Broadcast discovery: every node that answers ``ping`` with ``pong``; sorted identities."""
+        req = self.new_request("discovery", DISCOVERY_PING)
+        if flt:
+            req.filter = flt
+        seen: set[str] = set()
+        done = asyncio.get_running_loop().create_future()
+
+        def collect(reply: Reply) -> None:
+            seen.add(reply.senderid)
+            if expect is not None and len(seen) >= expect and not done.done():
+                done.set_result(None)
+
+        self._waiters[req.requestid] = collect
+        try:
+            await self.publish_request(req)
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            self._waiters.pop(req.requestid, None)
+        return sorted(seen)
+
+
+def reply_error(reply: Reply, step: str) -> str:
+    """A human sentence for a failed mcorpc reply."""
+    return "%s refused by %s: %s (statuscode %d %s)" % (
+        step, reply.senderid, reply.statusmsg or "no message", reply.statuscode,
+        StatusCode.NAMES.get(reply.statuscode, "?"))
+
+
+def run(coro):
+    """Run a coroutine to completion from synchronous code (modules, inventory plugin)."""
+    return asyncio.run(coro)
+
+
+def monotonic_ms(start: float) -> float:
+    return round((time.monotonic() - start) * 1000.0, 1)
