@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 COLLECTIONS := $(VENV)/collections
-SANITY_ROOT ?= $(VENV)/ansible-test/ansible_collections/zeroinit/bootstrap
+SANITY_ROOT ?= $(or $(TMPDIR),/tmp)/zeroinit-sanity/ansible_collections/zeroinit/bootstrap
 PYTEST_ARGS ?=
 
 export PATH := $(BIN):$(PATH)

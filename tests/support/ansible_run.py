@@ -58,8 +58,8 @@ class PlayResult:
     def result(self, task_name: str, host: str = "localhost") -> dict:
         """The result of the last task called ``task_name`` on ``host``."""
         matches = [t["hosts"][host] for t in self.tasks(task_name) if host in t.get("hosts", {})]
-        assert matches, "no task %r ran on %s; rc=%d\n%s\n%s" % (task_name, host, self.rc, self.stdout[-3000:],
-                                                                  self.stderr[-3000:])
+        assert matches, "no task %r ran on %s; rc=%d\n%s\n%s" % (
+            task_name, host, self.rc, self.stdout[-3000:], self.stderr[-3000:])
         return matches[-1]
 
     @property
@@ -112,7 +112,7 @@ def run_playbook(playbook: str | os.PathLike, inventory: str | os.PathLike | Non
     if limit:
         argv += ["--limit", limit]
     argv += args or []
-    proc = subprocess.run(argv, cwd=str(ROOT), env=ansible_env(env), stdout=subprocess.PIPE,
+    proc = subprocess.run(argv, cwd=str(ROOT), env=ansible_env(env), stdout=subprocess.PIPE, check=False,
                           stderr=subprocess.PIPE, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return PlayResult(proc.returncode, proc.stdout, proc.stderr, _parse(proc.stdout))
 
