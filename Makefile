@@ -69,7 +69,7 @@ sanity: venv
 
 ## Benchmarks print figures; they are not part of `make test`.
 bench: venv
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .ansible tests/output
