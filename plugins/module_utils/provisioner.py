@@ -134,22 +134,28 @@ class PolicySigner:
         except ImportError as exc:
             raise ProvisionError("the built-in signer is unavailable: %s" % exc) from None
         self.pki = pki
-        self.valid_days = settings.get("valid_days")
-        self.profile = settings.get("profile")
+        self.valid_days = settings.get("valid_days") or pki.DEFAULT_VALID_DAYS
+        self.profile = settings.get("profile") or "both"
         self.base = dict(base_configuration or {})
+        self.ca_created = False
+        policy_args = {"allowed_sans": settings.get("allowed_sans"), "deny": settings.get("deny"),
+                       "key_types": settings.get("allowed_key_types"), "min_rsa_bits": settings.get("min_rsa_bits"),
+                       "ec_curves": settings.get("ec_curves"), "max_valid_days": settings.get("max_valid_days")}
         try:
-            self.ca, self.ca_created = pki.CertificateAuthority.load_or_create(
-                settings["ca_cert"], settings["ca_key"], passphrase=settings.get("ca_passphrase"),
-                create=bool(settings.get("create_ca", False)))
-            policy = pki.CsrPolicy(
-                allowed_sans=settings.get("allowed_sans"), deny=settings.get("deny"),
-                key_types=settings.get("allowed_key_types"), min_rsa_bits=settings.get("min_rsa_bits"),
-                ec_curves=settings.get("ec_curves"), max_valid_days=settings.get("max_valid_days"))
+            if settings.get("create_ca"):
+                extra = {"common_name": settings["ca_common_name"]} if settings.get("ca_common_name") else {}
+                self.ca, self.ca_created = pki.CertificateAuthority.load_or_create(
+                    settings["ca_cert"], settings["ca_key"], passphrase=settings.get("ca_passphrase"), **extra)
+            else:
+                self.ca = pki.CertificateAuthority.load(settings["ca_cert"], settings["ca_key"],
+                                                        passphrase=settings.get("ca_passphrase"))
+            policy = pki.CsrPolicy(**{k: v for k, v in policy_args.items() if v is not None})
             self.signer = pki.Signer(self.ca, policy)
         except KeyError as exc:
             raise ProvisionError("signer: option %s is required" % exc) from None
-        except (pki.PkiError, pki.PolicyError, OSError, ValueError, TypeError) as exc:
+        except (pki.PkiError, OSError, ValueError, TypeError) as exc:
             raise ProvisionError("signer: %s" % exc) from None
+        self.warnings = list(getattr(self.ca, "warnings", []) or [])
 
     def decide(self, identity: str, csr: dict) -> Decision:
         try:
@@ -352,6 +358,8 @@ class ChoriaProvisioner:
         if self.helper_argv is not None:
             self._helper_slots = asyncio.Semaphore(self.s.helper_concurrency or max(2, min(self.s.workers,
                                                                                            4 * (os.cpu_count() or 1))))
+        if self.signer is not None:
+            self.warnings.extend(getattr(self.signer, "warnings", []))
         self._queue = asyncio.Queue()
         self._expect_met = asyncio.Event()
         self.client = self._client()

@@ -1,0 +1,421 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: choria_provision
+short_description: Provision nodes over a Choria provisioning network (one action, or many nodes at once)
+description:
+  - Talks Choria protocol v1 (insecure provisioning mode) to node agents in the C(provisioning) collective.
+  - O(action=provision) runs, for every discovered node, C(rpcutil#inventory), C(gencsr) (the private key is
+    made on the node and never leaves it), a decision by a O(helper) program (Choria's helper contract) or by
+    the built-in O(signer), then C(configure) and C(restart). Nodes are processed concurrently; one node's
+    failure never stops the others.
+  - The other actions send one request to one node (O(identity)) and return the agent's reply data.
+  - A provisioned node leaves provisioning mode, so a second run finds nothing to do and reports no change.
+author:
+  - zeroinit.bootstrap contributors
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Only read-only requests are sent (discovery, C(rpcutil#inventory), C(rpcutil#ping)); nodes that
+        would be provisioned are listed under RV(would_provision). No C(gencsr) is sent, as it writes a key.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+  idempotent:
+    support: full
+    details:
+      - Configured nodes no longer answer in the provisioning collective, so a second run changes nothing.
+options:
+  action:
+    description:
+      - V(provision) provisions many nodes; the others act on the single node O(identity).
+      - V(reprovision) must be sent in the node's configured collective on its configured broker
+        (set O(brokers) and O(collective) accordingly).
+    type: str
+    default: provision
+    choices: [provision, inventory, gencsr, configure, restart, reprovision, shutdown]
+  identity:
+    description: The node for single-node actions.
+    type: str
+  identities:
+    description:
+      - Only these nodes (O(action=provision)). Default is every node that answers discovery.
+      - Listed nodes that do not answer are returned under RV(absent) (already provisioned, or down).
+    type: list
+    elements: str
+  brokers:
+    description: Broker URLs of the provisioning network, for example C(nats://10.0.0.1:4222).
+    type: list
+    elements: str
+    required: true
+  token:
+    description: The provisioning token the nodes were given.
+    type: str
+    default: ""
+  collective:
+    description: The collective to send requests in.
+    type: str
+    default: provisioning
+  callerid:
+    description: The caller id; a node locks itself to one caller during a provisioning round.
+    type: str
+    default: zeroinit-provisioner
+  timeout:
+    description: Seconds to wait for each reply.
+    type: float
+    default: 10
+  retries:
+    description: How often a request without a reply is sent again (with backoff) before the node is failed.
+    type: int
+    default: 2
+  workers:
+    description: Nodes provisioned concurrently.
+    type: int
+    default: 500
+  discovery_timeout:
+    description: Seconds to collect discovery replies (ends early once O(expect) or all O(identities) answered).
+    type: float
+    default: 2
+  wait:
+    description:
+      - Keep listening this many seconds for nodes that announce themselves (startup lifecycle events,
+        registration data) and rediscover periodically; new nodes are provisioned as they appear.
+    type: float
+    default: 0
+  expect:
+    description: Stop taking new nodes once this many are provisioned.
+    type: int
+  splay:
+    description: Seconds over which nodes spread their restart.
+    type: int
+    default: 0
+  helper:
+    description:
+      - A program deciding per node, with Choria's contract; a path with arguments as a list or a string.
+      - It reads C({"identity","csr","ed25519_pubkey","inventory","jwt"}) on stdin and prints
+        C({"defer","shutdown","msg","certificate","ca","ssldir","configuration"}).
+      - A helper that exits non-zero, prints nothing or invalid JSON, runs past O(helper_timeout), or returns
+        a configuration that does not set C(plugin.choria.server.provision=false) fails that node.
+      - Mutually exclusive with O(signer).
+    type: raw
+  helper_timeout:
+    description: Seconds a helper may run for one node before it is killed.
+    type: float
+    default: 10
+  helper_concurrency:
+    description: Helpers running at once (default four per CPU, at most O(workers)).
+    type: int
+    default: 0
+  signer:
+    description:
+      - The built-in policy signer (the same CA and policy options as M(zeroinit.bootstrap.pki_sign)).
+      - The CSR's CN must equal the node's identity and pass the policy before anything is signed.
+      - The configuration sent is O(configuration) with C(identity) set and C(plugin.choria.server.provision=false).
+    type: dict
+    suboptions:
+      ca_cert:
+        description: CA certificate (PEM file).
+        type: path
+        required: true
+      ca_key:
+        description: CA private key (PEM file).
+        type: path
+        required: true
+      ca_passphrase:
+        description: Passphrase of O(signer.ca_key).
+        type: str
+      create_ca:
+        description: Create the CA when O(signer.ca_cert) and O(signer.ca_key) do not exist.
+        type: bool
+        default: false
+      ca_common_name:
+        description: Common name of a CA made by O(signer.create_ca).
+        type: str
+      allowed_sans:
+        description: Regular expressions for subject alternative names beyond the identity (C({identity}) is replaced).
+        type: list
+        elements: str
+      deny:
+        description: Regular expressions of names never signed (added to the built-in deny list).
+        type: list
+        elements: str
+      allowed_key_types:
+        description: Key types accepted in CSRs.
+        type: list
+        elements: str
+      min_rsa_bits:
+        description: Smallest RSA key accepted.
+        type: int
+      ec_curves:
+        description: EC curves accepted.
+        type: list
+        elements: str
+      valid_days:
+        description: Validity of issued certificates.
+        type: int
+      max_valid_days:
+        description: Largest validity the policy allows.
+        type: int
+      profile:
+        description: Key usage profile of issued certificates.
+        type: str
+        choices: [server, client, both]
+  configuration:
+    description:
+      - Base configuration (Choria C(key=value) settings) merged under what the helper or signer returns.
+      - For O(action=configure) it is the configuration sent; it must set C(plugin.choria.server.provision=false).
+    type: dict
+    default: {}
+  certificate:
+    description: PEM certificate for O(action=configure).
+    type: str
+  ca:
+    description: PEM CA bundle for O(action=configure).
+    type: str
+  ssldir:
+    description: Directory on the node for O(action=configure) (default the node's own ssldir).
+    type: str
+  csr_subject:
+    description: Subject fields for C(gencsr) (C(C), C(L), C(O), C(OU), C(ST)); the CN is the identity.
+    type: dict
+    default: {}
+  key_type:
+    description: Key the node makes for its CSR.
+    type: str
+    default: ec
+    choices: [ec, rsa]
+  fail_on_node_error:
+    description: Fail the task when any node failed (O(action=provision)); the per-node outcome is returned either way.
+    type: bool
+    default: false
+  tls_ca:
+    description: CA file to verify the broker's TLS certificate.
+    type: path
+  tls_cert:
+    description: Client certificate for the broker.
+    type: path
+  tls_key:
+    description: Client key for the broker.
+    type: path
+requirements:
+  - nats-py
+  - cryptography (for O(signer))
+seealso:
+  - module: zeroinit.bootstrap.pki_sign
+"""
+
+EXAMPLES = r"""
+- name: Provision every node in provisioning mode with the built-in signer
+  zeroinit.bootstrap.choria_provision:
+    brokers: ["nats://10.0.0.1:4222"]
+    token: "{{ provisioning_token }}"
+    signer:
+      ca_cert: /etc/zeroinit/ca/ca.pem
+      ca_key: /etc/zeroinit/ca/ca.key
+    configuration:
+      plugin.choria.middleware_hosts: "nats://10.0.0.1:4223"
+      collectives: production
+      main_collective: production
+    wait: 30
+    expect: 100
+  register: run
+
+- name: Provision with a Choria helper program
+  zeroinit.bootstrap.choria_provision:
+    brokers: ["nats://10.0.0.1:4222"]
+    token: "{{ provisioning_token }}"
+    helper: [/usr/local/bin/provision-helper, --site, lab]
+
+- name: Ask one node for its inventory
+  zeroinit.bootstrap.choria_provision:
+    action: inventory
+    identity: node1.example.net
+    brokers: ["nats://10.0.0.1:4222"]
+"""
+
+RETURN = r"""
+provisioned:
+  description: Nodes configured and restarted.
+  returned: action=provision
+  type: list
+  elements: str
+deferred:
+  description: Nodes the helper deferred (left in provisioning mode), with its message.
+  returned: action=provision
+  type: dict
+failed:
+  description: Nodes that failed, with the step and reason.
+  returned: action=provision
+  type: dict
+shutdown:
+  description: Nodes the helper asked to shut down, with its message.
+  returned: action=provision
+  type: dict
+absent:
+  description: Listed O(identities) that did not answer discovery.
+  returned: action=provision
+  type: list
+  elements: str
+would_provision:
+  description: Nodes a real run would provision.
+  returned: check mode, action=provision
+  type: list
+  elements: str
+counts:
+  description: Numbers of nodes discovered, provisioned, deferred, failed and shut down.
+  returned: action=provision
+  type: dict
+  sample: {"discovered": 3, "provisioned": 3, "deferred": 0, "failed": 0, "shutdown": 0}
+timings:
+  description: Per step p50/p99 in ms, per node p50/p99, discovery and total seconds, nodes per second.
+  returned: action=provision
+  type: dict
+identity:
+  description: The node a single-node action went to.
+  returned: single-node actions
+  type: str
+data:
+  description: The agent's reply data (inventory facts; gencsr csr, public_key, ssldir; otherwise message).
+  returned: single-node actions
+  type: dict
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioner import (
+    ProvisionError,
+    ProvisionSettings,
+    provision,
+    run_action,
+)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import HAS_NATS, NATS_IMPORT_ERROR
+
+SIGNER_SPEC = dict(
+    ca_cert=dict(type="path", required=True),
+    ca_key=dict(type="path", required=True, no_log=False),
+    ca_passphrase=dict(type="str", no_log=True),
+    create_ca=dict(type="bool", default=False),
+    ca_common_name=dict(type="str"),
+    allowed_sans=dict(type="list", elements="str"),
+    deny=dict(type="list", elements="str"),
+    allowed_key_types=dict(type="list", elements="str", no_log=False),
+    min_rsa_bits=dict(type="int"),
+    ec_curves=dict(type="list", elements="str"),
+    valid_days=dict(type="int"),
+    max_valid_days=dict(type="int"),
+    profile=dict(type="str", choices=["server", "client", "both"]),
+)
+
+ARGUMENT_SPEC = dict(
+    action=dict(type="str", default="provision",
+                choices=["provision", "inventory", "gencsr", "configure", "restart", "reprovision", "shutdown"]),
+    identity=dict(type="str"),
+    identities=dict(type="list", elements="str"),
+    brokers=dict(type="list", elements="str", required=True),
+    token=dict(type="str", default="", no_log=True),
+    collective=dict(type="str", default="provisioning"),
+    callerid=dict(type="str", default="zeroinit-provisioner"),
+    timeout=dict(type="float", default=10),
+    retries=dict(type="int", default=2),
+    workers=dict(type="int", default=500),
+    discovery_timeout=dict(type="float", default=2),
+    wait=dict(type="float", default=0),
+    expect=dict(type="int"),
+    splay=dict(type="int", default=0),
+    helper=dict(type="raw"),
+    helper_timeout=dict(type="float", default=10),
+    helper_concurrency=dict(type="int", default=0),
+    signer=dict(type="dict", options=SIGNER_SPEC),
+    configuration=dict(type="dict", default={}),
+    certificate=dict(type="str"),
+    ca=dict(type="str"),
+    ssldir=dict(type="str"),
+    csr_subject=dict(type="dict", default={}),
+    key_type=dict(type="str", default="ec", choices=["ec", "rsa"]),
+    fail_on_node_error=dict(type="bool", default=False),
+    tls_ca=dict(type="path"),
+    tls_cert=dict(type="path"),
+    tls_key=dict(type="path", no_log=False),
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[("helper", "signer")],
+        required_if=[("action", "inventory", ("identity",)), ("action", "gencsr", ("identity",)),
+                     ("action", "configure", ("identity", "certificate", "ca")),
+                     ("action", "restart", ("identity",)), ("action", "reprovision", ("identity",)),
+                     ("action", "shutdown", ("identity",)),
+                     ("action", "provision", ("helper", "signer"), True)],
+        supports_check_mode=True,
+    )
+    if not HAS_NATS:
+        module.fail_json(msg=missing_required_lib("nats-py"), exception=NATS_IMPORT_ERROR)
+    p = module.params
+    for name in ("timeout", "helper_timeout", "discovery_timeout"):
+        if p[name] <= 0:
+            module.fail_json(msg="%s must be greater than 0, not %s" % (name, p[name]))
+    for name in ("workers",):
+        if p[name] < 1:
+            module.fail_json(msg="%s must be at least 1, not %s" % (name, p[name]))
+    for name in ("retries", "splay", "helper_concurrency"):
+        if p[name] < 0:
+            module.fail_json(msg="%s must not be negative, not %s" % (name, p[name]))
+    if p["expect"] is not None and p["expect"] < 1:
+        module.fail_json(msg="expect must be at least 1, not %s" % p["expect"])
+    bad = sorted(str(k) for k, v in p["configuration"].items() if isinstance(v, (dict, list)))
+    if bad:
+        module.fail_json(msg="configuration: values must be scalars (Choria key=value settings); not: %s"
+                         % ", ".join(bad))
+    configuration = {str(k): _setting(v) for k, v in p["configuration"].items()}
+    settings = ProvisionSettings(
+        brokers=p["brokers"], token=p["token"], collective=p["collective"], callerid=p["callerid"],
+        timeout=p["timeout"], retries=p["retries"], workers=p["workers"], wait=p["wait"], expect=p["expect"],
+        discovery_timeout=p["discovery_timeout"], splay=p["splay"], identities=p["identities"], helper=p["helper"],
+        helper_timeout=p["helper_timeout"], helper_concurrency=p["helper_concurrency"], signer=p["signer"],
+        configuration=configuration, csr_subject=p["csr_subject"], key_type=p["key_type"], tls_ca=p["tls_ca"],
+        tls_cert=p["tls_cert"], tls_key=p["tls_key"], check_mode=module.check_mode)
+    try:
+        if p["action"] == "provision":
+            result = provision(settings)
+        else:
+            result = run_action(settings, p["action"], p["identity"],
+                                {"certificate": p["certificate"], "ca": p["ca"], "ssldir": p["ssldir"]})
+    except ProvisionError as exc:
+        where = " (node %s)" % p["identity"] if p["identity"] else ""
+        module.fail_json(msg="%s%s" % (exc, where))
+    except Exception as exc:  # pylint: disable=broad-except
+        module.fail_json(msg="choria_provision failed: %s" % exc, exception=traceback.format_exc())
+    warnings = result.pop("warnings", [])
+    for warning in warnings:
+        module.warn(warning)
+    if p["action"] == "provision" and p["fail_on_node_error"] and result["failed"]:
+        module.fail_json(msg="%d node(s) failed: %s" % (len(result["failed"]), ", ".join(sorted(result["failed"]))),
+                         **result)
+    module.exit_json(**result)
+
+
+def _setting(value):
+    """Choria settings are strings; YAML booleans become Choria's ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+if __name__ == "__main__":
+    main()
