@@ -638,15 +638,8 @@ class IssuedCertificate:
         return iso8601(self.not_after)
 
     def properties(self) -> dict:
-        """Non-secret properties for diffs and reports."""
-        return {
-            "subject": self.subject,
-            "issuer": self.issuer,
-            "subject_alt_names": list(self.subject_alt_names),
-            "serial": self.serial_hex,
-            "not_after": self.not_after_iso,
-            "public_key_sha256": self.public_key_sha256,
-        }
+        """Non-secret parsed properties (see :func:`certificate_properties`) for diffs and reports."""
+        return certificate_properties(x509.load_pem_x509_certificate(self.certificate.encode("ascii")))
 
     @classmethod
     def from_certificate(cls, cert, ca_pem: str, warnings: Sequence[str] = ()) -> "IssuedCertificate":
@@ -951,7 +944,10 @@ class CertificateIssuance:
                 "issuer": ca.subject.rfc4514_string(),
                 "subject_alt_names": facts.subject_alt_names,
                 "serial": "(assigned when signed)",
+                "not_before": "(when signed)",
                 "not_after": iso8601(not_after),
+                "extended_key_usage": sorted(_EKU_NAMES[oid] for oid in _extended_key_usage(profile)),
+                "public_key": ("%s %s" % (facts.key_type, facts.key_detail)).strip(),
                 "public_key_sha256": public_key_sha256(facts.public_key),
             }
             if dest:
