@@ -137,24 +137,13 @@ class PolicySigner:
         self.valid_days = settings.get("valid_days") or pki.DEFAULT_VALID_DAYS
         self.profile = settings.get("profile") or "both"
         self.base = dict(base_configuration or {})
-        self.ca_created = False
-        policy_args = {"allowed_sans": settings.get("allowed_sans"), "deny": settings.get("deny"),
-                       "key_types": settings.get("allowed_key_types"), "min_rsa_bits": settings.get("min_rsa_bits"),
-                       "ec_curves": settings.get("ec_curves"), "max_valid_days": settings.get("max_valid_days")}
         try:
-            if settings.get("create_ca"):
-                extra = {"common_name": settings["ca_common_name"]} if settings.get("ca_common_name") else {}
-                self.ca, self.ca_created = pki.CertificateAuthority.load_or_create(
-                    settings["ca_cert"], settings["ca_key"], passphrase=settings.get("ca_passphrase"), **extra)
-            else:
-                self.ca = pki.CertificateAuthority.load(settings["ca_cert"], settings["ca_key"],
-                                                        passphrase=settings.get("ca_passphrase"))
-            policy = pki.CsrPolicy(**{k: v for k, v in policy_args.items() if v is not None})
-            self.signer = pki.Signer(self.ca, policy)
+            self.signer, self.ca_created = pki.signer_from_params(settings)
         except KeyError as exc:
             raise ProvisionError("signer: option %s is required" % exc) from None
         except (pki.PkiError, OSError, ValueError, TypeError) as exc:
             raise ProvisionError("signer: %s" % exc) from None
+        self.ca = self.signer.ca
         self.warnings = list(getattr(self.ca, "warnings", []) or [])
 
     def decide(self, identity: str, csr: dict) -> Decision:
@@ -249,10 +238,12 @@ class ChoriaProvisioner:
                     decision = await run_helper(self.helper_argv, helper_request(identity, csr, inventory),
                                                 timeout=self.s.helper_timeout)
                 if not (decision.defer or decision.shutdown):
+                    decision.configuration = merge_configuration(self.s.configuration, decision.configuration)
+                    check_configuration(identity, decision.configuration)
+                    # A certificate for another key would leave the node unable to use it after restart.
                     if not certificate_matches_csr(decision.certificate, csr.get("csr", "")):
                         raise NodeFailure("helper returned a certificate for %s that does not carry the public key "
                                           "of the node's CSR" % identity)
-                    decision.configuration = merge_configuration(self.s.configuration, decision.configuration)
             elif self.signer is not None:
                 decision = self.signer.decide(identity, csr)
             else:

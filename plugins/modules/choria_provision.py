@@ -126,52 +126,76 @@ options:
     type: dict
     suboptions:
       ca_cert:
-        description: CA certificate (PEM file).
+        description: Path of the CA certificate (PEM); the first certificate in the file signs.
         type: path
         required: true
       ca_key:
-        description: CA private key (PEM file).
+        description: Path of the CA private key (PEM).
         type: path
         required: true
       ca_passphrase:
         description: Passphrase of O(signer.ca_key).
         type: str
       create_ca:
-        description: Create the CA when O(signer.ca_cert) and O(signer.ca_key) do not exist.
+        description: Create the CA when O(signer.ca_cert) and O(signer.ca_key) are both absent (never in check mode).
         type: bool
         default: false
       ca_common_name:
         description: Common name of a CA made by O(signer.create_ca).
         type: str
+        default: zeroinit CA
+      ca_key_type:
+        description: Key type of a CA made by O(signer.create_ca).
+        type: str
+        choices: [ec, rsa, ed25519]
+        default: ec
+      ca_valid_days:
+        description: Validity of a CA made by O(signer.create_ca), in days.
+        type: int
+        default: 3650
       allowed_sans:
-        description: Regular expressions for subject alternative names beyond the identity (C({identity}) is replaced).
+        description:
+          - Regular expressions every name in the certificate must match (C({identity}) stands for the identity).
+          - Default is the identity only.
         type: list
         elements: str
       deny:
-        description: Regular expressions of names never signed (added to the built-in deny list).
+        description: Regular expressions of names never signed, added to the built-in deny list.
         type: list
         elements: str
+        default: []
+      default_deny:
+        description: Apply the built-in deny list (wildcards, C(localhost), C(privileged), ...) as well.
+        type: bool
+        default: true
       allowed_key_types:
-        description: Key types accepted in CSRs.
+        description: Key types a CSR may carry.
         type: list
         elements: str
+        choices: [ec, rsa, ed25519, ed448]
+        default: [ec, rsa, ed25519]
       min_rsa_bits:
-        description: Smallest RSA key accepted.
+        description: Smallest RSA key accepted, in bits.
         type: int
+        default: 2048
       ec_curves:
-        description: EC curves accepted.
+        description: Elliptic curves accepted for EC keys.
         type: list
         elements: str
+        default: [secp256r1, secp384r1]
       valid_days:
-        description: Validity of issued certificates.
+        description: Validity of issued certificates, in days.
         type: int
+        default: 365
       max_valid_days:
-        description: Largest validity the policy allows.
+        description: Longest validity the policy allows.
         type: int
+        default: 365
       profile:
-        description: Key usage profile of issued certificates.
+        description: What issued certificates are for (ExtendedKeyUsage).
         type: str
         choices: [server, client, both]
+        default: both
   configuration:
     description:
       - Base configuration (Choria C(key=value) settings) merged under what the helper or signer returns.
@@ -302,23 +326,12 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioner imp
     provision,
     run_action,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import HAS_NATS, NATS_IMPORT_ERROR
-
-SIGNER_SPEC = dict(
-    ca_cert=dict(type="path", required=True),
-    ca_key=dict(type="path", required=True, no_log=False),
-    ca_passphrase=dict(type="str", no_log=True),
-    create_ca=dict(type="bool", default=False),
-    ca_common_name=dict(type="str"),
-    allowed_sans=dict(type="list", elements="str"),
-    deny=dict(type="list", elements="str"),
-    allowed_key_types=dict(type="list", elements="str", no_log=False),
-    min_rsa_bits=dict(type="int"),
-    ec_curves=dict(type="list", elements="str"),
-    valid_days=dict(type="int"),
-    max_valid_days=dict(type="int"),
-    profile=dict(type="str", choices=["server", "client", "both"]),
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    signer_argument_spec,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import HAS_NATS, NATS_IMPORT_ERROR
 
 ARGUMENT_SPEC = dict(
     action=dict(type="str", default="provision",
@@ -339,7 +352,7 @@ ARGUMENT_SPEC = dict(
     helper=dict(type="raw"),
     helper_timeout=dict(type="float", default=10),
     helper_concurrency=dict(type="int", default=0),
-    signer=dict(type="dict", options=SIGNER_SPEC),
+    signer=dict(type="dict", options=signer_argument_spec()),
     configuration=dict(type="dict", default={}),
     certificate=dict(type="str"),
     ca=dict(type="str"),
@@ -366,6 +379,8 @@ def main():
     )
     if not HAS_NATS:
         module.fail_json(msg=missing_required_lib("nats-py"), exception=NATS_IMPORT_ERROR)
+    if module.params["signer"] and not HAS_CRYPTOGRAPHY:
+        module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
     p = module.params
     for name in ("timeout", "helper_timeout", "discovery_timeout"):
         if p[name] <= 0:

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""An example provisioning helper, written as an operator would: Choria's contract, standalone.
+
+It knows nothing about the zeroinit collection. It reads Choria's request on stdin, checks the CSR, signs it
+with a CA it is given, and prints certificate, CA and configuration. Usage::
+
+    policy_helper.py --ca-cert ca.pem --ca-key ca.key --config base.json [--defer-file names.txt]
+
+``--config`` is a JSON object of Choria settings for every node (broker, collective, ...). Identities listed
+(one a line) in ``--defer-file`` are deferred: they stay in provisioning mode until a later run. A CSR whose CN
+is not the node's identity, or with an RSA key under 2048 bits, is refused (exit 1, reason on stderr).
+"""
+import argparse
+import datetime
+import json
+import sys
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def refuse(reason):
+    sys.stderr.write("policy_helper: %s\n" % reason)
+    sys.exit(1)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ca-cert", required=True)
+    parser.add_argument("--ca-key", required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--defer-file")
+    parser.add_argument("--days", type=int, default=30)
+    args = parser.parse_args()
+
+    request = json.load(sys.stdin)
+    identity = request["identity"]
+    inventory = json.loads(request["inventory"])
+
+    if args.defer_file:
+        with open(args.defer_file) as handle:
+            if identity in {line.strip() for line in handle}:
+                print(json.dumps({"defer": True, "msg": "%s is on the hold list" % identity}))
+                return
+
+    if not request.get("csr"):
+        refuse("no CSR for %s" % identity)
+    csr = x509.load_pem_x509_csr(request["csr"]["csr"].encode())
+    if not csr.is_signature_valid:
+        refuse("CSR signature of %s is invalid" % identity)
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [a.value for a in cns] != [identity]:
+        refuse("CSR common name %s is not the identity %s" % ([a.value for a in cns], identity))
+    key = csr.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        refuse("CSR of %s has an RSA key of %d bits; at least 2048 are required" % (identity, key.key_size))
+
+    with open(args.ca_cert, "rb") as handle:
+        ca_pem = handle.read()
+    with open(args.ca_key, "rb") as handle:
+        ca_key = serialization.load_pem_private_key(handle.read(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=args.days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+
+    with open(args.config) as handle:
+        configuration = json.load(handle)
+    configuration.update({"identity": identity, "plugin.choria.server.provision": "false"})
+    facts = inventory.get("facts") or {}
+    if isinstance(facts, dict) and facts.get("role"):
+        configuration["plugin.zeroinit.role"] = str(facts["role"])
+    print(json.dumps({
+        "defer": False, "shutdown": False, "msg": "signed by policy_helper",
+        "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "ca": ca_pem.decode(), "ssldir": request["csr"]["ssldir"], "configuration": configuration,
+    }))
+
+
+if __name__ == "__main__":
+    main()
