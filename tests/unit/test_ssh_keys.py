@@ -1,0 +1,194 @@
+"""authorized_keys editing, key pairs and the login probe's command line, without any host."""
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import subprocess
+import threading
+
+import pytest
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import (
+    AuthorizedKeys,
+    AuthorizedKeysEditor,
+    AuthorizedKeysFile,
+    ControllerKeyPair,
+    LoginProbe,
+    LoginTarget,
+    PublicKey,
+    RevokeSelector,
+    SshKeyError,
+    parse_revoke,
+    target_step,
+)
+
+
+def keygen(tmp_path, name, kind="ed25519"):
+    path = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", name, "-f", str(path)], check=True)
+    return path, (tmp_path / (name + ".pub")).read_text().strip()
+
+
+def ssh_keygen_fingerprint(pub_path) -> str:
+    return subprocess.run(["ssh-keygen", "-lf", str(pub_path)], check=True, capture_output=True,
+                          text=True).stdout.split()[1]
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return {name: keygen(tmp_path, name) for name in ("bootstrap", "new", "other")}
+
+
+def test_fingerprint_matches_ssh_keygen(tmp_path, keys):
+    for kind in ("rsa", "ecdsa"):
+        keys[kind] = keygen(tmp_path, kind, kind)
+    for name, (path, line) in keys.items():
+        assert PublicKey.parse(line).fingerprint == ssh_keygen_fingerprint(str(path) + ".pub"), name
+
+
+def test_parse_keeps_unparseable_and_option_lines_verbatim(keys):
+    content = ("# managed by hand\n"
+               "\n"
+               'from="10.0.0.0/8",command="echo hi there" %s\n'
+               "this is not a key at all\n"
+               "ssh-ed25519 AAAAdamaged!!! broken\n"
+               "%s\n" % (keys["other"][1], keys["bootstrap"][1]))
+    parsed = AuthorizedKeys.parse(content)
+    assert parsed.render() == content
+    assert [k.comment for k in parsed.keys()] == ["other", "bootstrap"]
+    assert parsed.lines[2].options.startswith('from="10.0.0.0/8"')
+
+
+def test_add_is_by_key_not_comment_and_appends_newline(keys):
+    new = PublicKey.parse(keys["new"][1])
+    parsed = AuthorizedKeys.parse(keys["bootstrap"][1])  # no trailing newline in the file
+    assert parsed.add(new) is True
+    assert parsed.render() == "%s\n%s\n" % (keys["bootstrap"][1], keys["new"][1])
+    renamed = PublicKey(new.key_type, new.blob, "another comment")
+    assert parsed.add(renamed) is False
+
+
+def test_remove_by_line_or_fingerprint_refuses_new_key(keys):
+    new = PublicKey.parse(keys["new"][1])
+    boot = PublicKey.parse(keys["bootstrap"][1])
+    content = "%s\n# keep me\n%s\n%s\n" % (keys["bootstrap"][1], keys["new"][1], keys["bootstrap"][1])
+    parsed = AuthorizedKeys.parse(content)
+    assert parsed.remove([RevokeSelector.parse(boot.fingerprint)], keep=new) == [boot.fingerprint]
+    assert parsed.render() == "# keep me\n%s\n" % keys["new"][1]
+    with pytest.raises(SshKeyError, match="it is the new key"):
+        AuthorizedKeys.parse(content).remove([RevokeSelector.parse(keys["new"][1])], keep=new)
+    with pytest.raises(SshKeyError, match="not in the file"):
+        AuthorizedKeys.parse(keys["bootstrap"][1] + "\n").remove([RevokeSelector.parse(keys["bootstrap"][1])],
+                                                                 keep=new)
+
+
+def test_bad_revoke_entry_is_named():
+    with pytest.raises(SshKeyError, match=r"revoke\[1\]"):
+        parse_revoke(["SHA256:" + "A" * 43, "not-a-key"])
+
+
+def _target(tmp_path, content=None):
+    user = pwd.getpwuid(os.getuid()).pw_name
+    path = tmp_path / "home" / ".ssh" / "authorized_keys"
+    if content is not None:
+        path.parent.mkdir(parents=True, mode=0o700)
+        path.write_text(content)
+        path.chmod(0o644)
+    return AuthorizedKeysFile(user, str(path)), path
+
+
+def test_editor_add_revoke_idempotent_and_check_mode(tmp_path, keys):
+    target, path = _target(tmp_path, "# hand-written\n%s\n" % keys["bootstrap"][1])
+    new = PublicKey.parse(keys["new"][1])
+    preview = AuthorizedKeysEditor(target, check_mode=True).add(new)
+    assert preview.changed and preview.added
+    assert path.read_text() == "# hand-written\n%s\n" % keys["bootstrap"][1]
+    editor = AuthorizedKeysEditor(target)
+    first = editor.add(new)
+    assert first.changed and first.added
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert editor.add(new).changed is False
+    revoked = editor.revoke(parse_revoke([keys["bootstrap"][1]]), keep=new)
+    assert revoked.revoked == [PublicKey.parse(keys["bootstrap"][1]).fingerprint]
+    assert path.read_text() == "# hand-written\n%s\n" % keys["new"][1]
+    assert editor.revoke(parse_revoke([keys["bootstrap"][1]]), keep=new).changed is False
+
+
+def test_editor_creates_ssh_dir_0700(tmp_path, keys):
+    target, path = _target(tmp_path)
+    result = AuthorizedKeysEditor(target).add(PublicKey.parse(keys["new"][1]))
+    assert result.changed and path.read_text() == keys["new"][1] + "\n"
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_symlinked_authorized_keys_is_refused(tmp_path, keys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("untouched\n")
+    target, path = _target(tmp_path, "")
+    path.unlink()
+    path.symlink_to(elsewhere)
+    with pytest.raises(SshKeyError, match="symbolic link"):
+        AuthorizedKeysEditor(target).add(PublicKey.parse(keys["new"][1]))
+    assert elsewhere.read_text() == "untouched\n" and path.is_symlink()
+
+
+def test_target_step_take_back_removes_only_the_new_key(tmp_path, keys):
+    _target_file, path = _target(tmp_path, "%s\n" % keys["bootstrap"][1])
+    params = {"user": pwd.getpwuid(os.getuid()).pw_name, "path": str(path), "public_key": keys["new"][1]}
+    assert target_step(dict(params, step="add"))["added"] is True
+    back = target_step(dict(params, step="take_back"))
+    assert back["changed"] and path.read_text() == "%s\n" % keys["bootstrap"][1]
+    with pytest.raises(SshKeyError, match="public_key"):
+        target_step(dict(params, step="add", public_key="garbage"))
+
+
+def test_tilde_path_is_the_users_home(tmp_path):
+    root = pwd.getpwnam("root")
+    assert AuthorizedKeysFile("root", "~/.ssh/other_keys").path == os.path.join(root.pw_dir, ".ssh", "other_keys")
+    with pytest.raises(SshKeyError, match="does not exist"):
+        AuthorizedKeysFile("no-such-user-zeroinit")
+
+
+@pytest.mark.parametrize("kind,size,prefix", [("ed25519", None, "ssh-ed25519"), ("rsa", 3072, "ssh-rsa")])
+def test_keypair_generated_once_0600_and_readable_by_ssh_keygen(tmp_path, kind, size, prefix):
+    pair = ControllerKeyPair(str(tmp_path / "keys" / "fleet"), kind, size, "fleet@test")
+    first = pair.ensure()
+    assert first.generated and first.public_key.key_type == prefix
+    assert stat.S_IMODE(os.stat(pair.path).st_mode) == 0o600
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", pair.path], check=True, capture_output=True, text=True)
+    assert PublicKey.parse(derived.stdout).same_key(first.public_key)
+    assert open(pair.public_path).read() == first.public_key.line + "\n"
+    again = ControllerKeyPair(pair.path, kind, size).ensure()
+    assert not again.generated and again.public_key.same_key(first.public_key)
+
+
+def test_concurrent_generation_agrees_on_one_key(tmp_path):
+    path = str(tmp_path / "fleet")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ControllerKeyPair(path).ensure())) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 6
+    assert len({r.public_key.fingerprint for r in results}) == 1
+    assert sum(r.generated for r in results) == 1
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_mismatched_pub_file_is_refused(tmp_path, keys):
+    pub = tmp_path / "new.pub"
+    pub.write_text(keys["other"][1] + "\n")
+    with pytest.raises(SshKeyError, match="does not belong"):
+        ControllerKeyPair(str(tmp_path / "new")).ensure()
+
+
+def test_probe_puts_its_options_before_the_operators():
+    new = PublicKey.parse("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIRp160GLGJ1xt5BkySblzamUWAyIKcU41O6D8bRJLkK x")
+    argv = LoginProbe("/k/new", new).argv(LoginTarget(
+        host="10.0.0.5", user="root", port=2222, common_args="-o ControlMaster=auto -o UserKnownHostsFile='/a b'"))
+    assert argv.index("ControlMaster=no") < argv.index("ControlMaster=auto")
+    assert "UserKnownHostsFile=/a b" in argv
+    assert argv[argv.index("-i") + 1] == "/k/new" and argv[argv.index("-p") + 1] == "2222"
+    assert argv[-2] == "10.0.0.5" and "IdentitiesOnly=yes" in argv and "BatchMode=yes" in argv
