@@ -1,5 +1,6 @@
 # -*- coding: utf-8 -*-
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Leader election among masters over mDNS (python-zeroconf), Zeroinit's algorithm made safe.
 
 Every member registers one DNS-SD service ``<cluster>-<address>._zeroinit-elect._udp.local.`` whose TXT record is
