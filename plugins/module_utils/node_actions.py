@@ -1,0 +1,565 @@
+# -*- coding: utf-8 -*-
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""One provisioning node's state and its answers to the ``discovery``, ``rpcutil`` and ``choria_provision`` agents.
+
+No networking here: ``ProvisionNode.handle(request)`` returns the reply body and, for ``restart``,
+``reprovision`` and ``shutdown``, what the daemon must do after the reply is sent. The daemon
+(``agent.py``) owns connections and timers; tests call ``handle`` directly.
+
+Node directory layout::
+
+    <node dir>/server.conf            the node's Choria configuration (provisioning on, or the configured one)
+    <node dir>/ssl/private.pem        made by gencsr, 0600, never leaves the node
+    <node dir>/ssl/csr.pem            the last CSR
+    <node dir>/ssl/certificate.pem    from configure
+    <node dir>/ssl/ca.pem             from configure
+    <node dir>/ssl/previous/          the certificate files a reprovision set aside
+    <node dir>/.configure.journal     present only while configure renames its staged files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from .files import atomic_write, atomic_write_many, fsync_directory, read_text
+from .node_config import (
+    IDENTITY_KEY,
+    MIDDLEWARE_KEY,
+    PROVISION_KEY,
+    SECURITY_CA_KEY,
+    SECURITY_CERT_KEY,
+    SECURITY_KEY_KEY,
+    SECURITY_PROVIDER_KEY,
+    ConfigError,
+    check_entry,
+    collectives,
+    parse_config,
+    provision_enabled,
+    render_config,
+)
+from .protocol import (
+    DISCOVERY_PING,
+    DISCOVERY_PONG,
+    PROVISIONING_COLLECTIVE,
+    Request,
+    StatusCode,
+    constant_time_equal,
+    now,
+    rpc_reply_body,
+)
+
+try:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+except ImportError:  # pragma: no cover - reported by the daemon at start
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+
+AGENT_VERSION = "1.0.0"
+PROVISION_AGENT = "choria_provision"
+AGENTS_PROVISIONING = ("choria_provision", "discovery", "rpcutil")
+# A configured node answers rpcutil and discovery, and choria_provision only for ``reprovision``.
+AGENTS_CONFIGURED = ("choria_provision", "discovery", "rpcutil")
+
+MODE_PROVISIONING = "provisioning"
+MODE_CONFIGURED = "configured"
+
+LOCK_SECONDS = 120
+DEFAULT_SPLAY_MAX = 10.0
+JOURNAL = ".configure.journal"
+# Test-only: seconds to sleep between the renames of configure, so a test can kill the process midway.
+SLOW_WRITES_ENV = "ZEROINIT_AGENT_TEST_SLOW_WRITES"
+
+KEY_TYPES = ("ecdsa", "rsa")
+
+# Input rules from choria_provision.json (validation regex, maxlength); ``key_type`` is ours (gencsr).
+_GENCSR_FIELDS = {
+    "cn": (r"^(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]).)*([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])$", 80),
+    "C": (r"^[A-Z]{2}$", 2),
+    "L": (r"^[\w\s-]+$", 50),
+    "O": (r"^[\w\s-]+$", 50),
+    "OU": (r"^[\w\s-]+$", 50),
+    "ST": (r"^[\w\s-]+$", 50),
+}
+_GENCSR_RE = {name: re.compile(pattern) for name, (pattern, _limit) in _GENCSR_FIELDS.items()}
+_NAME_OIDS = {"C": "COUNTRY_NAME", "ST": "STATE_OR_PROVINCE_NAME", "L": "LOCALITY_NAME",
+              "O": "ORGANIZATION_NAME", "OU": "ORGANIZATIONAL_UNIT_NAME"}
+_CERT_PREFIX = "-----BEGIN CERTIFICATE-----"
+
+UNSUPPORTED_ACTIONS = {
+    "release_update": "release_update is not supported by this agent: update it with the provision_agent role",
+    "jwt": "jwt is not supported by this agent: it uses the file security provider with X.509 certificates",
+    "gen25519": "gen25519 is not supported by this agent: it uses X.509 certificates made by gencsr",
+}
+
+
+class Refusal(Exception):
+    """An action refused: becomes a reply with this statuscode and message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ActionResult:
+    """The reply body (None: send nothing) and what the daemon does after replying."""
+
+    body: Any
+    effect: str = ""  # "", "restart", "reprovision", "shutdown"
+    delay: float = 0.0
+
+
+class ProvisionNode:
+    """A node's identity, mode, lock and files; answers requests for it."""
+
+    __slots__ = ("identity", "node_dir", "ssldir", "token", "shared_facts", "mode", "config",
+                 "lock_holder", "lock_until", "splay_max", "lock_seconds", "link", "stopped")
+
+    def __init__(self, identity: str, node_dir: str, token: str, shared_facts: dict | None = None,
+                 splay_max: float = DEFAULT_SPLAY_MAX, lock_seconds: int = LOCK_SECONDS):
+        self.identity = identity
+        self.node_dir = os.path.abspath(node_dir)
+        self.ssldir = os.path.join(self.node_dir, "ssl")
+        self.token = token or ""
+        self.shared_facts = shared_facts if shared_facts is not None else {}
+        self.splay_max = splay_max
+        self.lock_seconds = lock_seconds
+        self.mode = MODE_PROVISIONING
+        self.config: dict[str, str] = {}
+        self.lock_holder = ""
+        self.lock_until = 0.0
+        self.link = None  # set by the daemon: the connection this node is served on
+        self.stopped = False
+
+    def __repr__(self) -> str:  # never shows the token
+        return "ProvisionNode(%s, %s)" % (self.identity, self.mode)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def server_conf(self) -> str:
+        return os.path.join(self.node_dir, "server.conf")
+
+    @property
+    def journal(self) -> str:
+        return os.path.join(self.node_dir, JOURNAL)
+
+    def ssl_path(self, name: str) -> str:
+        return os.path.join(self.ssldir, name)
+
+    @property
+    def facts(self) -> dict:
+        facts = dict(self.shared_facts)
+        facts["identity"] = self.identity
+        return facts
+
+    @property
+    def agents(self) -> tuple:
+        return AGENTS_PROVISIONING if self.mode == MODE_PROVISIONING else AGENTS_CONFIGURED
+
+    @property
+    def collectives(self) -> tuple[list[str], str]:
+        if self.mode == MODE_PROVISIONING:
+            return [PROVISIONING_COLLECTIVE], PROVISIONING_COLLECTIVE
+        return collectives(self.config)
+
+    def load(self) -> None:
+        """Read the node's state from disk: finish an interrupted configure, then pick the mode.
+
+        A server.conf that turns provisioning off makes the node start configured: the one-way lock
+        survives process restarts until ``reprovision``.
+        """
+        os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
+        recover_configure(self.node_dir)
+        text = read_text(self.server_conf)
+        self.config = {}
+        if text is not None:
+            try:
+                self.config = parse_config(text, source=self.server_conf)
+            except ConfigError:
+                self.config = {}
+        self.mode = MODE_PROVISIONING if provision_enabled(self.config) or not self.config.get(
+            MIDDLEWARE_KEY) else MODE_CONFIGURED
+
+    # ------------------------------------------------------------------------------------------ dispatch
+
+    def handle(self, req: Request, at: float | None = None) -> ActionResult:
+        """The answer to one request addressed to (or matching) this node."""
+        at = time.time() if at is None else at
+        if req.agent == "discovery":
+            # The discovery agent answers a raw ping; there is no status to carry a refusal, so stale
+            # requests are dropped.
+            if req.body == DISCOVERY_PING and not req.expired(int(at)):
+                return ActionResult(DISCOVERY_PONG)
+            return ActionResult(None)
+        action = req.action
+        if not isinstance(req.body, dict):
+            return ActionResult(rpc_reply_body(action, StatusCode.INVALID_DATA,
+                                               "request body is not an mcorpc JSON object"))
+        skew = int(at) - req.time
+        if abs(skew) > req.ttl:
+            what = "request expired" if skew > 0 else "request too far in the future"
+            return ActionResult(rpc_reply_body(action, StatusCode.ABORTED, "%s: sent %ds %s, ttl %ds" % (
+                what, abs(skew), "ago" if skew > 0 else "ahead", req.ttl)))
+        try:
+            if req.agent == "rpcutil":
+                return ActionResult(self._rpcutil(action))
+            if req.agent == PROVISION_AGENT:
+                return self._provision(req, at)
+            raise Refusal(StatusCode.UNKNOWN_ACTION, "unknown agent %r on %s" % (req.agent, self.identity))
+        except Refusal as refusal:
+            return ActionResult(rpc_reply_body(action, refusal.code, refusal.message))
+        except Exception as exc:  # an action must answer, never take the agent down
+            return ActionResult(rpc_reply_body(action, StatusCode.UNKNOWN_ERROR, "%s#%s failed on %s: %s" % (
+                req.agent, action, self.identity, exc)))
+
+    def _rpcutil(self, action: str) -> dict:
+        if action == "ping":
+            return rpc_reply_body(action, data={"pong": now()})
+        if action == "inventory":
+            names, main = self.collectives
+            return rpc_reply_body(action, data={
+                "agents": list(self.agents), "facts": self.facts, "classes": [], "version": AGENT_VERSION,
+                "main_collective": main, "collectives": names, "data_plugins": [], "machines": {},
+                "upgradable": False})
+        raise Refusal(StatusCode.UNKNOWN_ACTION, "unknown action rpcutil#%s" % action)
+
+    def _provision(self, req: Request, at: float) -> ActionResult:
+        action = req.action
+        data = req.data
+        if action in UNSUPPORTED_ACTIONS:
+            raise Refusal(StatusCode.UNKNOWN_ACTION, UNSUPPORTED_ACTIONS[action])
+        handler = {"gencsr": self.gencsr, "configure": self.configure, "restart": self.restart,
+                   "reprovision": self.reprovision, "shutdown": self.shutdown}.get(action)
+        if handler is None:
+            raise Refusal(StatusCode.UNKNOWN_ACTION, "unknown action choria_provision#%s" % action)
+        self._check_token(data, required=action != "configure")
+        if action == "reprovision":
+            if self.mode != MODE_CONFIGURED:
+                raise Refusal(StatusCode.ABORTED, "%s is already in provisioning mode" % self.identity)
+        else:
+            if self.mode != MODE_PROVISIONING:
+                raise Refusal(StatusCode.ABORTED, "%s is configured and not in provisioning mode: "
+                                                  "send reprovision first" % self.identity)
+            self._check_lock(req.callerid, at, take=action in ("gencsr", "configure"))
+        return handler(data)
+
+    def _check_token(self, data: dict, required: bool) -> None:
+        if "token" not in data:
+            if required:
+                raise Refusal(StatusCode.MISSING_DATA, "missing input 'token'")
+        elif not isinstance(data["token"], str):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'token' must be a string")
+        if not constant_time_equal(data.get("token", ""), self.token):
+            raise Refusal(StatusCode.ABORTED, "incorrect provisioning token")
+
+    def _check_lock(self, callerid: str, at: float, take: bool) -> None:
+        """One provisioner at a time: gencsr/configure lock the node for their caller; its actions renew it."""
+        if self.lock_holder and self.lock_until > at and self.lock_holder != callerid:
+            raise Refusal(StatusCode.ABORTED, "could not obtain provisioning lock (held by %s for %d more seconds)"
+                          % (self.lock_holder, int(self.lock_until - at + 0.999)))
+        if take or self.lock_holder == callerid:
+            self.lock_holder = callerid
+            self.lock_until = at + self.lock_seconds
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    def gencsr(self, data: dict) -> ActionResult:
+        """A new key pair made here (ECDSA P-256, or RSA-2048 with ``key_type: rsa``) and a CSR for it."""
+        subject = {}
+        for name, (_pattern, limit) in _GENCSR_FIELDS.items():
+            value = data.get(name)
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise Refusal(StatusCode.INVALID_DATA, "input '%s' must be a string" % name)
+            if len(value) > limit:
+                raise Refusal(StatusCode.INVALID_DATA, "input '%s' is longer than %d characters" % (name, limit))
+            if not _GENCSR_RE[name].match(value):
+                raise Refusal(StatusCode.INVALID_DATA, "input '%s' does not match %s" % (name, _GENCSR_FIELDS[name][0]))
+            subject[name] = value
+        key_type = data.get("key_type", "ecdsa") or "ecdsa"
+        if key_type == "ec":
+            key_type = "ecdsa"
+        if key_type not in KEY_TYPES:
+            raise Refusal(StatusCode.INVALID_DATA, "input 'key_type' must be one of %s" % ", ".join(KEY_TYPES))
+        _need_cryptography()
+        if key_type == "rsa":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        names = [x509.NameAttribute(NameOID.COMMON_NAME, subject.get("cn", self.identity))]
+        for name in ("OU", "O", "L", "ST", "C"):
+            if name in subject:
+                names.append(x509.NameAttribute(getattr(NameOID, _NAME_OIDS[name]), subject[name]))
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names)).sign(key, hashes.SHA256())
+        csr_pem = csr.public_bytes(serialization.Encoding.PEM)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
+        atomic_write_many([(self.ssl_path("private.pem"), key_pem, 0o600), (self.ssl_path("csr.pem"), csr_pem, 0o644)])
+        return ActionResult(rpc_reply_body("gencsr", data={
+            "csr": csr_pem.decode("ascii"), "public_key": public_pem.decode("ascii"), "ssldir": self.ssldir}))
+
+    def configure(self, data: dict) -> ActionResult:
+        """Validate certificate, CA and configuration, then write them as one set (see ``write_set``)."""
+        raw = data.get("config")
+        if raw is None or raw == "":
+            raise Refusal(StatusCode.MISSING_DATA, "missing input 'config'")
+        if not isinstance(raw, str) or len(raw) > 2048 or not re.match(r"^{.+}$", raw, re.S):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'config' must be a JSON object as a string of at most "
+                                                   "2048 characters")
+        try:
+            config = json.loads(raw)
+        except ValueError as exc:
+            raise Refusal(StatusCode.INVALID_DATA, "input 'config' is not valid JSON: %s" % exc) from None
+        if not isinstance(config, dict):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'config' must be a JSON object")
+        for key, value in config.items():
+            problem = check_entry(key, value)
+            if problem:
+                raise Refusal(StatusCode.INVALID_DATA, "input 'config': %s" % problem)
+        if data.get("key"):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'key' is refused: the private key is made on the node by "
+                                                   "gencsr and never sent over the network")
+        ssldir = data.get("ssldir")
+        if ssldir not in (None, "") and (not isinstance(ssldir, str)
+                                         or os.path.normpath(ssldir) != os.path.normpath(self.ssldir)):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'ssldir' %r is not this node's ssldir %s"
+                          % (ssldir, self.ssldir))
+        certificate, ca = data.get("certificate"), data.get("ca")
+        files: list[tuple[str, bytes | str, int]] = []
+        final = dict(config)
+        if certificate or ca:
+            cert_pem, ca_pem = self._check_certificates(certificate, ca)
+            files += [(self.ssl_path("certificate.pem"), cert_pem, 0o644), (self.ssl_path("ca.pem"), ca_pem, 0o644)]
+            final.update({SECURITY_PROVIDER_KEY: "file", SECURITY_CERT_KEY: self.ssl_path("certificate.pem"),
+                          SECURITY_KEY_KEY: self.ssl_path("private.pem"), SECURITY_CA_KEY: self.ssl_path("ca.pem")})
+        final[IDENTITY_KEY] = self.identity
+        text = render_config(final, header="Written by the zeroinit node agent (choria_provision#configure)")
+        files.append((self.server_conf, text, 0o640))
+        write_set(self.node_dir, files)
+        self.config = final
+        return ActionResult(rpc_reply_body("configure", data={
+            "message": "Wrote %d files to %s" % (len(files), self.node_dir)}))
+
+    def _check_certificates(self, certificate: Any, ca: Any) -> tuple[bytes, bytes]:
+        for name, value, limit in (("certificate", certificate, 10240), ("ca", ca, 20480)):
+            if not value:
+                raise Refusal(StatusCode.MISSING_DATA, "missing input '%s' (certificate and ca come together)" % name)
+            if not isinstance(value, str) or len(value) > limit or not value.lstrip().startswith(_CERT_PREFIX):
+                raise Refusal(StatusCode.INVALID_DATA, "input '%s' must be a PEM certificate of at most %d characters"
+                              % (name, limit))
+        _need_cryptography()
+        try:
+            cert = x509.load_pem_x509_certificate(certificate.encode("ascii"))
+        except ValueError as exc:
+            raise Refusal(StatusCode.INVALID_DATA, "input 'certificate' does not parse: %s" % exc) from None
+        try:
+            cas = x509.load_pem_x509_certificates(ca.encode("ascii"))
+        except ValueError as exc:
+            raise Refusal(StatusCode.INVALID_DATA, "input 'ca' does not parse: %s" % exc) from None
+        key_pem = read_bytes(self.ssl_path("private.pem"))
+        if key_pem is None:
+            raise Refusal(StatusCode.ABORTED, "no private key in %s: run gencsr first" % self.ssldir)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if _public_der(cert.public_key()) != _public_der(key.public_key()):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'certificate' does not match the private key of %s"
+                          % self.identity)
+        if not any(_issued_by(cert, issuer) for issuer in cas):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'certificate' is not signed by the given 'ca' (issuer %s)"
+                          % cert.issuer.rfc4514_string())
+        return certificate.encode("ascii"), ca.encode("ascii")
+
+    def restart(self, data: dict) -> ActionResult:
+        """Reply, then restart into configured mode after a random delay in [0, splay]; the loop guard first."""
+        splay = data.get("splay")
+        if splay is None or splay == "":
+            splay = 0.0
+        if isinstance(splay, bool) or not isinstance(splay, (int, float)) or splay < 0:
+            raise Refusal(StatusCode.INVALID_DATA, "input 'splay' must be a number of seconds >= 0")
+        splay = min(float(splay), self.splay_max)
+        text = read_text(self.server_conf)
+        if text is None:
+            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: no configuration at %s (run configure first)"
+                          % (self.identity, self.server_conf))
+        try:
+            config = parse_config(text, source=self.server_conf)
+        except ConfigError as exc:
+            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: %s" % (self.identity, exc)) from None
+        if provision_enabled(config):
+            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: %s leaves %s enabled, the node would come back "
+                                              "in provisioning mode" % (self.identity, self.server_conf, PROVISION_KEY))
+        if not config.get(MIDDLEWARE_KEY):
+            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: %s names no %s to connect to"
+                          % (self.identity, self.server_conf, MIDDLEWARE_KEY))
+        self.config = config
+        return ActionResult(rpc_reply_body("restart", data={
+            "message": "Restarting %s into configured mode within %.1fs" % (self.identity, splay)}),
+            effect="restart", delay=splay)
+
+    def reprovision(self, data: dict) -> ActionResult:
+        """Turn provisioning back on, keep the certificate files aside, restart into provisioning mode."""
+        config = dict(self.config)
+        config[PROVISION_KEY] = "true"
+        for key in (SECURITY_PROVIDER_KEY, SECURITY_CERT_KEY, SECURITY_KEY_KEY, SECURITY_CA_KEY):
+            config.pop(key, None)
+        atomic_write(self.server_conf, render_config(config, header="Reprovisioning requested"), mode=0o640)
+        previous = self.ssl_path("previous")
+        os.makedirs(previous, mode=0o700, exist_ok=True)
+        moved = []
+        for name in ("certificate.pem", "ca.pem", "private.pem", "csr.pem"):
+            if os.path.exists(self.ssl_path(name)):
+                os.replace(self.ssl_path(name), os.path.join(previous, name))
+                moved.append(name)
+        fsync_directory(previous)
+        fsync_directory(self.ssldir)
+        self.config = config
+        self.lock_holder, self.lock_until = "", 0.0
+        return ActionResult(rpc_reply_body("reprovision", data={
+            "message": "Reprovisioning %s; %s kept in %s" % (self.identity, ", ".join(moved) or "no files", previous)}),
+            effect="reprovision", delay=0.2)
+
+    def shutdown(self, data: dict) -> ActionResult:
+        return ActionResult(rpc_reply_body("shutdown", data={"message": "Shutting down %s" % self.identity}),
+                            effect="shutdown", delay=0.2)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def write_set(node_dir: str, files: list[tuple[str, bytes | str, int]]) -> None:
+    """Write several files as one set: after a crash at any point the node has the old set or the new one.
+
+    ``files.atomic_write_many`` makes each file whole; for the set, a journal naming the staged files is
+    written (atomically) once they are all on disk, the renames follow, then the journal goes. A node that
+    finds a journal at start finishes the renames (``recover_configure``); staged files without a journal
+    are an unfinished staging and are deleted.
+    """
+    staged: list[tuple[str, str]] = []
+    slow = float(os.environ.get(SLOW_WRITES_ENV, "0") or 0)
+    try:
+        for path, data, mode in files:
+            if os.path.islink(path):
+                raise OSError("refusing to write %s: it is a symbolic link" % path)
+            tmp = path + ".staged"
+            _write_synced(tmp, data if isinstance(data, bytes) else data.encode("utf-8"), mode)
+            staged.append((tmp, path))
+        atomic_write(os.path.join(node_dir, JOURNAL), json.dumps(staged), mode=0o600)
+    except BaseException:
+        for tmp, _path in staged:
+            _unlink(tmp)
+        raise
+    for tmp, path in staged:
+        if slow:
+            time.sleep(slow)
+        os.replace(tmp, path)
+    for directory in sorted({os.path.dirname(p) for _t, p in staged}):
+        fsync_directory(directory)
+    os.unlink(os.path.join(node_dir, JOURNAL))
+    fsync_directory(node_dir)
+
+
+def recover_configure(node_dir: str) -> str:
+    """Finish or discard an interrupted ``write_set``; returns "rolled forward", "discarded" or ""."""
+    journal = os.path.join(node_dir, JOURNAL)
+    text = read_text(journal)
+    outcome = ""
+    if text is not None:
+        try:
+            staged = [(str(t), str(p)) for t, p in json.loads(text)]
+        except (ValueError, TypeError):
+            staged = []
+        for tmp, path in staged:
+            if os.path.dirname(os.path.abspath(path)).startswith(os.path.abspath(node_dir)) and os.path.exists(tmp):
+                os.replace(tmp, path)
+        for directory in sorted({os.path.dirname(p) for _t, p in staged}):
+            fsync_directory(directory)
+        os.unlink(journal)
+        fsync_directory(node_dir)
+        outcome = "rolled forward"
+    for directory in (node_dir, os.path.join(node_dir, "ssl")):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".staged"):
+                _unlink(os.path.join(directory, name))
+                outcome = outcome or "discarded"
+    return outcome
+
+
+def _write_synced(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- crypto
+
+def _need_cryptography() -> None:
+    if not HAS_CRYPTOGRAPHY:
+        raise Refusal(StatusCode.UNKNOWN_ERROR, "the Python library cryptography is not installed on this node")
+
+
+def _public_der(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _issued_by(cert, issuer) -> bool:
+    """Whether ``issuer``'s key signed ``cert`` (names equal and the signature verifies)."""
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def certificate_matches_key(cert_pem: bytes, key_pem: bytes) -> bool:
+    """For tests and checks: whether a certificate carries the public key of a private key."""
+    _need_cryptography()
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return _public_der(cert.public_key()) == _public_der(key.public_key())
+
+
+__all__ = ["ProvisionNode", "ActionResult", "Refusal", "write_set", "recover_configure", "certificate_matches_key",
+           "AGENT_VERSION", "MODE_PROVISIONING", "MODE_CONFIGURED"]

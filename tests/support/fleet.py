@@ -1,0 +1,210 @@
+"""Node agents for tests and benchmarks: ``.venv/bin/zeroinit-agent`` as a subprocess, started and stopped.
+
+::
+
+    with AgentFleet(broker.url, 50, tmp_path / "fleet") as fleet:   # starts and waits for discovery
+        fleet.identities, fleet.node_dir(fleet.identities[0])
+    with AgentProcess(broker.url, "web1.example.net", tmp_path / "node") as agent:
+        agent.node_dir()
+
+``start(timeout)`` returns once every node answers a broadcast discovery; ``stop()`` sends SIGTERM, waits,
+then SIGKILLs, and never leaves a process behind (also when start fails).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import identity_filter
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+AGENT = ROOT / ".venv" / "bin" / "zeroinit-agent"
+DEFAULT_DOMAIN = "fleet.example.net"
+
+
+def agent_command() -> list[str]:
+    """The agent's command: the venv's ``zeroinit-agent``, or this Python running the module."""
+    if AGENT.exists():
+        return [str(AGENT)]
+    return [sys.executable, "-m", "ansible_collections.zeroinit.bootstrap.plugins.module_utils.agent"]
+
+
+async def discover(broker_url: str, identities: list[str], timeout: float, collective: str = "provisioning",
+                   tls=None) -> list[str]:
+    """Broadcast discovery repeated until every one of ``identities`` answered or ``timeout`` passed.
+
+    A few identities are asked for by an identity filter (other agents on the broker stay quiet); a big
+    fleet by plain discovery, because each node checks a filter list linearly.
+    """
+    wanted = set(identities)
+    flt = identity_filter(sorted(wanted)) if len(wanted) <= 50 else None
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    attempt = 0
+    async with RpcClient([broker_url], callerid="fleet-support", collective=collective, tls=tls) as client:
+        while time.monotonic() < deadline and not wanted <= seen:
+            attempt += 1
+            wait = max(0.1, min(0.25 * attempt, 2.0, deadline - time.monotonic()))
+            seen.update(await client.discover(timeout=wait, expect=len(wanted), flt=flt))
+    return sorted(seen & wanted)
+
+
+class AgentProcess:
+    """``zeroinit-agent`` as a subprocess; a single node unless ``fleet`` is given (see AgentFleet)."""
+
+    def __init__(self, broker_url: str, identity: str | None, state_dir, token: str = "s3cret",
+                 facts: dict | None = None, extra_args=(), env: dict | None = None, fleet: int = 0,
+                 connections: int | None = None, domain: str = DEFAULT_DOMAIN):
+        self.broker_url = broker_url
+        self.identity = identity
+        self.state_dir = pathlib.Path(state_dir)
+        self.token = token
+        self.facts = facts
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.count = fleet or 1
+        self.fleet = fleet
+        self.connections = connections
+        self.domain = domain
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.state_dir.parent / ("%s-agent.log" % self.state_dir.name)
+        self._log = None
+        self._config_dir: str | None = None
+
+    # ------------------------------------------------------------------------------------------ names
+
+    @property
+    def identities(self) -> list[str]:
+        if self.fleet:
+            prefix = self.identity or "node"
+            return sorted("%s%d.%s" % (prefix, i, self.domain) for i in range(1, self.fleet + 1))
+        return [self.identity]
+
+    def node_dir(self, identity: str | None = None) -> pathlib.Path:
+        if self.fleet:
+            return self.state_dir / (identity or self.identities[0])
+        return self.state_dir
+
+    # ------------------------------------------------------------------------------------------ life
+
+    def command(self) -> list[str]:
+        self._config_dir = tempfile.mkdtemp(prefix="zeroinit-agent-conf-")
+        # The token goes in a config file, as on a node: argv is visible to every process.
+        conf = os.path.join(self._config_dir, "agent.conf")
+        with open(conf, "w") as handle:
+            handle.write("plugin.zeroinit.agent.token = %s\n" % self.token)
+        os.chmod(conf, 0o600)
+        argv = agent_command() + ["--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
+        if self.facts is not None:
+            facts = os.path.join(self._config_dir, "facts.json")
+            with open(facts, "w") as handle:
+                json.dump(self.facts, handle)
+            argv += ["--facts", facts]
+        if self.fleet:
+            argv += ["--fleet", str(self.fleet), "--domain", self.domain]
+            if self.identity:
+                argv += ["--identity", self.identity]
+        elif self.identity:
+            argv += ["--identity", self.identity]
+        if self.connections:
+            argv += ["--connections", str(self.connections)]
+        return argv + self.extra_args
+
+    def launch(self) -> "AgentProcess":
+        """Start the process without waiting for discovery."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(self.env or {})
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    def start(self, timeout: float = 60.0) -> "AgentProcess":
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> list[str]:
+        """Block until every identity answers discovery; raises with the agent's log tail otherwise."""
+        seen = asyncio.run(discover(self.broker_url, self.identities, timeout))
+        missing = sorted(set(self.identities) - set(seen))
+        if missing or (self.process is not None and self.process.poll() is not None):
+            raise RuntimeError("agent not ready: %d of %d nodes answered discovery (missing e.g. %s), exit %s\n%s"
+                               % (len(seen), self.count, missing[:3], self.process.poll() if self.process else None,
+                                  self.log_tail()))
+        return seen
+
+    def log_tail(self, size: int = 4000) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-size:].decode("utf-8", "replace")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL (a node dying), then reap."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._cleanup()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        proc = self.process
+        if proc is None:
+            self._cleanup()
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._cleanup()
+        return proc.returncode
+
+    def _cleanup(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._config_dir:
+            for name in os.listdir(self._config_dir):
+                os.unlink(os.path.join(self._config_dir, name))
+            os.rmdir(self._config_dir)
+            self._config_dir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class AgentFleet(AgentProcess):
+    """``count`` simulated nodes in one agent process: identities ``node<i>.fleet.example.net``."""
+
+    def __init__(self, broker_url: str, count: int, state_dir, token: str = "s3cret", facts: dict | None = None,
+                 connections: int | None = None, extra_args=(), env: dict | None = None, prefix: str | None = None,
+                 domain: str = DEFAULT_DOMAIN):
+        super().__init__(broker_url, prefix, state_dir, token=token, facts=facts, extra_args=extra_args, env=env,
+                         fleet=count, connections=connections, domain=domain)
+
+    def start(self, timeout: float | None = None) -> "AgentFleet":
+        return super().start(timeout if timeout is not None else max(30.0, self.count / 100.0))
