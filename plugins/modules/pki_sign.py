@@ -25,7 +25,7 @@ description:
     requested SANs, matches O(profile), and does not end within O(renew_before_days). Otherwise a new one replaces
     it. Without O(dest), every run issues a new certificate and reports a change.
 author:
-  - zeroinit.bootstrap contributors
+  - zeroinit.bootstrap contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -40,6 +40,7 @@ attributes:
   platform:
     platforms: posix
   idempotent:
+    description: When run twice with the same inputs, the second run reports no change.
     support: partial
     details: Idempotent with O(dest); without it each run issues a new certificate.
 options:

@@ -29,7 +29,7 @@ EC_KEY = ec.generate_private_key(ec.SECP256R1())  # one node key for the tests t
 
 def make_csr(identity: str = IDENTITY, key=None, dns=(), ips=(), extra_names=(), cn_count: int = 1) -> str:
     key = key if key is not None else EC_KEY
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, identity) for _ in range(cn_count)]
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, identity) for _index in range(cn_count)]
     attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"))
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attributes))
     names = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips] + list(extra_names)
@@ -187,8 +187,8 @@ def test_garbage_is_a_pki_error_naming_csr(signer):
 
 
 def test_ca_key_that_does_not_match_the_certificate_is_refused(tmp_path):
-    ca, _ = CertificateAuthority.load_or_create(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"))
-    other, _ = CertificateAuthority.load_or_create(str(tmp_path / "other.crt"), str(tmp_path / "other.key"))
+    ca, _created = CertificateAuthority.load_or_create(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"))
+    other, _created = CertificateAuthority.load_or_create(str(tmp_path / "other.crt"), str(tmp_path / "other.key"))
     with pytest.raises(PkiError) as info:
         CertificateAuthority.load(str(tmp_path / "ca.crt"), str(tmp_path / "other.key"))
     assert info.value.field == "ca_key" and "does not match" in str(info.value)
@@ -286,7 +286,7 @@ def test_allowed_ip_and_dns_sans_are_carried_after_the_identity(ca):
 
 
 def test_serials_are_random_positive_and_at_most_128_bits(signer):
-    serials = {signer.sign(make_csr(), IDENTITY).serial for _ in range(50)}
+    serials = {signer.sign(make_csr(), IDENTITY).serial for _attempt in range(50)}
     assert len(serials) == 50
     assert all(0 < s < 2 ** 128 for s in serials)
 
@@ -353,7 +353,7 @@ def test_check_mode_creation_writes_nothing(tmp_path):
 @pytest.mark.parametrize("key_type,key_class", [("ec", ec.EllipticCurvePrivateKey), ("rsa", rsa.RSAPrivateKey),
                                                 ("ed25519", ed25519.Ed25519PrivateKey)])
 def test_each_ca_key_type_signs_verifiable_certificates(tmp_path, key_type, key_class):
-    ca, _ = CertificateAuthority.load_or_create(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"), key_type=key_type)
+    ca, _created = CertificateAuthority.load_or_create(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"), key_type=key_type)
     assert isinstance(ca.private_key, key_class)
     loaded = CertificateAuthority.load(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"))
     issued = Signer(loaded, CsrPolicy()).sign(make_csr(), IDENTITY)
@@ -375,7 +375,7 @@ def test_passphrase_encrypts_the_key_and_is_required_to_load(tmp_path):
 
 def test_key_without_certificate_gets_a_certificate_and_the_reverse_is_refused(tmp_path):
     cert_path, key_path = str(tmp_path / "ca.crt"), str(tmp_path / "ca.key")
-    first, _ = CertificateAuthority.load_or_create(cert_path, key_path)
+    first, _created = CertificateAuthority.load_or_create(cert_path, key_path)
     os.unlink(cert_path)
     recovered, created = CertificateAuthority.load_or_create(cert_path, key_path)
     assert created
