@@ -1,0 +1,201 @@
+"""Benchmark: the bulk provisioner (choria_provision action=provision) against a simulated fleet.
+
+    .venv/bin/python bench/bench_provision.py            # 1,000 and 10,000 nodes, helper path, floor
+    .venv/bin/python bench/bench_provision.py --quick    # 200 nodes, small helper run
+
+For each fleet size: nodes/s, p50/p99 per node, peak RSS and CPU seconds of the provisioner (run in its own
+process) and of the fleet process, provisioner CPU per node, and the floor measured in the same run: the raw
+NATS request/reply rate on this machine with a trivial responder, divided by the 4 round trips per node.
+A real nats-server on loopback; the fleet is one zeroinit-agent process serving every simulated node.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect  # noqa: E402
+from tests.support.fleet import AgentFleet  # noqa: E402
+
+TOKEN = "bench-token"
+RESPONDER = r"""
+import asyncio, sys
+import nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    async def echo(msg):
+        await nc.publish(msg.reply, b'{"ok":true}')
+    await nc.subscribe("bench.echo", cb=echo)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await nc.drain()
+asyncio.run(main())
+"""
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, peak RSS bytes) of a live process from /proc."""
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+async def _floor(url: str, count: int, in_flight: int) -> float:
+    """Requests per second through nats-server with a trivial responder in another process."""
+    responder = subprocess.Popen([sys.executable, "-c", RESPONDER, url], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout.readline().strip() == "ready"
+        nc = await connect([url], name="bench-floor")
+        payload = b"x" * 900  # about the size of a Choria request
+        slots = asyncio.Semaphore(in_flight)
+
+        async def one():
+            async with slots:
+                await nc.request("bench.echo", payload, timeout=30)
+
+        await asyncio.gather(*(one() for _ in range(min(1000, count))))  # warm up
+        started = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(count)))
+        rate = count / (time.monotonic() - started)
+        await nc.drain()
+        return rate
+    finally:
+        responder.stdin.close()
+        try:
+            responder.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            responder.kill()
+            responder.wait()
+
+
+def child_run(args) -> None:
+    """Runs in its own process so its CPU and peak RSS are the provisioner's alone."""
+    settings = pv.ProvisionSettings(**json.loads(args.child))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    out = pv.provision(settings)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    out["peak_rss"] = after.ru_maxrss * 1024
+    print(json.dumps(out))
+
+
+def run_provisioner(settings: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(settings)], stdout=subprocess.PIPE,
+                          text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def make_ca(workdir: str) -> tuple[str, str]:
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    cert, key = os.path.join(workdir, "ca.pem"), os.path.join(workdir, "ca.key")
+    CertificateAuthority.load_or_create(cert, key)
+    return cert, key
+
+
+def write_helper(workdir: str, ca_cert: str, ca_key: str) -> list[str]:
+    base = os.path.join(workdir, "base.json")
+    with open(base, "w") as handle:
+        json.dump({"plugin.choria.middleware_hosts": "nats://127.0.0.1:1", "collectives": "bench"}, handle)
+    return [sys.executable, str(ROOT / "tests" / "integration" / "helpers" / "policy_helper.py"),
+            "--ca-cert", ca_cert, "--ca-key", ca_key, "--config", base]
+
+
+def bench_size(count: int, workers: int, connections: int, workdir: str, helper: list | None = None) -> dict:
+    ca_cert, ca_key = make_ca(workdir)
+    state = os.path.join(workdir, "fleet-%d" % count)
+    with EmbeddedBroker() as broker, EmbeddedBroker() as members:
+        # Nodes are pointed at a second broker: a restart really moves them off the provisioning network.
+        configuration = {"plugin.choria.middleware_hosts": members.url, "collectives": "bench",
+                         "main_collective": "bench"}
+        with AgentFleet(broker.url, count, state, token=TOKEN, connections=connections) as fleet:
+            fleet_cpu0, _ = proc_stats(fleet.process.pid)
+            settings = dict(brokers=[broker.url], token=TOKEN, workers=workers, expect=count,
+                            discovery_timeout=30.0, timeout=30.0, configuration=configuration)
+            if helper:
+                settings["helper"] = helper
+            else:
+                settings["signer"] = {"ca_cert": ca_cert, "ca_key": ca_key}
+            out = run_provisioner(settings)
+            fleet_cpu1, fleet_rss = proc_stats(fleet.process.pid)
+    shutil.rmtree(state, ignore_errors=True)
+    t = out["timings"]
+    return {"nodes": count, "provisioned": out["counts"]["provisioned"], "failed": out["counts"]["failed"],
+            "seconds": t["total_seconds"], "discovery_s": t["discovery_seconds"],
+            "nodes_per_s": t["nodes_per_second"], "p50_ms": t["node"]["p50_ms"], "p99_ms": t["node"]["p99_ms"],
+            "prov_cpu_s": round(out["cpu_seconds"], 2),
+            "prov_cpu_ms_per_node": round(1000 * out["cpu_seconds"] / max(1, count), 3),
+            "prov_peak_rss_mb": round(out["peak_rss"] / 2**20, 1),
+            "fleet_cpu_s": round(fleet_cpu1 - fleet_cpu0, 2), "fleet_peak_rss_mb": round(fleet_rss / 2**20, 1),
+            "steps": {k: v for k, v in t.items() if isinstance(v, dict) and k != "node"}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (200 nodes, 50 through the helper)")
+    parser.add_argument("--sizes", default="", help="comma-separated fleet sizes (default 1000,10000)")
+    parser.add_argument("--workers", type=int, default=1000, help="nodes in flight")
+    parser.add_argument("--connections", type=int, default=4, help="NATS connections of the fleet process")
+    parser.add_argument("--helper-nodes", type=int, default=None, help="nodes for the helper run (0: skip)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_run(args)
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",") if s] or ([200] if args.quick else [1000, 10000])
+    helper_nodes = args.helper_nodes if args.helper_nodes is not None else (50 if args.quick else 300)
+    print("bench_provision: machine %s, %d CPU cores, Python %s" % (os.uname().machine, os.cpu_count() or 0,
+                                                                  sys.version.split()[0]))
+    workdir = tempfile.mkdtemp(prefix="zeroinit-bench-prov-")
+    try:
+        with EmbeddedBroker() as broker:
+            floor_rps = asyncio.run(_floor(broker.url, 5000 if args.quick else 40000, 1000))
+        floor_nodes = floor_rps / 4
+        print("floor: raw NATS request/reply %.0f req/s (trivial responder, 1000 in flight) -> %.0f nodes/s "
+              "at 4 round trips per node" % (floor_rps, floor_nodes))
+        for count in sizes:
+            row = bench_size(count, args.workers, args.connections, workdir)
+            row["ratio_to_floor"] = round(row["nodes_per_s"] / floor_nodes, 3)
+            print(json.dumps(row))
+            print("signer path, %d nodes: %.1f s total (%.2f s discovery), %.0f nodes/s, per node p50 %.0f ms "
+                  "p99 %.0f ms, provisioner %.2f CPU s (%.3f ms/node) peak RSS %.0f MB, fleet %.1f CPU s peak RSS "
+                  "%.0f MB, %.2f of the floor, failed %d"
+                  % (count, row["seconds"], row["discovery_s"], row["nodes_per_s"], row["p50_ms"], row["p99_ms"],
+                     row["prov_cpu_s"], row["prov_cpu_ms_per_node"], row["prov_peak_rss_mb"], row["fleet_cpu_s"],
+                     row["fleet_peak_rss_mb"], row["ratio_to_floor"], row["failed"]))
+        if helper_nodes:
+            ca_cert, ca_key = make_ca(workdir)
+            row = bench_size(helper_nodes, args.workers, args.connections, workdir,
+                             helper=write_helper(workdir, ca_cert, ca_key))
+            print(json.dumps(row))
+            print("helper path (one policy_helper.py subprocess per node), %d nodes: %.1f s, %.0f nodes/s "
+                  "(target >= 50), per node p50 %.0f ms p99 %.0f ms, failed %d"
+                  % (helper_nodes, row["seconds"], row["nodes_per_s"], row["p50_ms"], row["p99_ms"], row["failed"]))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
