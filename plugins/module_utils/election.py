@@ -58,6 +58,9 @@ STATES = (CANDIDATE, LEADER, FOLLOWER)
 # How long the full view must stay unchanged before the leader declares itself: members starting together are
 # then all seen, so "more members than expected" is reported instead of an election of whoever came first.
 SETTLE_SECONDS = 0.25
+# A member that finds duplicate IDs or too many members keeps announcing this long before it withdraws, so the
+# others (whose queries may still be in flight) find the same problem instead of waiting for it.
+LINGER_SECONDS = 1.0
 # Signed announcements older/newer than this are ignored (a replay of an earlier election). Clocks of the
 # members must agree within this when a secret is used.
 MAX_CLOCK_SKEW_MS = 300_000
@@ -435,6 +438,7 @@ class LeaderElection:
         browser = None
         info = None
         broadcast = None
+        linger = False
         try:
             zc.async_add_listener(_AnnouncementListener(self), None)
             browser = AsyncServiceBrowser(zc, SERVICE_TYPE, handlers=[lambda **_kw: None])
@@ -448,12 +452,23 @@ class LeaderElection:
                                     % (self.address, self.cluster))
             complete_since = None
             complete_view = None
+            problem_since = None
             while True:
                 if self._conflict:
                     raise ElectionError(self._conflict)
                 now = time.monotonic()
                 if self.me.state == CANDIDATE:
-                    decision = decide(self.view(), self.expect)
+                    try:
+                        decision = decide(self.view(), self.expect)
+                        problem_since = None
+                    except (DuplicateElectionId, TooManyMembers):
+                        # Reported once it persisted for the settle time, and then still announced for a
+                        # while, so that every member sees the same problem before this one withdraws.
+                        problem_since = now if problem_since is None else problem_since
+                        if now - problem_since >= SETTLE_SECONDS:
+                            linger = True
+                            raise
+                        decision = Decision(False, None, ())
                     if not decision.complete:
                         complete_since = None
                     elif decision.leader.address == self.address:
@@ -482,14 +497,17 @@ class LeaderElection:
                 if now >= deadline:
                     raise ElectionTimeout(self._timeout_message())
                 wait = deadline - now
-                if complete_since is not None and self.me.state == CANDIDATE:
-                    wait = min(wait, max(0.0, complete_since + SETTLE_SECONDS - now) + 0.001)
+                for since in (complete_since, problem_since):
+                    if since is not None and self.me.state == CANDIDATE:
+                        wait = min(wait, max(0.0, since + SETTLE_SECONDS - now) + 0.001)
                 self._event.clear()
                 try:
                     await asyncio.wait_for(self._event.wait(), timeout=wait)
                 except asyncio.TimeoutError:
                     pass
         finally:
+            if linger:
+                await asyncio.sleep(LINGER_SECONDS)
             if broadcast is not None and not broadcast.done():
                 broadcast.cancel()
             if info is not None:
@@ -556,7 +574,8 @@ class LeaderElection:
             msg = "%s: this host leads %s but these members did not withdraw as its followers: %s" % (
                 head, ", ".join(self.me.members), "; ".join("%s %s" % item for item in sorted(pending.items())))
         elif len(seen) < self.expect:
-            msg = "%s: saw %d of %d expected members: %s" % (head, len(seen), self.expect, describe(seen))
+            ever = seen + [p.announcement for p in self._peers.values() if p.withdrawn and p.announcement not in seen]
+            msg = "%s: saw %d of %d expected members: %s" % (head, len(ever), self.expect, describe(ever))
         else:
             decision = decide(seen, self.expect)
             lead = decision.leader
@@ -566,6 +585,9 @@ class LeaderElection:
                 said = "did not announce that it leads (state %s)" % lead.state
             msg = "%s: saw all %d expected members (%s) but the leader %s %s" % (
                 head, self.expect, ", ".join(decision.members), lead.address, said)
+        gone = [p.announcement for p in self._peers.values() if p.withdrawn and p.announcement.state != FOLLOWER]
+        if gone:
+            msg += "; of these withdrew: %s" % describe(gone)
         if self._ignored:
             msg += "; ignored announcements: %s" % "; ".join(
                 "%s (%s)" % item for item in sorted(self._ignored.items()))

@@ -1,0 +1,199 @@
+"""Leader election over real mDNS between network-namespace hosts: one python-zeroconf process per member.
+
+Each member is ``python -m ...module_utils.election`` inside its host, started at one wall-clock instant
+(``--start-at``) so that "members starting together" really is together. Timeouts are a few seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.netns import TestNetwork
+
+pytestmark = pytest.mark.netns
+
+ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election"
+SECRET = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def net():
+    """Five hosts on one bridge (no sshd): .10 … .14."""
+    network = TestNetwork.create("elect", 5, sshd=False)
+    try:
+        yield network
+    finally:
+        network.destroy()
+
+
+class Member:
+    """One election process inside a host; always reaped."""
+
+    def __init__(self, host, expect: int, start_at: float, timeout: float = 4, cluster: str = "zeroinit",
+                 secret: str | None = None, election_id: int | None = None) -> None:
+        argv = [sys.executable, "-m", ELECTION, "--expect", str(expect), "--timeout", str(timeout),
+                "--cluster", cluster, "--start-at", repr(start_at)]
+        if election_id is not None:
+            argv += ["--election-id", str(election_id)]
+        env = dict(os.environ)
+        env.pop("ZEROINIT_ELECTION_SECRET", None)
+        if secret is not None:
+            env["ZEROINIT_ELECTION_SECRET"] = secret
+        self.host = host
+        self.proc = host.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.rc = None
+        self.result: dict = {}
+        self.stderr = ""
+
+    def wait(self, limit: float = 30) -> dict:
+        try:
+            out, self.stderr = self.proc.communicate(timeout=limit)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        self.rc = self.proc.returncode
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        self.result = json.loads(lines[-1]) if lines else {"failed": True, "msg": "no output: %s" % self.stderr}
+        return self.result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+
+
+def run_all(members: list[Member]) -> list[dict]:
+    try:
+        return [m.wait() for m in members]
+    finally:
+        for m in members:
+            m.kill()
+            m.proc.wait()
+
+
+def soon(seconds: float = 1.0) -> float:
+    """A start instant far enough ahead for every process to be imported and waiting."""
+    return time.time() + seconds
+
+
+def assert_one_agreed_leader(results: list[dict], leader: str, members: list[str]) -> None:
+    assert all(not r.get("failed") for r in results), results
+    assert {r["leader"] for r in results} == {leader}
+    assert [r["address"] for r in results if r["is_leader"]] == [leader]
+    assert all(r["members"] == members for r in results), results
+
+
+def test_three_hosts_elect_the_lowest_address(net):
+    hosts = net.hosts[:3]
+    start = soon()
+    results = run_all([Member(h, 3, start) for h in hosts])
+    assert_one_agreed_leader(results, hosts[0].address, [h.address for h in hosts])
+    assert all(r["leader_id"] == hosts[0].int_id for r in results)
+    assert [r["election_id"] for r in results] == [h.int_id for h in hosts]
+
+
+def test_a_late_member_completes_the_election(net):
+    """Two members wait; the third starts later and learns about them from its queries."""
+    hosts = net.hosts[1:4]
+    early = [Member(h, 3, soon(), timeout=8) for h in hosts[1:]]
+    time.sleep(2.0)
+    late = Member(hosts[0], 3, soon(0.5), timeout=8)
+    results = run_all(early + [late])
+    assert_one_agreed_leader(results, hosts[0].address, [h.address for h in hosts])
+
+
+def test_explicit_ids_choose_the_leader_not_addresses(net):
+    hosts = net.hosts[:3]
+    start = soon()
+    ids = [30, 20, 10]
+    results = run_all([Member(h, 3, start, election_id=i) for h, i in zip(hosts, ids)])
+    assert_one_agreed_leader(results, hosts[2].address, [h.address for h in hosts])
+    assert all(r["leader_id"] == 10 for r in results)
+
+
+def test_strangers_without_the_secret_cannot_win(net):
+    """.10 signs with a wrong secret and .14 does not sign: both have lower/other addresses and are ignored."""
+    legit = net.hosts[1:4]
+    start = soon()
+    members = [Member(h, 3, start, secret=SECRET) for h in legit]
+    wrong = Member(net.hosts[0], 3, start, secret="not the secret", timeout=3)
+    unsigned = Member(net.hosts[4], 4, start, timeout=3)
+    results = run_all(members + [wrong, unsigned])
+    assert_one_agreed_leader(results[:3], legit[0].address, [h.address for h in legit])
+    # The wrong-secret stranger in turn ignores everyone else: it is alone and times out.
+    assert results[3]["failed"] and "timed out" in results[3]["msg"]
+    assert "saw 1 of 3" in results[3]["msg"]
+    assert results[4]["failed"]
+
+
+def test_two_clusters_on_one_bridge_each_get_their_leader(net):
+    red = [net.hosts[0], net.hosts[2], net.hosts[4]]
+    blue = [net.hosts[1], net.hosts[3]]
+    start = soon()
+    members = [Member(h, 3, start, cluster="red") for h in red] + [Member(h, 2, start, cluster="blue") for h in blue]
+    results = run_all(members)
+    assert_one_agreed_leader(results[:3], red[0].address, [h.address for h in red])
+    assert_one_agreed_leader(results[3:], blue[0].address, [h.address for h in blue])
+    assert {r["cluster"] for r in results[:3]} == {"red"} and {r["cluster"] for r in results[3:]} == {"blue"}
+
+
+def test_duplicate_ids_fail_naming_both_addresses(net):
+    hosts = net.hosts[:2]
+    start = soon()
+    results = run_all([Member(h, 2, start, election_id=7) for h in hosts])
+    for result in results:
+        assert result["failed"], result
+        assert "duplicate election ID 7" in result["msg"]
+        assert hosts[0].address in result["msg"] and hosts[1].address in result["msg"]
+
+
+def test_more_members_than_expected_fails_naming_them(net):
+    hosts = net.hosts[:3]
+    start = soon()
+    results = run_all([Member(h, 2, start) for h in hosts])
+    for result in results:
+        assert result["failed"], result
+        assert "more members than expected: 3 seen, 2 expected" in result["msg"]
+        assert all(h.address in result["msg"] for h in hosts)
+
+
+def test_too_few_members_time_out_naming_who_was_seen(net):
+    hosts = net.hosts[:2]
+    start = soon()
+    results = run_all([Member(h, 3, start, timeout=2) for h in hosts])
+    for result in results:
+        assert result["failed"], result
+        assert "timed out after 2s" in result["msg"] and "of 3 expected members" in result["msg"]
+        assert hosts[0].address in result["msg"] and hosts[1].address in result["msg"]
+
+
+@pytest.mark.parametrize("kill_after", [0.05, 0.2, 0.4])
+def test_member_killed_mid_election_never_gives_two_leaders(net, kill_after):
+    """.11 is killed (no goodbye) around the moment the election completes: a clear timeout or one leader."""
+    hosts = net.hosts[:3]
+    victim_host = hosts[1]
+    start = soon()
+    members = [Member(h, 3, start, timeout=3) for h in hosts]
+    victim = members[1]
+    time.sleep(max(0.0, start + kill_after - time.time()))
+    victim.kill()
+    results = run_all(members)
+    survivors = [r for i, r in enumerate(results) if i != 1]
+    winners = [r for r in survivors if not r.get("failed")]
+    assert len({r["leader"] for r in winners}) <= 1, winners
+    assert len([r for r in winners if r["is_leader"]]) <= 1, winners
+    for result in survivors:
+        if result.get("failed"):
+            assert "timed out" in result["msg"], result
+        else:
+            assert result["leader"] == hosts[0].address
+    leader_result = results[0]
+    if leader_result.get("failed") and "this host leads" in leader_result["msg"]:
+        # The leader names the member that never withdrew.
+        assert victim_host.address in leader_result["msg"]
