@@ -447,3 +447,14 @@ def test_expired_and_garbage_certificates_need_renewal(ca, signer):
     need, reason = signer.needs_renewal(expired, make_csr(), 30)
     assert need and "expired" in reason
     assert signer.needs_renewal("not a certificate", make_csr(), 30)[0]
+
+
+def test_issued_fields_agree_with_the_certificate_itself(ca):
+    signer = Signer(ca, CsrPolicy(allowed_sans=["{identity}", r"10\.0\.0\.\d+"]))
+    issued = signer.sign(make_csr(ips=["10.0.0.9"]), IDENTITY, valid_days=7)
+    parsed = issued.properties()
+    assert parsed["subject"] == issued.subject and parsed["issuer"] == issued.issuer == "CN=test CA"
+    assert parsed["subject_alt_names"] == list(issued.subject_alt_names) == ["DNS:%s" % IDENTITY, "IP:10.0.0.9"]
+    assert parsed["serial"] == issued.serial_hex and parsed["not_after"] == issued.not_after_iso
+    assert parsed["public_key_sha256"] == issued.public_key_sha256
+    assert load(issued.certificate).not_valid_before_utc == issued.not_before
