@@ -84,6 +84,7 @@ DEFAULT_DENY = (
     r"\.localhost$",
     r"^(root|admin|administrator)(\.|$)",   # privileged-looking account names
     r"^127\.", r"^0\.0\.0\.0$", r"^::1?$",  # loopback and unspecified addresses
+    r"^::ffff:7f",                          # IPv4-mapped loopback
 )
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
@@ -373,6 +374,8 @@ class CertificateAuthority:
                     existing_key = _load_private_key(handle.read(), passphrase, key_path)
             except OSError as exc:
                 raise PkiError("ca_key %s cannot be read: %s" % (key_path, exc.strerror or exc), field="ca_key") from exc
+        for option, path in (("ca_cert", cert_path), ("ca_key", key_path)):
+            _require_directory(path, option)
         ca = cls.create(common_name, key_type, valid_days, private_key=existing_key)
         ca.cert_path, ca.key_path = cert_path, key_path
         if not check_mode:
@@ -391,17 +394,20 @@ class CertificateAuthority:
                                                      encryption)
             files.append((key_path, key_pem, 0o600))
         files.append((cert_path, self.chain_pem.encode("ascii"), 0o644))
+        _require_directory(cert_path, "ca_cert")
+        _require_directory(key_path, "ca_key")
         try:
             # Key first: if interrupted, a key without certificate is recoverable (load_or_create), the reverse is not.
-            for path, _data, _mode in files:
-                directory = os.path.dirname(os.path.abspath(path))
-                if not os.path.isdir(directory):
-                    raise PkiError("directory %s for %s does not exist" % (directory, path),
-                                   field="ca_key" if path == key_path else "ca_cert")
             atomic_write_many(files)
         except OSError as exc:
             raise PkiError("cannot write the CA to %s / %s: %s" % (cert_path, key_path, exc), field="ca_cert") from exc
         self.cert_path, self.key_path = cert_path, key_path
+
+
+def _require_directory(path: str, option: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise PkiError("%s: directory %s does not exist" % (option, directory), field=option)
 
 
 def _load_private_key(data: bytes, passphrase, key_path: str):
@@ -918,6 +924,9 @@ class CertificateIssuance:
             raise PkiError("renew_before_days %d must be smaller than valid_days %s, or every run would re-issue"
                            % (renew_before_days, valid_days), field="renew_before_days")
         csr_text = self._csr_text()
+        for option, path in (("dest", dest), ("chain_dest", chain_dest)):
+            if path:
+                _require_directory(path, option)
         existing = self._existing(dest, "dest")
         existing_chain = self._existing(chain_dest, "chain_dest")
         policy = policy_from_params(p)
@@ -1005,10 +1014,13 @@ class CertificateIssuance:
 
     @staticmethod
     def _write(path: str, data: str, option: str) -> None:
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise PkiError("%s: directory %s does not exist" % (option, directory), field=option)
+        _require_directory(path, option)
+        owner = group = None
+        if os.path.isfile(path) and not os.path.islink(path):
+            # Replacing a file keeps its owner and group (a service may read its certificate as another user).
+            info = os.stat(path)
+            owner, group = info.st_uid, info.st_gid
         try:
-            atomic_write(path, data, mode=CERTIFICATE_MODE)
+            atomic_write(path, data, mode=CERTIFICATE_MODE, owner=owner, group=group)
         except OSError as exc:
             raise PkiError("%s %s cannot be written: %s" % (option, path, exc), field=option) from exc
