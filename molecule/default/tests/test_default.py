@@ -1,0 +1,39 @@
+"""After converge: on every master only the new key logs in, and authorized_keys is exactly what it should be.
+
+testinfra connects with the new key alone (ssh_config written by verify.yml), so every test passing on a host
+also proves the new key logs in there. ZMOL_DIR is molecule's ephemeral directory with the keys.
+"""
+import os
+import subprocess
+
+ZMOL_DIR = os.environ["ZMOL_DIR"]
+
+
+def read(name):
+    with open(os.path.join(ZMOL_DIR, name)) as handle:
+        return handle.read()
+
+
+def test_new_key_logs_in_as_root(host):
+    assert host.run("id -u").stdout.strip() == "0"
+    assert host.run("hostname").stdout.strip().startswith("zmol-h")
+
+
+def test_authorized_keys_holds_new_key_and_unrelated_lines_only(host):
+    keys = host.file("/root/.ssh/authorized_keys")
+    assert keys.is_file and not keys.is_symlink
+    assert keys.mode == 0o600 and keys.user == "root"
+    bootstrap = read("bootstrap_ed25519.pub").strip()
+    expected = read("authorized_keys.initial").replace(bootstrap, read("fleet_ed25519.pub").strip())
+    assert keys.content_string == expected
+
+
+def test_sshd_refuses_the_bootstrap_key(host):
+    proc = subprocess.run(
+        ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+         "-o", "ControlPath=none", "-o", "UserKnownHostsFile=%s" % os.path.join(ZMOL_DIR, "known_hosts"),
+         "-o", "StrictHostKeyChecking=yes", "-i", os.path.join(ZMOL_DIR, "bootstrap_ed25519"),
+         "root@%s" % host.backend.hostname, "true"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 255
+    assert "Permission denied (publickey)" in proc.stderr
