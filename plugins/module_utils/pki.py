@@ -1016,7 +1016,7 @@ class CertificateIssuance:
     def _write(path: str, data: str, option: str) -> None:
         _require_directory(path, option)
         owner = group = None
-        if os.path.isfile(path) and not os.path.islink(path):
+        if os.path.isfile(path) and not os.path.islink(path) and os.geteuid() == 0:
             # Replacing a file keeps its owner and group (a service may read its certificate as another user).
             info = os.stat(path)
             owner, group = info.st_uid, info.st_gid
