@@ -510,16 +510,19 @@ class CsrPolicy:
     @staticmethod
     def _check_signature(request) -> None:
         try:
+            algorithm = request.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            algorithm = None  # EdDSA has no separate hash; an unknown algorithm fails the verification below
+        if algorithm is not None and algorithm.name in _WEAK_CSR_HASHES:
+            raise PolicyError("csr_signature", algorithm.name, "the CSR is signed with %s, which is too weak"
+                              % algorithm.name)
+        try:
             valid = request.is_signature_valid
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise PolicyError("csr_signature", None, "the CSR signature cannot be checked: %s" % exc) from exc
         if not valid:
             raise PolicyError("csr_signature", None, "the CSR signature does not verify (altered or not made with "
                                                      "the key it contains)")
-        algorithm = request.signature_hash_algorithm
-        if algorithm is not None and algorithm.name in _WEAK_CSR_HASHES:
-            raise PolicyError("csr_signature", algorithm.name, "the CSR is signed with %s, which is too weak"
-                              % algorithm.name)
 
     @staticmethod
     def _check_identity(identity) -> str:

@@ -180,6 +180,22 @@ def test_csr_with_flipped_signature_bits_is_refused(signer):
     assert err.rule == "csr_signature"
 
 
+# Made with `openssl req -new -sha1` (cryptography itself refuses to sign with SHA-1).
+SHA1_CSR = """-----BEGIN CERTIFICATE REQUEST-----
+MIHWMH4CAQAwHDEaMBgGA1UEAwwRbm9kZTEuZXhhbXBsZS5uZXQwWTATBgcqhkjO
+PQIBBggqhkjOPQMBBwNCAAR8dUUy8+//JtISpbWserEADBxfv8mDQftt2sfxJwWg
+yAnFmUlClnG4lUYheBTZsNHVsaByyIl1A7dqmT5HtK3qoAAwCQYHKoZIzj0EAQNJ
+ADBGAiEA/MEHnM76Qnx6M4xW6x+6hM81tSdSSNJOoYPtpPVC2lsCIQCtwUnAxpIl
+WBrf2SALTgV83hnHVHfutPW80PH8cb8Oug==
+-----END CERTIFICATE REQUEST-----
+"""
+
+
+def test_csr_signed_with_sha1_is_refused_as_weak(signer):
+    err = refusal(signer, SHA1_CSR)
+    assert err.rule == "csr_signature" and err.value == "sha1" and "too weak" in str(err)
+
+
 def test_garbage_is_a_pki_error_naming_csr(signer):
     with pytest.raises(PkiError) as info:
         signer.sign("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", IDENTITY)
