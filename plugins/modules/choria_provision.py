@@ -279,10 +279,13 @@ deferred:
   description: Nodes the helper deferred (left in provisioning mode), with its message.
   returned: action=provision
   type: dict
-failed:
-  description: Nodes that failed, with the step and reason.
+failed_nodes:
+  description:
+    - Nodes that failed, with the step and reason (C(failed) itself is Ansible's task status, so this key is
+      not called that).
   returned: action=provision
   type: dict
+  sample: {"node3.example.net": "gencsr: no reply from node3.example.net within 10.0s (3 attempts)"}
 shutdown:
   description: Nodes the helper asked to shut down, with its message.
   returned: action=provision
@@ -416,12 +419,14 @@ def main():
         module.fail_json(msg="%s%s" % (exc, where))
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg="choria_provision failed: %s" % exc, exception=traceback.format_exc())
+    if "failed" in result:
+        result["failed_nodes"] = result.pop("failed")
     warnings = result.pop("warnings", [])
     for warning in warnings:
         module.warn(warning)
-    if p["action"] == "provision" and p["fail_on_node_error"] and result["failed"]:
-        module.fail_json(msg="%d node(s) failed: %s" % (len(result["failed"]), ", ".join(sorted(result["failed"]))),
-                         **result)
+    if p["action"] == "provision" and p["fail_on_node_error"] and result["failed_nodes"]:
+        module.fail_json(msg="%d node(s) failed: %s" % (len(result["failed_nodes"]),
+                                                       ", ".join(sorted(result["failed_nodes"]))), **result)
     module.exit_json(**result)
 
 

@@ -1,0 +1,187 @@
+"""choria_provision, the roles and the provisioning playbooks through ansible-playbook, against a real fleet.
+
+Each case runs check, real, check, real (community.crypto style): check mode changes nothing on any node,
+the real run provisions, and once provisioned nothing is left to change.
+"""
+import asyncio
+import hashlib
+import json
+import pathlib
+import sys
+
+import pytest
+from cryptography import x509
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import parse_config
+from tests.support.ansible_run import ROOT, run_module, run_playbook
+from tests.support.fleet import AgentFleet, discover
+
+TOKEN = "play-token"
+HELPERS = pathlib.Path(__file__).parent / "helpers"
+
+
+@pytest.fixture
+def members():
+    with EmbeddedBroker() as broker:
+        yield broker
+
+
+def snapshot(fleet) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(fleet.state_dir).rglob("*")) if p.is_file()}
+
+
+def member_config(members):
+    return {"plugin.choria.middleware_hosts": members.url, "collectives": "members", "main_collective": "members"}
+
+
+def configured(fleet, identity) -> dict:
+    return parse_config((pathlib.Path(fleet.node_dir(identity)) / "server.conf").read_text())
+
+
+def chains_to(fleet, identity, ca_path) -> bool:
+    cert = x509.load_pem_x509_certificate(
+        (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "certificate.pem").read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(pathlib.Path(ca_path).read_bytes()))
+    return True
+
+
+def role_task(result, suffix, host):
+    """The result of a role's task (names are prefixed with the role) on ``host``."""
+    for task in reversed(result.tasks()):
+        if task["task"]["name"].endswith(suffix) and host in task["hosts"]:
+            return task["hosts"][host]
+    raise AssertionError("no task ending %r for %s; rc=%d\n%s" % (suffix, host, result.rc, result.stderr[-2000:]))
+
+
+def test_module_check_real_check_real(nats_broker, members, tmp_path):
+    params = {"action": "provision", "brokers": [nats_broker.url], "token": TOKEN, "discovery_timeout": 1.5,
+              "signer": {"ca_cert": str(tmp_path / "ca.pem"), "ca_key": str(tmp_path / "ca.key"), "create_ca": True},
+              "configuration": member_config(members)}
+    with AgentFleet(nats_broker.url, 3, tmp_path / "fleet", token=TOKEN) as fleet:
+        before = snapshot(fleet)
+        check = run_module("zeroinit.bootstrap.choria_provision", params, check=True)
+        assert check["changed"] is True and check["would_provision"] == fleet.identities
+        assert check["provisioned"] == [] and snapshot(fleet) == before
+        assert not (tmp_path / "ca.pem").exists()  # check mode does not even create the CA
+
+        real = run_module("zeroinit.bootstrap.choria_provision", params)
+        assert real["changed"] is True and real["provisioned"] == fleet.identities and real["failed_nodes"] == {}
+        assert real["counts"]["provisioned"] == 3 and "p99_ms" in real["timings"]["gencsr"]
+        for identity in fleet.identities:
+            assert chains_to(fleet, identity, tmp_path / "ca.pem")
+            assert configured(fleet, identity)["collectives"] == "members"
+        assert asyncio.run(discover(members.url, fleet.identities, 20, collective="members")) == fleet.identities
+        assert TOKEN not in json.dumps(real)
+
+        after = snapshot(fleet)
+        check2 = run_module("zeroinit.bootstrap.choria_provision", params, check=True)
+        assert check2["changed"] is False and check2["would_provision"] == []
+        real2 = run_module("zeroinit.bootstrap.choria_provision", params)
+        assert real2["changed"] is False and real2["counts"]["discovered"] == 0
+        assert snapshot(fleet) == after
+
+
+def test_single_node_actions_and_bad_input(nats_broker, tmp_path):
+    with AgentFleet(nats_broker.url, 1, tmp_path / "fleet", token=TOKEN, facts={"rack": "r7"}) as fleet:
+        node = fleet.identities[0]
+        base = {"brokers": [nats_broker.url], "token": TOKEN, "identity": node}
+        inv = run_module("zeroinit.bootstrap.choria_provision", dict(base, action="inventory"))
+        assert inv["changed"] is False and inv["data"]["facts"]["rack"] == "r7"
+
+        before = snapshot(fleet)
+        check = run_module("zeroinit.bootstrap.choria_provision", dict(base, action="gencsr"), check=True)
+        assert check["changed"] is True and snapshot(fleet) == before
+
+        csr = run_module("zeroinit.bootstrap.choria_provision", dict(base, action="gencsr"))
+        assert csr["changed"] is True and "CERTIFICATE REQUEST" in csr["data"]["csr"]
+        assert (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").exists()
+        assert "PRIVATE KEY" not in json.dumps(csr)
+
+        loop = run_module("zeroinit.bootstrap.choria_provision", dict(
+            base, action="configure", certificate="-----BEGIN CERTIFICATE-----", ca="-----BEGIN CERTIFICATE-----",
+            configuration={"plugin.choria.server.provision": True}))
+        assert loop.get("failed") and "leaves provisioning on" in loop["msg"] and node in loop["msg"]
+
+        refused = run_module("zeroinit.bootstrap.choria_provision", dict(base, action="restart"))
+        assert refused.get("failed") and "restart refused by %s" % node in refused["msg"]
+
+        bad = run_module("zeroinit.bootstrap.choria_provision", dict(base, action="provision", timeout=0,
+                                                                     helper="/bin/true"))
+        assert bad.get("failed") and "timeout" in bad["msg"]
+        silent = run_module("zeroinit.bootstrap.choria_provision", dict(
+            base, action="inventory", identity="nobody.example.net", timeout=0.5, retries=1))
+        assert silent.get("failed") and "no reply from nobody.example.net" in silent["msg"]
+
+
+def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, members, tmp_path):
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    ca_cert, ca_key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
+    CertificateAuthority.load_or_create(ca_cert, ca_key)
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(member_config(members)))
+    extra = {"zeroinit_provision_brokers": [nats_broker.url], "zeroinit_provision_token": TOKEN,
+             "zeroinit_provision_helper": [sys.executable, str(HELPERS / "policy_helper.py"), "--ca-cert", ca_cert,
+                                           "--ca-key", ca_key, "--config", str(base)],
+             "zeroinit_provision_configuration": {"loglevel": "warn"}}
+    playbook = ROOT / "playbooks" / "provision_fleet.yaml"
+    task = "Discover and provision the nodes"
+    with AgentFleet(nats_broker.url, 3, tmp_path / "fleet", token=TOKEN) as fleet:
+        before = snapshot(fleet)
+        check = run_playbook(playbook, extra_vars=extra, check=True)
+        assert check.rc == 0 and check.result(task)["would_provision"] == fleet.identities
+        assert snapshot(fleet) == before
+
+        real = run_playbook(playbook, extra_vars=extra)
+        assert real.rc == 0 and real.result(task)["provisioned"] == fleet.identities
+        for identity in fleet.identities:
+            assert chains_to(fleet, identity, ca_cert)
+            conf = configured(fleet, identity)
+            assert conf["loglevel"] == "warn" and conf["plugin.choria.server.provision"] == "false"
+        assert asyncio.run(discover(members.url, fleet.identities, 20, collective="members")) == fleet.identities
+
+        again = run_playbook(playbook, extra_vars=extra)
+        assert again.rc == 0 and again.changed() == 0 and again.result(task)["counts"]["discovered"] == 0
+
+        # Reprovision one node where it lives now; it comes back to the provisioning network and is provisioned
+        # again by the next run (with a new key made on the node).
+        node = fleet.identities[1]
+        old_key = (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").read_bytes()
+        back = run_playbook(ROOT / "playbooks" / "reprovision.yaml", extra_vars={
+            "zeroinit_reprovision_identities": [node], "zeroinit_reprovision_brokers": [members.url],
+            "zeroinit_reprovision_collective": "members", "zeroinit_provision_token": TOKEN})
+        assert back.rc == 0 and back.changed() == 1, back.stderr[-2000:]
+        assert asyncio.run(discover(nats_broker.url, [node], 20)) == [node]
+        third = run_playbook(playbook, extra_vars=extra)
+        assert third.rc == 0 and third.result(task)["provisioned"] == [node]
+        assert (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").read_bytes() != old_key
+        assert chains_to(fleet, node, ca_cert)
+
+
+def test_per_host_provision_playbook(nats_broker, members, tmp_path):
+    ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
+    (tmp_path / "pki").mkdir()
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    CertificateAuthority.load_or_create(ca_cert, ca_key)
+    extra = {"zeroinit_provision_brokers": [nats_broker.url], "zeroinit_provision_token": TOKEN,
+             "zeroinit_provision_ca_cert": ca_cert, "zeroinit_provision_ca_key": ca_key,
+             "zeroinit_provision_configuration": member_config(members)}
+    with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet:
+        inventory = tmp_path / "hosts.yml"
+        inventory.write_text(json.dumps({"provisioning": {"hosts": {i: {} for i in fleet.identities}}}))
+        playbook = ROOT / "playbooks" / "provision.yaml"
+
+        before = snapshot(fleet)
+        check = run_playbook(playbook, inventory=inventory, extra_vars=extra, check=True)
+        assert check.rc == 0, check.stdout[-3000:] + check.stderr[-3000:]
+        assert snapshot(fleet) == before
+
+        real = run_playbook(playbook, inventory=inventory, extra_vars=extra)
+        assert real.rc == 0, real.stdout[-3000:] + real.stderr[-3000:]
+        for identity in fleet.identities:
+            assert role_task(real, "Restart the node into its configured collective", identity)["changed"] is True
+            assert chains_to(fleet, identity, ca_cert)
+            conf = configured(fleet, identity)
+            assert conf["identity"] == identity and conf["main_collective"] == "members"
+        assert asyncio.run(discover(members.url, fleet.identities, 20, collective="members")) == fleet.identities
