@@ -22,6 +22,7 @@ Agent configuration (``--config``, ``key = value``; flags override):
     plugin.zeroinit.agent.state_dir           where server.conf and ssl/ live (fleet: one directory per node)
     plugin.zeroinit.agent.registration_interval  seconds between registration publications (0: only at start)
     plugin.zeroinit.agent.splay_max           upper bound for restart's splay, seconds
+    plugin.zeroinit.agent.fsync               true/false: fsync written files (default true; false with --fleet)
     loglevel                                  debug, info, warning, error
 """
 
@@ -53,6 +54,7 @@ from .node_actions import (
 from .node_config import (
     AGENT_BROKERS_KEY,
     AGENT_FACTS_KEY,
+    AGENT_FSYNC_KEY,
     AGENT_LOGLEVEL_KEY,
     AGENT_REGISTRATION_INTERVAL_KEY,
     AGENT_SPLAY_MAX_KEY,
@@ -65,6 +67,7 @@ from .node_config import (
     SECURITY_KEY_KEY,
     SECURITY_PROVIDER_KEY,
     ConfigError,
+    as_bool,
     as_list,
     broker_urls,
     load_config,
@@ -112,6 +115,7 @@ class AgentSettings:
     splay_max: float = DEFAULT_SPLAY_MAX
     log_level: str = "info"
     workers: int = 8
+    fsync: bool | None = None  # None: on for one node, off for a simulated fleet
 
 
 class Link:
@@ -242,6 +246,7 @@ class NodeAgent:
         self.garbage = 0
         self.stopping: asyncio.Event | None = None
         self._next_link = 0
+        self._broker_info: dict[str, dict] = {}
 
     # -------------------------------------------------------------------------------------- nodes
 
@@ -258,7 +263,8 @@ class NodeAgent:
             if not valid_identity(identity):
                 raise ConfigError("invalid identity %r" % identity)
             node_dir = os.path.join(s.state_dir, identity) if s.fleet else s.state_dir
-            node = ProvisionNode(identity, node_dir, s.token, self.facts, splay_max=s.splay_max)
+            node = ProvisionNode(identity, node_dir, s.token, self.facts, splay_max=s.splay_max,
+                                 durable=s.fsync if s.fsync is not None else not s.fleet)
             node.load()
             self.nodes[identity] = node
 
@@ -302,9 +308,12 @@ class NodeAgent:
         brokers = broker_urls(config.get(MIDDLEWARE_KEY))
         files = [config.get(k, "") for k in (SECURITY_CERT_KEY, SECURITY_KEY_KEY, SECURITY_CA_KEY)]
         uses_files = config.get(SECURITY_PROVIDER_KEY, "file") == "file" and all(f and os.path.exists(f) for f in files)
+        if uses_files and not any(url.startswith("tls://") for url in brokers):
+            # nats:// may still be a TLS broker: its INFO line says so. Asked once per broker, not per node.
+            infos = [await self.broker_info(url) for url in brokers]
+            uses_files = any(info.get("tls_required") for info in infos)
         if uses_files:
-            # A client certificate is per node, so is its connection. nats-py upgrades to TLS only when the
-            # URL says tls:// or the server asks for it.
+            # A client certificate is per node, so is its connection; nats-py upgrades to TLS with it.
             key: tuple = ("tls", node.identity)
             tls = tls_context(ca=files[2], cert=files[0], key=files[1])
         else:
@@ -316,6 +325,26 @@ class NodeAgent:
             await link.open()
             self.configured_links[key] = link
         return link
+
+    async def broker_info(self, url: str) -> dict:
+        """The INFO a nats-server sends first (tls_required, tls_verify), cached; {} when unreachable."""
+        if url in self._broker_info:
+            return self._broker_info[url]
+        info: dict = {}
+        try:
+            hostport = url.split("://", 1)[-1].rsplit("@", 1)[-1]
+            host, _sep, port = hostport.rpartition(":")
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port or 4222)), 5)
+            try:
+                line = await asyncio.wait_for(reader.readline(), 5)
+            finally:
+                writer.close()
+            if line.startswith(b"INFO "):
+                info = json.loads(line[5:].decode("utf-8"))
+                self._broker_info[url] = info
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            log.debug("could not read INFO from %s: %s", url, exc)
+        return info
 
     async def attach(self, node: ProvisionNode) -> Link:
         if node.mode == MODE_PROVISIONING:
@@ -333,7 +362,7 @@ class NodeAgent:
                 link = await self.attach(node)
                 await self.announce(node, link, "startup")
                 return
-            except (RpcError, OSError, ValueError) as exc:
+            except Exception as exc:  # keep the node alive and retrying whatever the cause
                 log.warning("%s: could not join %s (%s); retrying in %.1fs", node.identity,
                             "provisioning" if node.mode == MODE_PROVISIONING else "its collective", exc, delay)
                 await asyncio.sleep(delay)
@@ -436,7 +465,7 @@ class NodeAgent:
                 await old_link.publish(lifecycle_subject("provisioned", LIFECYCLE_COMPONENT),
                                        json.dumps(event).encode("utf-8"))
             await old_link.detach(node)
-        log.info("%s: restarted in %s mode", node.identity, node.mode)
+        log.debug("%s: restarted in %s mode", node.identity, node.mode)
         await self.attach_with_retry(node)
 
     async def stop_node(self, node: ProvisionNode) -> None:
@@ -527,6 +556,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--splay-max", type=float, help="upper bound for restart's splay (default %.0fs)"
                         % DEFAULT_SPLAY_MAX)
     parser.add_argument("--workers", type=int, help="threads for key generation and file writes (default 8)")
+    parser.add_argument("--fsync", choices=("on", "off"),
+                        help="fsync keys, certificates and configuration (default: on for one node, off with --fleet, "
+                             "whose simulated nodes share one disk; renames keep every file set consistent either way)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return parser.parse_args(argv)
 
@@ -542,6 +574,8 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         s.token = conf.get(AGENT_TOKEN_KEY, "")
         s.state_dir = conf.get(AGENT_STATE_DIR_KEY) or s.state_dir
         s.log_level = conf.get(AGENT_LOGLEVEL_KEY) or s.log_level
+        if conf.get(AGENT_FSYNC_KEY):
+            s.fsync = as_bool(conf[AGENT_FSYNC_KEY])
         for key, attr in ((AGENT_REGISTRATION_INTERVAL_KEY, "registration_interval"),
                           (AGENT_SPLAY_MAX_KEY, "splay_max")):
             if conf.get(key):
@@ -553,7 +587,8 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
                         ("token", args.token), ("state_dir", args.state_dir), ("fleet", args.fleet),
                         ("domain", args.domain), ("connections", args.connections),
                         ("registration_interval", args.registration_interval), ("splay_max", args.splay_max),
-                        ("workers", args.workers), ("log_level", args.log_level)):
+                        ("workers", args.workers), ("log_level", args.log_level),
+                        ("fsync", None if args.fsync is None else args.fsync == "on")):
         if value is not None:
             setattr(s, attr, value)
     if s.fleet < 0 or s.connections < 1:

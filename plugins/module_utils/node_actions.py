@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from .files import atomic_write, atomic_write_many, fsync_directory, read_text
+from .files import atomic_write, fsync_directory, read_text
 from .node_config import (
     IDENTITY_KEY,
     MIDDLEWARE_KEY,
@@ -128,10 +128,10 @@ class ProvisionNode:
     """A node's identity, mode, lock and files; answers requests for it."""
 
     __slots__ = ("identity", "node_dir", "ssldir", "token", "shared_facts", "mode", "config",
-                 "lock_holder", "lock_until", "splay_max", "lock_seconds", "link", "stopped")
+                 "lock_holder", "lock_until", "splay_max", "lock_seconds", "link", "stopped", "durable")
 
     def __init__(self, identity: str, node_dir: str, token: str, shared_facts: dict | None = None,
-                 splay_max: float = DEFAULT_SPLAY_MAX, lock_seconds: int = LOCK_SECONDS):
+                 splay_max: float = DEFAULT_SPLAY_MAX, lock_seconds: int = LOCK_SECONDS, durable: bool = True):
         self.identity = identity
         self.node_dir = os.path.abspath(node_dir)
         self.ssldir = os.path.join(self.node_dir, "ssl")
@@ -145,6 +145,7 @@ class ProvisionNode:
         self.lock_until = 0.0
         self.link = None  # set by the daemon: the connection this node is served on
         self.stopped = False
+        self.durable = durable  # fsync files and directories (off for simulated fleets sharing one disk)
 
     def __repr__(self) -> str:  # never shows the token
         return "ProvisionNode(%s, %s)" % (self.identity, self.mode)
@@ -314,7 +315,9 @@ class ProvisionNode:
         public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
         os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
-        atomic_write_many([(self.ssl_path("private.pem"), key_pem, 0o600), (self.ssl_path("csr.pem"), csr_pem, 0o644)])
+        # No journal: a key without its CSR (or the reverse) is harmless, the next gencsr replaces both.
+        write_set(self.node_dir, [(self.ssl_path("private.pem"), key_pem, 0o600),
+                                  (self.ssl_path("csr.pem"), csr_pem, 0o644)], durable=self.durable, journal=False)
         return ActionResult(rpc_reply_body("gencsr", data={
             "csr": csr_pem.decode("ascii"), "public_key": public_pem.decode("ascii"), "ssldir": self.ssldir}))
 
@@ -355,7 +358,7 @@ class ProvisionNode:
         final[IDENTITY_KEY] = self.identity
         text = render_config(final, header="Written by the zeroinit node agent (choria_provision#configure)")
         files.append((self.server_conf, text, 0o640))
-        write_set(self.node_dir, files)
+        write_set(self.node_dir, files, durable=self.durable)
         self.config = final
         return ActionResult(rpc_reply_body("configure", data={
             "message": "Wrote %d files to %s" % (len(files), self.node_dir)}))
@@ -444,24 +447,31 @@ class ProvisionNode:
 
 # ---------------------------------------------------------------------------------------------- files
 
-def write_set(node_dir: str, files: list[tuple[str, bytes | str, int]]) -> None:
-    """Write several files as one set: after a crash at any point the node has the old set or the new one.
+def write_set(node_dir: str, files: list[tuple[str, bytes | str, int]], durable: bool = True,
+              journal: bool = True) -> None:
+    """Write several files as one set: after the process dies at any point the node has the old set or the new.
 
-    ``files.atomic_write_many`` makes each file whole; for the set, a journal naming the staged files is
-    written (atomically) once they are all on disk, the renames follow, then the journal goes. A node that
-    finds a journal at start finishes the renames (``recover_configure``); staged files without a journal
-    are an unfinished staging and are deleted.
+    ``files.atomic_write_many`` makes each file whole but renames them one by one; for the set, a journal
+    naming the staged files is written once they are all on disk, the renames follow, then the journal goes.
+    A node that finds a journal at start finishes the renames (``recover_configure``); staged files without
+    a journal are an unfinished staging and are deleted. With ``durable`` every file and directory is also
+    fsynced (power loss); renames alone already make the set safe against a killed process.
     """
     staged: list[tuple[str, str]] = []
     slow = float(os.environ.get(SLOW_WRITES_ENV, "0") or 0)
+    journal_path = os.path.join(node_dir, JOURNAL)
     try:
         for path, data, mode in files:
             if os.path.islink(path):
                 raise OSError("refusing to write %s: it is a symbolic link" % path)
             tmp = path + ".staged"
-            _write_synced(tmp, data if isinstance(data, bytes) else data.encode("utf-8"), mode)
+            _write_file(tmp, data if isinstance(data, bytes) else data.encode("utf-8"), mode, durable)
             staged.append((tmp, path))
-        atomic_write(os.path.join(node_dir, JOURNAL), json.dumps(staged), mode=0o600)
+        if journal:
+            _write_file(journal_path + ".staged", json.dumps(staged).encode("utf-8"), 0o600, durable)
+            os.replace(journal_path + ".staged", journal_path)
+            if durable:
+                fsync_directory(node_dir)
     except BaseException:
         for tmp, _path in staged:
             _unlink(tmp)
@@ -470,10 +480,11 @@ def write_set(node_dir: str, files: list[tuple[str, bytes | str, int]]) -> None:
         if slow:
             time.sleep(slow)
         os.replace(tmp, path)
-    for directory in sorted({os.path.dirname(p) for _t, p in staged}):
-        fsync_directory(directory)
-    os.unlink(os.path.join(node_dir, JOURNAL))
-    fsync_directory(node_dir)
+    if durable:
+        for directory in sorted({os.path.dirname(p) for _t, p in staged}):
+            fsync_directory(directory)
+    if journal:
+        os.unlink(journal_path)
 
 
 def recover_configure(node_dir: str) -> str:
@@ -506,12 +517,15 @@ def recover_configure(node_dir: str) -> str:
     return outcome
 
 
-def _write_synced(path: str, data: bytes, mode: int) -> None:
+def _write_file(path: str, data: bytes, mode: int, durable: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

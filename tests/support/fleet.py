@@ -208,3 +208,129 @@ class AgentFleet(AgentProcess):
 
     def start(self, timeout: float | None = None) -> "AgentFleet":
         return super().start(timeout if timeout is not None else max(30.0, self.count / 100.0))
+
+
+# ---------------------------------------------------------------------------------------------- test PKI
+
+class TestCA:
+    """A small CA made with ``cryptography`` for tests and benchmarks (not the collection's pki module)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, name: str = "zeroinit test CA"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = _utcnow()
+        self.cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - _days(1)).not_valid_after(now + _days(30))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+
+    @property
+    def pem(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def _issue(self, public_key, cn: str, ips=(), dns=(), server: bool = False, client: bool = True,
+               issuer_key=None, issuer_cert=None) -> str:
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        now = _utcnow()
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .issuer_name((issuer_cert or self.cert).subject).public_key(public_key)
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - _days(1)).not_valid_after(now + _days(7))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
+        names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips] + [x509.DNSName(d) for d in dns]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(issuer_key or self.key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def sign_csr(self, csr_pem: str, server: bool = True) -> str:
+        """A certificate for a node's CSR: CN and key from the CSR, usable for client and server TLS."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        return self._issue(csr.public_key(), cn, dns=[cn], server=server, client=True)
+
+    def issue_key_pair(self, cn: str, ips=(), server: bool = False, client: bool = True) -> tuple[str, str]:
+        """A new key and certificate (e.g. the broker's, or a client's): (cert PEM, key PEM)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._issue(key.public_key(), cn, ips=ips, server=server, client=client)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode("ascii")
+        return cert, key_pem
+
+    def write_key_pair(self, directory, cn: str, ips=(), server: bool = False, client: bool = True) -> dict:
+        """Files ``<cn>.crt``, ``<cn>.key`` (0600) and ``ca.pem`` in ``directory``: {cert, key, ca} paths."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = self.issue_key_pair(cn, ips=ips, server=server, client=client)
+        paths = {"cert": directory / ("%s.crt" % cn), "key": directory / ("%s.key" % cn), "ca": directory / "ca.pem"}
+        paths["cert"].write_text(cert)
+        paths["key"].write_text(key)
+        os.chmod(paths["key"], 0o600)
+        paths["ca"].write_text(self.pem)
+        return {name: str(path) for name, path in paths.items()}
+
+
+def _utcnow():
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _days(count: int):
+    import datetime
+    return datetime.timedelta(days=count)
+
+
+# ---------------------------------------------------------------------------------------------- a driver
+
+async def provision_node(client: RpcClient, identity: str, ca: TestCA, configuration: dict, token: str = "s3cret",
+                         splay: float = 0, timeout: float = 20.0) -> dict:
+    """The provisioner's per-node steps against one agent: inventory, gencsr, configure, restart.
+
+    A minimal stand-in for the collection's provisioner so the agent's tests and benchmark do not depend on it.
+    Returns {step: Reply}; raises RuntimeError naming the step that was refused.
+    """
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import reply_error
+
+    replies = {}
+    replies["inventory"] = await client.call(identity, "rpcutil", "inventory", timeout=timeout)
+    gencsr = await client.call(identity, "choria_provision", "gencsr", {"token": token}, timeout=timeout)
+    replies["gencsr"] = gencsr
+    if not gencsr.ok:
+        raise RuntimeError(reply_error(gencsr, "gencsr"))
+    cert = ca.sign_csr(gencsr.data["csr"])
+    configure = await client.call(identity, "choria_provision", "configure", {
+        "token": token, "config": json.dumps(configuration), "certificate": cert, "ca": ca.pem,
+        "ssldir": gencsr.data["ssldir"]}, timeout=timeout)
+    replies["configure"] = configure
+    if not configure.ok:
+        raise RuntimeError(reply_error(configure, "configure"))
+    restart = await client.call(identity, "choria_provision", "restart", {"token": token, "splay": splay},
+                                timeout=timeout)
+    replies["restart"] = restart
+    if not restart.ok:
+        raise RuntimeError(reply_error(restart, "restart"))
+    return replies

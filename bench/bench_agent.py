@@ -1,0 +1,158 @@
+"""Node agent figures: nodes one process serves, memory per node, start-to-discovery time, provisioning rate.
+
+    .venv/bin/python bench/bench_agent.py [--quick] [--sizes 1000,5000,10000] [--provision 10000]
+
+For each fleet size: one ``zeroinit-agent --fleet N`` process on a real nats-server on loopback; the time from
+process start until every node answered one broadcast discovery; the process's RSS, and RSS per node (the RSS
+above a 1-node process, divided by N). Then a provisioning round of ``--provision`` nodes driven by a minimal
+client (tests/support/fleet.py: inventory -> gencsr -> configure -> restart, certificates from a test CA, EC
+keys) with ``--inflight`` nodes at a time, until every node answers rpcutil#ping in its configured collective.
+The floor measured in the same run: raw NATS request/reply round trips per second on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, connect  # noqa: E402
+from tests.support.fleet import AgentFleet, TestCA, provision_node  # noqa: E402
+
+
+def rss_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return "%d cores (%s), Python %s" % (os.cpu_count() or 0, model or "?", sys.version.split()[0])
+
+
+def scale(broker: EmbeddedBroker, sizes: list[int], workdir: str) -> None:
+    with AgentFleet(broker.url, 1, os.path.join(workdir, "base")) as base:
+        baseline = rss_kib(base.process.pid)
+    print("baseline: one-node agent process RSS %.1f MiB" % (baseline / 1024))
+    print("%8s %14s %12s %14s" % ("nodes", "ready (s)", "RSS (MiB)", "KiB per node"))
+    for size in sizes:
+        state = os.path.join(workdir, "scale-%d" % size)
+        started = time.monotonic()
+        with AgentFleet(broker.url, size, state, facts={"role": "bench"}) as fleet:
+            ready = time.monotonic() - started
+            rss = rss_kib(fleet.process.pid)
+        shutil.rmtree(state, ignore_errors=True)
+        print("%8d %14.2f %12.1f %14.1f" % (size, ready, rss / 1024, (rss - baseline) / size))
+
+
+async def nats_floor(url: str, count: int = 5000) -> float:
+    """Request/reply round trips per second, 100 in flight, with a trivial responder: the bus's own limit."""
+    nc = await connect([url], name="bench-floor")
+    try:
+        async def echo(msg):
+            await nc.publish(msg.reply, b"pong")
+        await nc.subscribe("bench.echo", cb=echo)
+        sem = asyncio.Semaphore(100)
+
+        async def one():
+            async with sem:
+                await nc.request("bench.echo", b"ping", timeout=10)
+        started = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return count / (time.monotonic() - started)
+    finally:
+        await nc.drain()
+
+
+async def provision_round(url: str, identities: list[str], inflight: int) -> dict:
+    ca = TestCA()
+    configuration = {"plugin.choria.server.provision": "false", "plugin.choria.middleware_hosts": url,
+                     "collectives": "bench", "main_collective": "bench"}
+    durations: list[float] = []
+    failures: list[str] = []
+    sem = asyncio.Semaphore(inflight)
+    async with RpcClient([url], callerid="bench-provisioner") as client:
+        async def one(identity: str) -> None:
+            async with sem:
+                started = time.monotonic()
+                try:
+                    await provision_node(client, identity, ca, configuration, timeout=60)
+                except Exception as exc:  # a benchmark reports failures, it does not stop at the first
+                    failures.append("%s: %s" % (identity, exc))
+                    return
+                durations.append(time.monotonic() - started)
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in identities))
+        provisioned = time.monotonic() - started
+    # Every node must arrive in its configured collective.
+    async with RpcClient([url], callerid="bench-check", collective="bench") as checker:
+        seen: set[str] = set()
+        deadline = time.monotonic() + 120
+        while len(seen) < len(identities) - len(failures) and time.monotonic() < deadline:
+            seen.update(await checker.discover(timeout=2, expect=len(identities) - len(failures)))
+        arrived = time.monotonic() - started
+        pings = await checker.request("rpcutil", {"agent": "rpcutil", "action": "ping", "data": {}},
+                                      timeout=10, expect=len(seen))
+    durations.sort()
+    return {"provisioned_s": provisioned, "arrived_s": arrived, "configured": len(seen), "pinged": len(pings),
+            "failures": failures, "p50": statistics.median(durations) if durations else 0,
+            "p99": durations[int(len(durations) * 0.99) - 1] if durations else 0}
+
+
+def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -> None:
+    state = os.path.join(workdir, "provision-%d" % count)
+    with AgentFleet(broker.url, count, state) as fleet:
+        peak_before = rss_kib(fleet.process.pid)
+        result = asyncio.run(provision_round(broker.url, fleet.identities, inflight))
+        rss = rss_kib(fleet.process.pid)
+    shutil.rmtree(state, ignore_errors=True)
+    print("provisioned %d nodes (inventory, gencsr EC P-256, configure, restart; %d in flight): %.1f s, %.0f nodes/s"
+          % (count, inflight, result["provisioned_s"], count / result["provisioned_s"]))
+    print("  per node p50 %.0f ms, p99 %.0f ms; all %d in their configured collective after %.1f s; %d answered "
+          "rpcutil#ping there" % (result["p50"] * 1000, result["p99"] * 1000, result["configured"],
+                                  result["arrived_s"], result["pinged"]))
+    print("  agent RSS %.1f MiB before, %.1f MiB after; failures: %d %s"
+          % (peak_before / 1024, rss / 1024, len(result["failures"]), json.dumps(result["failures"][:3])))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 nodes only")
+    parser.add_argument("--sizes", default="")
+    parser.add_argument("--provision", type=int, default=0, help="nodes in the provisioning round")
+    parser.add_argument("--inflight", type=int, default=200)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s] or ([1000] if args.quick else [1000, 5000, 10000])
+    count = args.provision or (1000 if args.quick else 10000)
+    print("machine: %s" % machine())
+    workdir = tempfile.mkdtemp(prefix="bench-agent-")
+    try:
+        with EmbeddedBroker() as broker:
+            print("floor: raw NATS request/reply %.0f round trips/s (100 in flight)" % asyncio.run(nats_floor(broker.url)))
+            scale(broker, sizes, workdir)
+            provision(broker, count, args.inflight, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
