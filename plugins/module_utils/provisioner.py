@@ -231,29 +231,32 @@ class ChoriaProvisioner:
     # ----------------------------------------------------------------------------------------- one node
 
     async def decide(self, identity: str, inventory: dict, csr: dict) -> Decision:
-        started = time.monotonic()
-        try:
-            if self.helper_argv is not None:
-                async with self._helper_slots:
+        if self.helper_argv is not None:
+            async with self._helper_slots:
+                started = time.monotonic()  # time the helper itself, not the wait for a free slot
+                try:
                     decision = await run_helper(self.helper_argv, helper_request(identity, csr, inventory),
                                                 timeout=self.s.helper_timeout)
-                if not (decision.defer or decision.shutdown):
-                    decision.configuration = merge_configuration(self.s.configuration, decision.configuration)
-                    check_configuration(identity, decision.configuration)
-                    # A certificate for another key would leave the node unable to use it after restart.
-                    if not certificate_matches_csr(decision.certificate, csr.get("csr", "")):
-                        raise NodeFailure("helper returned a certificate for %s that does not carry the public key "
-                                          "of the node's CSR" % identity)
-            elif self.signer is not None:
-                decision = self.signer.decide(identity, csr)
-            else:
-                raise NodeFailure("no helper and no signer: nothing can decide for %s" % identity)
+                finally:
+                    self.step_ms["decide"].append((time.monotonic() - started) * 1000.0)
+            for name in decision.ignored:
+                self.ignored_fields[name] = self.ignored_fields.get(name, 0) + 1
+            if not (decision.defer or decision.shutdown):
+                decision.configuration = merge_configuration(self.s.configuration, decision.configuration)
+                check_configuration(identity, decision.configuration)
+                # A certificate for another key would leave the node unable to use it after restart.
+                if not certificate_matches_csr(decision.certificate, csr.get("csr", "")):
+                    raise NodeFailure("helper returned a certificate for %s that does not carry the public key "
+                                      "of the node's CSR" % identity)
+            return decision
+        if self.signer is None:
+            raise NodeFailure("no helper and no signer: nothing can decide for %s" % identity)
+        started = time.monotonic()
+        try:
+            decision = self.signer.decide(identity, csr)
         finally:
             self.step_ms["decide"].append((time.monotonic() - started) * 1000.0)
-        for name in decision.ignored:
-            self.ignored_fields[name] = self.ignored_fields.get(name, 0) + 1
-        if not (decision.defer or decision.shutdown):
-            check_configuration(identity, decision.configuration)
+        check_configuration(identity, decision.configuration)
         return decision
 
     async def provision_node(self, identity: str) -> None:
