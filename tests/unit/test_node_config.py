@@ -1,0 +1,66 @@
+"""The key = value configuration files of the node agent: parse, render, and what a node concludes from them."""
+import pytest
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils import node_config as nc
+
+
+def test_parse_trims_and_skips_comments_and_blank_lines():
+    text = """
+# provisioning settings
+   identity =  web1.example.net
+; an old-style comment
+plugin.choria.middleware_hosts = nats1:4222, tls://nats2:4222
+collectives=mcollective,ops
+empty =
+"""
+    assert nc.parse_config(text) == {
+        "identity": "web1.example.net",
+        "plugin.choria.middleware_hosts": "nats1:4222, tls://nats2:4222",
+        "collectives": "mcollective,ops",
+        "empty": "",
+    }
+
+
+def test_later_lines_win_and_values_may_contain_equals():
+    assert nc.parse_config("a = 1\na = 2\nb = x=y\n") == {"a": "2", "b": "x=y"}
+
+
+@pytest.mark.parametrize("line", ["just words", "bad key = 1", "= value"])
+def test_parse_names_the_bad_line(line):
+    with pytest.raises(nc.ConfigError, match="server.conf line 2"):
+        nc.parse_config("ok = 1\n%s\n" % line, source="server.conf")
+
+
+def test_render_is_sorted_and_round_trips():
+    config = {"plugin.choria.server.provision": "false", "identity": "n1", "collectives": "a,b"}
+    text = nc.render_config(config, header="written by a test")
+    assert text.splitlines() == ["# written by a test", "collectives = a,b", "identity = n1",
+                                 "plugin.choria.server.provision = false"]
+    assert nc.parse_config(text) == config
+
+
+def test_render_refuses_a_value_that_would_smuggle_a_second_setting():
+    with pytest.raises(nc.ConfigError, match="line break"):
+        nc.render_config({"identity": "n1\nplugin.choria.server.provision = true"})
+    assert nc.check_entry("a key", "v") == "invalid key 'a key'"
+    assert nc.check_entry("k", 1) == "value of k must be a string, got int"
+
+
+def test_provision_flag_defaults_on_and_unreadable_counts_as_on():
+    assert nc.provision_enabled({}) is True
+    assert nc.provision_enabled({nc.PROVISION_KEY: "false"}) is False
+    assert nc.provision_enabled({nc.PROVISION_KEY: " No "}) is False
+    assert nc.provision_enabled({nc.PROVISION_KEY: "maybe"}) is True
+
+
+def test_collectives_and_broker_urls():
+    assert nc.collectives({}) == (["mcollective"], "mcollective")
+    assert nc.collectives({"collectives": "ops, dev"}) == (["ops", "dev"], "ops")
+    assert nc.collectives({"collectives": "ops", "main_collective": "dev"}) == (["dev", "ops"], "dev")
+    assert nc.broker_urls("nats1:4222, tls://nats2:4443,") == ["nats://nats1:4222", "tls://nats2:4443"]
+
+
+def test_load_config_reads_a_file(tmp_path):
+    path = tmp_path / "agent.conf"
+    path.write_text("plugin.zeroinit.agent.brokers = nats://127.0.0.1:4222\n")
+    assert nc.as_list(nc.load_config(str(path))[nc.AGENT_BROKERS_KEY]) == ["nats://127.0.0.1:4222"]
