@@ -342,6 +342,12 @@ class CertificateAuthority:
         except OSError as exc:
             raise PkiError("ca_key %s cannot be read: %s" % (key_path, exc.strerror or exc), field="ca_key") from exc
         key = _load_private_key(key_data, passphrase, key_path)
+        # A chain file may list the root before the intermediate: the signing certificate is the one the key matches.
+        wanted = public_key_der(key.public_key())
+        for index, candidate in enumerate(chain):
+            if public_key_der(candidate.public_key()) == wanted:
+                chain.insert(0, chain.pop(index))
+                break
         ca = cls(chain[0], key, chain, cert_path=cert_path, key_path=key_path)
         if key_mode & 0o077:
             ca.warnings.append("ca_key %s is accessible to group or others (mode %04o); it should be 0600"

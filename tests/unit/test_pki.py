@@ -474,3 +474,40 @@ def test_issued_fields_agree_with_the_certificate_itself(ca):
     assert parsed["serial"] == issued.serial_hex and parsed["not_after"] == issued.not_after_iso
     assert parsed["public_key_sha256"] == issued.public_key_sha256
     assert load(issued.certificate).not_valid_before_utc == issued.not_before
+
+
+def test_intermediate_ca_from_a_chain_file_in_any_order(tmp_path):
+    """The CA file may hold root and intermediate (root first, as some tools write it); certificates chain to the root."""
+    root_key = ec.generate_private_key(ec.SECP384R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
+    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=900))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(root_ski, critical=False)
+            .sign(root_key, hashes.SHA384()))
+    mid_key = ec.generate_private_key(ec.SECP256R1())
+    mid = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuing CA")]))
+           .issuer_name(root_name).public_key(mid_key.public_key()).serial_number(2)
+           .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=800))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+           .add_extension(x509.SubjectKeyIdentifier.from_public_key(mid_key.public_key()), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
+           .sign(root_key, hashes.SHA384()))
+
+    def pem(cert) -> bytes:
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    (tmp_path / "chain.pem").write_bytes(pem(root) + pem(mid))
+    (tmp_path / "mid.key").write_bytes(mid_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    ca = CertificateAuthority.load(str(tmp_path / "chain.pem"), str(tmp_path / "mid.key"))
+    assert ca.certificate == mid and ca.chain == [mid, root]
+    issued = Signer(ca, CsrPolicy()).sign(make_csr(), IDENTITY)
+    assert issued.ca == (pem(mid) + pem(root)).decode("ascii")
+    leaf = load(issued.certificate)
+    chain = PolicyBuilder().store(Store([root])).build_server_verifier(x509.DNSName(IDENTITY)).verify(leaf, [mid])
+    assert chain == [leaf, mid, root]
