@@ -83,15 +83,23 @@ async def connect(brokers: list[str], name: str, tls: ssl.SSLContext | None = No
         if brokers and "://" in brokers[0]:
             options["tls_hostname"] = brokers[0].split("://", 1)[1].rsplit(":", 1)[0]
 
-    async def _quiet(_exc):  # reconnects are normal on a provisioning network; don't spam stderr
-        return None
+    last_error: list = []
+
+    async def _quiet(exc):  # reconnects are normal on a provisioning network; don't spam stderr
+        last_error[:] = [exc]
 
     options.setdefault("error_cb", _quiet)
     options.update(kwargs)
+    # nats-py retries an unreachable server forever during the first connect (max_reconnect_attempts <= 0
+    # never gives a server up), so the first connection gets a deadline of its own.
+    deadline = connect_timeout * max(1, len(options["servers"])) + 1.0
     try:
-        return await nats.connect(**options)
-    except (NatsError, OSError, asyncio.TimeoutError) as exc:
-        raise RpcError("could not connect to %s: %s" % (", ".join(brokers), exc or type(exc).__name__)) from None
+        return await asyncio.wait_for(nats.connect(**options), deadline)
+    except asyncio.TimeoutError:
+        reason = str(last_error[0]) or type(last_error[0]).__name__ if last_error else "no answer"
+        raise RpcError("could not connect to %s within %.0fs: %s" % (", ".join(brokers), deadline, reason)) from None
+    except (NatsError, OSError) as exc:
+        raise RpcError("could not connect to %s: %s" % (", ".join(brokers), str(exc) or type(exc).__name__)) from None
 
 
 class RpcClient:
