@@ -1,0 +1,123 @@
+"""Benchmark: no-lockout SSH key rotation over 10 network-namespace hosts, verification included.
+
+    .venv/bin/python bench/bench_rotation.py [--quick] [--hosts 10] [--forks 10]
+
+Per round (a fresh network each time): the floor (an ``ansible.builtin.ping`` play over the same hosts, i.e.
+what any Ansible task costs here), the rotation (key generated, added, a fresh SSH login proven per host, the
+bootstrap key revoked), the no-change rerun (still proves the login), and single fresh ``ssh`` logins.
+Needs root (namespaces). Target: rotation of 10 hosts <= 15 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.support.ansible_run import run_playbook  # noqa: E402
+from tests.support.netns import TestNetwork  # noqa: E402
+
+PING = """
+- name: Floor
+  hosts: members
+  gather_facts: false
+  tasks:
+    - name: ping
+      ansible.builtin.ping:
+"""
+
+ROTATE = """
+- name: Rotate
+  hosts: members
+  gather_facts: false
+  tasks:
+    - name: rotate
+      zeroinit.bootstrap.ssh_key_rotate:
+        private_key: "{{ new_key }}"
+        revoke: ["{{ bootstrap_pub }}"]
+"""
+
+
+def keygen(path: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bootstrap", "-f", path], check=True)
+    with open(path + ".pub") as handle:
+        return handle.read().strip()
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def fresh_login(net: TestNetwork, address: str, key: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ControlPath=none",
+                    "-o", "UserKnownHostsFile=%s" % net.known_hosts, "-i", key, "root@%s" % address, "true"],
+                   check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    return time.perf_counter() - start
+
+
+def round_(hosts: int, forks: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="zeroinit-bench-rot-") as tmp:
+        bootstrap = os.path.join(tmp, "bootstrap")
+        bootstrap_pub = keygen(bootstrap)
+        new_key = os.path.join(tmp, "controller", "fleet_ed25519")
+        net = TestNetwork.create("rotbench", hosts, authorized_keys=bootstrap_pub)
+        try:
+            inventory = os.path.join(tmp, "inventory.json")
+            with open(inventory, "w") as handle:
+                json.dump({"members": {"hosts": {h.name: {
+                    "ansible_host": h.address, "ansible_user": "root", "ansible_ssh_private_key_file": bootstrap,
+                    "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes"
+                                               % net.known_hosts} for h in net.hosts}}}, handle)
+            extra = {"new_key": new_key, "bootstrap_pub": bootstrap_pub}
+            args = ["--forks", str(forks)]
+            floor, res = timed(lambda: run_playbook(PING, inventory, extra, args=args))
+            assert res.rc == 0, res.stdout[-2000:]
+            rotate, res = timed(lambda: run_playbook(ROTATE, inventory, extra, args=args))
+            assert res.rc == 0, res.stdout[-2000:]
+            assert all(res.result("rotate", h.name)["verified"] for h in net.hosts)
+            extra["ansible_ssh_private_key_file"] = new_key
+            rerun, res = timed(lambda: run_playbook(ROTATE, inventory, extra, args=args))
+            assert res.rc == 0 and not any(res.result("rotate", h.name)["changed"] for h in net.hosts)
+            logins = [fresh_login(net, h.address, new_key) for h in net.hosts]
+        finally:
+            net.destroy()
+    return {"floor": floor, "rotate": rotate, "rerun": rerun, "logins": logins}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round instead of three")
+    parser.add_argument("--hosts", type=int, default=10)
+    parser.add_argument("--forks", type=int, default=10)
+    args = parser.parse_args()
+    rounds = [round_(args.hosts, args.forks) for _ in range(1 if args.quick else 3)]
+    logins = sorted(x for r in rounds for x in r["logins"])
+    print("machine: %d cores (shared), %s hosts as network namespaces with sshd, forks=%d, %d round(s)"
+          % (os.cpu_count() or 0, args.hosts, args.forks, len(rounds)))
+    for key, label in (("floor", "floor: ansible.builtin.ping play"),
+                       ("rotate", "rotation (generate, add, verify, revoke)"),
+                       ("rerun", "rerun, no change (verify only)")):
+        values = [r[key] for r in rounds]
+        print("%-44s median %6.2f s   min %6.2f s   max %6.2f s" % (label, statistics.median(values), min(values),
+                                                                   max(values)))
+    print("%-44s p50 %6.3f s   p99 %6.3f s   (n=%d)" % ("single fresh ssh login with the new key",
+                                                         logins[len(logins) // 2],
+                                                         logins[min(len(logins) - 1, int(len(logins) * 0.99))],
+                                                         len(logins)))
+    target = statistics.median(r["rotate"] for r in rounds)
+    print("target rotation of %d hosts <= 15 s: %s" % (args.hosts, "met" if target <= 15 else "NOT met"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
