@@ -99,7 +99,10 @@ async def connect(brokers: list[str], name: str, tls: ssl.SSLContext | None = No
         reason = str(last_error[0]) or type(last_error[0]).__name__ if last_error else "no answer"
         raise RpcError("could not connect to %s within %.0fs: %s" % (", ".join(brokers), deadline, reason)) from None
     except (NatsError, OSError) as exc:
-        raise RpcError("could not connect to %s: %s" % (", ".join(brokers), str(exc) or type(exc).__name__)) from None
+        reason = str(exc) or type(exc).__name__
+        if last_error and last_error[0] is not exc:  # "no servers available" alone does not say why
+            reason += " (last error: %s)" % (str(last_error[0]) or type(last_error[0]).__name__)
+        raise RpcError("could not connect to %s: %s" % (", ".join(brokers), reason)) from None
 
 
 class RpcClient:
