@@ -32,7 +32,7 @@ GOODBYE_SECONDS = 0.25
 
 
 def one_round(net: TestNetwork, count: int, stagger: float, cluster: str) -> dict:
-    base = time.time() + 1.0  # every process imported and waiting before its start
+    base = time.time() + 0.5 + 0.3 * count  # every process imported and waiting before its start (2 cores)
     starts = [base + i * stagger for i in range(count)]
     procs, ends, outs = [], [0.0] * count, [""] * count
 
