@@ -1,0 +1,313 @@
+# -*- coding: utf-8 -*-
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: provisioning
+short_description: Nodes waiting on a Choria provisioning network, as inventory hosts
+description:
+  - Finds the nodes in provisioning mode on a NATS provisioning network (Choria protocol v1, insecure
+    provisioning mode) and makes each one an inventory host named by its identity.
+  - A node is found when it answers the broadcast C(discovery) ping, and, during the O(listen) window, when it
+    publishes a startup (or alive) lifecycle event or registration data. Every node found is then asked for
+    C(rpcutil#inventory); requests go out in concurrent batches, so a thousand nodes take a few seconds.
+  - "Host variables: C(zeroinit_facts) (the node's facts), C(zeroinit_inventory) (the rest of the inventory reply:
+    C(agents), C(collectives), C(main_collective), C(version), C(classes), C(data_plugins)), C(zeroinit_identity),
+    C(zeroinit_collective), C(zeroinit_discovered_by) (how it was found: C(discovery), C(lifecycle),
+    C(registration)) and C(zeroinit_lifecycle_events) (the newest lifecycle events seen, without payloads)."
+  - A node that answers discovery but not the inventory request is still added, with C(zeroinit_facts) from its
+    registration data when it sent any (else empty) and C(zeroinit_inventory_error) saying what failed.
+  - Every host is in the group C(provisioning). O(compose), O(groups) and O(keyed_groups) then apply, with the
+    host variables above available (for example O(keyed_groups[].key=zeroinit_facts.role)).
+  - Nodes in provisioning mode are not authenticated yet, so everything they report is untrusted data. It is never
+    templated, and facts are only copied to top-level host variables when O(flatten_facts) asks for it; even then
+    a fact can never set an C(ansible_*) connection variable or a magic variable.
+  - The plugin sets no connection variables. The provisioning playbook talks to nodes over the provisioning
+    network from the controller (C(connection=local)); set C(ansible_connection) with O(compose) if you need it.
+  - A broker that cannot be reached fails the inventory source with an error naming the brokers. No nodes found is
+    not an error (everything may be provisioned already); it yields an empty C(provisioning) group.
+  - Identities that cannot serve as a NATS subject token and an Ansible host name are skipped with a warning.
+  - With O(cache) enabled the discovery results are kept by the cache plugin, keyed by the inventory file, the
+    brokers and the collective; C(ansible-inventory --flush-cache) or C(meta refresh_inventory) queries again.
+author:
+  - zeroinit.bootstrap contributors
+requirements:
+  - nats-py (Python library) on the controller
+extends_documentation_fragment:
+  - constructed
+  - inventory_cache
+options:
+  plugin:
+    description: Marks this file as a source for this plugin.
+    required: true
+    type: str
+    choices: [zeroinit.bootstrap.provisioning]
+  brokers:
+    description:
+      - Provisioning broker URLs (C(nats://host:port), C(tls://host:port)); C(host:port) means C(nats://host:port).
+      - The first one that accepts the connection is used.
+    type: list
+    elements: str
+    required: true
+    env:
+      - name: ZEROINIT_BROKERS
+  collective:
+    description: The collective the nodes wait in; Choria's provisioning mode uses C(provisioning).
+    type: str
+    default: provisioning
+  callerid:
+    description: The caller id the requests carry (C(choria=) is prepended when missing); replies come back on a
+      subject derived from it.
+    type: str
+    default: zeroinit-inventory
+  discovery_timeout:
+    description: Seconds to wait for answers to the discovery ping (less when O(expect) nodes answered sooner).
+    type: float
+    default: 2
+  listen:
+    description:
+      - Seconds to keep listening after discovery for nodes that announce themselves (startup lifecycle events,
+        registration data). Use it while a fleet is still booting.
+      - Ends early once O(expect) nodes are known.
+    type: float
+    default: 0
+  expect:
+    description:
+      - The number of nodes expected. Discovery and the O(listen) window end as soon as this many are known, so a
+        complete fleet is listed without waiting for the timeouts.
+      - Fewer nodes is not an error; the inventory holds those that were found.
+    type: int
+  inventory_timeout:
+    description: Seconds to wait for the C(rpcutil#inventory) replies of a batch of nodes.
+    type: float
+    default: 10
+  tls_ca:
+    description: CA certificate (PEM) to verify a C(tls://) broker against.
+    type: path
+  tls_cert:
+    description: Client certificate (PEM) to present when the broker requires one.
+    type: path
+  tls_key:
+    description: Private key of O(tls_cert). Read on the controller only.
+    type: path
+  flatten_facts:
+    description:
+      - Also set every top-level fact as a host variable of its own, named O(fact_prefix) plus the fact name.
+      - Facts whose resulting name is not a valid variable name, starts with C(ansible_) or C(zeroinit_), or is a
+        reserved or magic variable name are not copied (they stay in C(zeroinit_facts)).
+    type: bool
+    default: false
+  fact_prefix:
+    description: Prefix for the host variables made by O(flatten_facts).
+    type: str
+    default: ''
+"""
+
+EXAMPLES = r"""
+# inventory/provisioning.yml: every node waiting on the provisioning broker
+plugin: zeroinit.bootstrap.provisioning
+brokers:
+  - nats://provisioner.example.net:4222
+
+# A booting fleet of 200 workers: wait up to 5 minutes for all of them, group them by role and OS family.
+plugin: zeroinit.bootstrap.provisioning
+brokers: [tls://provisioner.example.net:4222]
+tls_ca: /etc/zeroinit/ca.pem
+listen: 300
+expect: 200
+keyed_groups:
+  - key: zeroinit_facts.role
+    prefix: role
+  - key: zeroinit_facts.os.family | default('unknown')
+    prefix: os
+groups:
+  inventory_failed: zeroinit_inventory_error is defined
+compose:
+  ansible_connection: "'local'"
+  agent_version: zeroinit_inventory.version | default('')
+
+# Keep the results for ten minutes in JSON files (`ansible-inventory --flush-cache` queries again).
+plugin: zeroinit.bootstrap.provisioning
+brokers: [nats://127.0.0.1:4222]
+cache: true
+cache_plugin: ansible.builtin.jsonfile
+cache_connection: /var/tmp/zeroinit-inventory-cache
+cache_timeout: 600
+"""
+
+import hashlib
+import json
+import time
+
+from ansible.errors import AnsibleParserError
+from ansible.module_utils.common.text.converters import to_native
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
+from ansible.utils.vars import isidentifier
+from ansible.vars.reserved import is_reserved_name
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
+    DEFAULT_CALLERID,
+    DiscoveryError,
+    discover_fleet,
+    normalize_brokers,
+    valid_node_identity,
+)
+
+PROVISIONING_GROUP = "provisioning"
+CACHE_FORMAT = 1
+OWN_HOSTVARS = frozenset(("zeroinit_identity", "zeroinit_collective", "zeroinit_facts", "zeroinit_inventory",
+                          "zeroinit_inventory_error", "zeroinit_discovered_by", "zeroinit_lifecycle_events"))
+# Variables Ansible itself defines; a node must not be able to shadow them through a fact.
+MAGIC_VARIABLES = frozenset(("inventory_hostname", "inventory_hostname_short", "inventory_dir", "inventory_file",
+                             "group_names", "groups", "hostvars", "playbook_dir", "play_hosts", "role_name",
+                             "role_path", "omit", "environment"))
+VALID_FILE_SUFFIXES = ("provisioning.yml", "provisioning.yaml")
+
+
+def verify_path(path):
+    """Whether ``path`` names a configuration file of this plugin (by its suffix)."""
+    return isinstance(path, str) and path.endswith(VALID_FILE_SUFFIXES)
+
+
+def flattenable_fact_name(name, prefix=""):
+    """The host variable name for top-level fact ``name``, or None when it must not become one."""
+    if not isinstance(name, str):
+        return None
+    varname = "%s%s" % (prefix or "", name)
+    if not isidentifier(varname) or varname.startswith(("ansible_", "zeroinit_")):
+        return None
+    if varname in MAGIC_VARIABLES or is_reserved_name(varname):
+        return None
+    return varname
+
+
+def node_hostvars(identity, record, collective, flatten_facts=False, fact_prefix=""):
+    """The host variables of one discovered node, and the names of facts that could not be flattened.
+
+    Values come from unauthenticated nodes, so they are marked unsafe: Ansible never templates them.
+    """
+    facts = record.get("facts") if isinstance(record.get("facts"), dict) else {}
+    inventory = record.get("inventory") if isinstance(record.get("inventory"), dict) else {}
+    hostvars = {
+        "zeroinit_identity": identity,
+        "zeroinit_collective": collective,
+        "zeroinit_facts": facts,
+        "zeroinit_inventory": inventory,
+        "zeroinit_discovered_by": list(record.get("sources") or []),
+        "zeroinit_lifecycle_events": list(record.get("events") or []),
+    }
+    if record.get("inventory_error"):
+        hostvars["zeroinit_inventory_error"] = str(record["inventory_error"])
+    skipped = []
+    if flatten_facts:
+        for name in sorted(facts, key=str):
+            varname = flattenable_fact_name(name, fact_prefix)
+            if varname is None:
+                skipped.append(name)
+            else:
+                hostvars[varname] = facts[name]
+    return wrap_var(hostvars), skipped
+
+
+def query_fingerprint(brokers, collective):
+    """A short digest of what the cached data depends on beyond the file: where and in which collective we asked."""
+    text = json.dumps({"brokers": sorted(brokers), "collective": collective}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def cached_fleet(value):
+    """The fleet from a cache entry written by this plugin, or None when the entry has another shape."""
+    if isinstance(value, dict) and value.get("format") == CACHE_FORMAT and isinstance(value.get("nodes"), dict):
+        return value["nodes"]
+    return None
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
+    """Hosts from the nodes waiting on a Choria provisioning network."""
+
+    NAME = "zeroinit.bootstrap.provisioning"
+
+    def verify_file(self, path):
+        if super().verify_file(path) and verify_path(path):
+            return True
+        self.display.debug("zeroinit.bootstrap.provisioning: skipping %s, the file name must end with %s"
+                           % (path, " or ".join(VALID_FILE_SUFFIXES)))
+        return False
+
+    def _brokers(self):
+        try:
+            return normalize_brokers(self.get_option("brokers") or [])
+        except DiscoveryError as exc:
+            raise AnsibleParserError("zeroinit.bootstrap.provisioning: %s" % to_native(exc)) from None
+
+    def _query(self, brokers):
+        tls = {"ca": self.get_option("tls_ca"), "cert": self.get_option("tls_cert"), "key": self.get_option("tls_key")}
+        started = time.monotonic()
+        try:
+            fleet = discover_fleet(
+                brokers, collective=self.get_option("collective"), timeout=self.get_option("discovery_timeout"),
+                listen=self.get_option("listen"), expect=self.get_option("expect"), tls=tls,
+                callerid=self.get_option("callerid") or DEFAULT_CALLERID,
+                inventory_timeout=self.get_option("inventory_timeout"), warn=self.display.warning)
+        except DiscoveryError as exc:
+            raise AnsibleParserError("zeroinit.bootstrap.provisioning: %s" % to_native(exc)) from None
+        self.display.v("zeroinit.bootstrap.provisioning: %d node(s) in collective %s via %s in %.1fs"
+                       % (len(fleet), self.get_option("collective"), ", ".join(brokers), time.monotonic() - started))
+        return fleet
+
+    def _populate(self, fleet):
+        collective = self.get_option("collective")
+        strict = self.get_option("strict")
+        flatten = self.get_option("flatten_facts")
+        prefix = self.get_option("fact_prefix") or ""
+        group = self.inventory.add_group(PROVISIONING_GROUP)
+        failed = []
+        for identity in sorted(fleet):
+            record = fleet[identity]
+            if not valid_node_identity(identity) or not isinstance(record, dict):
+                self.display.warning("zeroinit.bootstrap.provisioning: skipping node %r: not usable as a host name"
+                                     % (identity,))
+                continue
+            hostvars, skipped = node_hostvars(identity, record, collective, flatten, prefix)
+            if skipped:
+                self.display.vvv("zeroinit.bootstrap.provisioning: %s: facts not flattened: %s"
+                                 % (identity, ", ".join(map(str, skipped))))
+            if "zeroinit_inventory_error" in hostvars:
+                failed.append(identity)
+            host = self.inventory.add_host(identity, group=group)
+            for name, value in hostvars.items():
+                self.inventory.set_variable(host, name, value)
+            self._set_composite_vars(self.get_option("compose"), hostvars, host, strict=strict)
+            self._add_host_to_composed_groups(self.get_option("groups"), hostvars, host, strict=strict)
+            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, host, strict=strict)
+        if failed:
+            shown = ", ".join(failed[:10]) + (" and %d more" % (len(failed) - 10) if len(failed) > 10 else "")
+            self.display.warning("zeroinit.bootstrap.provisioning: %d node(s) answered discovery but not "
+                                 "rpcutil#inventory: %s (see their zeroinit_inventory_error)" % (len(failed), shown))
+
+    def parse(self, inventory, loader, path, cache=True):
+        super().parse(inventory, loader, path, cache=cache)
+        self._read_config_data(path)
+        brokers = self._brokers()
+        cache_key = "%s_%s" % (self.get_cache_key(path), query_fingerprint(brokers, self.get_option("collective")))
+
+        # The aws_ec2 pattern: read the cache only when the user enabled it and Ansible did not ask for a refresh.
+        use_cache = self.get_option("cache")
+        fleet = None
+        update_cache = False
+        if use_cache and cache:
+            try:
+                fleet = cached_fleet(self._cache[cache_key])
+            except KeyError:
+                pass
+        if fleet is None:
+            fleet = self._query(brokers)
+            update_cache = bool(use_cache)
+
+        self._populate(fleet)
+
+        if update_cache:
+            self._cache[cache_key] = {"format": CACHE_FORMAT, "nodes": fleet}

@@ -1,0 +1,406 @@
+# -*- coding: utf-8 -*-
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Find the nodes waiting on a provisioning network and read their inventory.
+
+A node is found three ways, all on one NATS connection:
+
+* it answers the broadcast ``discovery`` ping with ``pong``;
+* it publishes a lifecycle event (``choria.lifecycle.event.<type>.provision_mode_server``), e.g. at startup;
+* it publishes registration data on ``choria.provisioning_data`` (and the per-node subject newer servers use).
+
+The event subscriptions are made before the ping goes out, so a node that connects while discovery runs is
+seen one way or the other. Every node found is then asked for ``rpcutil#inventory`` with node-directed
+requests, in batches sent concurrently, so a thousand nodes cost a few dozen requests rather than a thousand
+round trips. Plain Python (asyncio + nats-py); the inventory plugin calls :func:`discover_fleet`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from .protocol import (
+    DISCOVERY_PONG,
+    DISCOVERY_PING,
+    LIFECYCLE_COMPONENT,
+    PROVISIONING_COLLECTIVE,
+    REGISTRATION_SUBJECT,
+    ProtocolError,
+    decode_request,
+    lifecycle_subject,
+    parse_lifecycle_event,
+    rpc_request_body,
+    valid_identity,
+)
+from .rpc import HAS_NATS, NATS_IMPORT_ERROR, NatsError, RpcClient, RpcError, connect, reply_error, tls_context
+
+DEFAULT_CALLERID = "zeroinit-inventory"
+DEFAULT_DISCOVERY_TIMEOUT = 2.0
+DEFAULT_INVENTORY_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3.0
+BROKER_SCHEMES = ("nats", "tls", "ws", "wss")
+
+# One inventory request names up to INVENTORY_BATCH nodes (each gets its own node-directed copy); at most
+# INVENTORY_IN_FLIGHT such requests are outstanding, which bounds the reply burst a 2-core broker absorbs.
+INVENTORY_BATCH = 64
+INVENTORY_IN_FLIGHT = 16
+# Nodes that appear while listening trickle in; gather them this long so they share a request.
+LATE_BATCH_DELAY = 0.05
+# Alive events repeat on an interval: keep the newest few per node, not an unbounded history.
+EVENTS_KEPT = 10
+
+
+class DiscoveryError(RuntimeError):
+    """Discovery could not run (bad option, broker unreachable, TLS files unusable); the text says which."""
+
+
+# --------------------------------------------------------------------------------------------- pure helpers
+
+def normalize_brokers(brokers: Any) -> list[str]:
+    """Broker URLs from a list or a comma-separated string; ``host:port`` becomes ``nats://host:port``."""
+    if isinstance(brokers, str):
+        brokers = brokers.split(",")
+    if not isinstance(brokers, (list, tuple)):
+        raise DiscoveryError("brokers must be a list of URLs like nats://host:4222, got %s" % type(brokers).__name__)
+    urls = []
+    for entry in brokers:
+        text = str(entry).strip() if entry is not None else ""
+        if not text:
+            continue
+        url = text if "://" in text else "nats://" + text
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise DiscoveryError("broker %r is not a valid URL: %s" % (text, exc)) from None
+        if parts.scheme not in BROKER_SCHEMES:
+            raise DiscoveryError("broker %r: scheme must be one of %s" % (text, ", ".join(BROKER_SCHEMES)))
+        if not parts.hostname:
+            raise DiscoveryError("broker %r has no host" % text)
+        if port is None and parts.scheme in ("nats", "tls"):
+            url = "%s://%s:4222" % (parts.scheme, parts.netloc)
+        urls.append(url)
+    if not urls:
+        raise DiscoveryError("brokers is empty: give at least one URL like nats://host:4222")
+    return urls
+
+
+def valid_node_identity(identity: Any) -> bool:
+    """An identity usable both as one NATS subject token and as an Ansible host name.
+
+    Beyond the protocol's rule this refuses ``:`` (Ansible reads ``host:port``) and empty dot-separated labels
+    (``a..b`` or a trailing dot would make an invalid node subject).
+    """
+    if not valid_identity(identity) or ":" in identity:
+        return False
+    return all(identity.split("."))
+
+
+def inventory_summary(data: Any) -> dict:
+    """The inventory reply without its facts (those are kept apart), for the ``zeroinit_inventory`` hostvar."""
+    if not isinstance(data, dict):
+        return {}
+    return {key: value for key, value in data.items() if key != "facts"}
+
+
+def parse_registration(raw: Any) -> tuple[str, dict] | None:
+    """``(identity, facts)`` from registration data, or None when it is not registration data.
+
+    Accepts the bare registration document (``protocol.registration_document``) and the same document carried
+    as the body of a Choria request, which is how older go-choria servers publish it.
+    """
+    doc: Any = None
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+        doc = json.loads(text)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(doc, dict) and doc.get("protocol") == "choria:transport:1":
+        try:
+            doc = decode_request(raw).body
+        except ProtocolError:
+            return None
+    if not isinstance(doc, dict):
+        return None
+    identity = doc.get("identity")
+    facts = doc.get("facts")
+    if not isinstance(identity, str):
+        return None
+    return identity, facts if isinstance(facts, dict) else {}
+
+
+def check_settings(timeout: Any, listen: Any, expect: Any, inventory_timeout: Any) -> None:
+    """Refuse settings that would make discovery wait forever or not at all, naming the option."""
+    for name, value, minimum in (("discovery_timeout", timeout, 0.0), ("listen", listen, 0.0),
+                                 ("inventory_timeout", inventory_timeout, 0.0)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise DiscoveryError("%s must be a number of seconds, got %r" % (name, value))
+        if value < minimum or (name != "listen" and value == 0):
+            raise DiscoveryError("%s must be %s 0 seconds, got %r" % (name, ">=" if name == "listen" else ">", value))
+    if expect is not None and (not isinstance(expect, int) or isinstance(expect, bool) or expect < 1):
+        raise DiscoveryError("expect must be a positive number of nodes, got %r" % (expect,))
+
+
+def _tls_context(tls: dict | None) -> ssl.SSLContext | None:
+    if not tls or not any(tls.get(k) for k in ("ca", "cert", "key")):
+        return None
+    if tls.get("key") and not tls.get("cert"):
+        raise DiscoveryError("tls_key is set but tls_cert is not: a client key needs its certificate")
+    try:
+        return tls_context(ca=tls.get("ca") or None, cert=tls.get("cert") or None, key=tls.get("key") or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise DiscoveryError("TLS files for the broker are unusable (ca=%s, cert=%s): %s"
+                             % (tls.get("ca"), tls.get("cert"), exc)) from None
+
+
+# --------------------------------------------------------------------------------------------- discovery
+
+class _Node:
+    __slots__ = ("sources", "facts", "registration_facts", "inventory", "inventory_error", "events", "departed")
+
+    def __init__(self) -> None:
+        self.sources: set[str] = set()
+        self.facts: dict | None = None
+        self.registration_facts: dict | None = None
+        self.inventory: dict | None = None
+        self.inventory_error = ""
+        self.events: list[dict] = []
+        self.departed = False
+
+    def record(self) -> dict:
+        facts = self.facts if self.facts is not None else (self.registration_facts or {})
+        record = {"facts": facts, "inventory": self.inventory, "events": list(self.events),
+                  "sources": sorted(self.sources)}
+        if self.inventory_error:
+            record["inventory_error"] = self.inventory_error
+        return record
+
+
+class FleetDiscovery:
+    """One discovery run: ping, listen, inventory; :meth:`run` returns ``{identity: record}``.
+
+    A record is ``{"facts", "inventory", "events", "sources"}`` plus ``"inventory_error"`` when the node was
+    found but its inventory could not be read (it is still returned). Nodes whose last lifecycle event is a
+    shutdown are left out: they are gone.
+    """
+
+    def __init__(self, brokers: Any, collective: str = PROVISIONING_COLLECTIVE,
+                 timeout: float = DEFAULT_DISCOVERY_TIMEOUT, listen: float = 0.0, expect: int | None = None,
+                 tls: dict | None = None, callerid: str = DEFAULT_CALLERID,
+                 inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
+                 warn: Callable[[str], None] | None = None) -> None:
+        check_settings(timeout, listen, expect, inventory_timeout)
+        if not valid_identity(collective) or "." in collective:
+            raise DiscoveryError("collective %r is not a valid collective name" % (collective,))
+        self.brokers = normalize_brokers(brokers)
+        self.collective = collective
+        self.timeout = float(timeout)
+        self.listen = float(listen)
+        self.expect = expect
+        self.tls = tls
+        self.callerid = callerid or DEFAULT_CALLERID
+        self.inventory_timeout = float(inventory_timeout)
+        self.warn = warn or (lambda _msg: None)
+        self.nodes: dict[str, _Node] = {}
+        self.rejected: set[str] = set()
+        self.undecodable = 0
+        self.timings: dict[str, float] = {}
+        self._client: RpcClient | None = None
+        self._enough: asyncio.Event | None = None
+        self._inventory_started = False
+        self._closed = False
+        self._queue: list[str] = []
+        self._tasks: list[asyncio.Task] = []
+        self._slots: asyncio.Semaphore | None = None
+
+    # ----------------------------------------------------------------------------------- bookkeeping
+
+    def _known(self) -> int:
+        return sum(1 for node in self.nodes.values() if not node.departed)
+
+    def _seen(self, identity: Any, source: str) -> _Node | None:
+        if self._closed:
+            return None
+        if not valid_node_identity(identity):
+            shown = repr(identity)[:80]
+            if shown not in self.rejected:
+                self.rejected.add(shown)
+                self.warn("ignoring node identity %s seen via %s: not usable as a NATS subject token and host "
+                          "name (letters, digits, '_', '-' and dots between non-empty labels)" % (shown, source))
+            return None
+        node = self.nodes.get(identity)
+        if node is None:
+            node = self.nodes[identity] = _Node()
+            if self._inventory_started:
+                self._enqueue(identity)
+        node.sources.add(source)
+        if self.expect is not None and self._enough is not None and self._known() >= self.expect:
+            self._enough.set()
+        return node
+
+    async def _on_pong(self, reply) -> None:
+        if reply.body == DISCOVERY_PONG:
+            self._seen(reply.senderid, "discovery")
+
+    async def _on_lifecycle(self, msg) -> None:
+        try:
+            event = parse_lifecycle_event(msg.data)
+        except ProtocolError:
+            self.undecodable += 1
+            return
+        if event.get("component") not in (None, LIFECYCLE_COMPONENT):
+            return
+        summary = {key: event[key] for key in ("type", "timestamp", "version", "id") if key in event}
+        identity = event["identity"]
+        if summary["type"] == "shutdown":
+            node = self.nodes.get(identity)
+            if node is not None:
+                node.departed = True
+                node.events = (node.events + [summary])[-EVENTS_KEPT:]
+            return
+        node = self._seen(identity, "lifecycle")
+        if node is not None:
+            node.departed = False
+            node.events = (node.events + [summary])[-EVENTS_KEPT:]
+
+    async def _on_registration(self, msg) -> None:
+        parsed = parse_registration(msg.data)
+        if parsed is None:
+            self.undecodable += 1
+            return
+        node = self._seen(parsed[0], "registration")
+        if node is not None:
+            node.registration_facts = parsed[1]
+
+    # ----------------------------------------------------------------------------------- inventory
+
+    def _enqueue(self, identity: str) -> None:
+        if not self._queue:
+            asyncio.get_running_loop().call_later(LATE_BATCH_DELAY, self._flush)
+        self._queue.append(identity)
+
+    def _flush(self) -> None:
+        queued, self._queue = self._queue, []
+        queued = [identity for identity in queued if not self.nodes[identity].departed]
+        for start in range(0, len(queued), INVENTORY_BATCH):
+            self._tasks.append(asyncio.ensure_future(self._inventory(queued[start:start + INVENTORY_BATCH])))
+
+    async def _inventory(self, batch: list[str]) -> None:
+        assert self._client is not None and self._slots is not None
+        async with self._slots:
+            try:
+                replies = await self._client.request(
+                    "rpcutil", rpc_request_body("rpcutil", "inventory"), identities=batch,
+                    timeout=self.inventory_timeout, expect=len(batch))
+            except (NatsError, RpcError) as exc:
+                replies = []
+                failure = "rpcutil#inventory could not be sent: %s" % (exc or type(exc).__name__)
+            else:
+                failure = "rpcutil#inventory: no reply within %.1fs" % self.inventory_timeout
+        answered = {}
+        for reply in replies:
+            answered.setdefault(reply.senderid, reply)
+        for identity in batch:
+            node = self.nodes[identity]
+            reply = answered.get(identity)
+            if reply is None:
+                node.inventory_error = failure
+            elif not reply.ok:
+                node.inventory_error = reply_error(reply, "rpcutil#inventory")
+            else:
+                facts = reply.data.get("facts")
+                node.facts = facts if isinstance(facts, dict) else {}
+                node.inventory = inventory_summary(reply.data)
+                node.inventory_error = ""
+
+    # ----------------------------------------------------------------------------------- the run
+
+    async def _discover(self) -> None:
+        assert self._client is not None and self._enough is not None
+        ping = asyncio.ensure_future(self._client.request("discovery", DISCOVERY_PING, timeout=self.timeout,
+                                                          on_reply=self._on_pong))
+        enough = asyncio.ensure_future(self._enough.wait())
+        try:
+            await asyncio.wait([ping, enough], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (ping, enough):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not ping.cancelled():
+            ping.result()  # re-raises a failure to publish the ping
+
+    async def run(self) -> dict:
+        started = time.monotonic()
+        ctx = _tls_context(self.tls)
+        try:
+            # Two attempts per broker, then give up: an inventory run should fail fast, not wait for a broker.
+            nc = await connect(self.brokers, name=self.callerid, tls=ctx, connect_timeout=CONNECT_TIMEOUT,
+                               reconnect=False, max_reconnect_attempts=1)
+        except RpcError as exc:
+            raise DiscoveryError("cannot reach the provisioning broker(s) %s: %s"
+                                 % (", ".join(self.brokers), str(exc).split(": ", 1)[-1])) from None
+        self._enough = asyncio.Event()
+        self._slots = asyncio.Semaphore(INVENTORY_IN_FLIGHT)
+        subs = []
+        try:
+            self._client = RpcClient(self.brokers, callerid=self.callerid, collective=self.collective, tls=ctx,
+                                     connection=nc)
+            await self._client.connect()
+            # Subscribe before the ping: a node that connects meanwhile is seen by its startup event.
+            subs.append(await nc.subscribe(lifecycle_subject("*"), cb=self._on_lifecycle))
+            subs.append(await nc.subscribe(REGISTRATION_SUBJECT, cb=self._on_registration))
+            subs.append(await nc.subscribe(REGISTRATION_SUBJECT + ".>", cb=self._on_registration))
+            await nc.flush()
+            await self._discover()
+            self.timings["discovery"] = time.monotonic() - started
+            self._inventory_started = True
+            self._queue = sorted(self.nodes)
+            self._flush()
+            if self.listen > 0 and not self._enough.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._enough.wait(), self.listen)
+            self._closed = True
+            self._flush()
+            await asyncio.gather(*self._tasks)
+            self.timings["total"] = time.monotonic() - started
+        except NatsError as exc:
+            raise DiscoveryError("lost the connection to the provisioning broker(s) %s during discovery: %s"
+                                 % (", ".join(self.brokers), exc or type(exc).__name__)) from None
+        finally:
+            self._closed = True
+            for task in self._tasks:
+                task.cancel()
+            for sub in subs:
+                with contextlib.suppress(NatsError):
+                    await sub.unsubscribe()
+            if self._client is not None:
+                await self._client.close()
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await nc.close()
+        return {identity: self.nodes[identity].record() for identity in sorted(self.nodes)
+                if not self.nodes[identity].departed}
+
+
+def discover_fleet(brokers: Any, collective: str = PROVISIONING_COLLECTIVE,
+                   timeout: float = DEFAULT_DISCOVERY_TIMEOUT, listen: float = 0.0, expect: int | None = None,
+                   tls: dict | None = None, callerid: str = DEFAULT_CALLERID,
+                   inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
+                   warn: Callable[[str], None] | None = None) -> dict:
+    """Discover the provisioning fleet from synchronous code: ``{identity: {"facts", "inventory", "events",
+    "sources"[, "inventory_error"]}}`` sorted by identity. ``tls`` is ``{"ca", "cert", "key"}`` (paths).
+
+    Raises DiscoveryError when the options are wrong or no broker can be reached.
+    """
+    if not HAS_NATS:
+        raise DiscoveryError("the Python library nats-py is required for discovery: %s" % NATS_IMPORT_ERROR)
+    run = FleetDiscovery(brokers, collective=collective, timeout=timeout, listen=listen, expect=expect, tls=tls,
+                         callerid=callerid, inventory_timeout=inventory_timeout, warn=warn)
+    return asyncio.run(run.run())
