@@ -75,9 +75,9 @@ async def _floor(url: str, count: int, in_flight: int) -> float:
             async with slots:
                 await nc.request("bench.echo", payload, timeout=30)
 
-        await asyncio.gather(*(one() for _ in range(min(1000, count))))  # warm up
+        await asyncio.gather(*(one() for _warm in range(min(1000, count))))  # warm up
         started = time.monotonic()
-        await asyncio.gather(*(one() for _ in range(count)))
+        await asyncio.gather(*(one() for _req in range(count)))
         rate = count / (time.monotonic() - started)
         await nc.drain()
         return rate
@@ -130,7 +130,7 @@ def bench_size(count: int, workers: int, connections: int, workdir: str, helper:
         configuration = {"plugin.choria.middleware_hosts": members.url, "collectives": "bench",
                          "main_collective": "bench"}
         with AgentFleet(broker.url, count, state, token=TOKEN, connections=connections) as fleet:
-            fleet_cpu0, _ = proc_stats(fleet.process.pid)
+            fleet_cpu0 = proc_stats(fleet.process.pid)[0]
             settings = dict(brokers=[broker.url], token=TOKEN, workers=workers, expect=count,
                             discovery_timeout=30.0, timeout=30.0, configuration=configuration)
             if helper:
@@ -167,8 +167,8 @@ def main() -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",") if s] or ([200] if args.quick else [1000, 10000])
     helper_nodes = args.helper_nodes if args.helper_nodes is not None else (50 if args.quick else 300)
-    print("bench_provision: machine %s, %d CPU cores, Python %s" % (os.uname().machine, os.cpu_count() or 0,
-                                                                  sys.version.split()[0]))
+    print("bench_provision: machine %s, %d CPU cores, Python %s"
+          % (os.uname().machine, os.cpu_count() or 0, sys.version.split()[0]))
     workdir = tempfile.mkdtemp(prefix="zeroinit-bench-prov-")
     try:
         with EmbeddedBroker() as broker:

@@ -369,7 +369,7 @@ class ChoriaProvisioner:
             for identity in await self._discover(wanted, self.s.expect):
                 self.admit(identity, wanted)
             discovery_s = time.monotonic() - started
-            workers = [asyncio.ensure_future(self._worker()) for _ in range(max(1, self.s.workers))]
+            workers = [asyncio.ensure_future(self._worker()) for _slot in range(max(1, self.s.workers))]
             deadline = started + self.s.wait
             while not self._expect_met.is_set():
                 remaining = deadline - time.monotonic()

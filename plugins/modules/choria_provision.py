@@ -20,7 +20,7 @@ description:
   - The other actions send one request to one node (O(identity)) and return the agent's reply data.
   - A provisioned node leaves provisioning mode, so a second run finds nothing to do and reports no change.
 author:
-  - zeroinit.bootstrap contributors
+  - zeroinit.bootstrap contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -34,6 +34,7 @@ attributes:
   platform:
     platforms: posix
   idempotent:
+    description: Running the task again over the same fleet changes nothing.
     support: full
     details:
       - Configured nodes no longer answer in the provisioning collective, so a second run changes nothing.
@@ -425,8 +426,8 @@ def main():
     for warning in warnings:
         module.warn(warning)
     if p["action"] == "provision" and p["fail_on_node_error"] and result["failed_nodes"]:
-        module.fail_json(msg="%d node(s) failed: %s" % (len(result["failed_nodes"]),
-                                                       ", ".join(sorted(result["failed_nodes"]))), **result)
+        names = ", ".join(sorted(result["failed_nodes"]))
+        module.fail_json(msg="%d node(s) failed: %s" % (len(result["failed_nodes"]), names), **result)
     module.exit_json(**result)
 
 

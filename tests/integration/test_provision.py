@@ -148,8 +148,8 @@ def test_signer_run_makes_every_node_a_member_and_no_key_crosses_the_bus(nats_br
         assert out["provisioned"] == fleet.identities
         assert out["counts"]["provisioned"] == 6 and out["timings"]["node"]["count"] == 6
         for identity in fleet.identities:
-            assert_member(fleet, identity, ca["ca_cert"], dict(config, identity=identity,
-                                                              **{"plugin.choria.server.provision": "false"}))
+            decided = dict(config, identity=identity, **{"plugin.choria.server.provision": "false"})
+            assert_member(fleet, identity, ca["ca_cert"], decided)
         assert members_answering(members, fleet.identities) == fleet.identities
 
         # The private keys were made on the nodes and never travelled: neither PEM text nor DER on the bus.
@@ -187,8 +187,8 @@ def test_helper_defers_nodes_and_a_later_run_provisions_them(nats_broker, member
         assert in_provisioning(nats_broker, held) == held
         for identity in held:
             assert not (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "certificate.pem").exists()
-        decided = dict(member_config(members), loglevel="info", **{"plugin.choria.server.provision": "false",
-                                                                  "plugin.zeroinit.role": "web"})
+        decided = dict(member_config(members), loglevel="info")
+        decided.update({"plugin.choria.server.provision": "false", "plugin.zeroinit.role": "web"})
         for identity in fleet.identities[2:]:
             assert_member(fleet, identity, ca["ca_cert"], dict(decided, identity=identity))
 
@@ -225,8 +225,8 @@ def test_each_helper_failure_fails_only_that_node_before_configure(nats_broker, 
         assert in_provisioning(nats_broker, fleet.identities) == fleet.identities
 
 
-def test_policy_refusals_fail_the_node_with_the_rule_and_leave_it_in_provisioning(nats_broker, members, ca,
-                                                                                   tmp_path):
+def test_policy_refusals_fail_the_node_with_the_rule_and_leave_it_in_provisioning(
+        nats_broker, members, ca, tmp_path):
     with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet:
         liar, denied, small_key, good = fleet.identities
         config = member_config(members)

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """A helper that misbehaves in one chosen way (first argument), to show how the provisioner copes.
 
 exit: prints a reason on stderr and exits 3; silent: prints nothing; garbage: prints text that is not JSON;

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """An example provisioning helper, written as an operator would: Choria's contract, standalone.
 
 It knows nothing about the zeroinit collection. It reads Choria's request on stdin, checks the CSR, signs it
