@@ -35,7 +35,9 @@ AuthorityKeyIdentifier, a random positive 128-bit serial, ``not_before`` five mi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import os
@@ -366,6 +368,19 @@ class CertificateAuthority:
         A certificate without its key is refused: it may already be trusted, and a new key could not match it.
         With ``check_mode`` a missing CA is made in memory only and nothing is written.
         """
+        if os.path.lexists(cert_path) and os.path.lexists(key_path):
+            return cls.load(cert_path, key_path, passphrase), False
+        if check_mode:
+            return cls._create_at(cert_path, key_path, passphrase, common_name, key_type, valid_days, check_mode)
+        # Several runs may create the same CA at once (one task per node, delegated to the CA host, in parallel
+        # forks): without the lock each would write its own CA and only the last one's certificates would verify.
+        _require_directory(key_path, "ca_key")
+        with _directory_lock(os.path.dirname(os.path.abspath(key_path))):
+            return cls._create_at(cert_path, key_path, passphrase, common_name, key_type, valid_days, check_mode)
+
+    @classmethod
+    def _create_at(cls, cert_path, key_path, passphrase, common_name, key_type, valid_days,
+                   check_mode) -> tuple["CertificateAuthority", bool]:
         cert_exists = os.path.lexists(cert_path)
         key_exists = os.path.lexists(key_path)
         if cert_exists and key_exists:
@@ -408,6 +423,17 @@ class CertificateAuthority:
         except OSError as exc:
             raise PkiError("cannot write the CA to %s / %s: %s" % (cert_path, key_path, exc), field="ca_cert") from exc
         self.cert_path, self.key_path = cert_path, key_path
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: str):
+    """An exclusive flock on the directory itself (no lock file left behind), released on exit."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _require_directory(path: str, option: str) -> None:

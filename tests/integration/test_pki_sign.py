@@ -177,3 +177,38 @@ def test_missing_ca_without_create_ca_and_bad_options_name_the_field(pki_dir):
     assert result["failed"] and result["field"] == "renew_before_days"
     result = run_module(MODULE, dict(base, csr_path=str(pki_dir / "csr.pem")))
     assert result["failed"] and "mutually exclusive" in result["msg"]
+
+
+def test_parallel_hosts_sharing_one_new_ca_all_get_certificates_from_it(pki_dir):
+    """The csr_signing pattern: one task per node, all creating/using one CA directory, in parallel forks."""
+    hosts = ["node%d.example.net" % i for i in range(4)]
+    inventory = pki_dir / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n%s" % "".join("    %s:\n      ansible_connection: local\n" % h for h in hosts))
+    for host in hosts:
+        (pki_dir / ("%s.csr" % host)).write_text(make_csr(host))
+    play = """- hosts: all
+  gather_facts: false
+  tasks:
+    - name: sign
+      zeroinit.bootstrap.pki_sign:
+        csr_path: "{{ d }}/{{ inventory_hostname }}.csr"
+        identity: "{{ inventory_hostname }}"
+        ca_cert: "{{ d }}/ca/ca.crt"
+        ca_key: "{{ d }}/ca/ca.key"
+        create_ca: true
+        dest: "{{ d }}/{{ inventory_hostname }}.crt"
+"""
+    (pki_dir / "ca").mkdir()
+    for check, expect_changed in ((True, True), (False, True), (True, False), (False, False)):
+        result = run_playbook(play, inventory=inventory, extra_vars={"d": str(pki_dir)}, check=check,
+                              args=["--forks", "4"])
+        assert result.rc == 0, result.stdout[-2000:]
+        for host in hosts:
+            assert result.result("sign", host)["changed"] is expect_changed
+        created = [result.result("sign", host)["ca_created"] for host in hosts].count(True)
+        # First check run: each host predicts creating it; the real run: exactly one host created it.
+        assert created == {(True, True): 4, (False, True): 1}.get((check, expect_changed), 0)
+    ca = CertificateAuthority.load(str(pki_dir / "ca" / "ca.crt"), str(pki_dir / "ca" / "ca.key"))
+    for host in hosts:
+        cert = x509.load_pem_x509_certificate((pki_dir / ("%s.crt" % host)).read_bytes())
+        cert.verify_directly_issued_by(ca.certificate)

@@ -511,3 +511,28 @@ def test_intermediate_ca_from_a_chain_file_in_any_order(tmp_path):
     leaf = load(issued.certificate)
     chain = PolicyBuilder().store(Store([root])).build_server_verifier(x509.DNSName(IDENTITY)).verify(leaf, [mid])
     assert chain == [leaf, mid, root]
+
+
+def _create_in_child(cert_path: str, key_path: str, queue) -> None:
+    try:
+        ca, created = CertificateAuthority.load_or_create(cert_path, key_path)
+        queue.put((ca.fingerprint_sha256, created))
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        queue.put(("error: %s" % exc, False))
+
+
+def test_concurrent_creation_makes_one_ca_that_every_process_uses(tmp_path):
+    """Parallel forks each running pki_sign with create_ca against one CA directory must agree on one CA."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    cert_path, key_path = str(tmp_path / "ca.crt"), str(tmp_path / "ca.key")
+    procs = [ctx.Process(target=_create_in_child, args=(cert_path, key_path, queue)) for _index in range(6)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=60) for _index in range(6)]
+    for proc in procs:
+        proc.join(timeout=60)
+    on_disk = CertificateAuthority.load(cert_path, key_path).fingerprint_sha256
+    assert {fingerprint for fingerprint, _created in results} == {on_disk}
+    assert sum(1 for _fingerprint, created in results if created) == 1
