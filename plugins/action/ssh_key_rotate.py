@@ -57,6 +57,9 @@ class ActionModule(ActionBase):
             result.update(self._rotate(args, task_vars))
         except SshKeyError as exc:
             result.update(failed=True, msg="%s: %s" % (self._node, exc))
+        finally:
+            # The steps share one remote temp directory (one mkdir, one cleanup per host).
+            self._remove_tmp_path(self._connection._shell.tmpdir)
         return result
 
     # ------------------------------------------------------------------------------------------ connection facts
@@ -98,7 +101,8 @@ class ActionModule(ActionBase):
             module_args["public_key"] = public_key
         if revoke is not None:
             module_args["revoke"] = revoke
-        out = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        out = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars,
+                                   delete_remote_tmp=False)
         if out.get("failed") or out.get("unreachable"):
             raise SshKeyError("%s on the target failed: %s" % (step, out.get("msg", "no message")))
         return out
@@ -139,7 +143,8 @@ class ActionModule(ActionBase):
             warnings.append("verify=false: revoking %d key(s) on %s without proof that the new key logs in"
                             % (len(revoke), self._node))
 
-        if revoke:
+        # The add step returned the whole file: when no revoked key is in it, the revoke step is skipped.
+        if revoke and AuthorizedKeys.parse(after).present(parse_revoke(revoke)):
             revoked = self._step(task_vars, "revoke", args, public.line, revoke)
             out["revoked"] = revoked.get("revoked", [])
             out["changed"] = out["changed"] or bool(revoked.get("changed"))
