@@ -265,6 +265,13 @@ class CertificateAuthority:
         if not is_ca:
             raise PkiError("ca_cert%s is not a CA certificate (BasicConstraints CA:TRUE missing)"
                            % (" %s" % cert_path if cert_path else ""), field="ca_cert")
+        try:
+            may_sign = certificate.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+        except x509.ExtensionNotFound:
+            may_sign = True  # no KeyUsage: not restricted (RFC 5280 4.2.1.3)
+        if not may_sign:
+            raise PkiError("ca_cert%s may not sign certificates (KeyUsage keyCertSign missing)"
+                           % (" %s" % cert_path if cert_path else ""), field="ca_cert")
         self.certificate = certificate
         self.private_key = private_key
         self.chain = list(chain) if chain else [certificate]

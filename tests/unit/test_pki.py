@@ -536,3 +536,17 @@ def test_concurrent_creation_makes_one_ca_that_every_process_uses(tmp_path):
     on_disk = CertificateAuthority.load(cert_path, key_path).fingerprint_sha256
     assert {fingerprint for fingerprint, _created in results} == {on_disk}
     assert sum(1 for _fingerprint, created in results if created) == 1
+
+
+def test_ca_certificate_without_key_cert_sign_is_refused():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl-only CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(3)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, False, True, False, False), critical=True)
+            .sign(key, hashes.SHA256()))
+    with pytest.raises(PkiError) as info:
+        CertificateAuthority(cert, key)
+    assert info.value.field == "ca_cert" and "keyCertSign" in str(info.value)
