@@ -160,6 +160,7 @@ def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, mem
 
 
 def test_per_host_provision_playbook(nats_broker, members, tmp_path):
+    """Hosts come from the provisioning inventory plugin; once provisioned, they are no longer found."""
     ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
     (tmp_path / "pki").mkdir()
     from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
@@ -168,13 +169,15 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
              "zeroinit_provision_ca_cert": ca_cert, "zeroinit_provision_ca_key": ca_key,
              "zeroinit_provision_configuration": member_config(members)}
     with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet:
-        inventory = tmp_path / "hosts.yml"
-        inventory.write_text(json.dumps({"provisioning": {"hosts": {i: {} for i in fleet.identities}}}))
+        inventory = tmp_path / "fleet.provisioning.yml"
+        inventory.write_text(json.dumps({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [nats_broker.url],
+                                         "discovery_timeout": 2, "expect": 4}))
         playbook = ROOT / "playbooks" / "provision.yaml"
 
         before = snapshot(fleet)
         check = run_playbook(playbook, inventory=inventory, extra_vars=extra, check=True)
         assert check.rc == 0, check.stdout[-3000:] + check.stderr[-3000:]
+        assert sorted(check.stats) == fleet.identities
         assert snapshot(fleet) == before
 
         real = run_playbook(playbook, inventory=inventory, extra_vars=extra)
@@ -185,3 +188,10 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
             conf = configured(fleet, identity)
             assert conf["identity"] == identity and conf["main_collective"] == "members"
         assert asyncio.run(discover(members.url, fleet.identities, 20, collective="members")) == fleet.identities
+
+        after = snapshot(fleet)
+        for check_mode in (True, False):
+            again = run_playbook(playbook, inventory=inventory, extra_vars=extra, check=check_mode)
+            assert again.rc == 0 and not any(again.changed(h) for h in again.stats)
+            assert not set(again.stats) & set(fleet.identities)
+        assert snapshot(fleet) == after
