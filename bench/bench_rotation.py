@@ -65,7 +65,7 @@ def fresh_login(net: TestNetwork, address: str, key: str) -> float:
     return time.perf_counter() - start
 
 
-def round_(hosts: int, forks: int) -> dict:
+def one_round(hosts: int, forks: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="zeroinit-bench-rot-") as tmp:
         bootstrap = os.path.join(tmp, "bootstrap")
         bootstrap_pub = keygen(bootstrap)
@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--forks", type=int, default=10)
     args = parser.parse_args()
-    rounds = [round_(args.hosts, args.forks) for _ in range(1 if args.quick else 3)]
+    rounds = [one_round(args.hosts, args.forks) for _index in range(1 if args.quick else 3)]
     logins = sorted(x for r in rounds for x in r["logins"])
     print("machine: %d cores (shared), %s hosts as network namespaces with sshd, forks=%d, %d round(s)"
           % (os.cpu_count() or 0, args.hosts, args.forks, len(rounds)))
@@ -108,12 +108,11 @@ def main() -> int:
                        ("rotate", "rotation (generate, add, verify, revoke)"),
                        ("rerun", "rerun, no change (verify only)")):
         values = [r[key] for r in rounds]
-        print("%-44s median %6.2f s   min %6.2f s   max %6.2f s" % (label, statistics.median(values), min(values),
-                                                                   max(values)))
-    print("%-44s p50 %6.3f s   p99 %6.3f s   (n=%d)" % ("single fresh ssh login with the new key",
-                                                         logins[len(logins) // 2],
-                                                         logins[min(len(logins) - 1, int(len(logins) * 0.99))],
-                                                         len(logins)))
+        print("%-44s median %6.2f s   min %6.2f s   max %6.2f s"
+              % (label, statistics.median(values), min(values), max(values)))
+    p50 = logins[len(logins) // 2]
+    p99 = logins[min(len(logins) - 1, int(len(logins) * 0.99))]
+    print("%-44s p50 %6.3f s   p99 %6.3f s   (n=%d)" % ("single fresh ssh login with the new key", p50, p99, len(logins)))
     target = statistics.median(r["rotate"] for r in rounds)
     print("target rotation of %d hosts <= 15 s: %s" % (args.hosts, "met" if target <= 15 else "NOT met"))
     return 0

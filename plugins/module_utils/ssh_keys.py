@@ -567,7 +567,7 @@ class LoginProbe:
     def run(self, target: LoginTarget) -> ProbeResult:
         try:
             proc = subprocess.run(self.argv(target), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=self.timeout + 20)
+                                  stderr=subprocess.PIPE, timeout=self.timeout + 20, check=False)
         except subprocess.TimeoutExpired:
             return ProbeResult(False, "ssh did not finish within %d s" % (self.timeout + 20))
         except OSError as exc:

@@ -30,12 +30,14 @@ description:
   - The work is split between an action plugin (controller) and this module (target), which the action plugin
     runs once per step with O(step).
 author:
-  - zeroinit.bootstrap contributors
+  - zeroinit.bootstrap contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
   action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
     support: full
+    details: The action plugin generates the key pair, orders the steps and proves the login from the controller.
   check_mode:
     support: full
     details: Reports per host what would be added and revoked; no file is written and no key is generated.
@@ -45,8 +47,10 @@ attributes:
   platform:
     platforms: posix
   async:
+    description: Supports being used with the C(async) keyword.
     support: none
   idempotent:
+    description: When run twice with the same inputs, the second run reports no change.
     support: full
 options:
   user:

@@ -166,7 +166,7 @@ def test_keypair_generated_once_0600_and_readable_by_ssh_keygen(tmp_path, kind, 
 def test_concurrent_generation_agrees_on_one_key(tmp_path):
     path = str(tmp_path / "fleet")
     results = []
-    threads = [threading.Thread(target=lambda: results.append(ControllerKeyPair(path).ensure())) for _ in range(6)]
+    threads = [threading.Thread(target=lambda: results.append(ControllerKeyPair(path).ensure())) for _index in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
