@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         print("%-6s %-10s %7s %7s %7s  %s" % ("hosts", "start", "p50 s", "max s", "rounds", "ok"))
         for count in sizes:
             for label, stagger in (("together", 0.0), ("staggered", 0.3)):
-                runs = [one_round(net, count, stagger, "bench%d%s" % (count, label[0])) for _ in range(rounds)]
+                runs = [one_round(net, count, stagger, "bench%d%s" % (count, label[0])) for _round in range(rounds)]
                 times = [r["converge"] for r in runs]
                 good = sum(r["ok"] for r in runs)
                 failures += rounds - good

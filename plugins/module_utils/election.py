@@ -42,6 +42,7 @@ import time
 import traceback
 
 try:
+    from zeroconf import Error as ZeroconfError
     from zeroconf import IPVersion, NonUniqueNameException, RecordUpdateListener, ServiceInfo
     from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
     HAS_ZEROCONF = True
@@ -50,6 +51,7 @@ except ImportError:
     HAS_ZEROCONF = False
     ZEROCONF_IMPORT_ERROR = traceback.format_exc()
     RecordUpdateListener = object  # the listener class below still has to be definable
+    ZeroconfError = OSError
 
 SERVICE_TYPE = "_zeroinit-elect._udp.local."
 PROTOCOL_VERSION = "1"
@@ -140,7 +142,7 @@ def interface_address(iface: str) -> str:
     try:
         packed = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", iface.encode()[:15]))
     except OSError as exc:
-        raise ElectionError("interface %s has no IPv4 address (%s)" % (iface, exc.strerror or exc))
+        raise ElectionError("interface %s has no IPv4 address (%s)" % (iface, exc.strerror or exc)) from exc
     finally:
         sock.close()
     return socket.inet_ntoa(packed[20:24])
@@ -249,7 +251,7 @@ def decode_txt(props: dict[str, str], cluster: str, secret: str | None = None,
         members = tuple(str(ipaddress.IPv4Address(m)) for m in members)
         leader = str(ipaddress.IPv4Address(props["l"])) if props.get("l") else ""
     except (KeyError, ValueError) as exc:
-        raise InvalidAnnouncement("malformed (%s)" % exc)
+        raise InvalidAnnouncement("malformed (%s)" % exc) from exc
     if state not in STATES:
         raise InvalidAnnouncement("unknown state %r" % state)
     if election_id < 0:
@@ -433,7 +435,10 @@ class LeaderElection:
         started = time.monotonic()
         deadline = started + self.timeout
         self._event = asyncio.Event()
-        aiozc = AsyncZeroconf(interfaces=[self.address], ip_version=IPVersion.V4Only)
+        try:
+            aiozc = AsyncZeroconf(interfaces=[self.address], ip_version=IPVersion.V4Only)
+        except (OSError, ZeroconfError) as exc:
+            raise ElectionError("cannot use %s for mDNS: %s" % (self.address, exc)) from exc
         zc = aiozc.zeroconf
         browser = None
         info = None
@@ -447,9 +452,9 @@ class LeaderElection:
                 # The name is unique per (cluster, address); a clash is detected from the nonces instead of
                 # spending a second on probing.
                 broadcast = await aiozc.async_register_service(info, cooperating_responders=True)
-            except NonUniqueNameException:
+            except NonUniqueNameException as exc:
                 raise ElectionError("another member announces this host's address %s in cluster %r"
-                                    % (self.address, self.cluster))
+                                    % (self.address, self.cluster)) from exc
             complete_since = None
             complete_view = None
             problem_since = None
@@ -479,7 +484,7 @@ class LeaderElection:
                             info, broadcast = await self._publish(aiozc, broadcast)
                     else:
                         lead = decision.leader
-                        if lead.state == LEADER and lead.members == decision.members:
+                        if lead.state == LEADER and lead.leader == lead.address and lead.members == decision.members:
                             self.me = self._announce(FOLLOWER, lead.address, decision.members)
                             info, broadcast = await self._publish(aiozc, broadcast)
                             await self._withdraw(aiozc, info, broadcast)
@@ -551,8 +556,8 @@ class LeaderElection:
             if peer.withdrawn and follows:
                 continue
             if peer.withdrawn and ann.state != CANDIDATE:
-                pending[address] = "gave up (withdrew as %s of %s for %s)" % (ann.state, ann.leader,
-                                                                               ",".join(ann.members))
+                pending[address] = "gave up (withdrew as %s of %s for %s)" % (
+                    ann.state, ann.leader, ",".join(ann.members))
             elif peer.withdrawn:
                 pending[address] = "withdrew without accepting this leader"
             elif follows:
@@ -577,7 +582,10 @@ class LeaderElection:
             ever = seen + [p.announcement for p in self._peers.values() if p.withdrawn and p.announcement not in seen]
             msg = "%s: saw %d of %d expected members: %s" % (head, len(ever), self.expect, describe(ever))
         else:
-            decision = decide(seen, self.expect)
+            try:
+                decision = decide(seen, self.expect)
+            except ElectionError as exc:
+                return "%s: %s" % (head, exc)
             lead = decision.leader
             if lead.state == LEADER:
                 said = "announced members %s" % ", ".join(lead.members)
@@ -623,4 +631,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

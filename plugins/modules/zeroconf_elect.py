@@ -23,7 +23,7 @@ description:
   - All members must run the task in parallel (enough forks, no C(serial) splitting them).
   - The logic is in C(plugins/module_utils/election.py); C(python -m) that module runs one member from a shell.
 author:
-  - zeroinit.bootstrap contributors
+  - zeroinit.bootstrap contributors (!UNKNOWN)
 requirements:
   - zeroconf (python-zeroconf)
 extends_documentation_fragment:
@@ -37,6 +37,7 @@ attributes:
   platform:
     platforms: linux
   idempotent:
+    description: When run twice with the same inputs, the second run reports no change.
     support: full
     details: C(changed) is always false; running it again holds a new election with the same outcome.
 options:
