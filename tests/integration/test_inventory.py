@@ -1,0 +1,241 @@
+"""The provisioning inventory plugin against a real nats-server and real node agents, through the real CLIs
+(ansible-inventory, ansible-playbook): hosts, facts, groups, composed variables, the cache, the listen window,
+TLS to the broker and an unreachable broker."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, free_port
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import DiscoveryError, discover_fleet
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect
+from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, run_playbook
+from tests.support.fleet import AgentFleet, AgentProcess, TestCA
+
+WEB = 30
+DB = 5
+WEB_FACTS = {"role": "web", "os": {"family": "Debian"}}
+DB_FACTS = {"role": "db", "os": {"family": "RedHat"}}
+
+
+@pytest.fixture(scope="module")
+def fleets(module_broker, tmp_path_factory):
+    """Two agent processes on one broker: 30 web nodes and 5 db nodes, each node with its own identity fact."""
+    state = tmp_path_factory.mktemp("inventory-fleet")
+    with AgentFleet(module_broker.url, WEB, state / "web", facts=WEB_FACTS, prefix="web") as web:
+        with AgentFleet(module_broker.url, DB, state / "db", facts=DB_FACTS, prefix="db") as db:
+            yield web, db
+
+
+def write_config(directory, brokers, name="provisioning.yml", **options) -> str:
+    config = {"plugin": "zeroinit.bootstrap.provisioning", "brokers": list(brokers)}
+    config.update(options)
+    path = directory / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def plain(value):
+    """ansible-inventory marks untrusted strings as {"__ansible_unsafe": text}; the text is what a user reads."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def ansible_inventory(path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", path, *args], cwd=str(ROOT),
+                          env=ansible_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def inventory_list(path, *args, env=None) -> dict:
+    proc = ansible_inventory(path, "--list", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return plain(json.loads(proc.stdout))
+
+
+def group_hosts(listing: dict, group: str) -> list[str]:
+    return sorted(listing.get(group, {}).get("hosts", []))
+
+
+def all_hosts(listing: dict) -> list[str]:
+    return sorted(listing["_meta"]["hostvars"])
+
+
+# ------------------------------------------------------------------------------------------ the fleet
+
+def test_list_shows_every_node_with_facts_groups_and_composed_variables(fleets, module_broker, tmp_path):
+    web, db = fleets
+    path = write_config(
+        tmp_path, [module_broker.url], expect=WEB + DB, discovery_timeout=10,
+        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"},
+                      {"key": "zeroinit_facts.os.family", "prefix": "os"}],
+        groups={"inventory_failed": "zeroinit_inventory_error is defined"},
+        compose={"node_name": "zeroinit_facts.identity", "agent_version": "zeroinit_inventory.version"})
+    listing = inventory_list(path)
+    identities = sorted(web.identities + db.identities)
+    assert all_hosts(listing) == identities
+    assert group_hosts(listing, "provisioning") == identities
+    assert group_hosts(listing, "role_web") == web.identities and group_hosts(listing, "os_Debian") == web.identities
+    assert group_hosts(listing, "role_db") == db.identities and group_hosts(listing, "os_RedHat") == db.identities
+    assert group_hosts(listing, "inventory_failed") == []
+    for identity in identities:
+        hostvars = listing["_meta"]["hostvars"][identity]
+        assert hostvars["zeroinit_facts"]["identity"] == identity
+        assert hostvars["node_name"] == identity
+        assert hostvars["zeroinit_identity"] == identity
+        assert hostvars["zeroinit_collective"] == "provisioning"
+        assert "discovery" in hostvars["zeroinit_discovered_by"]
+        assert {"choria_provision", "rpcutil"} <= set(hostvars["zeroinit_inventory"]["agents"])
+        assert hostvars["zeroinit_inventory"]["main_collective"] == "provisioning"
+        assert hostvars["agent_version"] == hostvars["zeroinit_inventory"]["version"] != ""
+        assert "zeroinit_inventory_error" not in hostvars
+        assert "ansible_connection" not in hostvars  # the plugin leaves the connection to the user
+    sample = listing["_meta"]["hostvars"][db.identities[0]]
+    assert sample["zeroinit_facts"]["os"] == {"family": "RedHat"} and sample["zeroinit_facts"]["role"] == "db"
+
+
+def test_graph_shows_the_fleet(fleets, module_broker, tmp_path):
+    web, db = fleets
+    path = write_config(tmp_path, [module_broker.url], expect=WEB + DB, discovery_timeout=10,
+                        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}])
+    proc = ansible_inventory(path, "--graph")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    assert "|--@provisioning:" in lines and "|--@role_db:" in lines and "|--@role_web:" in lines
+    for identity in web.identities + db.identities:
+        assert "|  |--%s" % identity in lines
+    role_db = ansible_inventory(path, "--graph", "role_db")
+    assert sorted(line.strip()[3:] for line in role_db.stdout.splitlines()[1:]) == db.identities
+
+
+def test_a_playbook_runs_on_a_keyed_group_with_the_facts(fleets, module_broker, tmp_path):
+    _web, db = fleets
+    path = write_config(tmp_path, [module_broker.url], expect=WEB + DB, discovery_timeout=10,
+                        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}],
+                        compose={"ansible_connection": "'local'"})
+    play = """
+- name: Nodes in provisioning mode, from the provisioning network
+  hosts: role_db
+  gather_facts: false
+  tasks:
+    - name: Report what the node told us
+      ansible.builtin.set_fact:
+        seen: "{{ inventory_hostname }} {{ zeroinit_facts.identity }} {{ zeroinit_facts.os.family }}"
+"""
+    result = run_playbook(play, inventory=path)
+    assert result.rc == 0, result.stderr
+    assert sorted(result.stats) == db.identities
+    for identity in db.identities:
+        assert result.result("Report what the node told us", identity)["ansible_facts"]["seen"] == \
+            "%s %s RedHat" % (identity, identity)
+
+
+def test_cache_serves_a_stopped_fleet_until_refreshed(nats_broker, tmp_path):
+    fleet = AgentFleet(nats_broker.url, 5, tmp_path / "state", facts=WEB_FACTS, prefix="cached")
+    cache = {"cache": True, "cache_plugin": "ansible.builtin.jsonfile", "cache_connection": str(tmp_path / "cache"),
+             "cache_timeout": 600}
+    path = write_config(tmp_path, [nats_broker.url], expect=5, discovery_timeout=10,
+                        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}], **cache)
+    uncached = write_config(tmp_path, [nats_broker.url], name="live.provisioning.yml", discovery_timeout=1)
+    with fleet:
+        first = inventory_list(path)
+        assert all_hosts(first) == fleet.identities
+        assert list((tmp_path / "cache").iterdir()), "nothing was written to the jsonfile cache"
+    # The fleet is gone: the cache still answers, with the same hosts, variables and groups.
+    second = inventory_list(path)
+    assert second == first
+    assert group_hosts(second, "role_web") == fleet.identities
+    # Without the cache, and with a refresh of the cached source, nobody is there any more.
+    assert all_hosts(inventory_list(uncached)) == []
+    refreshed = inventory_list(path, "--flush-cache")
+    assert all_hosts(refreshed) == [] and group_hosts(refreshed, "provisioning") == []
+    # The refresh replaced the cached entry.
+    assert all_hosts(inventory_list(path)) == []
+
+
+def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_path):
+    early = AgentFleet(nats_broker.url, 3, tmp_path / "early", facts=WEB_FACTS, prefix="early")
+    late = AgentProcess(nats_broker.url, "late1.fleet.example.net", tmp_path / "late", facts=DB_FACTS)
+    # expect=4 ends the listen window as soon as the late node is known, so the test waits no longer than that.
+    path = write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=4)
+
+    async def wait_for_discovery_ping(proc):
+        nc = await connect([nats_broker.url], name="test-watch")
+        try:
+            sub = await nc.subscribe(protocol.broadcast_subject("discovery"))
+            await nc.flush()
+            proc.append(subprocess.Popen(
+                [str(VENV_BIN / "ansible-inventory"), "-i", path, "--list"], cwd=str(ROOT), env=ansible_env(),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL))
+            while True:  # bounded by next_msg's timeout: the plugin pings within seconds of starting
+                msg = await sub.next_msg(timeout=60)
+                if protocol.decode_request(msg.data).callerid == "choria=zeroinit-inventory":
+                    return
+        finally:
+            await nc.close()
+
+    procs: list[subprocess.Popen] = []
+    with early:
+        try:
+            asyncio.run(wait_for_discovery_ping(procs))
+            late.start(timeout=60)
+            stdout, stderr = procs[0].communicate(timeout=120)
+        finally:
+            late.stop()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+    assert procs[0].returncode == 0, stderr
+    listing = plain(json.loads(stdout))
+    assert all_hosts(listing) == sorted(early.identities + ["late1.fleet.example.net"])
+    late_vars = listing["_meta"]["hostvars"]["late1.fleet.example.net"]
+    # It was not there for the ping: it was found by its startup event / registration data, then inventoried.
+    assert set(late_vars["zeroinit_discovered_by"]) & {"lifecycle", "registration"}
+    assert late_vars["zeroinit_facts"]["role"] == "db" and late_vars["zeroinit_facts"]["identity"] == \
+        "late1.fleet.example.net"
+    if "lifecycle" in late_vars["zeroinit_discovered_by"]:
+        assert "startup" in [event["type"] for event in late_vars["zeroinit_lifecycle_events"]]
+
+
+def test_unreachable_broker_is_a_clear_error_naming_it(tmp_path):
+    url = "nats://127.0.0.1:%d" % free_port()
+    path = write_config(tmp_path, [url])
+    proc = ansible_inventory(path, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
+    assert proc.returncode != 0
+    assert "cannot reach the provisioning broker(s) %s" % url in proc.stderr
+
+
+def test_brokers_from_the_environment(fleets, module_broker, tmp_path):
+    web, db = fleets
+    path = tmp_path / "provisioning.yml"
+    path.write_text("plugin: zeroinit.bootstrap.provisioning\nexpect: %d\ndiscovery_timeout: 10\n" % (WEB + DB))
+    listing = inventory_list(str(path), env={"ZEROINIT_BROKERS": module_broker.url})
+    assert all_hosts(listing) == sorted(web.identities + db.identities)
+
+
+# ------------------------------------------------------------------------------------------ TLS to the broker
+
+def test_tls_broker_needs_the_ca_and_accepts_a_client_certificate(tmp_path):
+    ca = TestCA()
+    server = ca.write_key_pair(tmp_path / "broker", "broker", ips=["127.0.0.1"], server=True, client=False)
+    client = ca.write_key_pair(tmp_path / "client", "controller", client=True)
+    with EmbeddedBroker(tls={"cert": server["cert"], "key": server["key"], "ca": server["ca"],
+                             "verify": True}) as broker:
+        found = discover_fleet([broker.url], timeout=0.5, tls={"ca": client["ca"], "cert": client["cert"],
+                                                               "key": client["key"]})
+        assert found == {}  # connected and asked: nobody waits on this broker
+        with pytest.raises(DiscoveryError, match=broker.url):
+            discover_fleet([broker.url], timeout=0.5)  # no CA: the broker's certificate is not trusted
+        with pytest.raises(DiscoveryError, match=broker.url):
+            discover_fleet([broker.url], timeout=0.5, tls={"ca": client["ca"]})  # no client certificate
