@@ -153,6 +153,31 @@ def bench_size(count: int, workers: int, connections: int, workdir: str, helper:
             "steps": {k: v for k, v in t.items() if isinstance(v, dict) and k != "node"}}
 
 
+def bench_per_host(count: int, forks: int, workdir: str) -> dict:
+    """playbooks/provision.yaml over ``count`` hosts found by the inventory plugin (csr_signing + config_push)."""
+    from tests.support.ansible_run import run_playbook
+    ca_cert, ca_key = make_ca(workdir)
+    state = os.path.join(workdir, "per-host-%d" % count)
+    with EmbeddedBroker() as broker, EmbeddedBroker() as members:
+        inventory = os.path.join(workdir, "bench.provisioning.yml")
+        with open(inventory, "w") as handle:
+            json.dump({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [broker.url],
+                       "discovery_timeout": 10, "expect": count}, handle)
+        extra = {"zeroinit_provision_brokers": [broker.url], "zeroinit_provision_token": TOKEN,
+                 "zeroinit_provision_ca_cert": ca_cert, "zeroinit_provision_ca_key": ca_key,
+                 "zeroinit_provision_configuration": {"plugin.choria.middleware_hosts": members.url,
+                                                      "collectives": "bench"}}
+        with AgentFleet(broker.url, count, state, token=TOKEN, prefix="host"):
+            started = time.monotonic()
+            result = run_playbook(ROOT / "playbooks" / "provision.yaml", inventory=inventory, extra_vars=extra,
+                                  args=["--forks", str(forks)], timeout=1800)
+            seconds = time.monotonic() - started
+    shutil.rmtree(state, ignore_errors=True)
+    ok = sum(1 for host, stats in result.stats.items() if not stats.get("failures") and not stats.get("unreachable"))
+    return {"hosts": count, "forks": forks, "rc": result.rc, "hosts_ok": ok, "seconds": round(seconds, 1),
+            "hosts_per_s": round(count / seconds, 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a small run (200 nodes, 50 through the helper)")
@@ -160,13 +185,17 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1000, help="nodes in flight")
     parser.add_argument("--connections", type=int, default=4, help="NATS connections of the fleet process")
     parser.add_argument("--helper-nodes", type=int, default=None, help="nodes for the helper run (0: skip)")
+    parser.add_argument("--per-host", type=int, default=None, help="hosts for the provision.yaml run (0: skip)")
+    parser.add_argument("--forks", type=int, default=25, help="ansible forks for the provision.yaml run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_run(args)
         return 0
-    sizes = [int(s) for s in args.sizes.split(",") if s] or ([200] if args.quick else [1000, 10000])
+    sizes = [int(s) for s in args.sizes.split(",") if s] if args.sizes else ([200] if args.quick else [1000, 10000])
+    sizes = [s for s in sizes if s > 0]
     helper_nodes = args.helper_nodes if args.helper_nodes is not None else (50 if args.quick else 300)
+    per_host = args.per_host if args.per_host is not None else (10 if args.quick else 200)
     print("bench_provision: machine %s, %d CPU cores, Python %s"
           % (os.uname().machine, os.cpu_count() or 0, sys.version.split()[0]))
     workdir = tempfile.mkdtemp(prefix="zeroinit-bench-prov-")
@@ -206,6 +235,12 @@ def main() -> int:
                   "%.0f decisions/s, helper run p50 %.0f ms p99 %.0f ms"
                   % (helper_nodes, row["seconds"], row["decided_per_s"], row["steps"]["decide"]["p50_ms"],
                      row["steps"]["decide"]["p99_ms"]))
+        if per_host:
+            row = bench_per_host(per_host, args.forks, workdir)
+            print(json.dumps(row))
+            print("per-host path (playbooks/provision.yaml, inventory plugin, %d forks), %d hosts: %.1f s "
+                  "(target <= 120 s for 200), %d ok, rc %d"
+                  % (row["forks"], per_host, row["seconds"], row["hosts_ok"], row["rc"]))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
