@@ -109,17 +109,22 @@ def summarize_ms(values: list) -> dict:
     return {"count": len(ordered), "p50_ms": percentile(ordered, 0.50), "p99_ms": percentile(ordered, 0.99)}
 
 
-def certificate_matches_csr(certificate_pem: str, csr_pem: str) -> bool:
-    """Whether a certificate carries the CSR's public key (so the node can use it with its own private key)."""
+def certificate_problem(certificate_pem: str, csr_pem: str) -> str:
+    """Why a helper's certificate cannot serve the node ("" when it can): it must parse and carry the CSR's key."""
     if not HAS_CRYPTOGRAPHY:
-        return True
+        return ""
     try:
         cert = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
+    except (ValueError, UnicodeError) as exc:
+        return "the certificate does not parse (%s)" % exc
+    try:
         csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
-    except ValueError:
-        return False
+    except (ValueError, UnicodeError) as exc:
+        return "the node's CSR does not parse (%s)" % exc
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return cert.public_key().public_bytes(*fmt) == csr.public_key().public_bytes(*fmt)
+    if cert.public_key().public_bytes(*fmt) != csr.public_key().public_bytes(*fmt):
+        return "the certificate does not carry the public key of the node's CSR"
+    return ""
 
 
 class PolicySigner:
@@ -245,9 +250,9 @@ class ChoriaProvisioner:
                 decision.configuration = merge_configuration(self.s.configuration, decision.configuration)
                 check_configuration(identity, decision.configuration)
                 # A certificate for another key would leave the node unable to use it after restart.
-                if not certificate_matches_csr(decision.certificate, csr.get("csr", "")):
-                    raise NodeFailure("helper returned a certificate for %s that does not carry the public key "
-                                      "of the node's CSR" % identity)
+                problem = certificate_problem(decision.certificate, csr.get("csr", ""))
+                if problem:
+                    raise NodeFailure("helper answer for %s refused: %s" % (identity, problem))
             return decision
         if self.signer is None:
             raise NodeFailure("no helper and no signer: nothing can decide for %s" % identity)

@@ -1,8 +1,13 @@
 """The bulk provisioner's decisions with a scripted RPC transport (the real fleet is in tests/integration)."""
 import asyncio
+import datetime
 import json
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import Reply, rpc_reply_body
@@ -164,3 +169,23 @@ def test_percentiles_are_nearest_rank():
     values = sorted(float(v) for v in range(1, 101))
     assert pv.percentile(values, 0.5) == 50.0 and pv.percentile(values, 0.99) == 99.0
     assert pv.percentile([], 0.5) == 0.0
+
+
+def test_helper_certificate_must_parse_and_carry_the_csr_key():
+    def key_and_csr():
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+    key, csr_pem = key_and_csr()
+    other_key, other_csr = key_and_csr()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(other_key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    assert pv.certificate_problem(cert_pem, csr_pem) == ""
+    assert "public key" in pv.certificate_problem(cert_pem, other_csr)
+    assert "does not parse" in pv.certificate_problem(CERT, csr_pem)
