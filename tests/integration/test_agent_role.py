@@ -1,0 +1,97 @@
+"""The provision_agent role over SSH on a network-namespace host: the agent it installs answers discovery."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from tests.support.ansible_run import run_playbook
+from tests.support.fleet import discover
+from tests.support.netns import TestNetwork
+
+pytestmark = pytest.mark.netns
+VENV_PYTHON = "/work/main/.venv/bin/python"
+
+PLAY = """
+- name: Install the node agent
+  hosts: workers
+  gather_facts: false
+  roles:
+    - role: zeroinit.bootstrap.provision_agent
+      vars:
+        provision_agent_brokers: ["{{ broker_url }}"]
+        provision_agent_token: role-test-token
+        provision_agent_identity: "{{ inventory_hostname }}.lab"
+        provision_agent_python: %s
+        provision_agent_facts:
+          role: worker
+          address: "{{ ansible_host }}"
+""" % VENV_PYTHON
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agent-role")
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-role-test", "-f", str(key)], check=True)
+    net = TestNetwork.create("agentrole", 1, sshd=True, authorized_keys=(tmp / "id_ed25519.pub").read_text())
+    host = net.hosts[0]
+    broker = None
+    try:
+        bridge_address = net.subnet.rsplit(".", 1)[0] + ".1"
+        broker = EmbeddedBroker(host=bridge_address).start()
+        inventory = tmp / "inventory.json"
+        inventory.write_text(json.dumps({"workers": {"hosts": {host.name: {
+            "ansible_host": host.address, "ansible_user": "root", "ansible_ssh_private_key_file": str(key),
+            "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % net.known_hosts,
+            "ansible_python_interpreter": VENV_PYTHON}}}}))
+        yield net, host, broker, str(inventory)
+    finally:
+        try:
+            host.run(["/opt/zeroinit/agent/zeroinit-agentctl", "stop"], check=False, timeout=60)
+        finally:
+            if broker is not None:
+                broker.stop()
+            net.destroy()
+
+
+def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(worker):
+    net, host, broker, inventory = worker
+    identity = "%s.lab" % host.name
+    first = run_playbook(PLAY, inventory=inventory, extra_vars={"broker_url": broker.url})
+    assert first.rc == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.changed(host.name) > 0
+
+    found = asyncio.run(discover(broker.url, [identity], 30))
+    assert found == [identity]
+
+    async def inventory_of():
+        async with RpcClient([broker.url]) as client:
+            return await client.call(identity, "rpcutil", "inventory", timeout=10)
+    reply = asyncio.run(inventory_of())
+    assert reply.ok and reply.data["facts"] == {"role": "worker", "address": host.address, "identity": identity}
+
+    # the files are the host's own (bind-mounted per host), the token file is private
+    conf = host.path("/etc/zeroinit/agent.conf")
+    assert oct(__import__("os").stat(conf).st_mode & 0o777) == "0o600"
+    assert "plugin.zeroinit.agent.token = role-test-token" in open(conf).read()
+    status = host.run(["/opt/zeroinit/agent/zeroinit-agentctl", "status"], check=False)
+    assert status.returncode == 0 and "running" in status.stdout
+    pid_before = open(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read()
+
+    second = run_playbook(PLAY, inventory=inventory, extra_vars={"broker_url": broker.url})
+    assert second.rc == 0, second.stdout[-3000:]
+    assert second.changed(host.name) == 0
+    assert open(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read() == pid_before
+    assert asyncio.run(discover(broker.url, [identity], 30)) == [identity]
+
+    # a changed setting restarts the agent, which then reports the new facts
+    third = run_playbook(PLAY.replace("role: worker", "role: gateway"), inventory=inventory,
+                         extra_vars={"broker_url": broker.url})
+    assert third.rc == 0 and third.changed(host.name) > 0
+    assert asyncio.run(discover(broker.url, [identity], 30)) == [identity]
+    assert asyncio.run(inventory_of()).data["facts"]["role"] == "gateway"
