@@ -85,6 +85,9 @@ def test_check_real_check_real(fleet):
         out = check.result("rotate", host.name)
         assert out["changed"] and out["generated"] and out["added"]
         assert "would generate" in out["msg"]
+        assert out["diff"]["before"] == fleet["initial"] and out["diff"]["before_header"].endswith("(before)")
+        assert "generated when the task runs" in out["diff"]["after"]
+        assert fleet["bootstrap_pub"] not in out["diff"]["after"]
         assert out["revoked"] == [PublicKey.parse(fleet["bootstrap_pub"]).fingerprint]
         assert authorized_keys(host)[0] == fleet["initial"]
 
@@ -100,6 +103,7 @@ def test_check_real_check_real(fleet):
         content, mode = authorized_keys(host)
         assert content == fleet["initial"].replace(fleet["bootstrap_pub"], new_pub)
         assert mode == 0o600
+        assert out["diff"]["before"] == fleet["initial"] and out["diff"]["after"] == content
         assert ssh_login(net, host, fleet["new"]).stdout.strip() == host.name
         refused = ssh_login(net, host, fleet["bootstrap"])
         assert refused.returncode != 0 and "Permission denied" in refused.stderr
@@ -157,17 +161,37 @@ def test_host_whose_sshd_stops_keeps_bootstrap_key_others_rotate(fleet):
     assert ssh_login(net, victim, fleet["bootstrap"]).stdout.strip() == victim.name
     assert ssh_login(net, victim, fleet["new"]).returncode != 0
 
-    # Fixed: running the same play again rotates the victim too and leaves the others alone.
-    rotated = {"new_key": fleet["new"], "revoke_keys": [fleet["bootstrap_pub"]],
-               "ansible_ssh_private_key_file": fleet["new"]}
-    rerun = run_playbook(ROTATE, fleet["inventory"], rotated,
-                         limit=",".join(h.name for h in net.hosts if h is not victim))
-    assert rerun.rc == 0 and all(not rerun.result("rotate", h.name)["changed"]
-                                 for h in net.hosts if h is not victim)
-    fixed = run_playbook(ROTATE, fleet["inventory"], {"new_key": fleet["new"], "revoke_keys": [fleet["bootstrap_pub"]]},
-                         limit=victim.name)
-    assert fixed.rc == 0 and fixed.result("rotate", victim.name)["verified"]
+    # Fixed: the role, run again, logs in with the rotated key where it works and with the bootstrap key on the
+    # victim, rotates the victim and changes nothing on the others.
+    again = run_playbook(ROLE_PLAY, fleet["inventory"], {"key_rotation_private_key": fleet["new"]})
+    assert again.rc == 0, again.stdout[-3000:]
+    for host in net.hosts:
+        out = role_result(again, host.name)
+        assert out["verified"] and out["changed"] is (host is victim), (host.name, out)
+        assert authorized_keys(host)[0] == fleet["initial"].replace(fleet["bootstrap_pub"], new_pub)
     assert ssh_login(net, victim, fleet["bootstrap"]).returncode != 0
+
+
+ROLE_PLAY = """
+- name: Rotate with the role, as playbooks/bootstrap.yaml does
+  hosts: members
+  gather_facts: false
+  pre_tasks:
+    - name: Log in with the rotated key where it already works
+      ansible.builtin.include_role:
+        name: zeroinit.bootstrap.key_rotation
+        tasks_from: connect
+  roles:
+    - role: zeroinit.bootstrap.key_rotation
+"""
+
+
+def role_result(res, host: str) -> dict:
+    found = [t["hosts"][host] for t in res.tasks()
+             if t["task"]["name"].endswith("Install the new key, prove a fresh login with it, then revoke the old keys")
+             and host in t["hosts"]]
+    assert found, res.stdout[-3000:]
+    return found[-1]
 
 
 def test_symlinked_authorized_keys_is_refused_on_the_host(fleet):
