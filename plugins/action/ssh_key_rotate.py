@@ -123,6 +123,9 @@ class ActionModule(ActionBase):
         warnings += keypair.warnings
         public = keypair.public_key
         revoke += self._login_key_to_revoke(args, task_vars, public)
+        if public.fingerprint in {selector.fingerprint for selector in parse_revoke(revoke)}:
+            raise SshKeyError("revoke: %s is the new key of private_key %s; it is never revoked"
+                              % (public.fingerprint, pair.path))
         out = {"public_key": public.line, "fingerprint": public.fingerprint, "generated": keypair.generated,
                "added": False, "revoked": [], "verified": False, "changed": keypair.generated}
 
@@ -209,7 +212,7 @@ class ActionModule(ActionBase):
                                                    pair.path, pair.comment)))
         revoked = keys.remove(parse_revoke(revoke), keep=public)
         after = keys.render()
-        out = {"changed": generate or added or bool(revoked), "public_key": public.line if public else "",
+        out = {"changed": generate or added or bool(revoked) or not current["attributes_ok"], "public_key": public.line if public else "",
                "fingerprint": public.fingerprint if public else "", "generated": generate, "added": added,
                "revoked": revoked, "verified": False, "authorized_keys": current["authorized_keys"]}
         if after != current["content"]:
@@ -227,15 +230,14 @@ def _diff(path, before, after) -> dict:
 
 
 def _summary(node, out, would=False) -> str:
-    verb = "would " if would else ""
-    parts = []
-    if out["added"]:
-        parts.append("%sadd %s" % (verb, out["fingerprint"] or "the new key") if would else "added %s" % out["fingerprint"])
-    if out["revoked"]:
-        parts.append("%srevoke %s" % (verb, ", ".join(out["revoked"])) if would
-                     else "revoked %s" % ", ".join(out["revoked"]))
-    if not parts:
-        parts.append("new key present, nothing to revoke")
-    if out.get("verified"):
-        parts.append("fresh login with the new key verified")
+    new = out["fingerprint"] or "the new key"
+    if would:
+        parts = (["would add %s" % new] if out["added"] else []) + \
+            (["would revoke %s" % ", ".join(out["revoked"])] if out["revoked"] else [])
+    else:
+        parts = (["added %s" % new] if out["added"] else []) + \
+            (["fresh login with the new key verified"] if out.get("verified") else []) + \
+            (["revoked %s" % ", ".join(out["revoked"])] if out["revoked"] else [])
+    if not out["added"] and not out["revoked"]:
+        parts.insert(0, "%s already present, nothing to revoke" % new)
     return "%s: %s" % (node, "; ".join(parts))

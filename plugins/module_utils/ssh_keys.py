@@ -614,7 +614,8 @@ def target_step(params: dict, check_mode: bool = False) -> dict:
     step = params.get("step") or "read"
     if step == "read":
         state = target.read()
-        return {"changed": False, "authorized_keys": target.path, "exists": state.exists, "content": state.content}
+        return {"changed": False, "authorized_keys": target.path, "exists": state.exists, "content": state.content,
+                "attributes_ok": not target.needs_attributes(state)}
     try:
         public = PublicKey.parse(params.get("public_key") or "")
     except SshKeyError as exc:

@@ -193,6 +193,10 @@ content:
   description: The file's current content (public keys only), for O(step=read).
   returned: when O(step=read)
   type: str
+attributes_ok:
+  description: Whether the file's mode (C(0600)) and owner are already right, for O(step=read).
+  returned: when O(step=read)
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule

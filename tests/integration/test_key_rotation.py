@@ -207,3 +207,15 @@ def test_symlinked_authorized_keys_is_refused_on_the_host(fleet):
     assert out.get("failed") and "symbolic link" in out["msg"] and host.name in out["msg"]
     assert os.path.islink(link) and open(real).read() == fleet["initial"]
     assert ssh_login(net, host, fleet["bootstrap"]).stdout.strip() == host.name
+
+
+def test_revoking_the_new_key_is_refused_before_any_host_changes(fleet):
+    os.makedirs(os.path.dirname(fleet["new"]))
+    _path, new_pub = keygen(os.path.dirname(fleet["new"]), os.path.basename(fleet["new"]))
+    res = run_playbook(ROTATE, fleet["inventory"], {"new_key": fleet["new"],
+                                                   "revoke_keys": [fleet["bootstrap_pub"], new_pub]})
+    assert res.rc != 0
+    for host in fleet["net"].hosts:
+        out = res.result("rotate", host.name)
+        assert out.get("failed") and "is the new key" in out["msg"] and "revoke" in out["msg"], out
+        assert authorized_keys(host)[0] == fleet["initial"]

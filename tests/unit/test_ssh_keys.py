@@ -192,3 +192,13 @@ def test_probe_puts_its_options_before_the_operators():
     assert "UserKnownHostsFile=/a b" in argv
     assert argv[argv.index("-i") + 1] == "/k/new" and argv[argv.index("-p") + 1] == "2222"
     assert argv[-2] == "10.0.0.5" and "IdentitiesOnly=yes" in argv and "BatchMode=yes" in argv
+
+
+def test_wrong_mode_alone_is_a_change_and_is_fixed(tmp_path, keys):
+    target, path = _target(tmp_path, keys["new"][1] + "\n")  # _target leaves it 0644
+    params = {"user": target.user, "path": str(path), "public_key": keys["new"][1]}
+    assert target_step(dict(params, step="read"))["attributes_ok"] is False
+    fixed = target_step(dict(params, step="add"))
+    assert fixed["changed"] and not fixed["added"] and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == keys["new"][1] + "\n"
+    assert target_step(dict(params, step="add"))["changed"] is False
