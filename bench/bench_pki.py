@@ -65,8 +65,8 @@ def main() -> int:
     args = parser.parse_args()
     count = args.count or (500 if args.quick else 5000)
 
-    print("bench_pki: %d CSRs per run; machine: %d cores (%s), Python %s"
-          % (count, os.cpu_count() or 0, platform.machine(), platform.python_version()))
+    print("bench_pki: %d CSRs per run; machine: %d cores (%s), Python %s, load average %.1f (others share the cores)"
+          % (count, os.cpu_count() or 0, platform.machine(), platform.python_version(), os.getloadavg()[0]))
     csrs = make_csrs(count, "ec")
     rsa_csrs = make_csrs(max(count // 10, 50), "rsa")
     cas = [("ec", CertificateAuthority.create("bench EC CA", "ec")),
