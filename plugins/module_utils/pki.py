@@ -989,12 +989,10 @@ class CertificateIssuance:
             keep = not need
 
         changed = ca_created
-        written = []
         if keep:
             issued = IssuedCertificate.from_certificate(load_certificates(existing)[0], ca.chain_pem)
             if stat.S_IMODE(os.stat(dest).st_mode) != CERTIFICATE_MODE:
                 changed = True
-                written.append(dest)
                 if not check_mode:
                     os.chmod(dest, CERTIFICATE_MODE)
             after = dict(before)
@@ -1014,8 +1012,6 @@ class CertificateIssuance:
                 "public_key": ("%s %s" % (facts.key_type, facts.key_detail)).strip(),
                 "public_key_sha256": public_key_sha256(facts.public_key),
             }
-            if dest:
-                written.append(dest)
         else:
             changed = True
             issued = signer.issue(facts, profile)
@@ -1023,11 +1019,9 @@ class CertificateIssuance:
             after = issued.properties()
             if dest:
                 self._write(dest, issued.certificate, "dest")
-                written.append(dest)
 
         if chain_dest and existing_chain != ca.chain_pem:
             changed = True
-            written.append(chain_dest)
             if not check_mode:
                 self._write(chain_dest, ca.chain_pem, "chain_dest")
 
