@@ -141,6 +141,7 @@ import hashlib
 import json
 import time
 
+import ansible.template
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
@@ -165,6 +166,8 @@ MAGIC_VARIABLES = frozenset(("inventory_hostname", "inventory_hostname_short", "
                              "group_names", "groups", "hostvars", "playbook_dir", "play_hosts", "role_name",
                              "role_path", "omit", "environment"))
 VALID_FILE_SUFFIXES = ("provisioning.yml", "provisioning.yaml")
+# ansible-core 2.19+ never templates data that was not explicitly trusted; older versions need it marked unsafe.
+UNTRUSTED_BY_DEFAULT = hasattr(ansible.template, "trust_as_template")
 
 
 def verify_path(path):
@@ -209,7 +212,7 @@ def node_hostvars(identity, record, collective, flatten_facts=False, fact_prefix
                 skipped.append(name)
             else:
                 hostvars[varname] = facts[name]
-    return wrap_var(hostvars), skipped
+    return (hostvars if UNTRUSTED_BY_DEFAULT else wrap_var(hostvars)), skipped
 
 
 def query_fingerprint(brokers, collective):

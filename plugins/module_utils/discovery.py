@@ -211,6 +211,7 @@ class FleetDiscovery:
         self.rejected: set[str] = set()
         self.undecodable = 0
         self.timings: dict[str, float] = {}
+        self.latencies: dict[str, float] = {}  # identity -> seconds from its inventory request to the reply
         self._client: RpcClient | None = None
         self._enough: asyncio.Event | None = None
         self._inventory_started = False
@@ -294,10 +295,15 @@ class FleetDiscovery:
     async def _inventory(self, batch: list[str]) -> None:
         assert self._client is not None and self._slots is not None
         async with self._slots:
+            sent = time.monotonic()
+
+            def arrived(reply) -> None:
+                self.latencies.setdefault(reply.senderid, time.monotonic() - sent)
+
             try:
                 replies = await self._client.request(
                     "rpcutil", rpc_request_body("rpcutil", "inventory"), identities=batch,
-                    timeout=self.inventory_timeout, expect=len(batch))
+                    timeout=self.inventory_timeout, expect=len(batch), on_reply=arrived)
             except (NatsError, RpcError) as exc:
                 replies = []
                 failure = "rpcutil#inventory could not be sent: %s" % (exc or type(exc).__name__)

@@ -144,7 +144,7 @@ def test_cache_serves_a_stopped_fleet_until_refreshed(nats_broker, tmp_path):
     fleet = AgentFleet(nats_broker.url, 5, tmp_path / "state", facts=WEB_FACTS, prefix="cached")
     cache = {"cache": True, "cache_plugin": "ansible.builtin.jsonfile", "cache_connection": str(tmp_path / "cache"),
              "cache_timeout": 600}
-    path = write_config(tmp_path, [nats_broker.url], expect=5, discovery_timeout=10,
+    path = write_config(tmp_path, [nats_broker.url], expect=5, discovery_timeout=3,
                         keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}], **cache)
     uncached = write_config(tmp_path, [nats_broker.url], name="live.provisioning.yml", discovery_timeout=1)
     with fleet:

@@ -1,0 +1,108 @@
+"""Inventory plugin figures: how fast a provisioning fleet becomes an Ansible inventory.
+
+    .venv/bin/python bench/bench_inventory.py [--quick] [--sizes 1000,5000]
+
+For each fleet size: one ``zeroinit-agent --fleet N`` process on a real nats-server on loopback, then
+
+* ``discover_fleet`` in-process with ``expect=N`` (discovery ends when all answered): total time, nodes/s, and
+  p50/p99 of the per-node rpcutil#inventory round trip;
+* the same without ``expect`` (discovery waits its full 2 s timeout), which is what a user gets by default;
+* ``ansible-inventory --list`` on a provisioning.yml with ``expect`` and a keyed group: wall time and the CLI's
+  peak RSS.
+
+The floor measured in the same run: raw NATS request/reply round trips per second on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery  # noqa: E402
+from bench_agent import machine, nats_floor  # noqa: E402
+from tests.support.ansible_run import VENV_BIN, ansible_env  # noqa: E402
+from tests.support.fleet import AgentFleet  # noqa: E402
+
+# Runs one command and reports its peak RSS: the wrapper's only child is the command.
+PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(round(len(ordered) * fraction)) - 1)] if ordered else 0.0
+
+
+def in_process(url: str, size: int, expect: int | None) -> tuple[float, int, list[float]]:
+    run = FleetDiscovery([url], timeout=2.0, expect=expect, inventory_timeout=30.0)
+    started = time.monotonic()
+    fleet = asyncio.run(run.run())
+    elapsed = time.monotonic() - started
+    failed = sum(1 for record in fleet.values() if "inventory_error" in record)
+    if len(fleet) != size or failed:
+        print("  WARNING: %d of %d nodes found, %d without inventory" % (len(fleet), size, failed))
+    return elapsed, len(fleet), list(run.latencies.values())
+
+
+def cli(url: str, size: int, workdir: str) -> tuple[float, float, int]:
+    path = os.path.join(workdir, "provisioning.yml")
+    with open(path, "w") as handle:
+        json.dump({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [url], "expect": size,
+                   "discovery_timeout": 10, "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}]},
+                  handle)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(VENV_BIN / "ansible-inventory"), "-i", path, "--list"],
+                          env=ansible_env(), stdout=subprocess.PIPE, text=True, check=True, cwd=str(ROOT))
+    elapsed = time.monotonic() - started
+    peak_kib, rc = proc.stdout.split()
+    return elapsed, int(peak_kib) / 1024.0, int(rc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 nodes only")
+    parser.add_argument("--sizes", default="")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s] or ([1000] if args.quick else [1000, 5000])
+    print("machine: %s" % machine())
+    workdir = tempfile.mkdtemp(prefix="bench-inventory-")
+    try:
+        with EmbeddedBroker() as broker:
+            floor = asyncio.run(nats_floor(broker.url))
+            print("floor: raw NATS request/reply %.0f round trips/s (100 in flight)" % floor)
+            for size in sizes:
+                with AgentFleet(broker.url, size, os.path.join(workdir, "fleet-%d" % size),
+                                facts={"role": "bench", "os": {"family": "Debian"}}) as _fleet:
+                    quick, found, latencies = in_process(broker.url, size, expect=size)
+                    default, found_default, _ = in_process(broker.url, size, expect=None)
+                    wall, peak_mib, rc = cli(broker.url, size, workdir)
+                print("%d nodes:" % size)
+                print("  discover_fleet expect=N: %d found and inventoried in %.2f s = %.0f nodes/s; inventory round "
+                      "trip per node p50 %.0f ms, p99 %.0f ms (median %.0f ms)"
+                      % (found, quick, found / quick, percentile(latencies, 0.5) * 1000,
+                         percentile(latencies, 0.99) * 1000, statistics.median(latencies) * 1000 if latencies else 0))
+                print("  discover_fleet default (2 s discovery timeout): %d in %.2f s" % (found_default, default))
+                print("  ansible-inventory --list (expect=N, one keyed group): %.2f s wall, peak RSS %.0f MiB, rc %d"
+                      % (wall, peak_mib, rc))
+                print("  inventory rate vs floor: %.0f%% of raw request/reply round trips/s"
+                      % (100.0 * found / quick / floor))
+                shutil.rmtree(os.path.join(workdir, "fleet-%d" % size), ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
