@@ -209,9 +209,9 @@ class TestNetwork:
         if os.path.exists(pidfile):
             os.unlink(pidfile)
         host.run([SSHD, "-f", config, "-E", os.path.join(host.root, "sshd.log")])
-        _wait_for(lambda: os.path.exists(pidfile), 5, "sshd on %s did not start" % host.name)
-        with open(pidfile) as handle:
-            host.sshd_pid = int(handle.read().strip())
+        # sshd creates the pid file before it writes the number: wait for the number.
+        _wait_for(lambda: _read_pid(pidfile), 5, "sshd on %s did not start" % host.name)
+        host.sshd_pid = _read_pid(pidfile)
 
     def restart_sshd(self, host: Host) -> None:
         host.stop_sshd()
@@ -279,6 +279,14 @@ def _tag(name: str) -> str:
     if not tag:
         raise ValueError("network name %r has no letters or digits" % name)
     return tag
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _hostname_of(pid: int) -> str:
