@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hashlib
 import os
 import pwd
@@ -250,11 +249,6 @@ class AuthorizedKeys:
             if fp in wanted and fp not in found:
                 found.append(fp)
         return found
-
-
-def unified_diff(before: str, after: str, path: str) -> str:
-    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
-                                        fromfile="%s (before)" % path, tofile="%s (after)" % path))
 
 
 @dataclass
