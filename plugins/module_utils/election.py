@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets as _secrets
@@ -53,6 +54,7 @@ except ImportError:
     RecordUpdateListener = object  # the listener class below still has to be definable
     ZeroconfError = OSError
 
+LOG = logging.getLogger(__name__)
 SERVICE_TYPE = "_zeroinit-elect._udp.local."
 PROTOCOL_VERSION = "1"
 CANDIDATE, LEADER, FOLLOWER = "candidate", "leader", "follower"
@@ -410,6 +412,7 @@ class LeaderElection:
         if peer is not None and ann.order == peer.announcement.order:
             peer.withdrawn = peer.withdrawn or goodbye
             return
+        LOG.info("%s %s as %s (id %d)", "withdrawn:" if goodbye else "seen:", ann.address, ann.state, ann.election_id)
         self._peers[ann.address] = _Peer(ann, goodbye)
         self._names[name.lower()] = ann.address
         self._ignored.pop(ann.address, None)
@@ -452,6 +455,7 @@ class LeaderElection:
                 # The name is unique per (cluster, address); a clash is detected from the nonces instead of
                 # spending a second on probing.
                 broadcast = await aiozc.async_register_service(info, cooperating_responders=True)
+                LOG.info("announced %s as %s (id %d)", self.address, CANDIDATE, self.election_id)
             except NonUniqueNameException as exc:
                 raise ElectionError("another member announces this host's address %s in cluster %r"
                                     % (self.address, self.cluster)) from exc
@@ -531,6 +535,7 @@ class LeaderElection:
         if broadcast is not None and not broadcast.done():
             broadcast.cancel()
         info = self._service_info()
+        LOG.info("announced %s as %s of %s", self.address, self.me.state, ",".join(self.me.members))
         return info, await aiozc.async_update_service(info)
 
     async def _withdraw(self, aiozc, info, broadcast) -> None:
@@ -612,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interface", help="default: the default-route interface")
     parser.add_argument("--election-id", type=int)
     parser.add_argument("--start-at", type=float, help="wall-clock time (epoch seconds) to start at")
+    parser.add_argument("--verbose", action="store_true", help="log the election's steps on stderr")
     args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(relativeCreated)d ms %(message)s")
+        LOG.setLevel(logging.INFO)
     # The secret comes from the environment so it is not visible in the process list.
     secret = os.environ.get("ZEROINIT_ELECTION_SECRET") or None
     try:
