@@ -91,6 +91,10 @@ class DuplicateElectionId(ElectionError):
     pass
 
 
+class MismatchedExpect(ElectionError):
+    """Members disagree on how many members the election has (a configuration error)."""
+
+
 class InvalidAnnouncement(ValueError):
     """A TXT record that is not an acceptable announcement (wrong cluster, bad signature, malformed, stale)."""
 
@@ -204,6 +208,8 @@ class Announcement:
     timestamp: int = 0  # milliseconds since the epoch; orders one member's announcements
     sequence: int = 0
     nonce: str = ""
+    expect: int = 0  # how many members this member expects; 0 when not said
+
 
     @property
     def order(self) -> tuple:
@@ -214,6 +220,8 @@ def encode_txt(announcement: Announcement, secret: str | None = None) -> dict[st
     props = {"v": PROTOCOL_VERSION, "c": announcement.cluster, "id": str(announcement.election_id),
              "a": announcement.address, "s": announcement.state, "t": str(announcement.timestamp),
              "q": str(announcement.sequence), "n": announcement.nonce}
+    if announcement.expect:
+        props["e"] = str(announcement.expect)
     if announcement.leader:
         props["l"] = announcement.leader
     joined = ",".join(announcement.members)
@@ -252,6 +260,7 @@ def decode_txt(props: dict[str, str], cluster: str, secret: str | None = None,
             members += props["m%d" % index].split(",")
         members = tuple(str(ipaddress.IPv4Address(m)) for m in members)
         leader = str(ipaddress.IPv4Address(props["l"])) if props.get("l") else ""
+        expect = int(props.get("e") or 0)
     except (KeyError, ValueError) as exc:
         raise InvalidAnnouncement("malformed (%s)" % exc) from exc
     if state not in STATES:
@@ -265,7 +274,8 @@ def decode_txt(props: dict[str, str], cluster: str, secret: str | None = None,
         if abs(now_ms - timestamp) > MAX_CLOCK_SKEW_MS:
             raise InvalidAnnouncement("timestamp %+.0fs from this host's clock" % ((timestamp - now_ms) / 1000.0))
     return Announcement(cluster=cluster, election_id=election_id, address=address, state=state, leader=leader,
-                        members=members, timestamp=timestamp, sequence=sequence, nonce=props.get("n", ""))
+                        members=members, timestamp=timestamp, sequence=sequence, nonce=props.get("n", ""),
+                        expect=expect)
 
 
 # --------------------------------------------------------------------------------------------------- decision
@@ -282,10 +292,15 @@ def describe(members) -> str:
 
 
 def decide(members, expect: int) -> Decision:
-    """Who leads the members seen. Raises on duplicate IDs and on more members than ``expect``."""
+    """Who leads the members seen. Raises on duplicate IDs, more members than ``expect``, or members expecting
+    another count."""
     by_address = {}
     for member in members:
         by_address[member.address] = member
+    others = sorted((m for m in by_address.values() if m.expect and m.expect != expect), key=lambda m: address_key(m.address))
+    if others:
+        raise MismatchedExpect("members expect a different number of members: this host expects %d, %s"
+                               % (expect, ", ".join("%s expects %d" % (m.address, m.expect) for m in others)))
     by_id: dict[int, Announcement] = {}
     for member in sorted(by_address.values(), key=lambda m: address_key(m.address)):
         other = by_id.get(member.election_id)
@@ -373,7 +388,7 @@ class LeaderElection:
         nonce = _secrets.token_hex(8)
         self._own_nonces.add(nonce)
         return Announcement(self.cluster, self.election_id, self.address, state, leader, tuple(members),
-                            int(time.time() * 1000), self._sequence, nonce)
+                            int(time.time() * 1000), self._sequence, nonce, self.expect)
 
     def _service_info(self) -> "ServiceInfo":
         return ServiceInfo(SERVICE_TYPE, self.name, port=0, properties=encode_txt(self.me, self.secret),
@@ -470,7 +485,7 @@ class LeaderElection:
                     try:
                         decision = decide(self.view(), self.expect)
                         problem_since = None
-                    except (DuplicateElectionId, TooManyMembers):
+                    except (DuplicateElectionId, TooManyMembers, MismatchedExpect):
                         # Reported once it persisted for the settle time, and then still announced for a
                         # while, so that every member sees the same problem before this one withdraws.
                         problem_since = now if problem_since is None else problem_since

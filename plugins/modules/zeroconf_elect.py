@@ -18,7 +18,7 @@ description:
     after every other member has withdrawn as its follower. A member that dies mid-election therefore makes the
     others time out naming it, never produces two leaders.
   - Fails with a message naming members on timeout (who was seen, how many were expected), on more members than
-    expected, and on two members announcing the same election ID.
+    expected, on two members announcing the same election ID, and on members configured with a different O(expect).
   - "Multicast is sent and received only on O(interface): the election never leaks to other networks."
   - All members must run the task in parallel (enough forks, no C(serial) splitting them).
   - The logic is in C(plugins/module_utils/election.py); C(python -m) that module runs one member from a shell.

@@ -174,6 +174,22 @@ def test_more_members_than_expected_fails_naming_them(net):
         assert all(h.address in result["msg"] for h in hosts)
 
 
+def test_a_single_member_leads_itself(net):
+    result = run_all([Member(net.hosts[2], 1, soon(), cluster="solo")])[0]
+    assert_one_agreed_leader([result], net.hosts[2].address, [net.hosts[2].address])
+
+
+def test_members_expecting_different_counts_fail_naming_them(net):
+    hosts = net.hosts[:2]
+    start = soon()
+    results = run_all([Member(hosts[0], 2, start), Member(hosts[1], 3, start)])
+    for result in results:
+        assert result["failed"], result
+        assert "expect a different number of members" in result["msg"]
+    assert "%s expects 3" % hosts[1].address in results[0]["msg"]
+    assert "%s expects 2" % hosts[0].address in results[1]["msg"]
+
+
 def test_too_few_members_time_out_naming_who_was_seen(net):
     hosts = net.hosts[:2]
     start = soon()

@@ -68,6 +68,12 @@ def test_decide_too_many_names_them():
     assert all("10.0.0.%d" % i in str(info.value) for i in (1, 2, 3))
 
 
+def test_decide_refuses_members_expecting_another_count():
+    with pytest.raises(el.MismatchedExpect, match="this host expects 2, 10.0.0.2 expects 3"):
+        decide([ann("10.0.0.1", expect=2), ann("10.0.0.2", expect=3)], 2)
+    assert decide([ann("10.0.0.1", expect=2), ann("10.0.0.2")], 2).complete  # not said: not judged
+
+
 def test_decide_counts_an_address_once():
     decision = decide([ann("10.0.0.1"), ann("10.0.0.1"), ann("10.0.0.2")], 2)
     assert decision.complete and decision.members == ("10.0.0.1", "10.0.0.2")
@@ -96,7 +102,7 @@ def test_signature_is_over_canonical_sorted_content():
 
 def test_encode_decode_round_trip_with_secret():
     original = ann("10.1.2.3", state=FOLLOWER, leader="10.1.2.1", members=("10.1.2.1", "10.1.2.3"), sequence=4,
-                   nonce="abcd")
+                   nonce="abcd", expect=2)
     decoded = decode_txt(encode_txt(original, SECRET), "prod", SECRET)
     assert decoded == original
 
