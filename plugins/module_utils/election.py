@@ -210,7 +210,6 @@ class Announcement:
     nonce: str = ""
     expect: int = 0  # how many members this member expects; 0 when not said
 
-
     @property
     def order(self) -> tuple:
         return (self.timestamp, self.sequence)
