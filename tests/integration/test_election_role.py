@@ -83,3 +83,12 @@ def test_role_fails_clearly_when_a_master_is_missing(masters):
         assert "saw 3 of 4 expected members" in result["msg"]
         assert all(h.address in result["msg"] for h in net.hosts)
     assert res.tasks("Leader play") == [] or not res.tasks("Leader play")[0]["hosts"]
+
+
+def test_role_refuses_to_start_when_masters_cannot_run_in_parallel(masters):
+    net, inventory = masters
+    res = run_playbook(PLAY, inventory=inventory, args=["--forks", "2"])
+    assert res.rc != 0
+    result = res.result(ROLE + "Check that every master can run the election at the same time", net.hosts[0].name)
+    assert "set forks to at least 3 (now 2)" in result["msg"]
+    assert res.tasks(ROLE + "Elect a leader over mDNS") == []
