@@ -101,8 +101,7 @@ class ActionModule(ActionBase):
             module_args["public_key"] = public_key
         if revoke is not None:
             module_args["revoke"] = revoke
-        out = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars,
-                                   delete_remote_tmp=False)
+        out = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         if out.get("failed") or out.get("unreachable"):
             raise SshKeyError("%s on the target failed: %s" % (step, out.get("msg", "no message")))
         return out
