@@ -376,7 +376,7 @@ class ProvisionNode:
         except ValueError as exc:
             raise Refusal(StatusCode.INVALID_DATA, "input 'certificate' does not parse: %s" % exc) from None
         try:
-            cas = x509.load_pem_x509_certificates(ca.encode("ascii"))
+            cas = _load_ca(ca)
         except ValueError as exc:
             raise Refusal(StatusCode.INVALID_DATA, "input 'ca' does not parse: %s" % exc) from None
         key_pem = read_bytes(self.ssl_path("private.pem"))
@@ -550,6 +550,20 @@ def read_bytes(path: str) -> bytes | None:
 def _need_cryptography() -> None:
     if not HAS_CRYPTOGRAPHY:
         raise Refusal(StatusCode.UNKNOWN_ERROR, "the Python library cryptography is not installed on this node")
+
+
+_CA_CACHE: dict[str, list] = {}
+
+
+def _load_ca(pem: str) -> list:
+    """Parsed CA bundles, cached: a fleet is configured with the same CA thousands of times."""
+    cas = _CA_CACHE.get(pem)
+    if cas is None:
+        cas = x509.load_pem_x509_certificates(pem.encode("ascii"))
+        if len(_CA_CACHE) > 16:
+            _CA_CACHE.clear()
+        _CA_CACHE[pem] = cas
+    return cas
 
 
 def _public_der(public_key) -> bytes:

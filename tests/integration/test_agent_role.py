@@ -48,7 +48,7 @@ def worker(tmp_path_factory):
         inventory.write_text(json.dumps({"workers": {"hosts": {host.name: {
             "ansible_host": host.address, "ansible_user": "root", "ansible_ssh_private_key_file": str(key),
             "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % net.known_hosts,
-            "ansible_python_interpreter": VENV_PYTHON}}}}))
+            "ansible_python_interpreter": VENV_PYTHON, "ansible_pipelining": True}}}}))
         yield net, host, broker, str(inventory)
     finally:
         try:
