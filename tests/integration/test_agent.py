@@ -176,6 +176,12 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
                 refused = await ops.call(identity, "choria_provision", "gencsr", {"token": TOKEN}, timeout=10)
                 gone = await client.discover(timeout=2, expect=1, flt=p.identity_filter([identity]))
                 files_configured = snapshot(agent.node_dir())
+                # the one-way lock survives a process restart: the node comes back configured
+                assert agent.stop() == 0
+                agent.launch()
+                again = await discover(tls_broker.url, [identity], 30, collective="ops", tls=client_tls)
+                gone += await client.discover(timeout=2, expect=1, flt=p.identity_filter([identity]))
+                assert again == [identity]
                 reprovision = await ops.call(identity, "choria_provision", "reprovision", {"token": TOKEN},
                                              timeout=10)
             back = await discover(nats_broker.url, [identity], 30)

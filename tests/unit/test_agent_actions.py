@@ -130,8 +130,8 @@ def test_lock_holds_off_a_second_provisioner_and_is_renewed_by_the_holder(node):
 # ------------------------------------------------------------------------------------------------ gencsr
 
 def test_gencsr_makes_an_ec_key_0600_and_a_csr_with_the_requested_subject(node):
-    code, _msg, data, _ = call(node, "gencsr", {"token": TOKEN, "O": "Example Org", "OU": "ops", "C": "DE",
-                                                 "L": "Berlin", "ST": "Berlin"})
+    subject = {"O": "Example Org", "OU": "ops", "C": "DE", "L": "Berlin", "ST": "Berlin"}
+    code, _msg, data, _ = call(node, "gencsr", dict(subject, token=TOKEN))
     assert code == 0
     key_path = node.ssl_path("private.pem")
     assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
@@ -285,8 +285,8 @@ def test_shutdown_replies_and_asks_to_stop(node):
 
 def test_a_journal_left_by_a_killed_configure_is_rolled_forward(node, ca):
     provisioned_files(node, ca)
-    old = {n: open(p, "rb").read() for n, p in [("cert", node.ssl_path("certificate.pem")),
-                                                 ("conf", node.server_conf)]}
+    paths = {"cert": node.ssl_path("certificate.pem"), "conf": node.server_conf}
+    old = {name: open(path, "rb").read() for name, path in paths.items()}
     # What a process killed between two renames leaves: every file staged, the journal written, one renamed.
     new_conf = old["conf"].replace(b"collectives = ops", b"collectives = dev")
     open(node.server_conf + ".staged", "wb").write(new_conf)
