@@ -86,7 +86,7 @@ def main() -> int:
                 with AgentFleet(broker.url, size, os.path.join(workdir, "fleet-%d" % size),
                                 facts={"role": "bench", "os": {"family": "Debian"}}) as _fleet:
                     quick, found, latencies = in_process(broker.url, size, expect=size)
-                    default, found_default, _ = in_process(broker.url, size, expect=None)
+                    default, found_default, _latencies = in_process(broker.url, size, expect=None)
                     wall, peak_mib, rc = cli(broker.url, size, workdir)
                 print("%d nodes:" % size)
                 print("  discover_fleet expect=N: %d found and inventoried in %.2f s = %.0f nodes/s; inventory round "

@@ -32,7 +32,7 @@ description:
   - With O(cache) enabled the discovery results are kept by the cache plugin, keyed by the inventory file, the
     brokers and the collective; C(ansible-inventory --flush-cache) or C(meta refresh_inventory) queries again.
 author:
-  - zeroinit.bootstrap contributors
+  - zeroinit.bootstrap contributors (!UNKNOWN)
 requirements:
   - nats-py (Python library) on the controller
 extends_documentation_fragment:
@@ -111,6 +111,7 @@ plugin: zeroinit.bootstrap.provisioning
 brokers:
   - nats://provisioner.example.net:4222
 
+---
 # A booting fleet of 200 workers: wait up to 5 minutes for all of them, group them by role and OS family.
 plugin: zeroinit.bootstrap.provisioning
 brokers: [tls://provisioner.example.net:4222]
@@ -128,6 +129,7 @@ compose:
   ansible_connection: "'local'"
   agent_version: zeroinit_inventory.version | default('')
 
+---
 # Keep the results for ten minutes in JSON files (`ansible-inventory --flush-cache` queries again).
 plugin: zeroinit.bootstrap.provisioning
 brokers: [nats://127.0.0.1:4222]

@@ -293,7 +293,6 @@ class FleetDiscovery:
             self._tasks.append(asyncio.ensure_future(self._inventory(queued[start:start + INVENTORY_BATCH])))
 
     async def _inventory(self, batch: list[str]) -> None:
-        assert self._client is not None and self._slots is not None
         async with self._slots:
             sent = time.monotonic()
 
@@ -328,7 +327,6 @@ class FleetDiscovery:
     # ----------------------------------------------------------------------------------- the run
 
     async def _discover(self) -> None:
-        assert self._client is not None and self._enough is not None
         ping = asyncio.ensure_future(self._client.request("discovery", DISCOVERY_PING, timeout=self.timeout,
                                                           on_reply=self._on_pong))
         enough = asyncio.ensure_future(self._enough.wait())

@@ -144,7 +144,7 @@ def test_host_variables_carry_facts_inventory_and_the_error():
     assert ok["zeroinit_inventory"]["version"] == "0.1.0"
     assert ok["zeroinit_identity"] == "web1.example.net" and ok["zeroinit_collective"] == "provisioning"
     assert "zeroinit_inventory_error" not in ok and skipped == []
-    failed, _ = node_hostvars("db1.example.net", FLEET["db1.example.net"], "provisioning")
+    failed, _skipped = node_hostvars("db1.example.net", FLEET["db1.example.net"], "provisioning")
     assert failed["zeroinit_inventory_error"].startswith("rpcutil#inventory")
     assert failed["zeroinit_inventory"] == {} and failed["zeroinit_discovered_by"] == ["lifecycle", "registration"]
 
@@ -160,8 +160,8 @@ def test_flattened_facts_never_set_connection_or_magic_variables():
     assert flat["zeroinit_facts"]["ansible_host"] == "10.9.9.9"  # still visible, just not as a variable
     assert sorted(skipped) == sorted(["ansible_host", "ansible_connection", "hostvars", "inventory_hostname",
                                       "zeroinit_facts", "bad-name", "when"])
-    prefixed, _ = module.node_hostvars("n1.example.net", rec, "provisioning", flatten_facts=True,
-                                       fact_prefix="node_")
+    prefixed, _skipped = module.node_hostvars("n1.example.net", rec, "provisioning", flatten_facts=True,
+                                              fact_prefix="node_")
     assert prefixed["node_role"] == "web" and prefixed["node_ansible_host"] == "10.9.9.9"
     assert "ansible_host" not in prefixed
 
@@ -179,7 +179,7 @@ def test_cache_key_depends_on_brokers_and_collective_not_their_order():
 # ------------------------------------------------------------------------------------------ constructed
 
 def test_hosts_groups_and_composed_variables(tmp_path):
-    plugin, inventory, _ = load_plugin(tmp_path, {
+    plugin, inventory, _path = load_plugin(tmp_path, {
         "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"},
                          {"key": "zeroinit_facts.os.family | default('unknown')", "prefix": "os"}],
         "groups": {"inventory_failed": "zeroinit_inventory_error is defined",
@@ -202,8 +202,8 @@ def test_hosts_groups_and_composed_variables(tmp_path):
 
 
 def test_strict_turns_a_broken_expression_into_an_error_naming_the_host(tmp_path):
-    plugin, _inventory, _ = load_plugin(tmp_path, {"strict": True,
-                                                   "compose": {"agent_version": "zeroinit_inventory.version"}})
+    plugin, _inventory, _path = load_plugin(tmp_path, {"strict": True,
+                                                       "compose": {"agent_version": "zeroinit_inventory.version"}})
     with pytest.raises(AnsibleError, match="db1.example.net"):
         plugin._populate(FLEET)
 
@@ -211,7 +211,7 @@ def test_strict_turns_a_broken_expression_into_an_error_naming_the_host(tmp_path
 def test_facts_carrying_templates_are_never_rendered(tmp_path):
     marker = tmp_path / "pwned"
     evil = "{{ lookup('pipe', 'touch %s') }}{{ 6 * 7 }}" % marker
-    plugin, inventory, _ = load_plugin(tmp_path, {
+    plugin, inventory, _path = load_plugin(tmp_path, {
         "compose": {"node_role": "zeroinit_facts.role"},
         "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}],
         "flatten_facts": True,
@@ -224,7 +224,7 @@ def test_facts_carrying_templates_are_never_rendered(tmp_path):
 
 
 def test_invalid_identities_are_skipped(tmp_path):
-    plugin, inventory, _ = load_plugin(tmp_path, {})
+    plugin, inventory, _path = load_plugin(tmp_path, {})
     plugin._populate({"ok.example.net": record(), "bad..name": record(), "x:1": record()})
     assert members(inventory, "provisioning") == ["ok.example.net"]
 
@@ -232,9 +232,10 @@ def test_invalid_identities_are_skipped(tmp_path):
 # ------------------------------------------------------------------------------------------ cache
 
 def _cache_config(tmp_path, **extra):
-    return dict({"cache": True, "cache_plugin": "ansible.builtin.jsonfile",
-                 "cache_connection": str(tmp_path / "cache"), "keyed_groups": [{"key": "zeroinit_facts.role",
-                                                                                 "prefix": "role"}]}, **extra)
+    config = {"cache": True, "cache_plugin": "ansible.builtin.jsonfile", "cache_connection": str(tmp_path / "cache"),
+              "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}]}
+    config.update(extra)
+    return config
 
 
 def test_cache_hit_needs_no_broker_and_refresh_or_other_query_asks_again(tmp_path):
