@@ -110,10 +110,12 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--forks", type=int, default=10)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     rounds = [one_round(args.hosts, args.forks) for _index in range(1 if args.quick else 3)]
     logins = sorted(x for r in rounds for x in r["logins"])
-    print("machine: %d cores (shared), %s hosts as network namespaces with sshd, forks=%d, %d round(s)"
-          % (os.cpu_count() or 0, args.hosts, args.forks, len(rounds)))
+    print("machine: %d cores (shared; 1-min load average %.1f before, %.1f after), %s hosts as network namespaces "
+          "with sshd, forks=%d, %d round(s)" % (os.cpu_count() or 0, load_before, os.getloadavg()[0], args.hosts,
+                                                args.forks, len(rounds)))
     for key, label in (("floor", "floor: ansible.builtin.ping play"),
                        ("rotate", "rotation (generate, add, verify, revoke)"),
                        ("rerun", "rerun, no change (verify only)"),
