@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_election.py [--quick]     (root: builds namespaces)
 
 For 3, 5 and 7 hosts, each round starts one election process per host and measures the time from the LAST
-member's start until every member has returned (process exit, i.e. including its goodbye packets). Two start
+member's start (the later of its start instant and when it really started) until every member has returned (process exit, i.e. including its goodbye packets). Two start
 patterns: all together (one wall-clock instant) and staggered (one member every 0.3 s). Target: 5 hosts converge
 within 2 s of the last start. The floor is what the protocol waits by design: the settle time plus the leader's
 goodbye broadcast (3 packets 125 ms apart).
@@ -59,7 +59,10 @@ def one_round(net: TestNetwork, count: int, stagger: float, cluster: str) -> dic
             proc.wait()
     results = [json.loads(out.strip().splitlines()[-1]) if out.strip() else {"failed": True} for out in outs]
     ok = all(not r.get("failed") for r in results) and len({r.get("leader") for r in results}) == 1
-    return {"ok": ok, "converge": max(ends) - max(starts), "leader": results[0].get("leader")}
+    # A process that was still importing at its start instant (loaded machine) started when it says it did.
+    actual = [max(start, r.get("started_at", start)) for start, r in zip(starts, results)]
+    late = max(a - s for a, s in zip(actual, starts))
+    return {"ok": ok, "converge": max(ends) - max(actual), "late": late, "leader": results[0].get("leader")}
 
 
 def main(argv: list[str]) -> int:
@@ -74,17 +77,20 @@ def main(argv: list[str]) -> int:
     net = TestNetwork.create("elbench", max(sizes), sshd=False)
     failures = 0
     try:
-        print("%-6s %-10s %7s %7s %7s  %s" % ("hosts", "start", "p50 s", "max s", "rounds", "ok"))
+        print("load average before: %.1f %.1f %.1f" % os.getloadavg())
+        print("%-6s %-10s %7s %7s %7s  %-5s %s" % ("hosts", "start", "p50 s", "max s", "rounds", "ok", "late start max s"))
         for count in sizes:
             for label, stagger in (("together", 0.0), ("staggered", 0.3)):
                 runs = [one_round(net, count, stagger, "bench%d%s" % (count, label[0])) for _round in range(rounds)]
                 times = [r["converge"] for r in runs]
                 good = sum(r["ok"] for r in runs)
                 failures += rounds - good
-                print("%-6d %-10s %7.2f %7.2f %7d  %d/%d" % (count, label, statistics.median(times), max(times),
-                                                             rounds, good, rounds), flush=True)
+                print("%-6d %-10s %7.2f %7.2f %7d  %d/%-3d %.2f" % (
+                    count, label, statistics.median(times), max(times), rounds, good, rounds,
+                    max(r["late"] for r in runs)), flush=True)
     finally:
         net.destroy()
+    print("load average after: %.1f %.1f %.1f" % os.getloadavg())
     print("target: 5 hosts within 2.00 s of the last start")
     return 1 if failures else 0
 

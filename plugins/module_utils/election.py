@@ -643,12 +643,13 @@ def main(argv: list[str] | None = None) -> int:
         election = LeaderElection(address, args.expect, args.cluster, args.timeout, secret, args.election_id)
         if args.start_at:
             time.sleep(max(0.0, args.start_at - time.time()))
+        started_at = time.time()
         result = election.run()
     except (ElectionError, ValueError) as exc:
         json.dump({"failed": True, "msg": str(exc), "kind": type(exc).__name__}, sys.stdout)
         sys.stdout.write("\n")
         return 1
-    json.dump(result.as_dict(), sys.stdout)
+    json.dump(dict(result.as_dict(), started_at=started_at), sys.stdout)
     sys.stdout.write("\n")
     return 0
 
