@@ -164,20 +164,23 @@ def test_cache_serves_a_stopped_fleet_until_refreshed(nats_broker, tmp_path):
     assert all_hosts(inventory_list(path)) == []
 
 
-def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_path):
-    early = AgentFleet(nats_broker.url, 3, tmp_path / "early", facts=WEB_FACTS, prefix="early")
-    late = AgentProcess(nats_broker.url, "late1.fleet.example.net", tmp_path / "late", facts=DB_FACTS)
-    # expect=4 ends the listen window as soon as the late node is known, so the test waits no longer than that.
-    path = write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=4)
+class ListingInBackground:
+    """``ansible-inventory --list`` started in the background once a watcher listens on the broker; ``started()``
+    returns when the plugin's discovery ping is on the bus (so its event subscriptions are in place)."""
 
-    async def wait_for_discovery_ping(proc):
-        nc = await connect([nats_broker.url], name="test-watch")
+    def __init__(self, broker_url: str, path: str):
+        self.broker_url = broker_url
+        self.path = path
+        self.proc: subprocess.Popen | None = None
+
+    async def _start(self) -> None:
+        nc = await connect([self.broker_url], name="test-watch")
         try:
             sub = await nc.subscribe(protocol.broadcast_subject("discovery"))
             await nc.flush()
-            proc.append(subprocess.Popen(
-                [str(VENV_BIN / "ansible-inventory"), "-i", path, "--list"], cwd=str(ROOT), env=ansible_env(),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL))
+            self.proc = subprocess.Popen(
+                [str(VENV_BIN / "ansible-inventory"), "-i", self.path, "--list"], cwd=str(ROOT), env=ansible_env(),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
             while True:  # bounded by next_msg's timeout: the plugin pings within seconds of starting
                 msg = await sub.next_msg(timeout=60)
                 if protocol.decode_request(msg.data).callerid == "choria=zeroinit-inventory":
@@ -185,20 +188,34 @@ def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_pa
         finally:
             await nc.close()
 
-    procs: list[subprocess.Popen] = []
+    def started(self) -> None:
+        asyncio.run(self._start())
+
+    def listing(self) -> dict:
+        stdout, stderr = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0, stderr
+        return plain(json.loads(stdout))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_path):
+    early = AgentFleet(nats_broker.url, 3, tmp_path / "early", facts=WEB_FACTS, prefix="early")
+    late = AgentProcess(nats_broker.url, "late1.fleet.example.net", tmp_path / "late", facts=DB_FACTS)
+    # expect=4 ends the listen window as soon as the late node is known, so the test waits no longer than that.
+    background = ListingInBackground(nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1,
+                                                                   listen=60, expect=4))
     with early:
         try:
-            asyncio.run(wait_for_discovery_ping(procs))
+            background.started()
             late.start(timeout=60)
-            stdout, stderr = procs[0].communicate(timeout=120)
+            listing = background.listing()
         finally:
             late.stop()
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.communicate()
-    assert procs[0].returncode == 0, stderr
-    listing = plain(json.loads(stdout))
+            background.stop()
     assert all_hosts(listing) == sorted(early.identities + ["late1.fleet.example.net"])
     late_vars = listing["_meta"]["hostvars"]["late1.fleet.example.net"]
     # It was not there for the ping: it was found by its startup event / registration data, then inventoried.
@@ -207,6 +224,28 @@ def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_pa
         "late1.fleet.example.net"
     if "lifecycle" in late_vars["zeroinit_discovered_by"]:
         assert "startup" in [event["type"] for event in late_vars["zeroinit_lifecycle_events"]]
+
+
+def test_a_node_that_shuts_down_while_listening_is_not_listed(nats_broker, tmp_path):
+    stays = AgentFleet(nats_broker.url, 1, tmp_path / "stays", facts=WEB_FACTS, prefix="stays")
+    leaves = AgentProcess(nats_broker.url, "leaves1.fleet.example.net", tmp_path / "leaves", facts=WEB_FACTS)
+    late = AgentFleet(nats_broker.url, 2, tmp_path / "late", facts=DB_FACTS, prefix="late")
+    # The ping finds 2 nodes; one leaves (shutdown event), then 2 arrive: the window ends at 3 nodes still there.
+    background = ListingInBackground(nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1,
+                                                                   listen=60, expect=3))
+    with stays:
+        try:
+            leaves.start(timeout=60)
+            background.started()
+            leaves.stop()
+            late.start()
+            listing = background.listing()
+        finally:
+            late.stop()
+            leaves.stop()
+            background.stop()
+    assert all_hosts(listing) == sorted(stays.identities + late.identities)
+    assert "leaves1.fleet.example.net" not in listing["_meta"]["hostvars"]
 
 
 def test_unreachable_broker_is_a_clear_error_naming_it(tmp_path):
