@@ -76,7 +76,7 @@ async def nats_floor(url: str, count: int = 5000) -> float:
             async with sem:
                 await nc.request("bench.echo", b"ping", timeout=10)
         started = time.monotonic()
-        await asyncio.gather(*(one() for _ in range(count)))
+        await asyncio.gather(*(one() for _index in range(count)))
         return count / (time.monotonic() - started)
     finally:
         await nc.drain()

@@ -74,7 +74,6 @@ from .node_config import (
 )
 from .protocol import (
     LIFECYCLE_COMPONENT,
-    PROVISIONING_COLLECTIVE,
     REGISTRATION_SUBJECT,
     REGISTRATION_SUBJECT_PER_NODE,
     ProtocolError,
@@ -616,13 +615,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         facts = load_facts(settings.facts_file)
     except (ConfigError, OSError, ValueError) as exc:
-        print("zeroinit-agent: %s" % exc, file=sys.stderr)
+        _complain("%s" % exc)
         return 2
     logging.basicConfig(level=getattr(logging, settings.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for missing, error in ((not HAS_NATS, NATS_IMPORT_ERROR), (not HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_IMPORT_ERROR)):
         if missing:
-            print("zeroinit-agent: a required Python library is missing:\n%s" % error, file=sys.stderr)
+            _complain("a required Python library is missing:\n%s" % error)
             return 2
     if not settings.token:
         log.warning("no provisioning token configured: only requests with an empty token are accepted")
@@ -630,9 +629,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(agent.run())
     except (ConfigError, OSError) as exc:
-        print("zeroinit-agent: %s" % exc, file=sys.stderr)
+        _complain("%s" % exc)
         return 2
 
 
+def _complain(message: str) -> None:
+    sys.stderr.write("zeroinit-agent: %s\n" % message)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

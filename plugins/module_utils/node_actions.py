@@ -283,7 +283,7 @@ class ProvisionNode:
     def gencsr(self, data: dict) -> ActionResult:
         """A new key pair made here (ECDSA P-256, or RSA-2048 with ``key_type: rsa``) and a CSR for it."""
         subject = {}
-        for name, (_pattern, limit) in _GENCSR_FIELDS.items():
+        for name, (pattern, limit) in _GENCSR_FIELDS.items():
             value = data.get(name)
             if value is None or value == "":
                 continue
@@ -292,7 +292,7 @@ class ProvisionNode:
             if len(value) > limit:
                 raise Refusal(StatusCode.INVALID_DATA, "input '%s' is longer than %d characters" % (name, limit))
             if not _GENCSR_RE[name].match(value):
-                raise Refusal(StatusCode.INVALID_DATA, "input '%s' does not match %s" % (name, _GENCSR_FIELDS[name][0]))
+                raise Refusal(StatusCode.INVALID_DATA, "input '%s' does not match %s" % (name, pattern))
             subject[name] = value
         key_type = data.get("key_type", "ecdsa") or "ecdsa"
         if key_type == "ec":

@@ -45,11 +45,11 @@ def call(node, action, data=None, **kw):
 
 
 def provisioned_files(node, ca):
-    code, _msg, data, _ = call(node, "gencsr", {"token": TOKEN})
+    code, _msg, data, _result = call(node, "gencsr", {"token": TOKEN})
     assert code == 0
     cert = ca.sign_csr(data["csr"])
-    code, msg, _data, _ = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
-                                                   "certificate": cert, "ca": ca.pem})
+    code, msg, _data, _result = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
+                                                         "certificate": cert, "ca": ca.pem})
     assert code == 0, msg
     return cert
 
@@ -65,13 +65,13 @@ def test_discovery_answers_pong_and_drops_stale_pings(node):
 
 
 def test_rpcutil_inventory_and_ping_follow_the_ddl(node):
-    code, _msg, data, _ = call(node, "inventory", agent="rpcutil")
+    code, _msg, data, _result = call(node, "inventory", agent="rpcutil")
     assert code == 0
     assert data["facts"] == {"role": "web", "identity": "web1.example.net"}
     assert data["agents"] == ["choria_provision", "discovery", "rpcutil"]
     assert (data["collectives"], data["main_collective"]) == (["provisioning"], "provisioning")
     assert {"classes", "version", "data_plugins", "machines", "upgradable"} <= set(data)
-    code, _msg, data, _ = call(node, "ping", agent="rpcutil")
+    code, _msg, data, _result = call(node, "ping", agent="rpcutil")
     assert code == 0 and isinstance(data["pong"], int)
 
 
@@ -81,13 +81,13 @@ def test_rpcutil_inventory_and_ping_follow_the_ddl(node):
     ("puppet", "run", StatusCode.UNKNOWN_ACTION),
 ])
 def test_unknown_agent_or_action_is_statuscode_2(node, agent, action, code):
-    got, msg, _data, _ = call(node, action, {"token": TOKEN}, agent=agent)
+    got, msg, _data, _result = call(node, action, {"token": TOKEN}, agent=agent)
     assert got == code and (action in msg or agent in msg)
 
 
 @pytest.mark.parametrize("action", ["release_update", "jwt", "gen25519"])
 def test_unsupported_actions_are_refused_with_a_reason(node, action):
-    code, msg, _data, _ = call(node, action, {"token": TOKEN})
+    code, msg, _data, _result = call(node, action, {"token": TOKEN})
     assert code == StatusCode.UNKNOWN_ACTION and "not supported" in msg
 
 
@@ -109,14 +109,14 @@ def test_requests_outside_ttl_are_refused_with_the_skew(node, offset, phrase):
     ({"token": 42}, StatusCode.INVALID_DATA, "input 'token' must be a string"),
 ])
 def test_bad_token_is_refused_and_nothing_is_written(node, data, code, phrase):
-    got, msg, _data, _ = call(node, "gencsr", data)
+    got, msg, _data, _result = call(node, "gencsr", data)
     assert (got, phrase in msg) == (code, True)
     assert not os.path.exists(node.ssl_path("private.pem"))
 
 
 def test_lock_holds_off_a_second_provisioner_and_is_renewed_by_the_holder(node):
     assert call(node, "gencsr", {"token": TOKEN}, caller="choria=alice")[0] == 0
-    code, msg, _data, _ = call(node, "gencsr", {"token": TOKEN}, caller="choria=bob")
+    code, msg, _data, _result = call(node, "gencsr", {"token": TOKEN}, caller="choria=bob")
     assert code == StatusCode.ABORTED
     assert msg.startswith("could not obtain provisioning lock (held by choria=alice for ")
     assert "more seconds" in msg
@@ -131,7 +131,7 @@ def test_lock_holds_off_a_second_provisioner_and_is_renewed_by_the_holder(node):
 
 def test_gencsr_makes_an_ec_key_0600_and_a_csr_with_the_requested_subject(node):
     subject = {"O": "Example Org", "OU": "ops", "C": "DE", "L": "Berlin", "ST": "Berlin"}
-    code, _msg, data, _ = call(node, "gencsr", dict(subject, token=TOKEN))
+    code, _msg, data, _result = call(node, "gencsr", dict(subject, token=TOKEN))
     assert code == 0
     key_path = node.ssl_path("private.pem")
     assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
@@ -150,7 +150,7 @@ def test_gencsr_makes_an_ec_key_0600_and_a_csr_with_the_requested_subject(node):
 
 
 def test_gencsr_rsa_on_request_and_custom_cn(node):
-    code, _msg, data, _ = call(node, "gencsr", {"token": TOKEN, "key_type": "rsa", "cn": "alias.example.net"})
+    code, _msg, data, _result = call(node, "gencsr", {"token": TOKEN, "key_type": "rsa", "cn": "alias.example.net"})
     assert code == 0
     csr = x509.load_pem_x509_csr(data["csr"].encode())
     assert isinstance(csr.public_key(), rsa.RSAPublicKey) and csr.public_key().key_size == 2048
@@ -162,7 +162,7 @@ def test_gencsr_rsa_on_request_and_custom_cn(node):
     ("O", "semi;colon"), ("OU", 12), ("key_type", "dsa"),
 ])
 def test_gencsr_validates_subject_inputs_per_the_ddl(node, field, value):
-    code, msg, _data, _ = call(node, "gencsr", {"token": TOKEN, field: value})
+    code, msg, _data, _result = call(node, "gencsr", {"token": TOKEN, field: value})
     assert code == StatusCode.INVALID_DATA and "'%s'" % field in msg
     assert not os.path.exists(node.ssl_path("private.pem"))
 
@@ -198,7 +198,7 @@ def test_configure_validates_the_config_input(node, ca, config, code, phrase):
     data = {"token": TOKEN}
     if config is not None:
         data["config"] = config
-    got, msg, _data, _ = call(node, "configure", data)
+    got, msg, _data, _result = call(node, "configure", data)
     assert got == code and phrase in msg
     assert not os.path.exists(node.server_conf)
 
@@ -206,17 +206,17 @@ def test_configure_validates_the_config_input(node, ca, config, code, phrase):
 def test_configure_refuses_a_certificate_for_another_key(node, ca):
     call(node, "gencsr", {"token": TOKEN})
     other, _key = ca.issue_key_pair("web1.example.net")
-    code, msg, _data, _ = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
-                                                   "certificate": other, "ca": ca.pem})
+    code, msg, _data, _result = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
+                                                         "certificate": other, "ca": ca.pem})
     assert code == StatusCode.INVALID_DATA and "does not match the private key" in msg
     assert not os.path.exists(node.ssl_path("certificate.pem")) and not os.path.exists(node.server_conf)
 
 
 def test_configure_refuses_a_certificate_from_another_ca(node, ca):
-    _code, _msg, data, _ = call(node, "gencsr", {"token": TOKEN})
+    _code, _msg, data, _result = call(node, "gencsr", {"token": TOKEN})
     cert = TestCA("stranger").sign_csr(data["csr"])
-    code, msg, _data, _ = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
-                                                   "certificate": cert, "ca": ca.pem})
+    code, msg, _data, _result = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
+                                                         "certificate": cert, "ca": ca.pem})
     assert code == StatusCode.INVALID_DATA and "not signed by the given 'ca'" in msg
 
 
@@ -229,17 +229,17 @@ def test_configure_refuses_a_certificate_from_another_ca(node, ca):
     ({"key": "-----BEGIN RSA PRIVATE KEY-----"}, StatusCode.INVALID_DATA, "'key' is refused"),
 ])
 def test_configure_validates_certificate_inputs(node, ca, extra, code, phrase):
-    _c, _m, data, _ = call(node, "gencsr", {"token": TOKEN})
+    _c, _m, data, _result = call(node, "gencsr", {"token": TOKEN})
     inputs = {"token": TOKEN, "config": json.dumps(CONFIG), "certificate": ca.sign_csr(data["csr"]), "ca": ca.pem}
     inputs.update(extra)
-    got, msg, _data, _ = call(node, "configure", {k: v for k, v in inputs.items() if v is not None})
+    got, msg, _data, _result = call(node, "configure", {k: v for k, v in inputs.items() if v is not None})
     assert got == code and phrase in msg
 
 
 # ------------------------------------------------------------------------------------------------ restart etc.
 
 def test_restart_without_configuration_is_refused(node):
-    code, msg, _data, _ = call(node, "restart", {"token": TOKEN})
+    code, msg, _data, _result = call(node, "restart", {"token": TOKEN})
     assert code == StatusCode.ABORTED and "no configuration" in msg
 
 
@@ -247,7 +247,7 @@ def test_restart_is_refused_when_provisioning_stays_on(node, ca):
     provisioned_files(node, ca)
     conf = dict(CONFIG, **{"plugin.choria.server.provision": "true"})
     call(node, "configure", {"token": TOKEN, "config": json.dumps(conf)})
-    code, msg, _data, _ = call(node, "restart", {"token": TOKEN})
+    code, msg, _data, _result = call(node, "restart", {"token": TOKEN})
     assert code == StatusCode.ABORTED and "plugin.choria.server.provision enabled" in msg
 
 
@@ -266,7 +266,7 @@ def test_restart_replies_then_asks_for_a_restart_with_clamped_splay(node, ca):
 def test_configured_node_refuses_provisioning_until_reprovision(node, ca):
     provisioned_files(node, ca)
     node.load()
-    code, msg, _data, _ = call(node, "gencsr", {"token": TOKEN})
+    code, msg, _data, _result = call(node, "gencsr", {"token": TOKEN})
     assert code == StatusCode.ABORTED and "reprovision" in msg
     assert call(node, "reprovision", {"token": "wrong"})[0] == StatusCode.ABORTED
     code, _msg, _data, result = call(node, "reprovision", {"token": TOKEN})
