@@ -69,6 +69,7 @@ LINGER_SECONDS = 1.0
 # members must agree within this when a secret is used.
 MAX_CLOCK_SKEW_MS = 300_000
 RECORD_TTL = 120
+MAX_IGNORED_REPORTED = 16
 CLUSTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 TXT_CHUNK = 200  # member lists are split over m0, m1, ... so each TXT string stays under 255 bytes
 _TYPE_PTR, _TYPE_TXT = 12, 16
@@ -403,10 +404,13 @@ class LeaderElection:
         try:
             props = txt_from_wire(text)
         except InvalidAnnouncement as exc:
-            self._ignored[name] = str(exc)
+            self._ignore(name, str(exc))
             return
         if name.lower() == self.name.lower():
-            if props.get("n") not in self._own_nonces and not goodbye:
+            # Only a member that could take part (signed, with a secret) is a conflict; a stranger must not be
+            # able to stop this member by sending its name.
+            genuine = not self.secret or ("h" in props and verify(props, self.secret))
+            if props.get("n") not in self._own_nonces and not goodbye and genuine:
                 self._conflict = ("another member announces this host's address %s in cluster %r (election ID %s)"
                                   % (self.address, self.cluster, props.get("id", "?")))
             return
@@ -415,10 +419,10 @@ class LeaderElection:
         try:
             ann = decode_txt(props, self.cluster, self.secret)
         except InvalidAnnouncement as exc:
-            self._ignored[props.get("a", name)] = str(exc)
+            self._ignore(props.get("a", name), str(exc))
             return
         if name.lower() != instance_name(self.cluster, ann.address).lower():
-            self._ignored[ann.address] = "service name %s does not match its address" % name
+            self._ignore(ann.address, "service name %s does not match its address" % name)
             return
         peer = self._peers.get(ann.address)
         if peer is not None and ann.order < peer.announcement.order:
@@ -430,6 +434,10 @@ class LeaderElection:
         self._peers[ann.address] = _Peer(ann, goodbye)
         self._names[name.lower()] = ann.address
         self._ignored.pop(ann.address, None)
+
+    def _ignore(self, who: str, why: str) -> None:
+        if who in self._ignored or len(self._ignored) < MAX_IGNORED_REPORTED:  # a flood must not grow it
+            self._ignored[who] = why
 
     def on_withdrawn(self, name: str) -> None:
         address = self._names.get(name.lower())

@@ -231,6 +231,22 @@ def test_someone_else_with_this_address_is_a_conflict():
     assert quiet._conflict is None
 
 
+def test_with_a_secret_only_a_signed_announcement_of_this_address_is_a_conflict():
+    election = member(secret=SECRET)
+    feed(election, dataclasses.replace(election.me, nonce="f00d"), name=election.name)  # a stranger, unsigned
+    feed(election, dataclasses.replace(election.me, nonce="f00e"), name=election.name, secret="wrong")
+    assert election._conflict is None
+    feed(election, dataclasses.replace(election.me, nonce="f00f"), name=election.name, secret=SECRET)
+    assert "another member announces" in election._conflict
+
+
+def test_ignored_announcements_kept_for_the_message_are_bounded():
+    election = member(secret=SECRET)
+    for index in range(100):
+        feed(election, ann("10.0.1.%d" % index))
+    assert len(election._ignored) == el.MAX_IGNORED_REPORTED
+
+
 def test_service_name_must_match_the_signed_address():
     election = member()
     feed(election, ann("10.0.0.1"), name=instance_name("prod", "10.0.0.9"))
