@@ -28,6 +28,8 @@ description:
     network from the controller (C(connection=local)); set C(ansible_connection) with O(compose) if you need it.
   - A broker that cannot be reached fails the inventory source with an error naming the brokers. No nodes found is
     not an error (everything may be provisioned already); it yields an empty C(provisioning) group.
+  - A node that publishes a shutdown or provisioned lifecycle event while the plugin runs is left out, as it is no
+    longer waiting in provisioning mode.
   - Identities that cannot serve as a NATS subject token and an Ansible host name are skipped with a warning.
   - With O(cache) enabled the discovery results are kept by the cache plugin, keyed by the inventory file, the
     brokers and the collective; C(ansible-inventory --flush-cache) or C(meta refresh_inventory) queries again.

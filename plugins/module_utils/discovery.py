@@ -52,6 +52,8 @@ INVENTORY_BATCH = 64
 INVENTORY_IN_FLIGHT = 16
 # Nodes that appear while listening trickle in; gather them this long so they share a request.
 LATE_BATCH_DELAY = 0.05
+# A node that shut down, or was provisioned and left for its configured collective, is no longer waiting here.
+DEPARTURE_EVENTS = ("shutdown", "provisioned")
 # Alive events repeat on an interval: keep the newest few per node, not an unbounded history.
 EVENTS_KEPT = 10
 
@@ -186,8 +188,8 @@ class FleetDiscovery:
     """One discovery run: ping, listen, inventory; :meth:`run` returns ``{identity: record}``.
 
     A record is ``{"facts", "inventory", "events", "sources"}`` plus ``"inventory_error"`` when the node was
-    found but its inventory could not be read (it is still returned). Nodes whose last lifecycle event is a
-    shutdown are left out: they are gone.
+    found but its inventory could not be read (it is still returned). Nodes whose last word was a shutdown or
+    provisioned lifecycle event are left out: they are no longer waiting in provisioning mode.
     """
 
     def __init__(self, brokers: Any, collective: str = PROVISIONING_COLLECTIVE,
@@ -240,6 +242,11 @@ class FleetDiscovery:
             node = self.nodes[identity] = _Node()
             if self._inventory_started:
                 self._enqueue(identity)
+        elif node.departed:
+            # Back after a shutdown (a restart): it is here again, and its inventory may never have been read.
+            node.departed = False
+            if self._inventory_started and node.inventory is None:
+                self._enqueue(identity)
         node.sources.add(source)
         if self.expect is not None and self._enough is not None and self._known() >= self.expect:
             self._enough.set()
@@ -259,15 +266,14 @@ class FleetDiscovery:
             return
         summary = {key: event[key] for key in ("type", "timestamp", "version", "id") if key in event}
         identity = event["identity"]
-        if summary["type"] == "shutdown":
+        if summary["type"] in DEPARTURE_EVENTS:
             node = self.nodes.get(identity)
-            if node is not None:
+            if node is not None and not self._closed:
                 node.departed = True
                 node.events = (node.events + [summary])[-EVENTS_KEPT:]
             return
         node = self._seen(identity, "lifecycle")
         if node is not None:
-            node.departed = False
             node.events = (node.events + [summary])[-EVENTS_KEPT:]
 
     async def _on_registration(self, msg) -> None:
@@ -305,7 +311,7 @@ class FleetDiscovery:
                     timeout=self.inventory_timeout, expect=len(batch), on_reply=arrived)
             except (NatsError, RpcError) as exc:
                 replies = []
-                failure = "rpcutil#inventory could not be sent: %s" % (exc or type(exc).__name__)
+                failure = "rpcutil#inventory could not be sent: %s" % (str(exc) or type(exc).__name__)
             else:
                 failure = "rpcutil#inventory: no reply within %.1fs" % self.inventory_timeout
         answered = {}

@@ -1,0 +1,105 @@
+"""Discovery bookkeeping without a network: which nodes a run keeps, from pongs, lifecycle events and
+registration data, and when it has seen enough."""
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery
+
+
+def message(doc) -> SimpleNamespace:
+    return SimpleNamespace(data=json.dumps(doc).encode("utf-8"))
+
+
+def event(event_type, identity, component=protocol.LIFECYCLE_COMPONENT):
+    return message(protocol.lifecycle_event(event_type, identity, component=component, version="1.0"))
+
+
+def pong(identity):
+    return protocol.Reply(requestid="0" * 32, senderid=identity, agent="discovery", body=protocol.DISCOVERY_PONG)
+
+
+def records(run: FleetDiscovery) -> dict:
+    """What run() returns, for the nodes handled so far (no inventory was asked for)."""
+    return {identity: node.record() for identity, node in sorted(run.nodes.items()) if not node.departed}
+
+
+def feed(steps, **options):
+    """Feed handler calls to a FleetDiscovery inside an event loop; returns it and the warnings it gave."""
+    warnings: list[str] = []
+    run = FleetDiscovery(["nats://127.0.0.1:4222"], warn=warnings.append, **options)
+
+    async def go():
+        run._enough = asyncio.Event()
+        for handler, arg in steps:
+            await getattr(run, handler)(arg)
+        return run._enough.is_set()
+
+    enough = asyncio.run(go())
+    return run, warnings, enough
+
+
+def test_nodes_found_by_pong_event_or_registration_carry_how_they_were_found():
+    registration = protocol.registration_document("c.example.net", {"role": "db"})
+    run, warnings, _enough = feed([
+        ("_on_pong", pong("a.example.net")),
+        ("_on_lifecycle", event("startup", "b.example.net")),
+        ("_on_registration", message(registration)),
+        ("_on_registration", message(registration)),  # the same data on the per-node subject: one node
+        ("_on_lifecycle", event("startup", "a.example.net")),
+    ])
+    found = records(run)
+    assert sorted(found) == ["a.example.net", "b.example.net", "c.example.net"]
+    assert found["a.example.net"]["sources"] == ["discovery", "lifecycle"]
+    assert found["b.example.net"]["events"][0]["type"] == "startup"
+    # Without an inventory reply, the registration facts are the facts.
+    assert found["c.example.net"]["facts"] == {"role": "db"} and found["c.example.net"]["sources"] == ["registration"]
+    assert warnings == []
+
+
+def test_shutdown_and_provisioned_nodes_are_gone_until_they_come_back():
+    run, _warnings, _enough = feed([
+        ("_on_pong", pong("a.example.net")),
+        ("_on_pong", pong("b.example.net")),
+        ("_on_pong", pong("c.example.net")),
+        ("_on_lifecycle", event("shutdown", "a.example.net")),
+        ("_on_lifecycle", event("provisioned", "b.example.net")),
+        ("_on_lifecycle", event("shutdown", "a.example.net")),
+        ("_on_lifecycle", event("startup", "a.example.net")),  # restarted: waiting again
+        ("_on_lifecycle", event("shutdown", "stranger.example.net")),  # never seen: nothing to forget
+    ])
+    assert sorted(records(run)) == ["a.example.net", "c.example.net"]
+
+
+def test_events_of_other_components_are_not_provisioning_nodes():
+    run, _warnings, _enough = feed([("_on_lifecycle", event("startup", "member.example.net", component="server"))])
+    assert records(run) == {}
+
+
+def test_bad_identities_are_refused_once_with_a_warning():
+    run, warnings, _enough = feed([
+        ("_on_pong", pong("web.*")),
+        ("_on_pong", pong("web.*")),
+        ("_on_lifecycle", event("startup", "a..b")),
+        ("_on_registration", message({"identity": "x y", "facts": {}})),
+        ("_on_registration", SimpleNamespace(data=b"\x00 not json")),
+    ])
+    assert records(run) == {}
+    assert len(warnings) == 3 and "'web.*'" in warnings[0] and "discovery" in warnings[0]
+    assert run.undecodable == 1
+
+
+def test_expect_counts_nodes_still_waiting():
+    _run, _warnings, enough = feed([("_on_pong", pong("a.example.net")), ("_on_pong", pong("b.example.net"))],
+                                   expect=3)
+    assert enough is False
+    _run, _warnings, enough = feed([
+        ("_on_pong", pong("a.example.net")), ("_on_pong", pong("b.example.net")),
+        ("_on_lifecycle", event("shutdown", "a.example.net")), ("_on_pong", pong("c.example.net")),
+    ], expect=3)
+    assert enough is False  # a left: two are waiting
+    _run, _warnings, enough = feed([("_on_pong", pong(n + ".example.net")) for n in "abc"], expect=3)
+    assert enough is True
