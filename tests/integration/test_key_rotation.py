@@ -212,8 +212,8 @@ def test_symlinked_authorized_keys_is_refused_on_the_host(fleet):
 def test_revoking_the_new_key_is_refused_before_any_host_changes(fleet):
     os.makedirs(os.path.dirname(fleet["new"]))
     _path, new_pub = keygen(os.path.dirname(fleet["new"]), os.path.basename(fleet["new"]))
-    res = run_playbook(ROTATE, fleet["inventory"], {"new_key": fleet["new"],
-                                                   "revoke_keys": [fleet["bootstrap_pub"], new_pub]})
+    extra = {"new_key": fleet["new"], "revoke_keys": [fleet["bootstrap_pub"], new_pub]}
+    res = run_playbook(ROTATE, fleet["inventory"], extra)
     assert res.rc != 0
     for host in fleet["net"].hosts:
         out = res.result("rotate", host.name)
