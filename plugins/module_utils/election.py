@@ -336,6 +336,9 @@ class ElectionResult:
 class _Peer:
     announcement: Announcement
     withdrawn: bool = False
+    # Withdrawn by a goodbye carrying its (verified) TXT, so its last state is certain; a PTR goodbye alone
+    # may follow an update this member missed.
+    final: bool = False
 
 
 class _AnnouncementListener(RecordUpdateListener):
@@ -429,9 +432,10 @@ class LeaderElection:
             return  # a late repeat of an older announcement
         if peer is not None and ann.order == peer.announcement.order:
             peer.withdrawn = peer.withdrawn or goodbye
+            peer.final = peer.final or goodbye
             return
         LOG.info("%s %s as %s (id %d)", "withdrawn:" if goodbye else "seen:", ann.address, ann.state, ann.election_id)
-        self._peers[ann.address] = _Peer(ann, goodbye)
+        self._peers[ann.address] = _Peer(ann, goodbye, goodbye)
         self._names[name.lower()] = ann.address
         self._ignored.pop(ann.address, None)
 
@@ -585,6 +589,8 @@ class LeaderElection:
             if peer.withdrawn and ann.state != CANDIDATE:
                 pending[address] = "gave up (withdrew as %s of %s for %s)" % (
                     ann.state, ann.leader, ",".join(ann.members))
+            elif peer.withdrawn and peer.final:
+                pending[address] = "gave up (withdrew as a candidate, without accepting this leader)"
             elif peer.withdrawn:
                 pending[address] = "withdrew without accepting this leader"
             elif follows:
