@@ -278,8 +278,10 @@ class AuthorizedKeysFile:
         home = self.account.pw_dir
         if path and (path == "~" or path.startswith("~/")):
             path = os.path.join(home, path[2:])  # "~" is the home of ``user``, not of the module's own user
-        elif path:
+        elif path and path.startswith("~"):
             path = os.path.expanduser(path)
+        elif path and not os.path.isabs(path):
+            path = os.path.join(home, path)  # relative to the home directory, as sshd's AuthorizedKeysFile is
         self.path = path or os.path.join(home, ".ssh", "authorized_keys")
 
     def read(self) -> FileState:

@@ -108,7 +108,8 @@ options:
     default: 10
   path:
     description:
-      - The C(authorized_keys) file on the target. C(~) means the home of O(user).
+      - The C(authorized_keys) file on the target. C(~) and relative paths (as in sshd's C(AuthorizedKeysFile)) mean
+        the home of O(user).
       - Defaults to C(~/.ssh/authorized_keys) of O(user); C(~/.ssh) is created C(0700) when missing.
     type: str
   public_key:

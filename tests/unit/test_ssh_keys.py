@@ -146,6 +146,8 @@ def test_target_step_take_back_removes_only_the_new_key(tmp_path, keys):
 def test_tilde_path_is_the_users_home(tmp_path):
     root = pwd.getpwnam("root")
     assert AuthorizedKeysFile("root", "~/.ssh/other_keys").path == os.path.join(root.pw_dir, ".ssh", "other_keys")
+    assert AuthorizedKeysFile("root", ".ssh/keys2").path == os.path.join(root.pw_dir, ".ssh", "keys2")
+    assert AuthorizedKeysFile("root", "/etc/ssh/keys/root").path == "/etc/ssh/keys/root"
     with pytest.raises(SshKeyError, match="does not exist"):
         AuthorizedKeysFile("no-such-user-zeroinit")
 
