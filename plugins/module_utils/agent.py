@@ -186,7 +186,10 @@ class Link:
                     self.broadcast_subs[bsubject] = await self._subscribe(bsubject)
 
     async def detach(self, node: ProvisionNode) -> None:
-        for subject in [s for s, n in self.by_subject.items() if n is node]:
+        subjects = [node_subject(node.identity, c) for c, members in self.members.items() if node.identity in members]
+        for subject in subjects:
+            if self.by_subject.get(subject) is not node:
+                continue
             self.by_subject.pop(subject, None)
             sub = self.node_subs.pop(subject, None)
             if sub is not None and not self.closed:
@@ -458,7 +461,7 @@ class NodeAgent:
         if node.stopped:
             return
         old_mode, old_link = node.mode, node.link
-        node.load()
+        node.load(recover=False)  # this process wrote the files: nothing to recover
         if old_link is not None:
             if old_mode == MODE_PROVISIONING and node.mode == MODE_CONFIGURED:
                 event = lifecycle_event("provisioned", node.identity, component=LIFECYCLE_COMPONENT,

@@ -179,14 +179,16 @@ class ProvisionNode:
             return [PROVISIONING_COLLECTIVE], PROVISIONING_COLLECTIVE
         return collectives(self.config)
 
-    def load(self) -> None:
-        """Read the node's state from disk: finish an interrupted configure, then pick the mode.
+    def load(self, recover: bool = True) -> None:
+        """Read the node's state from disk: finish an interrupted configure (at process start), pick the mode.
 
         A server.conf that turns provisioning off makes the node start configured: the one-way lock
         survives process restarts until ``reprovision``.
         """
-        os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
-        recover_configure(self.node_dir)
+        if not os.path.isdir(self.ssldir):
+            os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
+        if recover:
+            recover_configure(self.node_dir)
         text = read_text(self.server_conf)
         self.config = {}
         if text is not None:
@@ -314,7 +316,8 @@ class ProvisionNode:
                                     serialization.NoEncryption())
         public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-        os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
+        if not os.path.isdir(self.ssldir):
+            os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
         # No journal: a key without its CSR (or the reverse) is harmless, the next gencsr replaces both.
         write_set(self.node_dir, [(self.ssl_path("private.pem"), key_pem, 0o600),
                                   (self.ssl_path("csr.pem"), csr_pem, 0o644)], durable=self.durable, journal=False)
