@@ -4,9 +4,9 @@
 
 For 3, 5 and 7 hosts, each round starts one election process per host and measures the time from the LAST
 member's start (the later of its start instant and when it really started) until every member has returned
-(process exit, i.e. including its goodbye packets). Two start patterns: all together (one wall-clock instant) and
-staggered (one member every 0.3 s). Target: 5 hosts converge within 2 s of the last start. The floor is what the protocol waits by design: the settle time plus the leader's
-goodbye broadcast (3 packets 125 ms apart).
+(process exit, i.e. including its goodbye packets). Two start patterns: all together (one wall-clock instant)
+and staggered (one member every 0.3 s). Target: 5 hosts converge within 2 s of the last start. The floor is
+what the protocol waits by design: the settle time plus the leader's goodbye broadcast (3 packets 125 ms apart).
 """
 from __future__ import annotations
 
