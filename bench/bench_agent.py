@@ -38,6 +38,18 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: a figure the other load on a shared machine does not inflate much."""
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
 def machine() -> str:
     model = ""
     try:
@@ -121,14 +133,18 @@ def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -
     state = os.path.join(workdir, "provision-%d" % count)
     with AgentFleet(broker.url, count, state) as fleet:
         peak_before = rss_kib(fleet.process.pid)
+        cpu_before, driver_before = cpu_seconds(fleet.process.pid), time.process_time()
         result = asyncio.run(provision_round(broker.url, fleet.identities, inflight))
         rss = rss_kib(fleet.process.pid)
+        agent_cpu, driver_cpu = cpu_seconds(fleet.process.pid) - cpu_before, time.process_time() - driver_before
     shutil.rmtree(state, ignore_errors=True)
     print("provisioned %d nodes (inventory, gencsr EC P-256, configure, restart; %d in flight): %.1f s, %.0f nodes/s"
           % (count, inflight, result["provisioned_s"], count / result["provisioned_s"]))
     print("  per node p50 %.0f ms, p99 %.0f ms; all %d in their configured collective after %.1f s; %d answered "
           "rpcutil#ping there" % (result["p50"] * 1000, result["p99"] * 1000, result["configured"],
                                   result["arrived_s"], result["pinged"]))
+    print("  agent CPU %.2f ms per node (%.1f s), driver CPU %.2f ms per node; load average %s (a shared machine)"
+          % (agent_cpu * 1000 / count, agent_cpu, driver_cpu * 1000 / count, load_average()))
     print("  agent RSS %.1f MiB before, %.1f MiB after; failures: %d %s"
           % (peak_before / 1024, rss / 1024, len(result["failures"]), json.dumps(result["failures"][:3])))
 
@@ -139,11 +155,15 @@ def main() -> int:
     parser.add_argument("--sizes", default="")
     parser.add_argument("--provision", type=int, default=0, help="nodes in the provisioning round")
     parser.add_argument("--inflight", type=int, default=200)
+    parser.add_argument("--state-base", default=None,
+                        help="directory for the fleets' state directories (default: the system temp dir; "
+                             "/dev/shm puts them on tmpfs)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] or ([1000] if args.quick else [1000, 5000, 10000])
     count = args.provision or (1000 if args.quick else 10000)
-    print("machine: %s" % machine())
-    workdir = tempfile.mkdtemp(prefix="bench-agent-")
+    print("machine: %s; load average at start %s" % (machine(), load_average()))
+    workdir = tempfile.mkdtemp(prefix="bench-agent-", dir=args.state_base)
+    print("state directories under %s" % workdir)
     try:
         with EmbeddedBroker() as broker:
             print("floor: raw NATS request/reply %.0f round trips/s (100 in flight)" % asyncio.run(nats_floor(broker.url)))
