@@ -227,7 +227,13 @@ class FleetDiscovery:
     def _known(self) -> int:
         return sum(1 for node in self.nodes.values() if not node.departed)
 
-    def _seen(self, identity: Any, source: str) -> _Node | None:
+    def _seen(self, identity: Any, source: str, revive: bool = False) -> _Node | None:
+        """Note that ``identity`` was seen via ``source``; returns its node, or None when it is refused.
+
+        Only a lifecycle event (``revive``) brings back a node that announced its departure. nats-py runs each
+        subscription's callbacks in its own task, so a pong or registration the node sent before its shutdown
+        may be handled after the shutdown event; lifecycle events share one subscription and stay in order.
+        """
         if self._closed:
             return None
         if not valid_node_identity(identity):
@@ -242,7 +248,7 @@ class FleetDiscovery:
             node = self.nodes[identity] = _Node()
             if self._inventory_started:
                 self._enqueue(identity)
-        elif node.departed:
+        elif node.departed and revive:
             # Back after a shutdown (a restart): it is here again, and its inventory may never have been read.
             node.departed = False
             if self._inventory_started and node.inventory is None:
@@ -267,12 +273,14 @@ class FleetDiscovery:
         summary = {key: event[key] for key in ("type", "timestamp", "version", "id") if key in event}
         identity = event["identity"]
         if summary["type"] in DEPARTURE_EVENTS:
-            node = self.nodes.get(identity)
-            if node is not None and not self._closed:
-                node.departed = True
-                node.events = (node.events + [summary])[-EVENTS_KEPT:]
+            if self._closed or not valid_node_identity(identity):
+                return
+            # Remembered even when the node is not known yet: its pong may still be waiting to be handled.
+            node = self.nodes.setdefault(identity, _Node())
+            node.departed = True
+            node.events = (node.events + [summary])[-EVENTS_KEPT:]
             return
-        node = self._seen(identity, "lifecycle")
+        node = self._seen(identity, "lifecycle", revive=True)
         if node is not None:
             node.events = (node.events + [summary])[-EVENTS_KEPT:]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 
 import pytest
@@ -12,7 +14,11 @@ import yaml
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, free_port
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import DiscoveryError, discover_fleet
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
+    DiscoveryError,
+    FleetDiscovery,
+    discover_fleet,
+)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect
 from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, run_playbook
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
@@ -173,23 +179,29 @@ class ListingInBackground:
         self.path = path
         self.proc: subprocess.Popen | None = None
 
-    async def _start(self) -> None:
+    async def _start(self, pong_from: str | None) -> None:
         nc = await connect([self.broker_url], name="test-watch")
         try:
-            sub = await nc.subscribe(protocol.broadcast_subject("discovery"))
+            pings = await nc.subscribe(protocol.broadcast_subject("discovery"))
+            replies = await nc.subscribe(protocol.reply_inbox_prefix("choria=zeroinit-inventory") + ".>")
             await nc.flush()
             self.proc = subprocess.Popen(
                 [str(VENV_BIN / "ansible-inventory"), "-i", self.path, "--list"], cwd=str(ROOT), env=ansible_env(),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
             while True:  # bounded by next_msg's timeout: the plugin pings within seconds of starting
-                msg = await sub.next_msg(timeout=60)
+                msg = await pings.next_msg(timeout=60)
                 if protocol.decode_request(msg.data).callerid == "choria=zeroinit-inventory":
-                    return
+                    break
+            while pong_from:  # bounded the same way: the node answers the ping it was sent
+                msg = await replies.next_msg(timeout=60)
+                if protocol.decode_reply(msg.data).senderid == pong_from:
+                    break
         finally:
             await nc.close()
 
-    def started(self) -> None:
-        asyncio.run(self._start())
+    def started(self, pong_from: str | None = None) -> None:
+        """Returns once the plugin pinged (and, with ``pong_from``, once that node's pong reached it)."""
+        asyncio.run(self._start(pong_from))
 
     def listing(self) -> dict:
         stdout, stderr = self.proc.communicate(timeout=120)
@@ -236,7 +248,7 @@ def test_a_node_that_shuts_down_while_listening_is_not_listed(nats_broker, tmp_p
     with stays:
         try:
             leaves.start(timeout=60)
-            background.started()
+            background.started(pong_from=leaves.identity)  # the plugin knows it; then it leaves
             leaves.stop()
             late.start()
             listing = background.listing()
@@ -244,8 +256,37 @@ def test_a_node_that_shuts_down_while_listening_is_not_listed(nats_broker, tmp_p
             late.stop()
             leaves.stop()
             background.stop()
+
     assert all_hosts(listing) == sorted(stays.identities + late.identities)
     assert "leaves1.fleet.example.net" not in listing["_meta"]["hostvars"]
+
+
+def test_a_node_that_hangs_after_discovery_is_listed_with_its_inventory_error(nats_broker, tmp_path):
+    healthy = AgentFleet(nats_broker.url, 2, tmp_path / "healthy", facts=WEB_FACTS, prefix="healthy")
+    hung = AgentProcess(nats_broker.url, "hung1.fleet.example.net", tmp_path / "hung", facts=DB_FACTS)
+
+    class FreezeAfterPong(FleetDiscovery):
+        """Freezes the hung node's process (SIGSTOP) the moment its pong arrives, before any inventory request."""
+
+        async def _on_pong(self, reply) -> None:
+            await super()._on_pong(reply)
+            if reply.senderid == hung.identity:
+                os.kill(hung.process.pid, signal.SIGSTOP)
+
+    with healthy:
+        hung.start(timeout=60)
+        try:
+            run = FreezeAfterPong([nats_broker.url], timeout=10, expect=3, inventory_timeout=1)
+            found = asyncio.run(run.run())
+        finally:
+            if hung.process is not None:
+                os.kill(hung.process.pid, signal.SIGCONT)
+            hung.stop()
+    assert sorted(found) == sorted(healthy.identities + [hung.identity])
+    assert found[hung.identity]["inventory_error"] == "rpcutil#inventory: no reply within 1.0s"
+    assert found[hung.identity]["sources"] == ["discovery"]
+    for identity in healthy.identities:
+        assert "inventory_error" not in found[identity] and found[identity]["facts"]["identity"] == identity
 
 
 def test_unreachable_broker_is_a_clear_error_naming_it(tmp_path):

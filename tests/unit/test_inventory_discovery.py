@@ -69,7 +69,9 @@ def test_shutdown_and_provisioned_nodes_are_gone_until_they_come_back():
         ("_on_lifecycle", event("provisioned", "b.example.net")),
         ("_on_lifecycle", event("shutdown", "a.example.net")),
         ("_on_lifecycle", event("startup", "a.example.net")),  # restarted: waiting again
-        ("_on_lifecycle", event("shutdown", "stranger.example.net")),  # never seen: nothing to forget
+        ("_on_lifecycle", event("shutdown", "stranger.example.net")),
+        ("_on_pong", pong("stranger.example.net")),  # its pong, handled after its shutdown: still gone
+        ("_on_registration", message(protocol.registration_document("b.example.net", {}))),  # older data, late
     ])
     assert sorted(records(run)) == ["a.example.net", "c.example.net"]
 
