@@ -287,11 +287,19 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
         assert asyncio.run(configure(0, "A", wait=True)).ok  # the old set: A
         agent.stop()
         seen = set()
-        for trial in range(5):
+        # None: kill while staging (no journal yet); a number: that long after the journal appeared, i.e.
+        # somewhere among the renames (one every 0.2 s) or just after them.
+        for trial, after_journal in enumerate([None, 0.05, 0.25, 0.45, rng.uniform(0, 0.7)]):
             which = "B" if trial % 2 == 0 else "A"
             agent.start(30)
             asyncio.run(configure(trial, which, wait=False))
-            time.sleep(rng.uniform(0.05, 0.65))  # renames happen at about 0.2, 0.4 and 0.6 s
+            if after_journal is None:
+                time.sleep(0.01)
+            else:
+                deadline = time.monotonic() + 10
+                while not (state / JOURNAL).exists() and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(after_journal)
             agent.kill()
             interrupted = (state / JOURNAL).exists()
             agent.start(30)  # the agent finishes or discards the interrupted configure at start
