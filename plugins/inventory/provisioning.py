@@ -17,8 +17,9 @@ description:
     C(agents), C(collectives), C(main_collective), C(version), C(classes), C(data_plugins)), C(zeroinit_identity),
     C(zeroinit_collective), C(zeroinit_discovered_by) (how it was found: C(discovery), C(lifecycle),
     C(registration)) and C(zeroinit_lifecycle_events) (the newest lifecycle events seen, without payloads)."
-  - A node that answers discovery but not the inventory request is still added, with C(zeroinit_facts) from its
-    registration data when it sent any (else empty) and C(zeroinit_inventory_error) saying what failed.
+  - A node that answers discovery but not the inventory request is still added, with an empty
+    C(zeroinit_inventory), C(zeroinit_facts) from its registration data when it sent any (else empty) and
+    C(zeroinit_inventory_error) saying what failed.
   - Every host is in the group C(provisioning). O(compose), O(groups) and O(keyed_groups) then apply, with the
     host variables above available (for example O(keyed_groups[].key=zeroinit_facts.role)).
   - Nodes in provisioning mode are not authenticated yet, so everything they report is untrusted data. It is never
