@@ -229,7 +229,8 @@ def test_member_killed_mid_election_never_gives_two_leaders(net, kill_after):
     assert len([r for r in winners if r["is_leader"]]) <= 1, winners
     for result in survivors:
         if result.get("failed"):
-            assert "timed out" in result["msg"], result
+            # Its own timeout, or (the leader) a member that timed out first and left without accepting it.
+            assert "timed out" in result["msg"] or "gave up (withdrew as a candidate" in result["msg"], result
         else:
             assert result["leader"] == hosts[0].address
     leader_result = results[0]
