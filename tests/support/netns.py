@@ -103,6 +103,7 @@ class Host:
 class TestNetwork:
     """A bridge with ``len(hosts)`` namespace hosts on ``subnet``; the machine itself is ``.1`` on the bridge."""
 
+    __test__ = False  # a fixture class, not a pytest test class
     name: str
     subnet: str
     workdir: str
