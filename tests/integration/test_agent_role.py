@@ -11,7 +11,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import E
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
 from tests.support.ansible_run import run_playbook
 from tests.support.fleet import discover
-from tests.support.netns import TestNetwork
+from tests.support import netns
 
 pytestmark = pytest.mark.netns
 VENV_PYTHON = "/work/main/.venv/bin/python"
@@ -38,7 +38,7 @@ def worker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agent-role")
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-role-test", "-f", str(key)], check=True)
-    net = TestNetwork.create("agentrole", 1, sshd=True, authorized_keys=(tmp / "id_ed25519.pub").read_text())
+    net = netns.TestNetwork.create("agentrole", 1, sshd=True, authorized_keys=(tmp / "id_ed25519.pub").read_text())
     host = net.hosts[0]
     broker = None
     try:
