@@ -246,6 +246,7 @@ class NodeAgent:
         self.inflight: dict[str, asyncio.Future] = {}
         self.tasks: set[asyncio.Task] = set()
         self.garbage = 0
+        self.refusals = 0
         self.stopping: asyncio.Event | None = None
         self._next_link = 0
         self._broker_info: dict[str, dict] = {}
@@ -430,8 +431,10 @@ class NodeAgent:
             target = req.reply_to or reply_subject(req.callerid, req.requestid, req.collective)
             await link.publish(target, encode_reply(reply))
             if isinstance(result.body, dict) and result.body.get("statuscode"):
-                log.info("%s: %s#%s from %s refused: %s", node.identity, req.agent, req.action, req.callerid,
-                         result.body.get("statusmsg"))
+                self.refusals += 1
+                # one node: a refusal is news; a simulated fleet: thousands of them would drown the log
+                log.log(logging.DEBUG if self.settings.fleet else logging.INFO, "%s: %s#%s from %s refused: %s",
+                        node.identity, req.agent, req.action, req.callerid, result.body.get("statusmsg"))
         if result.effect:
             delay = random.uniform(0, result.delay) if result.effect == "restart" else result.delay
             handle = self.restart if result.effect in ("restart", "reprovision") else self.stop_node
@@ -531,8 +534,8 @@ class NodeAgent:
             if not node.stopped and node.link is not None:
                 await self.announce(node, node.link, "shutdown")
         await self.close()
-        if self.garbage:
-            log.info("ignored %d undecodable or misaddressed message(s)", self.garbage)
+        log.info("stopped: %d refused request(s), %d undecodable or misaddressed message(s) ignored",
+                 self.refusals, self.garbage)
         return 0
 
     async def close(self) -> None:
