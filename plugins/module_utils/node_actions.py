@@ -16,6 +16,10 @@ Node directory layout::
     <node dir>/ssl/ca.pem             from configure
     <node dir>/ssl/previous/          the certificate files a reprovision set aside
     <node dir>/.configure.journal     present only while configure renames its staged files
+
+Inputs beyond go-choria's DDL: ``gencsr`` takes ``key_type`` (``ecdsa``, the default: P-256; or ``rsa``:
+RSA-2048). Refused inputs: ``configure``'s ``key`` (private keys are made on the node, never sent), and the
+actions ``release_update``, ``jwt`` and ``gen25519`` (statuscode 2 with the reason).
 """
 
 from __future__ import annotations
