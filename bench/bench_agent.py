@@ -155,6 +155,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="")
     parser.add_argument("--provision", type=int, default=0, help="nodes in the provisioning round")
     parser.add_argument("--inflight", type=int, default=200)
+    parser.add_argument("--skip-provision", action="store_true", help="only the fleet sizes")
     parser.add_argument("--state-base", default=None,
                         help="directory for the fleets' state directories (default: the system temp dir; "
                              "/dev/shm puts them on tmpfs)")
@@ -168,7 +169,8 @@ def main() -> int:
         with EmbeddedBroker() as broker:
             print("floor: raw NATS request/reply %.0f round trips/s (100 in flight)" % asyncio.run(nats_floor(broker.url)))
             scale(broker, sizes, workdir)
-            provision(broker, count, args.inflight, workdir)
+            if not args.skip_provision:
+                provision(broker, count, args.inflight, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
