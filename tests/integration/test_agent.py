@@ -314,3 +314,24 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
     finally:
         agent.stop()
     assert any(interrupted for interrupted, _name in seen), "no trial was killed in the middle of the renames"
+
+
+def test_fleet_nodes_find_out_a_plain_host_port_broker_wants_tls(nats_broker, tls_broker, ca, tmp_path):
+    """middleware_hosts as host:port (no scheme) on a broker that requires TLS: the nodes learn it from the
+    broker's INFO and connect with their own client certificates."""
+    client_files = ca.write_key_pair(tmp_path / "client", "operator", client=True)
+    client_tls = tls_context(ca=client_files["ca"], cert=client_files["cert"], key=client_files["key"])
+    configuration = {"plugin.choria.server.provision": "false",
+                     "plugin.choria.middleware_hosts": "127.0.0.1:%d" % tls_broker.port, "collectives": "lab"}
+    with AgentFleet(nats_broker.url, 3, tmp_path / "state", prefix="tls") as fleet:
+        async def run():
+            async with RpcClient([nats_broker.url], callerid="provisioner") as client:
+                await asyncio.gather(*(provision_node(client, identity, ca, configuration, token=TOKEN)
+                                       for identity in fleet.identities))
+            arrived = await discover(tls_broker.url, fleet.identities, 30, collective="lab", tls=client_tls)
+            async with RpcClient([tls_broker.url], callerid="operator", collective="lab", tls=client_tls) as ops:
+                pings = await ops.request("rpcutil", p.rpc_request_body("rpcutil", "ping"), timeout=10, expect=3)
+            return arrived, pings
+        arrived, pings = asyncio.run(run())
+    assert arrived == fleet.identities
+    assert sorted(r.senderid for r in pings if r.ok) == fleet.identities
