@@ -59,15 +59,25 @@ def worker(tmp_path_factory):
             net.destroy()
 
 
+def explain(result, host) -> str:
+    """What to look at when an assertion fails: the play's output and the agent's log on the host."""
+    try:
+        with open(host.path("/var/lib/zeroinit/zeroinit-agent.log")) as handle:
+            log = handle.read()[-3000:]
+    except OSError:
+        log = "(no agent log)"
+    return "%s\n%s\nagent log:\n%s" % (result.stdout[-3000:], result.stderr[-2000:], log)
+
+
 def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(worker):
     net, host, broker, inventory = worker
     identity = "%s.lab" % host.name
     first = run_playbook(PLAY, inventory=inventory, extra_vars={"broker_url": broker.url})
-    assert first.rc == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.rc == 0, explain(first, host)
     assert first.changed(host.name) > 0
 
     found = asyncio.run(discover(broker.url, [identity], 30))
-    assert found == [identity]
+    assert found == [identity], explain(first, host)
 
     async def inventory_of():
         async with RpcClient([broker.url]) as client:
@@ -84,14 +94,14 @@ def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(
     pid_before = open(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read()
 
     second = run_playbook(PLAY, inventory=inventory, extra_vars={"broker_url": broker.url})
-    assert second.rc == 0, second.stdout[-3000:]
-    assert second.changed(host.name) == 0
+    assert second.rc == 0, explain(second, host)
+    assert second.changed(host.name) == 0, explain(second, host)
     assert open(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read() == pid_before
-    assert asyncio.run(discover(broker.url, [identity], 30)) == [identity]
+    assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(second, host)
 
     # a changed setting restarts the agent, which then reports the new facts
     third = run_playbook(PLAY.replace("role: worker", "role: gateway"), inventory=inventory,
                          extra_vars={"broker_url": broker.url})
-    assert third.rc == 0 and third.changed(host.name) > 0
-    assert asyncio.run(discover(broker.url, [identity], 30)) == [identity]
+    assert third.rc == 0 and third.changed(host.name) > 0, explain(third, host)
+    assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(third, host)
     assert asyncio.run(inventory_of()).data["facts"]["role"] == "gateway"
