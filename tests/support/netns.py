@@ -209,7 +209,12 @@ class TestNetwork:
             ]))
         if os.path.exists(pidfile):
             os.unlink(pidfile)
-        host.run([SSHD, "-f", config, "-E", os.path.join(host.root, "sshd.log")])
+        log = os.path.join(host.root, "sshd.log")
+        started = host.run([SSHD, "-f", config, "-E", log], check=False)
+        if started.returncode != 0:
+            with open(log, errors="replace") as handle:
+                raise RuntimeError("sshd on %s (%s) did not start (exit %d): %s %s" % (
+                    host.name, host.address, started.returncode, started.stderr.strip(), handle.read()[-2000:]))
         # sshd creates the pid file before it writes the number: wait for the number.
         _wait_for(lambda: _read_pid(pidfile), 5, "sshd on %s did not start" % host.name)
         host.sshd_pid = _read_pid(pidfile)
