@@ -7,7 +7,8 @@ What it does, all on loopback, everything started here and stopped here:
   3. discovery with the inventory plugin (`ansible-inventory --graph`);
   4. `playbooks/provision_fleet.yaml`: CSRs made on the nodes, signed under policy, configuration pushed, restart;
   5. a summary: every node's outcome, certificate expiry, where it went, and whether it answers ping there;
-  6. the same playbook again: nothing left to do (changed=false).
+  6. the same playbook again: nothing left to do (changed=false);
+  7. one node sent back to provisioning over the members' TLS broker (reprovision.yaml), then provisioned again.
 Files are left in ./demo-run for a look (node state, CA, logs); it is wiped at the next run.
 """
 import asyncio
@@ -201,8 +202,27 @@ def main():
                      stdout=subprocess.PIPE, text=True)
         recap = [line for line in second.stdout.splitlines() if line.startswith("localhost")]
         print("\n".join(recap))
+
+        victim = identities[0]
+        say("7. Reprovision %s over the members' TLS broker, then provision it again" % victim)
+        back = dict(zeroinit_reprovision_identities=[victim], zeroinit_reprovision_brokers=[members.url],
+                    zeroinit_reprovision_collective=COLLECTIVE, zeroinit_provision_token=TOKEN,
+                    zeroinit_reprovision_tls_ca=str(RUN / "ca" / "ca.pem"), zeroinit_reprovision_tls_cert=operator_cert,
+                    zeroinit_reprovision_tls_key=operator_key)
+        (RUN / "reprovision-vars.json").write_text(json.dumps(back, indent=2))
+        third = run([BIN / "ansible-playbook", "-i", "inventory/hosts.yml", "playbooks/reprovision.yaml",
+                     "-e", "@%s" % (RUN / "reprovision-vars.json")], stdout=subprocess.PIPE, text=True)
+        print("\n".join(line for line in third.stdout.splitlines() if line.startswith("localhost")))
+        print("%s is now: %s" % (victim, node_summary(RUN / "fleet" / victim)["outcome"]))
+        fourth = run([BIN / "ansible-playbook", "-i", "inventory/hosts.yml", "playbooks/provision_fleet.yaml",
+                      "-e", "@%s" % (RUN / "provision-vars.json"), "-e", "zeroinit_provision_expect=1",
+                      "-e", "zeroinit_provision_wait=10"], stdout=subprocess.PIPE, text=True)
+        print("\n".join(line for line in fourth.stdout.splitlines() if line.startswith("localhost")))
+        again = node_summary(RUN / "fleet" / victim)
+        print("%s is now: %s, certificate until %s" % (victim, again["outcome"], again["expires"]))
         print("\ndemo finished in %.1fs; files in %s" % (time.monotonic() - started, RUN))
-        return 0 if ok == len(identities) and second.returncode == 0 else 1
+        return 0 if (ok == len(identities) and second.returncode == third.returncode == fourth.returncode == 0
+                     and again["outcome"] == "configured") else 1
     finally:
         if fleet is not None:
             fleet.terminate()
