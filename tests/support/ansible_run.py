@@ -51,7 +51,9 @@ class PlayResult:
         found = []
         for play in self.doc.get("plays", []):
             for task in play.get("tasks", []):
-                if name is None or task.get("task", {}).get("name") == name:
+                task_name = task.get("task", {}).get("name", "")
+                # tasks of a role are named "role : task"
+                if name is None or task_name == name or task_name.endswith(" : " + name):
                     found.append(task)
         return found
 

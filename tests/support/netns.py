@@ -234,6 +234,20 @@ class TestNetwork:
             handle.write("\n".join(lines) + "\n")
         return self.known_hosts
 
+    def ansible_hosts(self, private_key: str, user: str = "root", **extra) -> dict:
+        """Inventory host entries for every host: address, user, key, this network's known_hosts, the venv Python."""
+        return {h.name: dict({"ansible_host": h.address, "ansible_user": user,
+                              "ansible_ssh_private_key_file": str(private_key),
+                              "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes"
+                                                         % self.known_hosts,
+                              "ansible_python_interpreter": sys.executable}, **extra)
+                for h in self.hosts}
+
+    @property
+    def bridge_address(self) -> str:
+        """The machine's own address on the bridge: where servers the hosts must reach listen."""
+        return str(ipaddress.IPv4Network(self.subnet).network_address + 1)
+
     # ------------------------------------------------------------------ state for the command line
     def save(self, path: str) -> None:
         doc = {"name": self.name, "subnet": self.subnet, "workdir": self.workdir, "bridge": self.bridge,
