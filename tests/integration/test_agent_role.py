@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.support.fleet import discover
 from tests.support import netns
 
 pytestmark = pytest.mark.netns
-VENV_PYTHON = "/work/main/.venv/bin/python"
+VENV_PYTHON = sys.executable  # test hosts share this machine's filesystem, so the venv is theirs too
 
 PLAY = """
 - name: Install the node agent
@@ -42,13 +43,10 @@ def worker(tmp_path_factory):
     host = net.hosts[0]
     broker = None
     try:
-        bridge_address = net.subnet.rsplit(".", 1)[0] + ".1"
+        bridge_address = net.bridge_address
         broker = EmbeddedBroker(host=bridge_address).start()
         inventory = tmp / "inventory.json"
-        inventory.write_text(json.dumps({"workers": {"hosts": {host.name: {
-            "ansible_host": host.address, "ansible_user": "root", "ansible_ssh_private_key_file": str(key),
-            "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % net.known_hosts,
-            "ansible_python_interpreter": VENV_PYTHON, "ansible_pipelining": True}}}}))
+        inventory.write_text(json.dumps({"workers": {"hosts": net.ansible_hosts(key, ansible_pipelining=True)}}))
         yield net, host, broker, str(inventory)
     finally:
         try:

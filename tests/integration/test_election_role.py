@@ -41,11 +41,7 @@ def masters(tmp_path_factory):
     net = TestNetwork.create("electrole", 3, sshd=True, authorized_keys=(tmp / "id_ed25519.pub").read_text())
     try:
         inventory = tmp / "inventory.json"
-        inventory.write_text(json.dumps({"masters": {"hosts": {
-            h.name: {"ansible_host": h.address, "ansible_user": "root", "ansible_ssh_private_key_file": str(key),
-                     "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % net.known_hosts,
-                     "ansible_python_interpreter": "/work/main/.venv/bin/python"}
-            for h in net.hosts}}}))
+        inventory.write_text(json.dumps({"masters": {"hosts": net.ansible_hosts(key)}}))
         yield net, str(inventory)
     finally:
         net.destroy()

@@ -45,12 +45,8 @@ def fleet(tmp_path):
     try:
         inventory = tmp_path / "inventory.json"
         inventory.write_text(json.dumps({"members": {"hosts": {
-            h.name: {"ansible_host": h.address, "ansible_user": "root",
-                     "ansible_ssh_private_key_file": bootstrap,
-                     "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes"
-                                                % net.known_hosts,
-                     "test_sshd_pid": h.sshd_pid}
-            for h in net.hosts}}}))
+            name: dict(entry, test_sshd_pid=host.sshd_pid)
+            for host, (name, entry) in zip(net.hosts, net.ansible_hosts(bootstrap).items())}}}))
         yield {"net": net, "inventory": str(inventory), "bootstrap": bootstrap, "bootstrap_pub": bootstrap_pub,
                "initial": initial, "new": str(tmp_path / "controller" / "fleet_ed25519"), "tmp": tmp_path}
     finally:

@@ -236,10 +236,9 @@ class TestNetwork:
 
     def ansible_hosts(self, private_key: str, user: str = "root", **extra) -> dict:
         """Inventory host entries for every host: address, user, key, this network's known_hosts, the venv Python."""
+        ssh_args = "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes" % self.known_hosts
         return {h.name: dict({"ansible_host": h.address, "ansible_user": user,
-                              "ansible_ssh_private_key_file": str(private_key),
-                              "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes"
-                                                         % self.known_hosts,
+                              "ansible_ssh_private_key_file": str(private_key), "ansible_ssh_common_args": ssh_args,
                               "ansible_python_interpreter": sys.executable}, **extra)
                 for h in self.hosts}
 
