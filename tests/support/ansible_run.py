@@ -91,31 +91,31 @@ def run_playbook(playbook: str | os.PathLike, inventory: str | os.PathLike | Non
                  limit: str | None = None, env: dict | None = None, timeout: float = 900,
                  args: list[str] | None = None) -> PlayResult:
     """Run a playbook file (path) or playbook text (a string containing a newline)."""
-    tmpdir = tempfile.mkdtemp(prefix="zeroinit-play-")
-    path = str(playbook)
-    if "\n" in path:
-        path = os.path.join(tmpdir, "play.yml")
-        with open(path, "w") as handle:
-            handle.write(str(playbook))
-    argv = [str(VENV_BIN / "ansible-playbook"), path]
-    if inventory is not None:
-        argv += ["-i", str(inventory)]
-    else:
-        argv += ["-i", "localhost,", "-c", "local"]
-    if extra_vars:
-        vars_file = os.path.join(tmpdir, "extra_vars.json")
-        with open(vars_file, "w") as handle:
-            json.dump(extra_vars, handle)
-        argv += ["-e", "@" + vars_file]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    if limit:
-        argv += ["--limit", limit]
-    argv += args or []
-    proc = subprocess.run(argv, cwd=str(ROOT), env=ansible_env(env), stdout=subprocess.PIPE, check=False,
-                          stderr=subprocess.PIPE, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory(prefix="zeroinit-play-") as tmpdir:
+        path = str(playbook)
+        if "\n" in path:
+            path = os.path.join(tmpdir, "play.yml")
+            with open(path, "w") as handle:
+                handle.write(str(playbook))
+        argv = [str(VENV_BIN / "ansible-playbook"), path]
+        if inventory is not None:
+            argv += ["-i", str(inventory)]
+        else:
+            argv += ["-i", "localhost,", "-c", "local"]
+        if extra_vars:
+            vars_file = os.path.join(tmpdir, "extra_vars.json")
+            with open(vars_file, "w") as handle:
+                json.dump(extra_vars, handle)
+            argv += ["-e", "@" + vars_file]
+        if check:
+            argv.append("--check")
+        if diff:
+            argv.append("--diff")
+        if limit:
+            argv += ["--limit", limit]
+        argv += args or []
+        proc = subprocess.run(argv, cwd=str(ROOT), env=ansible_env(env), stdout=subprocess.PIPE, check=False,
+                              stderr=subprocess.PIPE, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return PlayResult(proc.returncode, proc.stdout, proc.stderr, _parse(proc.stdout))
 
 
