@@ -250,6 +250,10 @@ class NodeAgent:
         self.stopping: asyncio.Event | None = None
         self._next_link = 0
         self._broker_info: dict[str, dict] = {}
+        # In-progress INFO reads and link opens, shared by every node asking meanwhile: nodes restart by the
+        # thousand at once, and each opening its own connection to the same broker costs a connect apiece.
+        self._broker_info_pending: dict[str, asyncio.Future] = {}
+        self._opening_links: dict[tuple, asyncio.Future] = {}
 
     # -------------------------------------------------------------------------------------- nodes
 
@@ -323,16 +327,35 @@ class NodeAgent:
             key, tls = ("plain",) + tuple(brokers), None
         link = self.configured_links.get(key)
         if link is None or link.closed:
-            link = Link(self, brokers, node.identity if uses_files else "zeroinit-agent-%d-configured" % os.getpid(),
-                        tls=tls, dedicated=uses_files)
-            await link.open()
-            self.configured_links[key] = link
+            opening = self._opening_links.get(key)
+            if opening is None:
+                link = Link(self, brokers, node.identity if uses_files else "zeroinit-agent-%d-configured" % os.getpid(),
+                            tls=tls, dedicated=uses_files)
+                opening = asyncio.ensure_future(link.open())
+                self._opening_links[key] = opening
+                opening.add_done_callback(lambda done, key=key: self._link_opened(key, done))
+            link = await asyncio.shield(opening)
         return link
+
+    def _link_opened(self, key: tuple, done: asyncio.Future) -> None:
+        # Runs before the waiters resume (first callback), so they and later callers find the link stored.
+        if self._opening_links.get(key) is done:
+            del self._opening_links[key]
+        if not done.cancelled() and done.exception() is None:
+            self.configured_links[key] = done.result()
 
     async def broker_info(self, url: str) -> dict:
         """The INFO a nats-server sends first (tls_required, tls_verify), cached; {} when unreachable."""
         if url in self._broker_info:
             return self._broker_info[url]
+        pending = self._broker_info_pending.get(url)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_broker_info(url))
+            self._broker_info_pending[url] = pending
+            pending.add_done_callback(lambda _done, url=url: self._broker_info_pending.pop(url, None))
+        return await asyncio.shield(pending)
+
+    async def _read_broker_info(self, url: str) -> dict:
         info: dict = {}
         try:
             hostport = url.split("://", 1)[-1].rsplit("@", 1)[-1]
