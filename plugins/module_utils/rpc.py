@@ -105,6 +105,25 @@ async def connect(brokers: list[str], name: str, tls: ssl.SSLContext | None = No
         raise RpcError("could not connect to %s: %s" % (", ".join(brokers), reason)) from None
 
 
+def _finish(done: asyncio.Future) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+async def _until(done: asyncio.Future, timeout: float) -> None:
+    """Wait until ``done`` is resolved or ``timeout`` seconds passed, whichever comes first.
+
+    A timer that resolves the future costs one handle per request; ``wait_for(shield(done))`` costs two tasks.
+    """
+    if done.done():
+        return
+    timer = asyncio.get_running_loop().call_later(timeout, _finish, done)
+    try:
+        await done
+    finally:
+        timer.cancel()
+
+
 class RpcClient:
     """Send Choria requests and collect replies.
 
@@ -200,10 +219,7 @@ class RpcClient:
         self._waiters[req.requestid] = collect
         try:
             await self.publish_request(req, identities)
-            try:
-                await asyncio.wait_for(asyncio.shield(done), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await _until(done, timeout)
         finally:
             self._waiters.pop(req.requestid, None)
         return replies
@@ -243,10 +259,7 @@ class RpcClient:
         self._waiters[req.requestid] = collect
         try:
             await self.publish_request(req)
-            try:
-                await asyncio.wait_for(asyncio.shield(done), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await _until(done, timeout)
         finally:
             self._waiters.pop(req.requestid, None)
         return sorted(seen)
