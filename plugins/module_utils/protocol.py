@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own escaping of a str
 from typing import Any
 
 TRANSPORT = "choria:transport:1"
@@ -334,14 +335,40 @@ def transport_document(secure: dict, reply_to: str | None, sender: str) -> dict:
     }
 
 
+# The encoders below write the outer two layers by hand: byte for byte what _dumps of secure_*_document and
+# transport_document gives (same key order, same escaping), without serialising the inner document's JSON
+# again at each layer.
+_SECURE_REQUEST_HEAD = '{"protocol":"%s","message":' % SECURE_REQUEST
+_SECURE_REQUEST_TAIL = ',"signature":"%s","pubcert":"%s"}' % (INSECURE, INSECURE)
+_SECURE_REPLY_HEAD = '{"protocol":"%s","message":' % SECURE_REPLY
+_TRANSPORT_HEAD = ('{"protocol":"%s","data":"' % TRANSPORT).encode("ascii")
+_SENDER_HEADERS: dict[str, bytes] = {}
+
+
+def _transport_bytes(secure_text: str, reply_to: str | None, sender: str) -> bytes:
+    headers = _SENDER_HEADERS.get(sender)
+    if headers is None:
+        quoted = _json_string(sender)
+        headers = ('","headers":{"mc_sender":%s,"seen-by":[["",%s,""]]' % (quoted, quoted)).encode("ascii")
+        if len(_SENDER_HEADERS) > 1024:
+            _SENDER_HEADERS.clear()
+        _SENDER_HEADERS[sender] = headers
+    tail = (',"reply-to":%s}}' % _json_string(reply_to)).encode("ascii") if reply_to else b"}}"
+    return _TRANSPORT_HEAD + base64.b64encode(secure_text.encode("utf-8")) + headers + tail
+
+
 def encode_request(req: Request) -> bytes:
     """Serialise a request; ``req.reply_to`` defaults to Choria's reply subject for the caller."""
     reply_to = req.reply_to or reply_subject(req.callerid, req.requestid, req.collective)
-    return _dumps(transport_document(secure_request_document(req), reply_to, req.senderid)).encode("utf-8")
+    secure = _SECURE_REQUEST_HEAD + _json_string(_dumps(request_document(req))) + _SECURE_REQUEST_TAIL
+    return _transport_bytes(secure, reply_to, req.senderid)
 
 
 def encode_reply(rep: Reply) -> bytes:
-    return _dumps(transport_document(secure_reply_document(rep), None, rep.senderid)).encode("utf-8")
+    message = _dumps(reply_document(rep))
+    digest = base64.b64encode(hashlib.sha256(message.encode("utf-8")).digest()).decode("ascii")
+    secure = _SECURE_REPLY_HEAD + _json_string(message) + ',"hash":"' + digest + '"}'
+    return _transport_bytes(secure, None, rep.senderid)
 
 
 # --------------------------------------------------------------------------------------------- decoding
