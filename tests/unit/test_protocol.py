@@ -140,3 +140,18 @@ def test_lifecycle_event_matches_choria_cloudevent_shape(choria_reference):
     assert set(example["data"]) <= set(event["data"])
     assert event["type"] == "io.choria.lifecycle.v1.startup"
     assert p.parse_lifecycle_event(json.dumps(event))["type"] == "startup"
+
+
+@pytest.mark.parametrize("text", ["plain", 'quo"te\\back', "tab\tnew\nline\x01", "ünïcødé ✓ 🚀", ""])
+def test_fast_encoders_equal_the_layered_documents(text):
+    """encode_request/encode_reply write the outer layers by hand: they must equal the documents, byte for byte."""
+    req = sample_request(senderid="sender %s" % text, body=p.rpc_request_body("choria_provision", "configure",
+                                                                               {"config": text, "token": text}))
+    layered = p._dumps(p.transport_document(p.secure_request_document(req),
+                                            p.reply_subject(req.callerid, req.requestid), req.senderid))
+    assert p.encode_request(req) == layered.encode("utf-8")
+    rep = p.Reply(requestid=req.requestid, senderid="node %s" % text, agent="choria_provision",
+                  body=p.rpc_reply_body("configure", p.StatusCode.INVALID_DATA, text))
+    layered = p._dumps(p.transport_document(p.secure_reply_document(rep), None, rep.senderid))
+    assert p.encode_reply(rep) == layered.encode("utf-8")
+    assert p.decode_reply(p.encode_reply(rep)).statusmsg == text
