@@ -145,8 +145,8 @@ def test_lifecycle_event_matches_choria_cloudevent_shape(choria_reference):
 @pytest.mark.parametrize("text", ["plain", 'quo"te\\back', "tab\tnew\nline\x01", "ünïcødé ✓ 🚀", ""])
 def test_fast_encoders_equal_the_layered_documents(text):
     """encode_request/encode_reply write the outer layers by hand: they must equal the documents, byte for byte."""
-    req = sample_request(senderid="sender %s" % text, body=p.rpc_request_body("choria_provision", "configure",
-                                                                               {"config": text, "token": text}))
+    body = p.rpc_request_body("choria_provision", "configure", {"config": text, "token": text})
+    req = sample_request(senderid="sender %s" % text, body=body)
     layered = p._dumps(p.transport_document(p.secure_request_document(req),
                                             p.reply_subject(req.callerid, req.requestid), req.senderid))
     assert p.encode_request(req) == layered.encode("utf-8")
