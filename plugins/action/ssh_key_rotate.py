@@ -25,22 +25,12 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import
     default_user,
     parse_revoke,
     public_key_of_private_key_file,
+    rotation_options,
 )
 
 MODULE = "zeroinit.bootstrap.ssh_key_rotate"
 
-ARGUMENT_SPEC = dict(
-    user=dict(type="str"),
-    private_key=dict(type="path", required=True),
-    key_type=dict(type="str", choices=["ed25519", "rsa"], default="ed25519"),
-    key_size=dict(type="int", choices=[3072, 4096], default=3072),
-    comment=dict(type="str"),
-    revoke=dict(type="list", elements="str", default=[]),
-    revoke_login_key=dict(type="bool", default=False),
-    verify=dict(type="bool", default=True),
-    verify_timeout=dict(type="int", default=10),
-    path=dict(type="str"),
-)
+ARGUMENT_SPEC = dict(rotation_options(), private_key=dict(type="path", required=True))
 
 
 class ActionModule(ActionBase):

@@ -53,6 +53,22 @@ RSA_SIZES = (3072, 4096)
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
+def rotation_options() -> dict:
+    """The options a user gives ssh_key_rotate: the action plugin validates them, the module documents them."""
+    return dict(
+        user=dict(type="str"),
+        private_key=dict(type="path"),
+        key_type=dict(type="str", choices=["ed25519", "rsa"], default="ed25519"),
+        key_size=dict(type="int", choices=list(RSA_SIZES), default=3072),
+        comment=dict(type="str"),
+        revoke=dict(type="list", elements="str", default=[]),
+        revoke_login_key=dict(type="bool", default=False),
+        verify=dict(type="bool", default=True),
+        verify_timeout=dict(type="int", default=10),
+        path=dict(type="str"),  # not "path": "~" must expand to the home of ``user``, not of the module's user
+    )
+
+
 class SshKeyError(ValueError):
     """A key, fingerprint or key file that cannot be used; the message names what and why."""
 

@@ -204,20 +204,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import (
     SshKeyError,
+    rotation_options,
     target_step,
 )
 
+# The user's options (shared with the action plugin) and the steps the action plugin orders.
 ARGUMENT_SPEC = dict(
-    user=dict(type="str"),
-    private_key=dict(type="path"),
-    key_type=dict(type="str", choices=["ed25519", "rsa"], default="ed25519"),
-    key_size=dict(type="int", choices=[3072, 4096], default=3072),
-    comment=dict(type="str"),
-    revoke=dict(type="list", elements="str", default=[]),
-    revoke_login_key=dict(type="bool", default=False),
-    verify=dict(type="bool", default=True),
-    verify_timeout=dict(type="int", default=10),
-    path=dict(type="str"),  # not "path": "~" must expand to the home of ``user``, not of the module's user
+    rotation_options(),
     public_key=dict(type="str"),
     step=dict(type="str", choices=["read", "add", "revoke", "take_back"], default="read"),
 )
