@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 import traceback
 from typing import Any, Awaitable, Callable
 
@@ -270,12 +269,3 @@ def reply_error(reply: Reply, step: str) -> str:
     return "%s refused by %s: %s (statuscode %d %s)" % (
         step, reply.senderid, reply.statusmsg or "no message", reply.statuscode,
         StatusCode.NAMES.get(reply.statuscode, "?"))
-
-
-def run(coro):
-    """Run a coroutine to completion from synchronous code (modules, inventory plugin)."""
-    return asyncio.run(coro)
-
-
-def monotonic_ms(start: float) -> float:
-    return round((time.monotonic() - start) * 1000.0, 1)
