@@ -197,6 +197,16 @@ class RpcClient:
         else:
             await self.nc.publish(broadcast_subject(req.agent, self.collective), payload)
 
+    async def _exchange(self, req: Request, collect: Callable[[Reply], None], done: asyncio.Future,
+                        timeout: float, identities: list[str] | None = None) -> None:
+        """Route replies to ``req`` into ``collect`` from publishing until ``done`` or ``timeout``."""
+        self._waiters[req.requestid] = collect
+        try:
+            await self.publish_request(req, identities)
+            await _until(done, timeout)
+        finally:
+            self._waiters.pop(req.requestid, None)
+
     async def request(self, agent: str, body: Any, identities: list[str] | None = None, timeout: float = 10.0,
                       expect: int | None = None,
                       on_reply: Callable[[Reply], Awaitable[None] | None] | None = None) -> list[Reply]:
@@ -215,12 +225,7 @@ class RpcClient:
             if wanted is not None and len(replies) >= wanted and not done.done():
                 done.set_result(None)
 
-        self._waiters[req.requestid] = collect
-        try:
-            await self.publish_request(req, identities)
-            await _until(done, timeout)
-        finally:
-            self._waiters.pop(req.requestid, None)
+        await self._exchange(req, collect, done, timeout, identities)
         return replies
 
     async def call(self, identity: str, agent: str, action: str, data: dict | None = None,
@@ -255,12 +260,7 @@ class RpcClient:
             if expect is not None and len(seen) >= expect and not done.done():
                 done.set_result(None)
 
-        self._waiters[req.requestid] = collect
-        try:
-            await self.publish_request(req)
-            await _until(done, timeout)
-        finally:
-            self._waiters.pop(req.requestid, None)
+        await self._exchange(req, collect, done, timeout)
         return sorted(seen)
 
 
