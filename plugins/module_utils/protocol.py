@@ -318,9 +318,14 @@ def reply_document(rep: Reply) -> dict:
     }
 
 
+def reply_hash(message: str) -> str:
+    """A secure reply's ``hash``: base64 of the SHA-256 of its message."""
+    return base64.b64encode(hashlib.sha256(message.encode("utf-8")).digest()).decode("ascii")
+
+
 def secure_reply_document(rep: Reply) -> dict:
     message = _dumps(reply_document(rep))
-    digest = base64.b64encode(hashlib.sha256(message.encode("utf-8")).digest()).decode("ascii")
+    digest = reply_hash(message)
     return {"protocol": SECURE_REPLY, "message": message, "hash": digest}
 
 
@@ -366,7 +371,7 @@ def encode_request(req: Request) -> bytes:
 
 def encode_reply(rep: Reply) -> bytes:
     message = _dumps(reply_document(rep))
-    digest = base64.b64encode(hashlib.sha256(message.encode("utf-8")).digest()).decode("ascii")
+    digest = reply_hash(message)
     secure = _SECURE_REPLY_HEAD + _json_string(message) + ',"hash":"' + digest + '"}'
     return _transport_bytes(secure, None, rep.senderid)
 
@@ -479,7 +484,7 @@ def decode_reply(raw: Any) -> Reply:
     """Parse a transport message carrying a reply; the secure reply's hash must match its message."""
     _headers, secure = _unwrap_transport(raw, SECURE_REPLY)
     message = _string_field(secure, "message", "secure reply")
-    expected = base64.b64encode(hashlib.sha256(message.encode("utf-8")).digest()).decode("ascii")
+    expected = reply_hash(message)
     if not constant_time_equal(secure.get("hash"), expected):
         raise ProtocolError("secure reply: hash does not match the message")
     inner = _json_object(message, "reply")
