@@ -1,5 +1,5 @@
-"""Fixtures shared by every test: the shared reference data and a real nats-server on loopback."""
-import os
+"""Fixtures shared by every test: go-choria's reference data (vendored under tests/data) and a real nats-server."""
+
 import pathlib
 
 import pytest
@@ -9,22 +9,10 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import E
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _reference_dir() -> pathlib.Path:
-    """go-choria's schemas and DDLs: ``shared/choria-reference`` beside the checkout, or $CHORIA_REFERENCE."""
-    env = os.environ.get("CHORIA_REFERENCE")
-    if env:
-        return pathlib.Path(env)
-    for parent in [ROOT] + list(ROOT.parents):
-        candidate = parent / "shared" / "choria-reference"
-        if candidate.is_dir():
-            return candidate
-    return ROOT / "tests" / "data" / "choria-reference"
-
-
 @pytest.fixture(scope="session")
 def choria_reference() -> pathlib.Path:
-    path = _reference_dir()
-    assert (path / "protocol-v1" / "request.json").is_file(), "Choria reference schemas not found at %s" % path
+    path = ROOT / "tests" / "data" / "choria-reference"
+    assert (path / "protocol-v1" / "request.json").is_file(), f"Choria reference schemas not found at {path}"
     return path
 
 
