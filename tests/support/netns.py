@@ -11,6 +11,7 @@ namespace: its hostname is set, and per-host directories are bind-mounted over `
 Everything for a host is started with ``nsenter`` into the holder's namespaces. Traffic stays on the bridge:
 the namespaces have no route anywhere else. Needs root and iproute2, util-linux, openssh-server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,10 @@ class Host:
         """Where a file under one of PRIVATE_DIRS of this host lives on the machine."""
         for private in PRIVATE_DIRS:
             if inside == private or inside.startswith(private + "/"):
-                return os.path.join(self.root, "fs", private.strip("/").replace("/", "_"), inside[len(private):].lstrip("/"))
-        raise ValueError("%s is not a per-host directory (%s)" % (inside, ", ".join(PRIVATE_DIRS)))
+                return os.path.join(
+                    self.root, "fs", private.strip("/").replace("/", "_"), inside[len(private) :].lstrip("/")
+                )
+        raise ValueError("{} is not a per-host directory ({})".format(inside, ", ".join(PRIVATE_DIRS)))
 
     @property
     def int_id(self) -> int:
@@ -113,12 +116,19 @@ class TestNetwork:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def create(cls, name: str, count: int, subnet: str | None = None, workdir: str | None = None,
-               sshd: bool = True, authorized_keys: str = "") -> "TestNetwork":
+    def create(
+        cls,
+        name: str,
+        count: int,
+        subnet: str | None = None,
+        workdir: str | None = None,
+        sshd: bool = True,
+        authorized_keys: str = "",
+    ) -> TestNetwork:
         tag = _tag(name)
         subnet = subnet or "10.%d.%d.0/24" % (200 + (sum(map(ord, tag)) % 50), sum(map(ord, tag[::-1])) % 250)
-        workdir = workdir or tempfile.mkdtemp(prefix="zeroinit-net-%s-" % tag)
-        net = cls(name=tag, subnet=subnet, workdir=workdir, bridge="zbr%s" % tag[:10])
+        workdir = workdir or tempfile.mkdtemp(prefix=f"zeroinit-net-{tag}-")
+        net = cls(name=tag, subnet=subnet, workdir=workdir, bridge=f"zbr{tag[:10]}")
         net.teardown_leftovers()
         try:
             net._make_bridge()
@@ -143,8 +153,13 @@ class TestNetwork:
         network = ipaddress.IPv4Network(self.subnet)
         address = str(network.network_address + 10 + index)
         hostname = "%s-h%d" % (self.name, index + 1)
-        host = Host(name=hostname, address=address, netns="zns-%s-%d" % (self.name, index + 1),
-                    veth="zv%s%d" % (self.name[:8], index + 1), root=os.path.join(self.workdir, hostname))
+        host = Host(
+            name=hostname,
+            address=address,
+            netns="zns-%s-%d" % (self.name, index + 1),
+            veth="zv%s%d" % (self.name[:8], index + 1),
+            root=os.path.join(self.workdir, hostname),
+        )
         os.makedirs(host.root, exist_ok=True)
         sh("ip", "netns", "add", host.netns)
         sh("ip", "link", "add", host.veth, "type", "veth", "peer", "name", host.veth + "p")
@@ -164,13 +179,29 @@ class TestNetwork:
             source = host.path(private)
             os.makedirs(source, exist_ok=True)
             os.chmod(source, 0o700 if private == "/root/.ssh" else 0o755)
-            mounts.append("mount --bind %s %s" % (source, private))
-        script = "hostname %s && %s && exec sleep 2147483647" % (hostname, " && ".join(mounts))
-        holder = subprocess.Popen(["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts",
-                                   "--propagation", "private", "sh", "-c", script],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+            mounts.append(f"mount --bind {source} {private}")
+        script = "hostname {} && {} && exec sleep 2147483647".format(hostname, " && ".join(mounts))
+        holder = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.netns,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         host.holder_pid = holder.pid
-        _wait_for(lambda: _hostname_of(host.holder_pid) == hostname, 5, "host %s did not come up" % hostname)
+        _wait_for(lambda: _hostname_of(host.holder_pid) == hostname, 5, f"host {hostname} did not come up")
         self.hosts.append(host)
         return host
 
@@ -188,35 +219,41 @@ class TestNetwork:
         config = os.path.join(host.root, "sshd_config")
         pidfile = os.path.join(host.root, "sshd.pid")
         with open(config, "w") as handle:
-            handle.write("\n".join([
-                "ListenAddress %s" % host.address,
-                "Port %d" % host.ssh_port,
-                "HostKey %s" % key,
-                "PidFile %s" % pidfile,
-                "UsePAM no",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password",
-                "PubkeyAuthentication yes",
-                "AuthorizedKeysFile .ssh/authorized_keys",
-                "StrictModes yes",
-                "UseDNS no",
-                "MaxStartups 100:30:200",
-                "MaxSessions 50",
-                "LogLevel VERBOSE",
-                "Subsystem sftp internal-sftp",
-                "",
-            ]))
+            handle.write(
+                "\n".join(
+                    [
+                        f"ListenAddress {host.address}",
+                        "Port %d" % host.ssh_port,
+                        f"HostKey {key}",
+                        f"PidFile {pidfile}",
+                        "UsePAM no",
+                        "PasswordAuthentication no",
+                        "KbdInteractiveAuthentication no",
+                        "PermitRootLogin prohibit-password",
+                        "PubkeyAuthentication yes",
+                        "AuthorizedKeysFile .ssh/authorized_keys",
+                        "StrictModes yes",
+                        "UseDNS no",
+                        "MaxStartups 100:30:200",
+                        "MaxSessions 50",
+                        "LogLevel VERBOSE",
+                        "Subsystem sftp internal-sftp",
+                        "",
+                    ]
+                )
+            )
         if os.path.exists(pidfile):
             os.unlink(pidfile)
         log = os.path.join(host.root, "sshd.log")
         started = host.run([SSHD, "-f", config, "-E", log], check=False)
         if started.returncode != 0:
             with open(log, errors="replace") as handle:
-                raise RuntimeError("sshd on %s (%s) did not start (exit %d): %s %s" % (
-                    host.name, host.address, started.returncode, started.stderr.strip(), handle.read()[-2000:]))
+                raise RuntimeError(
+                    "sshd on %s (%s) did not start (exit %d): %s %s"
+                    % (host.name, host.address, started.returncode, started.stderr.strip(), handle.read()[-2000:])
+                )
         # sshd creates the pid file before it writes the number: wait for the number.
-        _wait_for(lambda: _read_pid(pidfile), 5, "sshd on %s did not start" % host.name)
+        _wait_for(lambda: _read_pid(pidfile), 5, f"sshd on {host.name} did not start")
         host.sshd_pid = _read_pid(pidfile)
 
     def restart_sshd(self, host: Host) -> None:
@@ -229,18 +266,27 @@ class TestNetwork:
         for host in self.hosts:
             with open(host.host_key + ".pub") as handle:
                 kind, blob = handle.read().split()[:2]
-            lines.append("%s %s %s" % (host.address, kind, blob))
+            lines.append(f"{host.address} {kind} {blob}")
         with open(self.known_hosts, "w") as handle:
             handle.write("\n".join(lines) + "\n")
         return self.known_hosts
 
     def ansible_hosts(self, private_key: str, user: str = "root", **extra) -> dict:
         """Inventory host entries for every host: address, user, key, this network's known_hosts, the venv Python."""
-        ssh_args = "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes" % self.known_hosts
-        return {h.name: dict({"ansible_host": h.address, "ansible_user": user,
-                              "ansible_ssh_private_key_file": str(private_key), "ansible_ssh_common_args": ssh_args,
-                              "ansible_python_interpreter": sys.executable}, **extra)
-                for h in self.hosts}
+        ssh_args = f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+        return {
+            h.name: dict(
+                {
+                    "ansible_host": h.address,
+                    "ansible_user": user,
+                    "ansible_ssh_private_key_file": str(private_key),
+                    "ansible_ssh_common_args": ssh_args,
+                    "ansible_python_interpreter": sys.executable,
+                },
+                **extra,
+            )
+            for h in self.hosts
+        }
 
     @property
     def bridge_address(self) -> str:
@@ -249,15 +295,21 @@ class TestNetwork:
 
     # ------------------------------------------------------------------ state for the command line
     def save(self, path: str) -> None:
-        doc = {"name": self.name, "subnet": self.subnet, "workdir": self.workdir, "bridge": self.bridge,
-               "known_hosts": self.known_hosts, "hosts": [asdict(h) for h in self.hosts]}
+        doc = {
+            "name": self.name,
+            "subnet": self.subnet,
+            "workdir": self.workdir,
+            "bridge": self.bridge,
+            "known_hosts": self.known_hosts,
+            "hosts": [asdict(h) for h in self.hosts],
+        }
         tmp = path + ".tmp"
         with open(tmp, "w") as handle:
             json.dump(doc, handle, indent=2)
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str) -> "TestNetwork":
+    def load(cls, path: str) -> TestNetwork:
         with open(path) as handle:
             doc = json.load(handle)
         hosts = [Host(**h) for h in doc.pop("hosts")]
@@ -278,25 +330,29 @@ class TestNetwork:
         """Remove namespaces and links of an earlier run of the same name that died before its teardown."""
         for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
             netns = line.split()[0] if line.strip() else ""
-            if netns.startswith("zns-%s-" % self.name):
+            if netns.startswith(f"zns-{self.name}-"):
                 _destroy_netns(netns)
         for line in sh("ip", "-o", "link", "show", check=False).stdout.splitlines():
             link = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
-            if link == self.bridge or link.startswith("zv%s" % self.name[:8]):
+            if link == self.bridge or link.startswith(f"zv{self.name[:8]}"):
                 sh("ip", "link", "del", link, check=False)
         _kill_ssh_masters(self.subnet)
 
-    def __enter__(self) -> "TestNetwork":
+    def __enter__(self) -> TestNetwork:
         return self
 
     def __exit__(self, *exc) -> None:
         self.destroy()
 
 
+# Set per checkout to run two test suites side by side on one machine: it prefixes every network's name.
+NET_TAG_ENV = "ZEROINIT_NET_TAG"
+
+
 def _tag(name: str) -> str:
-    tag = "".join(c for c in name.lower() if c.isalnum())[:10]
+    tag = "".join(c for c in (os.environ.get(NET_TAG_ENV, "")[:2] + name).lower() if c.isalnum())[:10]
     if not tag:
-        raise ValueError("network name %r has no letters or digits" % name)
+        raise ValueError(f"network name {name!r} has no letters or digits")
     return tag
 
 
@@ -338,7 +394,7 @@ def _kill_ssh_masters(subnet: str) -> None:
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 argv = handle.read().decode("utf-8", "replace").split("\0")
         except OSError:
             continue
@@ -371,11 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.authorized_key:
             with open(args.authorized_key) as handle:
                 keys = handle.read()
-        net = TestNetwork.create(args.name, args.hosts, subnet=args.subnet, sshd=not args.no_sshd,
-                                 authorized_keys=keys)
+        net = TestNetwork.create(args.name, args.hosts, subnet=args.subnet, sshd=not args.no_sshd, authorized_keys=keys)
         net.save(args.state)
-        json.dump({"hosts": [{"name": h.name, "address": h.address} for h in net.hosts],
-                   "known_hosts": net.known_hosts}, sys.stdout)
+        json.dump(
+            {"hosts": [{"name": h.name, "address": h.address} for h in net.hosts], "known_hosts": net.known_hosts},
+            sys.stdout,
+        )
         return 0
     if os.path.exists(args.state):
         TestNetwork.load(args.state).destroy()
