@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 COLLECTIONS := $(VENV)/collections
-SANITY_ROOT ?= $(or $(TMPDIR),/tmp)/zeroinit-sanity/ansible_collections/zeroinit/bootstrap
+SANITY_ROOT ?= $(or $(TMPDIR),/tmp)/zeroinit-sanity-$(shell printf %s '$(CURDIR)' | md5sum | cut -c1-8)/ansible_collections/zeroinit/bootstrap
 PYTEST_ARGS ?=
 
 export PATH := $(BIN):$(PATH)
@@ -57,6 +57,8 @@ molecule: venv system-deps
 	$(BIN)/molecule test --all
 
 lint: venv
+	$(BIN)/ruff format --check --diff .
+	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --offline --profile production
 
 ## ansible-test needs the collection under ansible_collections/NS/NAME and a get-pip it can run offline.

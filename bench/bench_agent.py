@@ -9,6 +9,7 @@ client (tests/support/fleet.py: inventory -> gencsr -> configure -> restart, cer
 keys) with ``--inflight`` nodes at a time, until every node answers rpcutil#ping in its configured collective.
 The floor measured in the same run: raw NATS request/reply round trips per second on this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,14 +80,17 @@ async def nats_floor(url: str, count: int = 5000) -> float:
     """Request/reply round trips per second, 100 in flight, with a trivial responder: the bus's own limit."""
     nc = await connect([url], name="bench-floor")
     try:
+
         async def echo(msg):
             await nc.publish(msg.reply, b"pong")
+
         await nc.subscribe("bench.echo", cb=echo)
         sem = asyncio.Semaphore(100)
 
         async def one():
             async with sem:
                 await nc.request("bench.echo", b"ping", timeout=10)
+
         started = time.monotonic()
         await asyncio.gather(*(one() for _index in range(count)))
         return count / (time.monotonic() - started)
@@ -96,21 +100,27 @@ async def nats_floor(url: str, count: int = 5000) -> float:
 
 async def provision_round(url: str, identities: list[str], inflight: int) -> dict:
     ca = TestCA()
-    configuration = {"plugin.choria.server.provision": "false", "plugin.choria.middleware_hosts": url,
-                     "collectives": "bench", "main_collective": "bench"}
+    configuration = {
+        "plugin.choria.server.provision": "false",
+        "plugin.choria.middleware_hosts": url,
+        "collectives": "bench",
+        "main_collective": "bench",
+    }
     durations: list[float] = []
     failures: list[str] = []
     sem = asyncio.Semaphore(inflight)
     async with RpcClient([url], callerid="bench-provisioner") as client:
+
         async def one(identity: str) -> None:
             async with sem:
                 started = time.monotonic()
                 try:
                     await provision_node(client, identity, ca, configuration, timeout=60)
                 except Exception as exc:  # a benchmark reports failures, it does not stop at the first
-                    failures.append("%s: %s" % (identity, exc))
+                    failures.append(f"{identity}: {exc}")
                     return
                 durations.append(time.monotonic() - started)
+
         started = time.monotonic()
         await asyncio.gather(*(one(i) for i in identities))
         provisioned = time.monotonic() - started
@@ -121,12 +131,19 @@ async def provision_round(url: str, identities: list[str], inflight: int) -> dic
         while len(seen) < len(identities) - len(failures) and time.monotonic() < deadline:
             seen.update(await checker.discover(timeout=2, expect=len(identities) - len(failures)))
         arrived = time.monotonic() - started
-        pings = await checker.request("rpcutil", {"agent": "rpcutil", "action": "ping", "data": {}},
-                                      timeout=10, expect=len(seen))
+        pings = await checker.request(
+            "rpcutil", {"agent": "rpcutil", "action": "ping", "data": {}}, timeout=10, expect=len(seen)
+        )
     durations.sort()
-    return {"provisioned_s": provisioned, "arrived_s": arrived, "configured": len(seen), "pinged": len(pings),
-            "failures": failures, "p50": statistics.median(durations) if durations else 0,
-            "p99": durations[int(len(durations) * 0.99) - 1] if durations else 0}
+    return {
+        "provisioned_s": provisioned,
+        "arrived_s": arrived,
+        "configured": len(seen),
+        "pinged": len(pings),
+        "failures": failures,
+        "p50": statistics.median(durations) if durations else 0,
+        "p99": durations[int(len(durations) * 0.99) - 1] if durations else 0,
+    }
 
 
 def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -> None:
@@ -138,15 +155,22 @@ def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -
         rss = rss_kib(fleet.process.pid)
         agent_cpu, driver_cpu = cpu_seconds(fleet.process.pid) - cpu_before, time.process_time() - driver_before
     shutil.rmtree(state, ignore_errors=True)
-    print("provisioned %d nodes (inventory, gencsr EC P-256, configure, restart; %d in flight): %.1f s, %.0f nodes/s"
-          % (count, inflight, result["provisioned_s"], count / result["provisioned_s"]))
-    print("  per node p50 %.0f ms, p99 %.0f ms; all %d in their configured collective after %.1f s; %d answered "
-          "rpcutil#ping there" % (result["p50"] * 1000, result["p99"] * 1000, result["configured"],
-                                  result["arrived_s"], result["pinged"]))
-    print("  agent CPU %.2f ms per node (%.1f s), driver CPU %.2f ms per node; load average %s (a shared machine)"
-          % (agent_cpu * 1000 / count, agent_cpu, driver_cpu * 1000 / count, load_average()))
-    print("  agent RSS %.1f MiB before, %.1f MiB after; failures: %d %s"
-          % (peak_before / 1024, rss / 1024, len(result["failures"]), json.dumps(result["failures"][:3])))
+    print(
+        "provisioned %d nodes (inventory, gencsr EC P-256, configure, restart; %d in flight): %.1f s, %.0f nodes/s"
+        % (count, inflight, result["provisioned_s"], count / result["provisioned_s"])
+    )
+    print(
+        "  per node p50 %.0f ms, p99 %.0f ms; all %d in their configured collective after %.1f s; %d answered "
+        "rpcutil#ping there"
+        % (result["p50"] * 1000, result["p99"] * 1000, result["configured"], result["arrived_s"], result["pinged"])
+    )
+    print(
+        f"  agent CPU {agent_cpu * 1000 / count:.2f} ms per node ({agent_cpu:.1f} s), driver CPU {driver_cpu * 1000 / count:.2f} ms per node; load average {load_average()} (a shared machine)"
+    )
+    print(
+        "  agent RSS %.1f MiB before, %.1f MiB after; failures: %d %s"
+        % (peak_before / 1024, rss / 1024, len(result["failures"]), json.dumps(result["failures"][:3]))
+    )
 
 
 def main() -> int:
@@ -156,18 +180,22 @@ def main() -> int:
     parser.add_argument("--provision", type=int, default=0, help="nodes in the provisioning round")
     parser.add_argument("--inflight", type=int, default=200)
     parser.add_argument("--skip-provision", action="store_true", help="only the fleet sizes")
-    parser.add_argument("--state-base", default=None,
-                        help="directory for the fleets' state directories (default: the system temp dir; "
-                             "/dev/shm puts them on tmpfs)")
+    parser.add_argument(
+        "--state-base",
+        default=None,
+        help="directory for the fleets' state directories (default: the system temp dir; /dev/shm puts them on tmpfs)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] or ([1000] if args.quick else [1000, 5000, 10000])
     count = args.provision or (1000 if args.quick else 10000)
-    print("machine: %s; load average at start %s" % (machine(), load_average()))
+    print(f"machine: {machine()}; load average at start {load_average()}")
     workdir = tempfile.mkdtemp(prefix="bench-agent-", dir=args.state_base)
-    print("state directories under %s" % workdir)
+    print(f"state directories under {workdir}")
     try:
         with EmbeddedBroker() as broker:
-            print("floor: raw NATS request/reply %.0f round trips/s (100 in flight)" % asyncio.run(nats_floor(broker.url)))
+            print(
+                f"floor: raw NATS request/reply {asyncio.run(nats_floor(broker.url)):.0f} round trips/s (100 in flight)"
+            )
             scale(broker, sizes, workdir)
             if not args.skip_provision:
                 provision(broker, count, args.inflight, workdir)

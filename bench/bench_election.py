@@ -8,6 +8,7 @@ member's start (the later of its start instant and when it really started) until
 and staggered (one member every 0.3 s). Target: 5 hosts converge within 2 s of the last start. The floor is
 what the protocol waits by design: the settle time plus the leader's goodbye broadcast (3 packets 125 ms apart).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,26 @@ def one_round(net: TestNetwork, count: int, stagger: float, cluster: str) -> dic
     threads = []
     try:
         for index, host in enumerate(net.hosts[:count]):
-            procs.append(host.popen([sys.executable, "-m", ELECTION, "--expect", str(count), "--timeout", "20",
-                                     "--cluster", cluster, "--start-at", repr(starts[index])],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+            procs.append(
+                host.popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        ELECTION,
+                        "--expect",
+                        str(count),
+                        "--timeout",
+                        "20",
+                        "--cluster",
+                        cluster,
+                        "--start-at",
+                        repr(starts[index]),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+            )
         for index in range(count):
             threads.append(threading.Thread(target=reap, args=(index,)))
             threads[-1].start()
@@ -70,27 +88,43 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="3 and 5 hosts, 2 rounds each")
     args = parser.parse_args(argv)
     sizes, rounds = ((3, 5), 2) if args.quick else ((3, 5, 7), 5)
-    print("machine: %s, %d cores (shared), Python %s; hosts are network namespaces on one bridge"
-          % (platform.machine(), os.cpu_count() or 0, platform.python_version()))
-    print("floor by design: settle %.2f s + leader goodbye %.2f s = %.2f s"
-          % (SETTLE_SECONDS, GOODBYE_SECONDS, SETTLE_SECONDS + GOODBYE_SECONDS))
+    print(
+        "machine: %s, %d cores (shared), Python %s; hosts are network namespaces on one bridge"
+        % (platform.machine(), os.cpu_count() or 0, platform.python_version())
+    )
+    print(
+        f"floor by design: settle {SETTLE_SECONDS:.2f} s + leader goodbye {GOODBYE_SECONDS:.2f} s = {SETTLE_SECONDS + GOODBYE_SECONDS:.2f} s"
+    )
     net = TestNetwork.create("elbench", max(sizes), sshd=False)
     failures = 0
     try:
-        print("load average before: %.1f %.1f %.1f" % os.getloadavg())
-        print("%-6s %-10s %7s %7s %7s  %-5s %s" % ("hosts", "start", "p50 s", "max s", "rounds", "ok", "late start max s"))
+        print("load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+        print(
+            "%-6s %-10s %7s %7s %7s  %-5s %s" % ("hosts", "start", "p50 s", "max s", "rounds", "ok", "late start max s")
+        )
         for count in sizes:
             for label, stagger in (("together", 0.0), ("staggered", 0.3)):
                 runs = [one_round(net, count, stagger, "bench%d%s" % (count, label[0])) for _round in range(rounds)]
                 times = [r["converge"] for r in runs]
                 good = sum(r["ok"] for r in runs)
                 failures += rounds - good
-                print("%-6d %-10s %7.2f %7.2f %7d  %d/%-3d %.2f" % (
-                    count, label, statistics.median(times), max(times), rounds, good, rounds,
-                    max(r["late"] for r in runs)), flush=True)
+                print(
+                    "%-6d %-10s %7.2f %7.2f %7d  %d/%-3d %.2f"
+                    % (
+                        count,
+                        label,
+                        statistics.median(times),
+                        max(times),
+                        rounds,
+                        good,
+                        rounds,
+                        max(r["late"] for r in runs),
+                    ),
+                    flush=True,
+                )
     finally:
         net.destroy()
-    print("load average after: %.1f %.1f %.1f" % os.getloadavg())
+    print("load average after: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("target: 5 hosts within 2.00 s of the last start")
     return 1 if failures else 0
 

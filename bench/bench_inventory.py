@@ -12,6 +12,7 @@ For each fleet size: one ``zeroinit-agent --fleet N`` process on a real nats-ser
 
 The floor measured in the same run: raw NATS request/reply round trips per second on this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,18 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_agent import machine, nats_floor  # noqa: E402
+
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery  # noqa: E402
-from bench_agent import machine, nats_floor  # noqa: E402
 from tests.support.ansible_run import VENV_BIN, ansible_env  # noqa: E402
 from tests.support.fleet import AgentFleet  # noqa: E402
 
 # Runs one command and reports its peak RSS: the wrapper's only child is the command.
-PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")
+PEAK_RSS = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
+)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -58,12 +62,25 @@ def in_process(url: str, size: int, expect: int | None) -> tuple[float, int, lis
 def cli(url: str, size: int, workdir: str) -> tuple[float, float, int]:
     path = os.path.join(workdir, "provisioning.yml")
     with open(path, "w") as handle:
-        json.dump({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [url], "expect": size,
-                   "discovery_timeout": 10, "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}]},
-                  handle)
+        json.dump(
+            {
+                "plugin": "zeroinit.bootstrap.provisioning",
+                "brokers": [url],
+                "expect": size,
+                "discovery_timeout": 10,
+                "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}],
+            },
+            handle,
+        )
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(VENV_BIN / "ansible-inventory"), "-i", path, "--list"],
-                          env=ansible_env(), stdout=subprocess.PIPE, text=True, check=True, cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(VENV_BIN / "ansible-inventory"), "-i", path, "--list"],
+        env=ansible_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        cwd=str(ROOT),
+    )
     elapsed = time.monotonic() - started
     peak_kib, rc = proc.stdout.split()
     return elapsed, int(peak_kib) / 1024.0, int(rc)
@@ -75,28 +92,43 @@ def main() -> int:
     parser.add_argument("--sizes", default="")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] or ([1000] if args.quick else [1000, 5000])
-    print("machine: %s" % machine())
+    print(f"machine: {machine()}")
     workdir = tempfile.mkdtemp(prefix="bench-inventory-")
     try:
         with EmbeddedBroker() as broker:
             floor = asyncio.run(nats_floor(broker.url))
-            print("floor: raw NATS request/reply %.0f round trips/s (100 in flight)" % floor)
+            print(f"floor: raw NATS request/reply {floor:.0f} round trips/s (100 in flight)")
             for size in sizes:
-                with AgentFleet(broker.url, size, os.path.join(workdir, "fleet-%d" % size),
-                                facts={"role": "bench", "os": {"family": "Debian"}}) as _fleet:
+                with AgentFleet(
+                    broker.url,
+                    size,
+                    os.path.join(workdir, "fleet-%d" % size),
+                    facts={"role": "bench", "os": {"family": "Debian"}},
+                ) as _fleet:
                     quick, found, latencies = in_process(broker.url, size, expect=size)
                     default, found_default, _latencies = in_process(broker.url, size, expect=None)
                     wall, peak_mib, rc = cli(broker.url, size, workdir)
                 print("%d nodes:" % size)
-                print("  discover_fleet expect=N: %d found and inventoried in %.2f s = %.0f nodes/s; inventory round "
-                      "trip per node p50 %.0f ms, p99 %.0f ms"
-                      % (found, quick, found / quick, percentile(latencies, 0.5) * 1000,
-                         percentile(latencies, 0.99) * 1000))
+                print(
+                    "  discover_fleet expect=N: %d found and inventoried in %.2f s = %.0f nodes/s; inventory round "
+                    "trip per node p50 %.0f ms, p99 %.0f ms"
+                    % (
+                        found,
+                        quick,
+                        found / quick,
+                        percentile(latencies, 0.5) * 1000,
+                        percentile(latencies, 0.99) * 1000,
+                    )
+                )
                 print("  discover_fleet default (2 s discovery timeout): %d in %.2f s" % (found_default, default))
-                print("  ansible-inventory --list (expect=N, one keyed group): %.2f s wall, peak RSS %.0f MiB, rc %d"
-                      % (wall, peak_mib, rc))
-                print("  inventory rate vs floor: %.0f%% of raw request/reply round trips/s"
-                      % (100.0 * found / quick / floor))
+                print(
+                    "  ansible-inventory --list (expect=N, one keyed group): %.2f s wall, peak RSS %.0f MiB, rc %d"
+                    % (wall, peak_mib, rc)
+                )
+                print(
+                    "  inventory rate vs floor: %.0f%% of raw request/reply round trips/s"
+                    % (100.0 * found / quick / floor)
+                )
                 shutil.rmtree(os.path.join(workdir, "fleet-%d" % size), ignore_errors=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -5,6 +5,7 @@
 Each signature is the full work of Signer.sign: parse the CSR PEM, verify its signature, run the policy, build and
 sign the certificate, encode it as PEM. CSRs (node keys: EC P-256) are made before timing starts, as nodes make them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".venv", "collections"))
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
     CertificateAuthority,
     CsrPolicy,
     Signer,
@@ -33,9 +34,11 @@ def make_csrs(count: int, node_key: str) -> list[tuple[str, str]]:
     for i in range(count):
         identity = "node%05d.bench.example.net" % i
         key = ec.generate_private_key(ec.SECP256R1()) if node_key == "ec" else rsa.generate_private_key(65537, 2048)
-        csr = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
-               .sign(key, hashes.SHA256()))
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+            .sign(key, hashes.SHA256())
+        )
         out.append((identity, csr.public_bytes(serialization.Encoding.PEM).decode("ascii")))
     return out
 
@@ -65,13 +68,17 @@ def main() -> int:
     args = parser.parse_args()
     count = args.count or (500 if args.quick else 5000)
 
-    print("bench_pki: %d CSRs per run; machine: %d cores (%s), Python %s, load average %.1f (others share the cores)"
-          % (count, os.cpu_count() or 0, platform.machine(), platform.python_version(), os.getloadavg()[0]))
+    print(
+        "bench_pki: %d CSRs per run; machine: %d cores (%s), Python %s, load average %.1f (others share the cores)"
+        % (count, os.cpu_count() or 0, platform.machine(), platform.python_version(), os.getloadavg()[0])
+    )
     csrs = make_csrs(count, "ec")
     rsa_csrs = make_csrs(max(count // 10, 50), "rsa")
-    cas = [("ec", CertificateAuthority.create("bench EC CA", "ec")),
-           ("rsa", CertificateAuthority.create("bench RSA CA", "rsa")),
-           ("ed25519", CertificateAuthority.create("bench Ed25519 CA", "ed25519"))]
+    cas = [
+        ("ec", CertificateAuthority.create("bench EC CA", "ec")),
+        ("rsa", CertificateAuthority.create("bench RSA CA", "rsa")),
+        ("ed25519", CertificateAuthority.create("bench Ed25519 CA", "ed25519")),
+    ]
     print("%-10s %-10s %-8s %12s %10s %10s" % ("CA key", "node key", "threads", "certs/s", "p50 ms", "p99 ms"))
     for name, ca in cas:
         signer = Signer(ca, CsrPolicy())
@@ -79,9 +86,17 @@ def main() -> int:
             for threads in sorted({1, args.threads}):
                 elapsed, lat = run(signer, batch, threads)
                 lat.sort()
-                print("%-10s %-10s %-8d %12.0f %10.3f %10.3f"
-                      % (name, node_key, threads, len(batch) / elapsed, statistics.median(lat) * 1000,
-                         lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000))
+                print(
+                    "%-10s %-10s %-8d %12.0f %10.3f %10.3f"
+                    % (
+                        name,
+                        node_key,
+                        threads,
+                        len(batch) / elapsed,
+                        statistics.median(lat) * 1000,
+                        lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+                    )
+                )
     return 0
 
 

@@ -8,6 +8,7 @@ process) and of the fleet process, provisioner CPU per node, and the floor measu
 NATS request/reply rate on this machine with a trivial responder, divided by the 4 round trips per node.
 A real nats-server on loopback; the fleet is one zeroinit-agent process serving every simulated node.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ def proc_stats(pid: int) -> tuple[float, int]:
 
 async def _floor(url: str, count: int, in_flight: int) -> float:
     """Requests per second through nats-server with a trivial responder in another process."""
-    responder = subprocess.Popen([sys.executable, "-c", RESPONDER, url], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
+    responder = subprocess.Popen(
+        [sys.executable, "-c", RESPONDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert responder.stdout.readline().strip() == "ready"
         nc = await connect([url], name="bench-floor")
@@ -102,13 +104,15 @@ def child_run(args) -> None:
 
 
 def run_provisioner(settings: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(settings)], stdout=subprocess.PIPE,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(settings)], stdout=subprocess.PIPE, text=True, check=True
+    )
     return json.loads(proc.stdout)
 
 
 def make_ca(workdir: str) -> tuple[str, str]:
     from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+
     cert, key = os.path.join(workdir, "ca.pem"), os.path.join(workdir, "ca.key")
     CertificateAuthority.load_or_create(cert, key)
     return cert, key
@@ -118,8 +122,16 @@ def write_helper(workdir: str, ca_cert: str, ca_key: str) -> list[str]:
     base = os.path.join(workdir, "base.json")
     with open(base, "w") as handle:
         json.dump({"plugin.choria.middleware_hosts": "nats://127.0.0.1:1", "collectives": "bench"}, handle)
-    return [sys.executable, str(ROOT / "tests" / "integration" / "helpers" / "policy_helper.py"),
-            "--ca-cert", ca_cert, "--ca-key", ca_key, "--config", base]
+    return [
+        sys.executable,
+        str(ROOT / "tests" / "integration" / "helpers" / "policy_helper.py"),
+        "--ca-cert",
+        ca_cert,
+        "--ca-key",
+        ca_key,
+        "--config",
+        base,
+    ]
 
 
 def bench_size(count: int, workers: int, connections: int, workdir: str, helper: list | None = None) -> dict:
@@ -127,12 +139,22 @@ def bench_size(count: int, workers: int, connections: int, workdir: str, helper:
     state = os.path.join(workdir, "fleet-%d" % count)
     with EmbeddedBroker() as broker, EmbeddedBroker() as members:
         # Nodes are pointed at a second broker: a restart really moves them off the provisioning network.
-        configuration = {"plugin.choria.middleware_hosts": members.url, "collectives": "bench",
-                         "main_collective": "bench"}
+        configuration = {
+            "plugin.choria.middleware_hosts": members.url,
+            "collectives": "bench",
+            "main_collective": "bench",
+        }
         with AgentFleet(broker.url, count, state, token=TOKEN, connections=connections) as fleet:
             fleet_cpu0 = proc_stats(fleet.process.pid)[0]
-            settings = dict(brokers=[broker.url], token=TOKEN, workers=workers, expect=count,
-                            discovery_timeout=30.0, timeout=30.0, configuration=configuration)
+            settings = dict(
+                brokers=[broker.url],
+                token=TOKEN,
+                workers=workers,
+                expect=count,
+                discovery_timeout=30.0,
+                timeout=30.0,
+                configuration=configuration,
+            )
             if helper:
                 settings["helper"] = helper
             else:
@@ -141,41 +163,71 @@ def bench_size(count: int, workers: int, connections: int, workdir: str, helper:
             fleet_cpu1, fleet_rss = proc_stats(fleet.process.pid)
     shutil.rmtree(state, ignore_errors=True)
     t = out["timings"]
-    return {"nodes": count, "provisioned": out["counts"]["provisioned"], "deferred": out["counts"]["deferred"],
-            "failed": out["counts"]["failed"],
-            "decided_per_s": round((out["counts"]["provisioned"] + out["counts"]["deferred"]) / t["total_seconds"], 1),
-            "seconds": t["total_seconds"], "discovery_s": t["discovery_seconds"],
-            "nodes_per_s": t["nodes_per_second"], "p50_ms": t["node"]["p50_ms"], "p99_ms": t["node"]["p99_ms"],
-            "prov_cpu_s": round(out["cpu_seconds"], 2),
-            "prov_cpu_ms_per_node": round(1000 * out["cpu_seconds"] / max(1, count), 3),
-            "prov_peak_rss_mb": round(out["peak_rss"] / 2**20, 1),
-            "fleet_cpu_s": round(fleet_cpu1 - fleet_cpu0, 2), "fleet_peak_rss_mb": round(fleet_rss / 2**20, 1),
-            "steps": {k: v for k, v in t.items() if isinstance(v, dict) and k != "node"}}
+    return {
+        "nodes": count,
+        "provisioned": out["counts"]["provisioned"],
+        "deferred": out["counts"]["deferred"],
+        "failed": out["counts"]["failed"],
+        "decided_per_s": round((out["counts"]["provisioned"] + out["counts"]["deferred"]) / t["total_seconds"], 1),
+        "seconds": t["total_seconds"],
+        "discovery_s": t["discovery_seconds"],
+        "nodes_per_s": t["nodes_per_second"],
+        "p50_ms": t["node"]["p50_ms"],
+        "p99_ms": t["node"]["p99_ms"],
+        "prov_cpu_s": round(out["cpu_seconds"], 2),
+        "prov_cpu_ms_per_node": round(1000 * out["cpu_seconds"] / max(1, count), 3),
+        "prov_peak_rss_mb": round(out["peak_rss"] / 2**20, 1),
+        "fleet_cpu_s": round(fleet_cpu1 - fleet_cpu0, 2),
+        "fleet_peak_rss_mb": round(fleet_rss / 2**20, 1),
+        "steps": {k: v for k, v in t.items() if isinstance(v, dict) and k != "node"},
+    }
 
 
 def bench_per_host(count: int, forks: int, workdir: str) -> dict:
     """playbooks/provision.yaml over ``count`` hosts found by the inventory plugin (csr_signing + config_push)."""
     from tests.support.ansible_run import run_playbook
+
     ca_cert, ca_key = make_ca(workdir)
     state = os.path.join(workdir, "per-host-%d" % count)
     with EmbeddedBroker() as broker, EmbeddedBroker() as members:
         inventory = os.path.join(workdir, "bench.provisioning.yml")
         with open(inventory, "w") as handle:
-            json.dump({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [broker.url],
-                       "discovery_timeout": 10, "expect": count}, handle)
-        extra = {"zeroinit_provision_brokers": [broker.url], "zeroinit_provision_token": TOKEN,
-                 "zeroinit_provision_ca_cert": ca_cert, "zeroinit_provision_ca_key": ca_key,
-                 "zeroinit_provision_configuration": {"plugin.choria.middleware_hosts": members.url,
-                                                      "collectives": "bench"}}
+            json.dump(
+                {
+                    "plugin": "zeroinit.bootstrap.provisioning",
+                    "brokers": [broker.url],
+                    "discovery_timeout": 10,
+                    "expect": count,
+                },
+                handle,
+            )
+        extra = {
+            "zeroinit_provision_brokers": [broker.url],
+            "zeroinit_provision_token": TOKEN,
+            "zeroinit_provision_ca_cert": ca_cert,
+            "zeroinit_provision_ca_key": ca_key,
+            "zeroinit_provision_configuration": {"plugin.choria.middleware_hosts": members.url, "collectives": "bench"},
+        }
         with AgentFleet(broker.url, count, state, token=TOKEN, prefix="host"):
             started = time.monotonic()
-            result = run_playbook(ROOT / "playbooks" / "provision.yaml", inventory=inventory, extra_vars=extra,
-                                  args=["--forks", str(forks)], timeout=1800)
+            result = run_playbook(
+                ROOT / "playbooks" / "provision.yaml",
+                inventory=inventory,
+                extra_vars=extra,
+                args=["--forks", str(forks)],
+                timeout=1800,
+            )
             seconds = time.monotonic() - started
     shutil.rmtree(state, ignore_errors=True)
     ok = sum(1 for host, stats in result.stats.items() if not stats.get("failures") and not stats.get("unreachable"))
-    return {"hosts": count, "forks": forks, "rc": result.rc, "hosts_ok": ok, "seconds": round(seconds, 1),
-            "hosts_per_s": round(count / seconds, 2)}
+    return {
+        "hosts": count,
+        "forks": forks,
+        "rc": result.rc,
+        "hosts_ok": ok,
+        "seconds": round(seconds, 1),
+        "hosts_per_s": round(count / seconds, 2),
+    }
 
 
 def main() -> int:
@@ -196,34 +248,63 @@ def main() -> int:
     sizes = [s for s in sizes if s > 0]
     helper_nodes = args.helper_nodes if args.helper_nodes is not None else (50 if args.quick else 300)
     per_host = args.per_host if args.per_host is not None else (10 if args.quick else 200)
-    print("bench_provision: machine %s, %d CPU cores, Python %s"
-          % (os.uname().machine, os.cpu_count() or 0, sys.version.split()[0]))
+    print(
+        "bench_provision: machine %s, %d CPU cores, Python %s"
+        % (os.uname().machine, os.cpu_count() or 0, sys.version.split()[0])
+    )
     workdir = tempfile.mkdtemp(prefix="zeroinit-bench-prov-")
     try:
         with EmbeddedBroker() as broker:
             floor_rps = asyncio.run(_floor(broker.url, 5000 if args.quick else 40000, 1000))
         floor_nodes = floor_rps / 4
-        print("floor: raw NATS request/reply %.0f req/s (trivial responder, 1000 in flight) -> %.0f nodes/s "
-              "at 4 round trips per node" % (floor_rps, floor_nodes))
+        print(
+            f"floor: raw NATS request/reply {floor_rps:.0f} req/s (trivial responder, 1000 in flight) -> {floor_nodes:.0f} nodes/s "
+            "at 4 round trips per node"
+        )
         for count in sizes:
             row = bench_size(count, args.workers, args.connections, workdir)
             row["ratio_to_floor"] = round(row["nodes_per_s"] / floor_nodes, 3)
             print(json.dumps(row))
-            print("signer path, %d nodes: %.1f s total (%.2f s discovery), %.0f nodes/s, per node p50 %.0f ms "
-                  "p99 %.0f ms, provisioner %.2f CPU s (%.3f ms/node) peak RSS %.0f MB, fleet %.1f CPU s peak RSS "
-                  "%.0f MB, %.2f of the floor, failed %d"
-                  % (count, row["seconds"], row["discovery_s"], row["nodes_per_s"], row["p50_ms"], row["p99_ms"],
-                     row["prov_cpu_s"], row["prov_cpu_ms_per_node"], row["prov_peak_rss_mb"], row["fleet_cpu_s"],
-                     row["fleet_peak_rss_mb"], row["ratio_to_floor"], row["failed"]))
+            print(
+                "signer path, %d nodes: %.1f s total (%.2f s discovery), %.0f nodes/s, per node p50 %.0f ms "
+                "p99 %.0f ms, provisioner %.2f CPU s (%.3f ms/node) peak RSS %.0f MB, fleet %.1f CPU s peak RSS "
+                "%.0f MB, %.2f of the floor, failed %d"
+                % (
+                    count,
+                    row["seconds"],
+                    row["discovery_s"],
+                    row["nodes_per_s"],
+                    row["p50_ms"],
+                    row["p99_ms"],
+                    row["prov_cpu_s"],
+                    row["prov_cpu_ms_per_node"],
+                    row["prov_peak_rss_mb"],
+                    row["fleet_cpu_s"],
+                    row["fleet_peak_rss_mb"],
+                    row["ratio_to_floor"],
+                    row["failed"],
+                )
+            )
         if helper_nodes:
             ca_cert, ca_key = make_ca(workdir)
-            row = bench_size(helper_nodes, args.workers, args.connections, workdir,
-                             helper=write_helper(workdir, ca_cert, ca_key))
+            row = bench_size(
+                helper_nodes, args.workers, args.connections, workdir, helper=write_helper(workdir, ca_cert, ca_key)
+            )
             print(json.dumps(row))
-            print("helper path (one policy_helper.py subprocess per node: Python + cryptography, signs), %d nodes: "
-                  "%.1f s, %.0f nodes/s (target >= 50), per node p50 %.0f ms p99 %.0f ms, helper run p50 %.0f ms, "
-                  "failed %d" % (helper_nodes, row["seconds"], row["nodes_per_s"], row["p50_ms"], row["p99_ms"],
-                                 row["steps"]["decide"]["p50_ms"], row["failed"]))
+            print(
+                "helper path (one policy_helper.py subprocess per node: Python + cryptography, signs), %d nodes: "
+                "%.1f s, %.0f nodes/s (target >= 50), per node p50 %.0f ms p99 %.0f ms, helper run p50 %.0f ms, "
+                "failed %d"
+                % (
+                    helper_nodes,
+                    row["seconds"],
+                    row["nodes_per_s"],
+                    row["p50_ms"],
+                    row["p99_ms"],
+                    row["steps"]["decide"]["p50_ms"],
+                    row["failed"],
+                )
+            )
             # The contract's own cost: a shell helper that answers at once (defer), so nodes stay in provisioning.
             trivial = os.path.join(workdir, "defer_helper.sh")
             with open(trivial, "w") as handle:
@@ -231,16 +312,25 @@ def main() -> int:
             os.chmod(trivial, 0o755)
             row = bench_size(helper_nodes, args.workers, args.connections, workdir, helper=[trivial])
             print(json.dumps(row))
-            print("helper contract overhead (a /bin/sh helper answering defer at once), %d nodes: %.1f s, "
-                  "%.0f decisions/s, helper run p50 %.0f ms p99 %.0f ms"
-                  % (helper_nodes, row["seconds"], row["decided_per_s"], row["steps"]["decide"]["p50_ms"],
-                     row["steps"]["decide"]["p99_ms"]))
+            print(
+                "helper contract overhead (a /bin/sh helper answering defer at once), %d nodes: %.1f s, "
+                "%.0f decisions/s, helper run p50 %.0f ms p99 %.0f ms"
+                % (
+                    helper_nodes,
+                    row["seconds"],
+                    row["decided_per_s"],
+                    row["steps"]["decide"]["p50_ms"],
+                    row["steps"]["decide"]["p99_ms"],
+                )
+            )
         if per_host:
             row = bench_per_host(per_host, args.forks, workdir)
             print(json.dumps(row))
-            print("per-host path (playbooks/provision.yaml, inventory plugin, %d forks), %d hosts: %.1f s "
-                  "(target <= 120 s for 200), %d ok, rc %d"
-                  % (row["forks"], per_host, row["seconds"], row["hosts_ok"], row["rc"]))
+            print(
+                "per-host path (playbooks/provision.yaml, inventory plugin, %d forks), %d hosts: %.1f s "
+                "(target <= 120 s for 200), %d ok, rc %d"
+                % (row["forks"], per_host, row["seconds"], row["hosts_ok"], row["rc"])
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -7,6 +7,7 @@ what any Ansible task costs here), the rotation (key generated, added, a fresh S
 bootstrap key revoked), the no-change rerun (still proves the login), and single fresh ``ssh`` logins.
 Needs root (namespaces). Target: rotation of 10 hosts <= 15 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,9 +60,27 @@ def timed(fn):
 
 def fresh_login(net: TestNetwork, address: str, key: str) -> float:
     start = time.perf_counter()
-    subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ControlPath=none",
-                    "-o", "UserKnownHostsFile=%s" % net.known_hosts, "-i", key, "root@%s" % address, "true"],
-                   check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    subprocess.run(
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            f"UserKnownHostsFile={net.known_hosts}",
+            "-i",
+            key,
+            f"root@{address}",
+            "true",
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
     return time.perf_counter() - start
 
 
@@ -74,10 +93,22 @@ def one_round(hosts: int, forks: int) -> dict:
         try:
             inventory = os.path.join(tmp, "inventory.json")
             with open(inventory, "w") as handle:
-                json.dump({"members": {"hosts": {h.name: {
-                    "ansible_host": h.address, "ansible_user": "root", "ansible_ssh_private_key_file": bootstrap,
-                    "ansible_ssh_common_args": "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes"
-                                               % net.known_hosts} for h in net.hosts}}}, handle)
+                json.dump(
+                    {
+                        "members": {
+                            "hosts": {
+                                h.name: {
+                                    "ansible_host": h.address,
+                                    "ansible_user": "root",
+                                    "ansible_ssh_private_key_file": bootstrap,
+                                    "ansible_ssh_common_args": f"-o UserKnownHostsFile={net.known_hosts} -o StrictHostKeyChecking=yes",
+                                }
+                                for h in net.hosts
+                            }
+                        }
+                    },
+                    handle,
+                )
             extra = {"new_key": new_key, "bootstrap_pub": bootstrap_pub}
             args = ["--forks", str(forks)]
             floor, res = timed(lambda: run_playbook(PING, inventory, extra, args=args))
@@ -96,8 +127,9 @@ def one_round(hosts: int, forks: int) -> dict:
             for path in (new_key, new_key + ".pub"):
                 os.unlink(path)
             del extra["ansible_ssh_private_key_file"]
-            piped, res = timed(lambda: run_playbook(ROTATE, inventory, extra, args=args,
-                                                    env={"ANSIBLE_PIPELINING": "1"}))
+            piped, res = timed(
+                lambda: run_playbook(ROTATE, inventory, extra, args=args, env={"ANSIBLE_PIPELINING": "1"})
+            )
             assert res.rc == 0 and all(res.result("rotate", h.name)["verified"] for h in net.hosts)
         finally:
             net.destroy()
@@ -113,19 +145,27 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     rounds = [one_round(args.hosts, args.forks) for _index in range(1 if args.quick else 3)]
     logins = sorted(x for r in rounds for x in r["logins"])
-    print("machine: %d cores (shared; 1-min load average %.1f before, %.1f after), %s hosts as network namespaces "
-          "with sshd, forks=%d, %d round(s)" % (os.cpu_count() or 0, load_before, os.getloadavg()[0], args.hosts,
-                                                args.forks, len(rounds)))
-    for key, label in (("floor", "floor: ansible.builtin.ping play"),
-                       ("rotate", "rotation (generate, add, verify, revoke)"),
-                       ("rerun", "rerun, no change (verify only)"),
-                       ("piped", "rotation with ANSIBLE_PIPELINING=1")):
+    print(
+        "machine: %d cores (shared; 1-min load average %.1f before, %.1f after), %s hosts as network namespaces "
+        "with sshd, forks=%d, %d round(s)"
+        % (os.cpu_count() or 0, load_before, os.getloadavg()[0], args.hosts, args.forks, len(rounds))
+    )
+    for key, label in (
+        ("floor", "floor: ansible.builtin.ping play"),
+        ("rotate", "rotation (generate, add, verify, revoke)"),
+        ("rerun", "rerun, no change (verify only)"),
+        ("piped", "rotation with ANSIBLE_PIPELINING=1"),
+    ):
         values = [r[key] for r in rounds]
-        print("%-44s median %6.2f s   min %6.2f s   max %6.2f s"
-              % (label, statistics.median(values), min(values), max(values)))
+        print(
+            "%-44s median %6.2f s   min %6.2f s   max %6.2f s"
+            % (label, statistics.median(values), min(values), max(values))
+        )
     p50 = logins[len(logins) // 2]
     p99 = logins[min(len(logins) - 1, int(len(logins) * 0.99))]
-    print("%-44s p50 %6.3f s   p99 %6.3f s   (n=%d)" % ("single fresh ssh login with the new key", p50, p99, len(logins)))
+    print(
+        "%-44s p50 %6.3f s   p99 %6.3f s   (n=%d)" % ("single fresh ssh login with the new key", p50, p99, len(logins))
+    )
     target = statistics.median(r["rotate"] for r in rounds)
     print("target rotation of %d hosts <= 15 s: %s" % (args.hosts, "met" if target <= 15 else "NOT met"))
     return 0

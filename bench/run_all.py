@@ -6,6 +6,7 @@
 Benchmarks are not part of `make test`: figures on a shared 2-core machine are noisy, so each benchmark also
 measures its own floor (raw NATS request/reply rate, or the equivalent) in the same run and reports ratios.
 """
+
 import os
 import pathlib
 import platform
@@ -18,11 +19,11 @@ def main(argv):
     print("machine: %s, %d cores, Python %s" % (platform.machine(), os.cpu_count() or 0, platform.python_version()))
     failed = []
     for bench in sorted(here.glob("bench_*.py")):
-        print("\n=== %s %s" % (bench.name, " ".join(argv)), flush=True)
+        print("\n=== {} {}".format(bench.name, " ".join(argv)), flush=True)
         if subprocess.run([sys.executable, str(bench)] + argv, check=False).returncode != 0:
             failed.append(bench.name)
     if failed:
-        print("\nfailed: %s" % ", ".join(failed))
+        print("\nfailed: {}".format(", ".join(failed)))
         return 1
     return 0
 

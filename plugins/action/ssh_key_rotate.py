@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Controller side of ssh_key_rotate: the key pair, the order of the steps, and the login proof.
@@ -46,7 +45,7 @@ class ActionModule(ActionBase):
         try:
             result.update(self._rotate(args, task_vars))
         except SshKeyError as exc:
-            result.update(failed=True, msg="%s: %s" % (self._node, exc))
+            result.update(failed=True, msg=f"{self._node}: {exc}")
         finally:
             # The steps share one remote temp directory (one mkdir, one cleanup per host).
             self._remove_tmp_path(self._connection._shell.tmpdir)
@@ -67,13 +66,17 @@ class ActionModule(ActionBase):
         return default
 
     def _login_target(self, user, task_vars) -> LoginTarget:
-        host = self._connection_option("host", ["ansible_host", "ansible_ssh_host"], task_vars,
-                                       task_vars.get("inventory_hostname"))
+        host = self._connection_option(
+            "host", ["ansible_host", "ansible_ssh_host"], task_vars, task_vars.get("inventory_hostname")
+        )
         port = self._connection_option("port", ["ansible_port", "ansible_ssh_port"], task_vars)
-        checking = self._connection_option("host_key_checking", ["ansible_ssh_host_key_checking",
-                                                                 "ansible_host_key_checking"], task_vars, True)
+        checking = self._connection_option(
+            "host_key_checking", ["ansible_ssh_host_key_checking", "ansible_host_key_checking"], task_vars, True
+        )
         return LoginTarget(
-            host=str(host), user=user, port=int(port) if port else None,
+            host=str(host),
+            user=user,
+            port=int(port) if port else None,
             common_args=self._connection_option("ssh_common_args", ["ansible_ssh_common_args"], task_vars, "") or "",
             extra_args=self._connection_option("ssh_extra_args", ["ansible_ssh_extra_args"], task_vars, "") or "",
             ssh_executable=self._connection_option("ssh_executable", ["ansible_ssh_executable"], task_vars, "ssh"),
@@ -81,8 +84,11 @@ class ActionModule(ActionBase):
         )
 
     def _login_user(self, args, task_vars) -> str:
-        return args.get("user") or self._connection_option(
-            "remote_user", ["ansible_user", "ansible_ssh_user"], task_vars) or default_user()
+        return (
+            args.get("user")
+            or self._connection_option("remote_user", ["ansible_user", "ansible_ssh_user"], task_vars)
+            or default_user()
+        )
 
     # ------------------------------------------------------------------------------------------ target steps
     def _step(self, task_vars, step, args, public_key=None, revoke=None):
@@ -93,13 +99,13 @@ class ActionModule(ActionBase):
             module_args["revoke"] = revoke
         out = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         if out.get("failed") or out.get("unreachable"):
-            raise SshKeyError("%s on the target failed: %s" % (step, out.get("msg", "no message")))
+            raise SshKeyError("{} on the target failed: {}".format(step, out.get("msg", "no message")))
         return out
 
     # ------------------------------------------------------------------------------------------ the rotation
     def _rotate(self, args, task_vars) -> dict:
         args["user"] = self._login_user(args, task_vars)
-        comment = args.get("comment") or "zeroinit-rotation@%s" % socket.gethostname()
+        comment = args.get("comment") or f"zeroinit-rotation@{socket.gethostname()}"
         pair = ControllerKeyPair(args["private_key"], args["key_type"], args["key_size"], comment)
         revoke = list(args["revoke"])
         parse_revoke(revoke)  # refuse a bad entry before anything happens anywhere
@@ -113,10 +119,18 @@ class ActionModule(ActionBase):
         public = keypair.public_key
         revoke += self._login_key_to_revoke(args, task_vars, public)
         if public.fingerprint in {selector.fingerprint for selector in parse_revoke(revoke)}:
-            raise SshKeyError("revoke: %s is the new key of private_key %s; it is never revoked"
-                              % (public.fingerprint, pair.path))
-        out = {"public_key": public.line, "fingerprint": public.fingerprint, "generated": keypair.generated,
-               "added": False, "revoked": [], "verified": False, "changed": keypair.generated}
+            raise SshKeyError(
+                f"revoke: {public.fingerprint} is the new key of private_key {pair.path}; it is never revoked"
+            )
+        out = {
+            "public_key": public.line,
+            "fingerprint": public.fingerprint,
+            "generated": keypair.generated,
+            "added": False,
+            "revoked": [],
+            "verified": False,
+            "changed": keypair.generated,
+        }
 
         added = self._step(task_vars, "add", args, public.line)
         out["authorized_keys"] = added["authorized_keys"]
@@ -132,8 +146,10 @@ class ActionModule(ActionBase):
                 return self._fail_verification(args, task_vars, out, public, probe.error, warnings)
             out["verified"] = True
         elif revoke:
-            warnings.append("verify=false: revoking %d key(s) on %s without proof that the new key logs in"
-                            % (len(revoke), self._node))
+            warnings.append(
+                "verify=false: revoking %d key(s) on %s without proof that the new key logs in"
+                % (len(revoke), self._node)
+            )
 
         # The add step returned the whole file: when no revoked key is in it, the revoke step is skipped.
         if revoke and AuthorizedKeys.parse(after).present(parse_revoke(revoke)):
@@ -151,11 +167,14 @@ class ActionModule(ActionBase):
     def _login_key_to_revoke(self, args, task_vars, public) -> list:
         if not args["revoke_login_key"]:
             return []
-        login_key = self._connection_option("private_key_file", ["ansible_ssh_private_key_file",
-                                                                 "ansible_private_key_file"], task_vars)
+        login_key = self._connection_option(
+            "private_key_file", ["ansible_ssh_private_key_file", "ansible_private_key_file"], task_vars
+        )
         if not login_key:
-            raise SshKeyError("revoke_login_key: the connection names no private key (ansible_ssh_private_key_file), "
-                              "so the key to revoke is unknown; list it in revoke instead")
+            raise SshKeyError(
+                "revoke_login_key: the connection names no private key (ansible_ssh_private_key_file), "
+                "so the key to revoke is unknown; list it in revoke instead"
+            )
         login_public = public_key_of_private_key_file(str(login_key))
         if public is not None and login_public.same_key(public):
             return []  # already logged in with the new key: the bootstrap key is gone or listed in revoke
@@ -168,12 +187,17 @@ class ActionModule(ActionBase):
                 outcome = "the new key was removed again and the old keys were left in place"
                 out["added"] = False
             except (SshKeyError, AnsibleError) as exc:
-                outcome = ("removing the new key again failed too (%s); it is still in %s, and the old keys were "
-                           "left in place" % (exc, out["authorized_keys"]))
+                outcome = (
+                    "removing the new key again failed too ({}); it is still in {}, and the old keys were "
+                    "left in place".format(exc, out["authorized_keys"])
+                )
         else:
-            outcome = "the new key was already there before this run, so it was left, and the old keys were left in place"
-        out.update(failed=True, changed=out["generated"],
-                   msg="new key did not log in to %s: %s; %s" % (self._node, error, outcome))
+            outcome = (
+                "the new key was already there before this run, so it was left, and the old keys were left in place"
+            )
+        out.update(
+            failed=True, changed=out["generated"], msg=f"new key did not log in to {self._node}: {error}; {outcome}"
+        )
         if warnings:
             out["warnings"] = warnings
         return out
@@ -196,37 +220,51 @@ class ActionModule(ActionBase):
         else:
             added = True
             keys.trailing_newline = True
-            keys.lines.append(AuthorizedKeyLine("%s (public key of %s, generated when the task runs) %s"
-                                                % ("ssh-ed25519" if args["key_type"] == "ed25519" else "ssh-rsa",
-                                                   pair.path, pair.comment)))
+            keys.lines.append(
+                AuthorizedKeyLine(
+                    "{} (public key of {}, generated when the task runs) {}".format(
+                        "ssh-ed25519" if args["key_type"] == "ed25519" else "ssh-rsa", pair.path, pair.comment
+                    )
+                )
+            )
         revoked = keys.remove(parse_revoke(revoke), keep=public)
         after = keys.render()
-        out = {"changed": generate or added or bool(revoked) or not current["attributes_ok"], "public_key": public.line if public else "",
-               "fingerprint": public.fingerprint if public else "", "generated": generate, "added": added,
-               "revoked": revoked, "verified": False, "authorized_keys": current["authorized_keys"]}
+        out = {
+            "changed": generate or added or bool(revoked) or not current["attributes_ok"],
+            "public_key": public.line if public else "",
+            "fingerprint": public.fingerprint if public else "",
+            "generated": generate,
+            "added": added,
+            "revoked": revoked,
+            "verified": False,
+            "authorized_keys": current["authorized_keys"],
+        }
         if after != current["content"]:
             out["diff"] = _diff(current["authorized_keys"], current["content"], after)
-        out["msg"] = ("would generate a %s key pair at %s; " % (args["key_type"], pair.path) if generate else "") + \
-            _summary(self._node, out, would=True)
+        out["msg"] = (
+            "would generate a {} key pair at {}; ".format(args["key_type"], pair.path) if generate else ""
+        ) + _summary(self._node, out, would=True)
         if warnings:
             out["warnings"] = warnings
         return out
 
 
 def _diff(path, before, after) -> dict:
-    return {"before": before, "after": after,
-            "before_header": "%s (before)" % path, "after_header": "%s (after)" % path}
+    return {"before": before, "after": after, "before_header": f"{path} (before)", "after_header": f"{path} (after)"}
 
 
 def _summary(node, out, would=False) -> str:
     new = out["fingerprint"] or "the new key"
     if would:
-        parts = (["would add %s" % new] if out["added"] else []) + \
-            (["would revoke %s" % ", ".join(out["revoked"])] if out["revoked"] else [])
+        parts = ([f"would add {new}"] if out["added"] else []) + (
+            ["would revoke {}".format(", ".join(out["revoked"]))] if out["revoked"] else []
+        )
     else:
-        parts = (["added %s" % new] if out["added"] else []) + \
-            (["fresh login with the new key verified"] if out.get("verified") else []) + \
-            (["revoked %s" % ", ".join(out["revoked"])] if out["revoked"] else [])
+        parts = (
+            ([f"added {new}"] if out["added"] else [])
+            + (["fresh login with the new key verified"] if out.get("verified") else [])
+            + (["revoked {}".format(", ".join(out["revoked"]))] if out["revoked"] else [])
+        )
     if not out["added"] and not out["revoked"]:
-        parts.insert(0, "%s already present, nothing to revoke" % new)
-    return "%s: %s" % (node, "; ".join(parts))
+        parts.insert(0, f"{new} already present, nothing to revoke")
+    return "{}: {}".format(node, "; ".join(parts))

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 
@@ -164,12 +163,35 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery impor
 
 PROVISIONING_GROUP = "provisioning"
 CACHE_FORMAT = 1
-OWN_HOSTVARS = frozenset(("zeroinit_identity", "zeroinit_collective", "zeroinit_facts", "zeroinit_inventory",
-                          "zeroinit_inventory_error", "zeroinit_discovered_by", "zeroinit_lifecycle_events"))
+OWN_HOSTVARS = frozenset(
+    (
+        "zeroinit_identity",
+        "zeroinit_collective",
+        "zeroinit_facts",
+        "zeroinit_inventory",
+        "zeroinit_inventory_error",
+        "zeroinit_discovered_by",
+        "zeroinit_lifecycle_events",
+    )
+)
 # Variables Ansible itself defines; a node must not be able to shadow them through a fact.
-MAGIC_VARIABLES = frozenset(("inventory_hostname", "inventory_hostname_short", "inventory_dir", "inventory_file",
-                             "group_names", "groups", "hostvars", "playbook_dir", "play_hosts", "role_name",
-                             "role_path", "omit", "environment"))
+MAGIC_VARIABLES = frozenset(
+    (
+        "inventory_hostname",
+        "inventory_hostname_short",
+        "inventory_dir",
+        "inventory_file",
+        "group_names",
+        "groups",
+        "hostvars",
+        "playbook_dir",
+        "play_hosts",
+        "role_name",
+        "role_path",
+        "omit",
+        "environment",
+    )
+)
 VALID_FILE_SUFFIXES = ("provisioning.yml", "provisioning.yaml")
 # ansible-core 2.19+ never templates data that was not explicitly trusted; older versions need it marked unsafe.
 UNTRUSTED_BY_DEFAULT = hasattr(ansible.template, "trust_as_template")
@@ -184,7 +206,7 @@ def flattenable_fact_name(name, prefix=""):
     """The host variable name for top-level fact ``name``, or None when it must not become one."""
     if not isinstance(name, str):
         return None
-    varname = "%s%s" % (prefix or "", name)
+    varname = "{}{}".format(prefix or "", name)
     if not isidentifier(varname) or varname.startswith(("ansible_", "zeroinit_")):
         return None
     if varname in MAGIC_VARIABLES or is_reserved_name(varname):
@@ -241,29 +263,40 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def verify_file(self, path):
         if super().verify_file(path) and verify_path(path):
             return True
-        self.display.debug("zeroinit.bootstrap.provisioning: skipping %s, the file name must end with %s"
-                           % (path, " or ".join(VALID_FILE_SUFFIXES)))
+        self.display.debug(
+            "zeroinit.bootstrap.provisioning: skipping {}, the file name must end with {}".format(
+                path, " or ".join(VALID_FILE_SUFFIXES)
+            )
+        )
         return False
 
     def _brokers(self):
         try:
             return normalize_brokers(self.get_option("brokers") or [])
         except DiscoveryError as exc:
-            raise AnsibleParserError("zeroinit.bootstrap.provisioning: %s" % to_native(exc)) from None
+            raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
 
     def _query(self, brokers):
         tls = {"ca": self.get_option("tls_ca"), "cert": self.get_option("tls_cert"), "key": self.get_option("tls_key")}
         started = time.monotonic()
         try:
             fleet = discover_fleet(
-                brokers, collective=self.get_option("collective"), timeout=self.get_option("discovery_timeout"),
-                listen=self.get_option("listen"), expect=self.get_option("expect"), tls=tls,
+                brokers,
+                collective=self.get_option("collective"),
+                timeout=self.get_option("discovery_timeout"),
+                listen=self.get_option("listen"),
+                expect=self.get_option("expect"),
+                tls=tls,
                 callerid=self.get_option("callerid") or DEFAULT_CALLERID,
-                inventory_timeout=self.get_option("inventory_timeout"), warn=self.display.warning)
+                inventory_timeout=self.get_option("inventory_timeout"),
+                warn=self.display.warning,
+            )
         except DiscoveryError as exc:
-            raise AnsibleParserError("zeroinit.bootstrap.provisioning: %s" % to_native(exc)) from None
-        self.display.v("zeroinit.bootstrap.provisioning: %d node(s) in collective %s via %s in %.1fs"
-                       % (len(fleet), self.get_option("collective"), ", ".join(brokers), time.monotonic() - started))
+            raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
+        self.display.v(
+            "zeroinit.bootstrap.provisioning: %d node(s) in collective %s via %s in %.1fs"
+            % (len(fleet), self.get_option("collective"), ", ".join(brokers), time.monotonic() - started)
+        )
         return fleet
 
     def _populate(self, fleet):
@@ -276,13 +309,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         for identity in sorted(fleet):
             record = fleet[identity]
             if not valid_node_identity(identity) or not isinstance(record, dict):
-                self.display.warning("zeroinit.bootstrap.provisioning: skipping node %r: not usable as a host name"
-                                     % (identity,))
+                self.display.warning(
+                    f"zeroinit.bootstrap.provisioning: skipping node {identity!r}: not usable as a host name"
+                )
                 continue
             hostvars, skipped = node_hostvars(identity, record, collective, flatten, prefix)
             if skipped:
-                self.display.vvv("zeroinit.bootstrap.provisioning: %s: facts not flattened: %s"
-                                 % (identity, ", ".join(map(str, skipped))))
+                self.display.vvv(
+                    "zeroinit.bootstrap.provisioning: {}: facts not flattened: {}".format(
+                        identity, ", ".join(map(str, skipped))
+                    )
+                )
             if "zeroinit_inventory_error" in hostvars:
                 failed.append(identity)
             host = self.inventory.add_host(identity, group=group)
@@ -293,14 +330,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, host, strict=strict)
         if failed:
             shown = ", ".join(failed[:10]) + (" and %d more" % (len(failed) - 10) if len(failed) > 10 else "")
-            self.display.warning("zeroinit.bootstrap.provisioning: %d node(s) answered discovery but not "
-                                 "rpcutil#inventory: %s (see their zeroinit_inventory_error)" % (len(failed), shown))
+            self.display.warning(
+                "zeroinit.bootstrap.provisioning: %d node(s) answered discovery but not "
+                "rpcutil#inventory: %s (see their zeroinit_inventory_error)" % (len(failed), shown)
+            )
 
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache=cache)
         self._read_config_data(path)
         brokers = self._brokers()
-        cache_key = "%s_%s" % (self.get_cache_key(path), query_fingerprint(brokers, self.get_option("collective")))
+        cache_key = "{}_{}".format(self.get_cache_key(path), query_fingerprint(brokers, self.get_option("collective")))
 
         # The aws_ec2 pattern: read the cache only when the user enabled it and Ansible did not ask for a refresh.
         use_cache = self.get_option("cache")

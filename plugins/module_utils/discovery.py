@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Find the nodes waiting on a provisioning network and read their inventory.
@@ -26,8 +25,8 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .protocol import (
-    DISCOVERY_PONG,
     DISCOVERY_PING,
+    DISCOVERY_PONG,
     LIFECYCLE_COMPONENT,
     PROVISIONING_COLLECTIVE,
     REGISTRATION_SUBJECT,
@@ -64,12 +63,13 @@ class DiscoveryError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------- pure helpers
 
+
 def normalize_brokers(brokers: Any) -> list[str]:
     """Broker URLs from a list or a comma-separated string; ``host:port`` becomes ``nats://host:port``."""
     if isinstance(brokers, str):
         brokers = brokers.split(",")
     if not isinstance(brokers, (list, tuple)):
-        raise DiscoveryError("brokers must be a list of URLs like nats://host:4222, got %s" % type(brokers).__name__)
+        raise DiscoveryError(f"brokers must be a list of URLs like nats://host:4222, got {type(brokers).__name__}")
     urls = []
     for entry in brokers:
         text = str(entry).strip() if entry is not None else ""
@@ -80,13 +80,13 @@ def normalize_brokers(brokers: Any) -> list[str]:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise DiscoveryError("broker %r is not a valid URL: %s" % (text, exc)) from None
+            raise DiscoveryError(f"broker {text!r} is not a valid URL: {exc}") from None
         if parts.scheme not in BROKER_SCHEMES:
-            raise DiscoveryError("broker %r: scheme must be one of %s" % (text, ", ".join(BROKER_SCHEMES)))
+            raise DiscoveryError("broker {!r}: scheme must be one of {}".format(text, ", ".join(BROKER_SCHEMES)))
         if not parts.hostname:
-            raise DiscoveryError("broker %r has no host" % text)
+            raise DiscoveryError(f"broker {text!r} has no host")
         if port is None and parts.scheme in ("nats", "tls"):
-            url = "%s://%s:4222" % (parts.scheme, parts.netloc)
+            url = f"{parts.scheme}://{parts.netloc}:4222"
         urls.append(url)
     if not urls:
         raise DiscoveryError("brokers is empty: give at least one URL like nats://host:4222")
@@ -139,14 +139,19 @@ def parse_registration(raw: Any) -> tuple[str, dict] | None:
 
 def check_settings(timeout: Any, listen: Any, expect: Any, inventory_timeout: Any) -> None:
     """Refuse settings that would make discovery wait forever or not at all, naming the option."""
-    for name, value, minimum in (("discovery_timeout", timeout, 0.0), ("listen", listen, 0.0),
-                                 ("inventory_timeout", inventory_timeout, 0.0)):
+    for name, value, minimum in (
+        ("discovery_timeout", timeout, 0.0),
+        ("listen", listen, 0.0),
+        ("inventory_timeout", inventory_timeout, 0.0),
+    ):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise DiscoveryError("%s must be a number of seconds, got %r" % (name, value))
+            raise DiscoveryError(f"{name} must be a number of seconds, got {value!r}")
         if value < minimum or (name != "listen" and value == 0):
-            raise DiscoveryError("%s must be %s 0 seconds, got %r" % (name, ">=" if name == "listen" else ">", value))
+            raise DiscoveryError(
+                "{} must be {} 0 seconds, got {!r}".format(name, ">=" if name == "listen" else ">", value)
+            )
     if expect is not None and (not isinstance(expect, int) or isinstance(expect, bool) or expect < 1):
-        raise DiscoveryError("expect must be a positive number of nodes, got %r" % (expect,))
+        raise DiscoveryError(f"expect must be a positive number of nodes, got {expect!r}")
 
 
 def _tls_context(tls: dict | None) -> ssl.SSLContext | None:
@@ -157,14 +162,16 @@ def _tls_context(tls: dict | None) -> ssl.SSLContext | None:
     try:
         return tls_context(ca=tls.get("ca") or None, cert=tls.get("cert") or None, key=tls.get("key") or None)
     except (OSError, ssl.SSLError) as exc:
-        raise DiscoveryError("TLS files for the broker are unusable (ca=%s, cert=%s): %s"
-                             % (tls.get("ca"), tls.get("cert"), exc)) from None
+        raise DiscoveryError(
+            "TLS files for the broker are unusable (ca={}, cert={}): {}".format(tls.get("ca"), tls.get("cert"), exc)
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- discovery
 
+
 class _Node:
-    __slots__ = ("sources", "facts", "registration_facts", "inventory", "inventory_error", "events", "departed")
+    __slots__ = ("departed", "events", "facts", "inventory", "inventory_error", "registration_facts", "sources")
 
     def __init__(self) -> None:
         self.sources: set[str] = set()
@@ -177,8 +184,12 @@ class _Node:
 
     def record(self) -> dict:
         facts = self.facts if self.facts is not None else (self.registration_facts or {})
-        record = {"facts": facts, "inventory": self.inventory, "events": list(self.events),
-                  "sources": sorted(self.sources)}
+        record = {
+            "facts": facts,
+            "inventory": self.inventory,
+            "events": list(self.events),
+            "sources": sorted(self.sources),
+        }
         if self.inventory_error:
             record["inventory_error"] = self.inventory_error
         return record
@@ -192,14 +203,21 @@ class FleetDiscovery:
     provisioned lifecycle event are left out: they are no longer waiting in provisioning mode.
     """
 
-    def __init__(self, brokers: Any, collective: str = PROVISIONING_COLLECTIVE,
-                 timeout: float = DEFAULT_DISCOVERY_TIMEOUT, listen: float = 0.0, expect: int | None = None,
-                 tls: dict | None = None, callerid: str = DEFAULT_CALLERID,
-                 inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
-                 warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        brokers: Any,
+        collective: str = PROVISIONING_COLLECTIVE,
+        timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
+        listen: float = 0.0,
+        expect: int | None = None,
+        tls: dict | None = None,
+        callerid: str = DEFAULT_CALLERID,
+        inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         check_settings(timeout, listen, expect, inventory_timeout)
         if not valid_identity(collective) or "." in collective:
-            raise DiscoveryError("collective %r is not a valid collective name" % (collective,))
+            raise DiscoveryError(f"collective {collective!r} is not a valid collective name")
         self.brokers = normalize_brokers(brokers)
         self.collective = collective
         self.timeout = float(timeout)
@@ -240,8 +258,10 @@ class FleetDiscovery:
             shown = repr(identity)[:80]
             if shown not in self.rejected:
                 self.rejected.add(shown)
-                self.warn("ignoring node identity %s seen via %s: not usable as a NATS subject token and host "
-                          "name (letters, digits, '_', '-' and dots between non-empty labels)" % (shown, source))
+                self.warn(
+                    f"ignoring node identity {shown} seen via {source}: not usable as a NATS subject token and host "
+                    "name (letters, digits, '_', '-' and dots between non-empty labels)"
+                )
             return None
         node = self.nodes.get(identity)
         if node is None:
@@ -304,7 +324,7 @@ class FleetDiscovery:
         queued, self._queue = self._queue, []
         queued = [identity for identity in queued if not self.nodes[identity].departed]
         for start in range(0, len(queued), INVENTORY_BATCH):
-            self._tasks.append(asyncio.ensure_future(self._inventory(queued[start:start + INVENTORY_BATCH])))
+            self._tasks.append(asyncio.ensure_future(self._inventory(queued[start : start + INVENTORY_BATCH])))
 
     async def _inventory(self, batch: list[str]) -> None:
         async with self._slots:
@@ -315,13 +335,18 @@ class FleetDiscovery:
 
             try:
                 replies = await self._client.request(
-                    "rpcutil", rpc_request_body("rpcutil", "inventory"), identities=batch,
-                    timeout=self.inventory_timeout, expect=len(batch), on_reply=arrived)
+                    "rpcutil",
+                    rpc_request_body("rpcutil", "inventory"),
+                    identities=batch,
+                    timeout=self.inventory_timeout,
+                    expect=len(batch),
+                    on_reply=arrived,
+                )
             except (NatsError, RpcError) as exc:
                 replies = []
                 failure = "rpcutil#inventory could not be sent: %s" % (str(exc) or type(exc).__name__)
             else:
-                failure = "rpcutil#inventory: no reply within %.1fs" % self.inventory_timeout
+                failure = f"rpcutil#inventory: no reply within {self.inventory_timeout:.1f}s"
         answered = {}
         for reply in replies:
             answered.setdefault(reply.senderid, reply)
@@ -341,8 +366,9 @@ class FleetDiscovery:
     # ----------------------------------------------------------------------------------- the run
 
     async def _discover(self) -> None:
-        ping = asyncio.ensure_future(self._client.request("discovery", DISCOVERY_PING, timeout=self.timeout,
-                                                          on_reply=self._on_pong))
+        ping = asyncio.ensure_future(
+            self._client.request("discovery", DISCOVERY_PING, timeout=self.timeout, on_reply=self._on_pong)
+        )
         enough = asyncio.ensure_future(self._enough.wait())
         try:
             await asyncio.wait([ping, enough], return_when=asyncio.FIRST_COMPLETED)
@@ -360,17 +386,27 @@ class FleetDiscovery:
         ctx = _tls_context(self.tls)
         try:
             # Two attempts per broker, then give up: an inventory run should fail fast, not wait for a broker.
-            nc = await connect(self.brokers, name=self.callerid, tls=ctx, connect_timeout=CONNECT_TIMEOUT,
-                               reconnect=False, max_reconnect_attempts=1)
+            nc = await connect(
+                self.brokers,
+                name=self.callerid,
+                tls=ctx,
+                connect_timeout=CONNECT_TIMEOUT,
+                reconnect=False,
+                max_reconnect_attempts=1,
+            )
         except RpcError as exc:
-            raise DiscoveryError("cannot reach the provisioning broker(s) %s: %s"
-                                 % (", ".join(self.brokers), str(exc).split(": ", 1)[-1])) from None
+            raise DiscoveryError(
+                "cannot reach the provisioning broker(s) {}: {}".format(
+                    ", ".join(self.brokers), str(exc).split(": ", 1)[-1]
+                )
+            ) from None
         self._enough = asyncio.Event()
         self._slots = asyncio.Semaphore(INVENTORY_IN_FLIGHT)
         subs = []
         try:
-            self._client = RpcClient(self.brokers, callerid=self.callerid, collective=self.collective, tls=ctx,
-                                     connection=nc)
+            self._client = RpcClient(
+                self.brokers, callerid=self.callerid, collective=self.collective, tls=ctx, connection=nc
+            )
             await self._client.connect()
             # Subscribe before the ping: a node that connects meanwhile is seen by its startup event.
             subs.append(await nc.subscribe(lifecycle_subject("*"), cb=self._on_lifecycle))
@@ -390,8 +426,11 @@ class FleetDiscovery:
             await asyncio.gather(*self._tasks)
             self.timings["total"] = time.monotonic() - started
         except NatsError as exc:
-            raise DiscoveryError("lost the connection to the provisioning broker(s) %s during discovery: %s"
-                                 % (", ".join(self.brokers), exc or type(exc).__name__)) from None
+            raise DiscoveryError(
+                "lost the connection to the provisioning broker(s) {} during discovery: {}".format(
+                    ", ".join(self.brokers), exc or type(exc).__name__
+                )
+            ) from None
         finally:
             self._closed = True
             for task in self._tasks:
@@ -403,22 +442,40 @@ class FleetDiscovery:
                 await self._client.close()
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
                 await nc.close()
-        return {identity: self.nodes[identity].record() for identity in sorted(self.nodes)
-                if not self.nodes[identity].departed}
+        return {
+            identity: self.nodes[identity].record()
+            for identity in sorted(self.nodes)
+            if not self.nodes[identity].departed
+        }
 
 
-def discover_fleet(brokers: Any, collective: str = PROVISIONING_COLLECTIVE,
-                   timeout: float = DEFAULT_DISCOVERY_TIMEOUT, listen: float = 0.0, expect: int | None = None,
-                   tls: dict | None = None, callerid: str = DEFAULT_CALLERID,
-                   inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
-                   warn: Callable[[str], None] | None = None) -> dict:
+def discover_fleet(
+    brokers: Any,
+    collective: str = PROVISIONING_COLLECTIVE,
+    timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
+    listen: float = 0.0,
+    expect: int | None = None,
+    tls: dict | None = None,
+    callerid: str = DEFAULT_CALLERID,
+    inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
+    warn: Callable[[str], None] | None = None,
+) -> dict:
     """Discover the provisioning fleet from synchronous code: ``{identity: {"facts", "inventory", "events",
     "sources"[, "inventory_error"]}}`` sorted by identity. ``tls`` is ``{"ca", "cert", "key"}`` (paths).
 
     Raises DiscoveryError when the options are wrong or no broker can be reached.
     """
     if not HAS_NATS:
-        raise DiscoveryError("the Python library nats-py is required for discovery: %s" % NATS_IMPORT_ERROR)
-    run = FleetDiscovery(brokers, collective=collective, timeout=timeout, listen=listen, expect=expect, tls=tls,
-                         callerid=callerid, inventory_timeout=inventory_timeout, warn=warn)
+        raise DiscoveryError(f"the Python library nats-py is required for discovery: {NATS_IMPORT_ERROR}")
+    run = FleetDiscovery(
+        brokers,
+        collective=collective,
+        timeout=timeout,
+        listen=listen,
+        expect=expect,
+        tls=tls,
+        callerid=callerid,
+        inventory_timeout=inventory_timeout,
+        warn=warn,
+    )
     return asyncio.run(run.run())

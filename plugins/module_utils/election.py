@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Leader election among masters over mDNS (python-zeroconf), Zeroinit's algorithm made safe.
@@ -22,6 +21,7 @@ The pure parts (``decide``, ``sign``/``verify``, ``encode_txt``/``decode_txt``, 
 parsing) are plain functions; ``LeaderElection.run()`` drives the network part. ``python -m`` this module runs one
 member from a shell and prints its result as JSON (used by the tests and the benchmark).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,7 @@ try:
     from zeroconf import Error as ZeroconfError
     from zeroconf import IPVersion, NonUniqueNameException, RecordUpdateListener, ServiceInfo
     from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
     HAS_ZEROCONF = True
     ZEROCONF_IMPORT_ERROR = None
 except ImportError:
@@ -112,12 +113,14 @@ def sort_addresses(addresses) -> list[str]:
 
 def instance_name(cluster: str, address: str) -> str:
     # Dots would become DNS label separators inside the instance name; dashes keep it one label.
-    return "%s-%s.%s" % (cluster, address.replace(".", "-"), SERVICE_TYPE)
+    return "{}-{}.{}".format(cluster, address.replace(".", "-"), SERVICE_TYPE)
 
 
 def validate_cluster(cluster: str) -> str:
     if not CLUSTER_RE.match(cluster or ""):
-        raise ValueError("cluster %r must be 1-40 letters, digits, '-' or '_' starting with a letter or digit" % cluster)
+        raise ValueError(
+            f"cluster {cluster!r} must be 1-40 letters, digits, '-' or '_' starting with a letter or digit"
+        )
     return cluster
 
 
@@ -139,7 +142,7 @@ def default_interface(route_file: str = "/proc/net/route") -> str:
     with open(route_file) as handle:
         iface = parse_route_table(handle.read())
     if not iface:
-        raise ElectionError("no default route in %s: set interface" % route_file)
+        raise ElectionError(f"no default route in {route_file}: set interface")
     return iface
 
 
@@ -149,7 +152,7 @@ def interface_address(iface: str) -> str:
     try:
         packed = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", iface.encode()[:15]))
     except OSError as exc:
-        raise ElectionError("interface %s has no IPv4 address (%s)" % (iface, exc.strerror or exc)) from exc
+        raise ElectionError(f"interface {iface} has no IPv4 address ({exc.strerror or exc})") from exc
     finally:
         sock.close()
     return socket.inet_ntoa(packed[20:24])
@@ -159,9 +162,9 @@ def interface_address(iface: str) -> str:
 def txt_to_wire(properties: dict[str, str]) -> bytes:
     out = bytearray()
     for key in sorted(properties):
-        item = ("%s=%s" % (key, properties[key])).encode("utf-8")
+        item = (f"{key}={properties[key]}").encode()
         if len(item) > 255:
-            raise ValueError("TXT entry %s is longer than 255 bytes" % key)
+            raise ValueError(f"TXT entry {key} is longer than 255 bytes")
         out.append(len(item))
         out += item
     return bytes(out)
@@ -173,7 +176,7 @@ def txt_from_wire(data: bytes) -> dict[str, str]:
     index = 0
     while index < len(data):
         length = data[index]
-        item = data[index + 1:index + 1 + length]
+        item = data[index + 1 : index + 1 + length]
         if len(item) != length:
             raise InvalidAnnouncement("truncated TXT record")
         index += 1 + length
@@ -185,7 +188,7 @@ def txt_from_wire(data: bytes) -> dict[str, str]:
 
 def canonical(properties: dict[str, str]) -> bytes:
     """What the HMAC covers: every property but the HMAC itself, sorted, one ``key=value`` per line."""
-    return "\n".join("%s=%s" % (k, properties[k]) for k in sorted(properties) if k != "h").encode("utf-8")
+    return "\n".join(f"{k}={properties[k]}" for k in sorted(properties) if k != "h").encode("utf-8")
 
 
 def sign(properties: dict[str, str], secret: str) -> str:
@@ -217,9 +220,16 @@ class Announcement:
 
 
 def encode_txt(announcement: Announcement, secret: str | None = None) -> dict[str, str]:
-    props = {"v": PROTOCOL_VERSION, "c": announcement.cluster, "id": str(announcement.election_id),
-             "a": announcement.address, "s": announcement.state, "t": str(announcement.timestamp),
-             "q": str(announcement.sequence), "n": announcement.nonce}
+    props = {
+        "v": PROTOCOL_VERSION,
+        "c": announcement.cluster,
+        "id": str(announcement.election_id),
+        "a": announcement.address,
+        "s": announcement.state,
+        "t": str(announcement.timestamp),
+        "q": str(announcement.sequence),
+        "n": announcement.nonce,
+    }
     if announcement.expect:
         props["e"] = str(announcement.expect)
     if announcement.leader:
@@ -229,20 +239,21 @@ def encode_txt(announcement: Announcement, secret: str | None = None) -> dict[st
     while joined:
         cut = len(joined) if len(joined) <= TXT_CHUNK else joined.rindex(",", 0, TXT_CHUNK + 1)
         props["m%d" % chunk] = joined[:cut]
-        joined = joined[cut + 1:]
+        joined = joined[cut + 1 :]
         chunk += 1
     if secret:
         props["h"] = sign(props, secret)
     return props
 
 
-def decode_txt(props: dict[str, str], cluster: str, secret: str | None = None,
-               now_ms: int | None = None) -> Announcement:
+def decode_txt(
+    props: dict[str, str], cluster: str, secret: str | None = None, now_ms: int | None = None
+) -> Announcement:
     """The announcement in ``props`` if it belongs to ``cluster`` and (with a secret) is signed and fresh."""
     if props.get("v") != PROTOCOL_VERSION:
-        raise InvalidAnnouncement("protocol version %r" % props.get("v"))
+        raise InvalidAnnouncement("protocol version {!r}".format(props.get("v")))
     if props.get("c") != cluster:
-        raise InvalidAnnouncement("cluster %r" % props.get("c"))
+        raise InvalidAnnouncement("cluster {!r}".format(props.get("c")))
     if secret:
         if "h" not in props:
             raise InvalidAnnouncement("unsigned")
@@ -262,20 +273,29 @@ def decode_txt(props: dict[str, str], cluster: str, secret: str | None = None,
         leader = str(ipaddress.IPv4Address(props["l"])) if props.get("l") else ""
         expect = int(props.get("e") or 0)
     except (KeyError, ValueError) as exc:
-        raise InvalidAnnouncement("malformed (%s)" % exc) from exc
+        raise InvalidAnnouncement(f"malformed ({exc})") from exc
     if state not in STATES:
-        raise InvalidAnnouncement("unknown state %r" % state)
+        raise InvalidAnnouncement(f"unknown state {state!r}")
     if election_id < 0:
         raise InvalidAnnouncement("negative election ID")
     if state != CANDIDATE and (not leader or not members):
-        raise InvalidAnnouncement("%s announcement without leader or members" % state)
+        raise InvalidAnnouncement(f"{state} announcement without leader or members")
     if secret:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         if abs(now_ms - timestamp) > MAX_CLOCK_SKEW_MS:
             raise InvalidAnnouncement("timestamp %+.0fs from this host's clock" % ((timestamp - now_ms) / 1000.0))
-    return Announcement(cluster=cluster, election_id=election_id, address=address, state=state, leader=leader,
-                        members=members, timestamp=timestamp, sequence=sequence, nonce=props.get("n", ""),
-                        expect=expect)
+    return Announcement(
+        cluster=cluster,
+        election_id=election_id,
+        address=address,
+        state=state,
+        leader=leader,
+        members=members,
+        timestamp=timestamp,
+        sequence=sequence,
+        nonce=props.get("n", ""),
+        expect=expect,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- decision
@@ -297,21 +317,29 @@ def decide(members, expect: int) -> Decision:
     by_address = {}
     for member in members:
         by_address[member.address] = member
-    others = sorted((m for m in by_address.values() if m.expect and m.expect != expect), key=lambda m: address_key(m.address))
+    others = sorted(
+        (m for m in by_address.values() if m.expect and m.expect != expect), key=lambda m: address_key(m.address)
+    )
     if others:
-        raise MismatchedExpect("members expect a different number of members: this host expects %d, %s"
-                               % (expect, ", ".join("%s expects %d" % (m.address, m.expect) for m in others)))
+        raise MismatchedExpect(
+            "members expect a different number of members: this host expects %d, %s"
+            % (expect, ", ".join("%s expects %d" % (m.address, m.expect) for m in others))
+        )
     by_id: dict[int, Announcement] = {}
     for member in sorted(by_address.values(), key=lambda m: address_key(m.address)):
         other = by_id.get(member.election_id)
         if other is not None:
-            raise DuplicateElectionId("duplicate election ID %d: announced by %s and by %s"
-                                      % (member.election_id, other.address, member.address))
+            raise DuplicateElectionId(
+                "duplicate election ID %d: announced by %s and by %s"
+                % (member.election_id, other.address, member.address)
+            )
         by_id[member.election_id] = member
     addresses = tuple(sort_addresses(by_address))
     if len(addresses) > expect:
-        raise TooManyMembers("more members than expected: %d seen, %d expected: %s"
-                             % (len(addresses), expect, describe(by_address.values())))
+        raise TooManyMembers(
+            "more members than expected: %d seen, %d expected: %s"
+            % (len(addresses), expect, describe(by_address.values()))
+        )
     if len(addresses) < expect:
         return Decision(False, None, addresses)
     return Decision(True, by_id[min(by_id)], addresses)
@@ -344,7 +372,7 @@ class _Peer:
 class _AnnouncementListener(RecordUpdateListener):
     """Feeds every TXT record and PTR goodbye of the election service type to the election, in packet order."""
 
-    def __init__(self, election: "LeaderElection") -> None:
+    def __init__(self, election: LeaderElection) -> None:
         self.election = election
 
     def async_update_records(self, zc, now, records) -> None:
@@ -363,8 +391,15 @@ class _AnnouncementListener(RecordUpdateListener):
 class LeaderElection:
     """One member's part in the election. ``run()`` blocks until it has a result or raises ElectionError."""
 
-    def __init__(self, address: str, expect: int, cluster: str = "zeroinit", timeout: float = 60.0,
-                 secret: str | None = None, election_id: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        expect: int,
+        cluster: str = "zeroinit",
+        timeout: float = 60.0,
+        secret: str | None = None,
+        election_id: int | None = None,
+    ) -> None:
         if not HAS_ZEROCONF:
             raise ElectionError("python-zeroconf is required")
         self.address = str(ipaddress.IPv4Address(address))
@@ -390,13 +425,30 @@ class LeaderElection:
         self._sequence += 1
         nonce = _secrets.token_hex(8)
         self._own_nonces.add(nonce)
-        return Announcement(self.cluster, self.election_id, self.address, state, leader, tuple(members),
-                            int(time.time() * 1000), self._sequence, nonce, self.expect)
+        return Announcement(
+            self.cluster,
+            self.election_id,
+            self.address,
+            state,
+            leader,
+            tuple(members),
+            int(time.time() * 1000),
+            self._sequence,
+            nonce,
+            self.expect,
+        )
 
-    def _service_info(self) -> "ServiceInfo":
-        return ServiceInfo(SERVICE_TYPE, self.name, port=0, properties=encode_txt(self.me, self.secret),
-                           server="zeroinit-%s.local." % self.address.replace(".", "-"),
-                           addresses=[socket.inet_aton(self.address)], host_ttl=RECORD_TTL, other_ttl=RECORD_TTL)
+    def _service_info(self) -> ServiceInfo:
+        return ServiceInfo(
+            SERVICE_TYPE,
+            self.name,
+            port=0,
+            properties=encode_txt(self.me, self.secret),
+            server="zeroinit-{}.local.".format(self.address.replace(".", "-")),
+            addresses=[socket.inet_aton(self.address)],
+            host_ttl=RECORD_TTL,
+            other_ttl=RECORD_TTL,
+        )
 
     # ---------------------------------------------------------------- input from the listener
     def wake(self) -> None:
@@ -414,8 +466,11 @@ class LeaderElection:
             # able to stop this member by sending its name.
             genuine = not self.secret or ("h" in props and verify(props, self.secret))
             if props.get("n") not in self._own_nonces and not goodbye and genuine:
-                self._conflict = ("another member announces this host's address %s in cluster %r (election ID %s)"
-                                  % (self.address, self.cluster, props.get("id", "?")))
+                self._conflict = (
+                    "another member announces this host's address {} in cluster {!r} (election ID {})".format(
+                        self.address, self.cluster, props.get("id", "?")
+                    )
+                )
             return
         if props.get("c") != self.cluster:
             return  # another cluster's election: not ours to judge
@@ -425,7 +480,7 @@ class LeaderElection:
             self._ignore(props.get("a", name), str(exc))
             return
         if name.lower() != instance_name(self.cluster, ann.address).lower():
-            self._ignore(ann.address, "service name %s does not match its address" % name)
+            self._ignore(ann.address, f"service name {name} does not match its address")
             return
         peer = self._peers.get(ann.address)
         if peer is not None and ann.order < peer.announcement.order:
@@ -467,7 +522,7 @@ class LeaderElection:
         try:
             aiozc = AsyncZeroconf(interfaces=[self.address], ip_version=IPVersion.V4Only)
         except (OSError, ZeroconfError) as exc:
-            raise ElectionError("cannot use %s for mDNS: %s" % (self.address, exc)) from exc
+            raise ElectionError(f"cannot use {self.address} for mDNS: {exc}") from exc
         zc = aiozc.zeroconf
         browser = None
         info = None
@@ -483,8 +538,9 @@ class LeaderElection:
                 broadcast = await aiozc.async_register_service(info, cooperating_responders=True)
                 LOG.info("announced %s as %s (id %d)", self.address, CANDIDATE, self.election_id)
             except NonUniqueNameException as exc:
-                raise ElectionError("another member announces this host's address %s in cluster %r"
-                                    % (self.address, self.cluster)) from exc
+                raise ElectionError(
+                    f"another member announces this host's address {self.address} in cluster {self.cluster!r}"
+                ) from exc
             complete_since = None
             complete_view = None
             problem_since = None
@@ -528,7 +584,7 @@ class LeaderElection:
                         return self._result(self.me, True, self.me.members, started)
                     for address, why in pending.items():
                         if why.startswith("gave up"):
-                            raise ElectionError("leader %s: member %s %s" % (self.address, address, why))
+                            raise ElectionError(f"leader {self.address}: member {address} {why}")
                 if now >= deadline:
                     raise ElectionTimeout(self._timeout_message())
                 wait = deadline - now
@@ -587,8 +643,9 @@ class LeaderElection:
             if peer.withdrawn and follows:
                 continue
             if peer.withdrawn and ann.state != CANDIDATE:
-                pending[address] = "gave up (withdrew as %s of %s for %s)" % (
-                    ann.state, ann.leader, ",".join(ann.members))
+                pending[address] = "gave up (withdrew as {} of {} for {})".format(
+                    ann.state, ann.leader, ",".join(ann.members)
+                )
             elif peer.withdrawn and peer.final:
                 pending[address] = "gave up (withdrew as a candidate, without accepting this leader)"
             elif peer.withdrawn:
@@ -596,21 +653,29 @@ class LeaderElection:
             elif follows:
                 pending[address] = "accepted but has not withdrawn"
             else:
-                pending[address] = "still announcing as %s" % ann.state
+                pending[address] = f"still announcing as {ann.state}"
         return pending
 
     def _result(self, leader: Announcement, is_leader: bool, members, started: float) -> ElectionResult:
-        return ElectionResult(leader=leader.address, leader_id=leader.election_id, is_leader=is_leader,
-                              members=list(members), election_id=self.election_id, address=self.address,
-                              cluster=self.cluster, elapsed=round(time.monotonic() - started, 3))
+        return ElectionResult(
+            leader=leader.address,
+            leader_id=leader.election_id,
+            is_leader=is_leader,
+            members=list(members),
+            election_id=self.election_id,
+            address=self.address,
+            cluster=self.cluster,
+            elapsed=round(time.monotonic() - started, 3),
+        )
 
     def _timeout_message(self) -> str:
         seen = self.view()
-        head = "election in cluster %r timed out after %gs on %s" % (self.cluster, self.timeout, self.address)
+        head = f"election in cluster {self.cluster!r} timed out after {self.timeout:g}s on {self.address}"
         if self.me.state == LEADER:
             pending = self._unconfirmed()
-            msg = "%s: this host leads %s but these members did not withdraw as its followers: %s" % (
-                head, ", ".join(self.me.members), "; ".join("%s %s" % item for item in sorted(pending.items())))
+            msg = "{}: this host leads {} but these members did not withdraw as its followers: {}".format(
+                head, ", ".join(self.me.members), "; ".join("{} {}".format(*item) for item in sorted(pending.items()))
+            )
         elif len(seen) < self.expect:
             ever = seen + [p.announcement for p in self._peers.values() if p.withdrawn and p.announcement not in seen]
             msg = "%s: saw %d of %d expected members: %s" % (head, len(ever), self.expect, describe(ever))
@@ -618,20 +683,26 @@ class LeaderElection:
             try:
                 decision = decide(seen, self.expect)
             except ElectionError as exc:
-                return "%s: %s" % (head, exc)
+                return f"{head}: {exc}"
             lead = decision.leader
             if lead.state == LEADER:
-                said = "announced members %s" % ", ".join(lead.members)
+                said = "announced members {}".format(", ".join(lead.members))
             else:
-                said = "did not announce that it leads (state %s)" % lead.state
+                said = f"did not announce that it leads (state {lead.state})"
             msg = "%s: saw all %d expected members (%s) but the leader %s %s" % (
-                head, self.expect, ", ".join(decision.members), lead.address, said)
+                head,
+                self.expect,
+                ", ".join(decision.members),
+                lead.address,
+                said,
+            )
         gone = [p.announcement for p in self._peers.values() if p.withdrawn and p.announcement.state != FOLLOWER]
         if gone:
-            msg += "; of these withdrew: %s" % describe(gone)
+            msg += f"; of these withdrew: {describe(gone)}"
         if self._ignored:
-            msg += "; ignored announcements: %s" % "; ".join(
-                "%s (%s)" % item for item in sorted(self._ignored.items()))
+            msg += "; ignored announcements: {}".format(
+                "; ".join("{} ({})".format(*item) for item in sorted(self._ignored.items()))
+            )
         return msg
 
 

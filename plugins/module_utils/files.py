@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Atomic file writes: a temp file opened 0600 in the destination's directory, fsync, then rename.
@@ -13,8 +12,14 @@ import os
 import tempfile
 
 
-def atomic_write(path: str, data: bytes | str, mode: int = 0o600, owner: int | None = None,
-                 group: int | None = None, follow_symlinks: bool = False) -> None:
+def atomic_write(
+    path: str,
+    data: bytes | str,
+    mode: int = 0o600,
+    owner: int | None = None,
+    group: int | None = None,
+    follow_symlinks: bool = False,
+) -> None:
     """Replace ``path`` with ``data`` atomically; mode and ownership are set before the rename.
 
     With ``follow_symlinks`` false (the default) a symlink at ``path`` is refused rather than written through:
@@ -24,8 +29,8 @@ def atomic_write(path: str, data: bytes | str, mode: int = 0o600, owner: int | N
         data = data.encode("utf-8")
     directory = os.path.dirname(os.path.abspath(path))
     if not follow_symlinks and os.path.islink(path):
-        raise OSError("refusing to write %s: it is a symbolic link" % path)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
+        raise OSError(f"refusing to write {path}: it is a symbolic link")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -56,8 +61,8 @@ def atomic_write_many(files: list[tuple[str, bytes | str, int]]) -> None:
                 data = data.encode("utf-8")
             directory = os.path.dirname(os.path.abspath(path))
             if os.path.islink(path):
-                raise OSError("refusing to write %s: it is a symbolic link" % path)
-            fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
+                raise OSError(f"refusing to write {path}: it is a symbolic link")
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
             staged.append((tmp, path))
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -92,7 +97,7 @@ def fsync_directory(directory: str) -> None:
 
 def read_text(path: str, default: str | None = None) -> str | None:
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             return handle.read()
     except FileNotFoundError:
         return default

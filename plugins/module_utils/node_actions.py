@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """One provisioning node's state and its answers to the ``discovery``, ``rpcutil`` and ``choria_provision`` agents.
@@ -91,7 +90,10 @@ KEY_TYPES = ("ecdsa", "rsa")
 
 # Input rules from choria_provision.json (validation regex, maxlength); ``key_type`` is ours (gencsr).
 _GENCSR_FIELDS = {
-    "cn": (r"^(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]).)*([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])$", 80),
+    "cn": (
+        r"^(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]).)*([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])$",
+        80,
+    ),
     "C": (r"^[A-Z]{2}$", 2),
     "L": (r"^[\w\s-]+$", 50),
     "O": (r"^[\w\s-]+$", 50),
@@ -99,8 +101,13 @@ _GENCSR_FIELDS = {
     "ST": (r"^[\w\s-]+$", 50),
 }
 _GENCSR_RE = {name: re.compile(pattern) for name, (pattern, _limit) in _GENCSR_FIELDS.items()}
-_NAME_OIDS = {"C": "COUNTRY_NAME", "ST": "STATE_OR_PROVINCE_NAME", "L": "LOCALITY_NAME",
-              "O": "ORGANIZATION_NAME", "OU": "ORGANIZATIONAL_UNIT_NAME"}
+_NAME_OIDS = {
+    "C": "COUNTRY_NAME",
+    "ST": "STATE_OR_PROVINCE_NAME",
+    "L": "LOCALITY_NAME",
+    "O": "ORGANIZATION_NAME",
+    "OU": "ORGANIZATIONAL_UNIT_NAME",
+}
 _CERT_PREFIX = "-----BEGIN CERTIFICATE-----"
 
 UNSUPPORTED_ACTIONS = {
@@ -131,11 +138,33 @@ class ActionResult:
 class ProvisionNode:
     """A node's identity, mode, lock and files; answers requests for it."""
 
-    __slots__ = ("identity", "node_dir", "ssldir", "token", "shared_facts", "mode", "config",
-                 "lock_holder", "lock_until", "splay_max", "lock_seconds", "link", "stopped", "durable")
+    __slots__ = (
+        "config",
+        "durable",
+        "identity",
+        "link",
+        "lock_holder",
+        "lock_seconds",
+        "lock_until",
+        "mode",
+        "node_dir",
+        "shared_facts",
+        "splay_max",
+        "ssldir",
+        "stopped",
+        "token",
+    )
 
-    def __init__(self, identity: str, node_dir: str, token: str, shared_facts: dict | None = None,
-                 splay_max: float = DEFAULT_SPLAY_MAX, lock_seconds: int = LOCK_SECONDS, durable: bool = True):
+    def __init__(
+        self,
+        identity: str,
+        node_dir: str,
+        token: str,
+        shared_facts: dict | None = None,
+        splay_max: float = DEFAULT_SPLAY_MAX,
+        lock_seconds: int = LOCK_SECONDS,
+        durable: bool = True,
+    ):
         self.identity = identity
         self.node_dir = os.path.abspath(node_dir)
         self.ssldir = os.path.join(self.node_dir, "ssl")
@@ -152,7 +181,7 @@ class ProvisionNode:
         self.durable = durable  # fsync files and directories (off for simulated fleets sharing one disk)
 
     def __repr__(self) -> str:  # never shows the token
-        return "ProvisionNode(%s, %s)" % (self.identity, self.mode)
+        return f"ProvisionNode({self.identity}, {self.mode})"
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -200,8 +229,11 @@ class ProvisionNode:
                 self.config = parse_config(text, source=self.server_conf)
             except ConfigError:
                 self.config = {}
-        self.mode = MODE_PROVISIONING if provision_enabled(self.config) or not self.config.get(
-            MIDDLEWARE_KEY) else MODE_CONFIGURED
+        self.mode = (
+            MODE_PROVISIONING
+            if provision_enabled(self.config) or not self.config.get(MIDDLEWARE_KEY)
+            else MODE_CONFIGURED
+        )
 
     # ------------------------------------------------------------------------------------------ dispatch
 
@@ -216,53 +248,79 @@ class ProvisionNode:
             return ActionResult(None)
         action = req.action
         if not isinstance(req.body, dict):
-            return ActionResult(rpc_reply_body(action, StatusCode.INVALID_DATA,
-                                               "request body is not an mcorpc JSON object"))
+            return ActionResult(
+                rpc_reply_body(action, StatusCode.INVALID_DATA, "request body is not an mcorpc JSON object")
+            )
         skew = int(at) - req.time
         if abs(skew) > req.ttl:
             what = "request expired" if skew > 0 else "request too far in the future"
-            return ActionResult(rpc_reply_body(action, StatusCode.ABORTED, "%s: sent %ds %s, ttl %ds" % (
-                what, abs(skew), "ago" if skew > 0 else "ahead", req.ttl)))
+            return ActionResult(
+                rpc_reply_body(
+                    action,
+                    StatusCode.ABORTED,
+                    "%s: sent %ds %s, ttl %ds" % (what, abs(skew), "ago" if skew > 0 else "ahead", req.ttl),
+                )
+            )
         try:
             if req.agent == "rpcutil":
                 return ActionResult(self._rpcutil(action))
             if req.agent == PROVISION_AGENT:
                 return self._provision(req, at)
-            raise Refusal(StatusCode.UNKNOWN_ACTION, "unknown agent %r on %s" % (req.agent, self.identity))
+            raise Refusal(StatusCode.UNKNOWN_ACTION, f"unknown agent {req.agent!r} on {self.identity}")
         except Refusal as refusal:
             return ActionResult(rpc_reply_body(action, refusal.code, refusal.message))
         except Exception as exc:  # an action must answer, never take the agent down
-            return ActionResult(rpc_reply_body(action, StatusCode.UNKNOWN_ERROR, "%s#%s failed on %s: %s" % (
-                req.agent, action, self.identity, exc)))
+            return ActionResult(
+                rpc_reply_body(
+                    action, StatusCode.UNKNOWN_ERROR, f"{req.agent}#{action} failed on {self.identity}: {exc}"
+                )
+            )
 
     def _rpcutil(self, action: str) -> dict:
         if action == "ping":
             return rpc_reply_body(action, data={"pong": now()})
         if action == "inventory":
             names, main = self.collectives
-            return rpc_reply_body(action, data={
-                "agents": list(self.agents), "facts": self.facts, "classes": [], "version": AGENT_VERSION,
-                "main_collective": main, "collectives": names, "data_plugins": [], "machines": {},
-                "upgradable": False})
-        raise Refusal(StatusCode.UNKNOWN_ACTION, "unknown action rpcutil#%s" % action)
+            return rpc_reply_body(
+                action,
+                data={
+                    "agents": list(self.agents),
+                    "facts": self.facts,
+                    "classes": [],
+                    "version": AGENT_VERSION,
+                    "main_collective": main,
+                    "collectives": names,
+                    "data_plugins": [],
+                    "machines": {},
+                    "upgradable": False,
+                },
+            )
+        raise Refusal(StatusCode.UNKNOWN_ACTION, f"unknown action rpcutil#{action}")
 
     def _provision(self, req: Request, at: float) -> ActionResult:
         action = req.action
         data = req.data
         if action in UNSUPPORTED_ACTIONS:
             raise Refusal(StatusCode.UNKNOWN_ACTION, UNSUPPORTED_ACTIONS[action])
-        handler = {"gencsr": self.gencsr, "configure": self.configure, "restart": self.restart,
-                   "reprovision": self.reprovision, "shutdown": self.shutdown}.get(action)
+        handler = {
+            "gencsr": self.gencsr,
+            "configure": self.configure,
+            "restart": self.restart,
+            "reprovision": self.reprovision,
+            "shutdown": self.shutdown,
+        }.get(action)
         if handler is None:
-            raise Refusal(StatusCode.UNKNOWN_ACTION, "unknown action choria_provision#%s" % action)
+            raise Refusal(StatusCode.UNKNOWN_ACTION, f"unknown action choria_provision#{action}")
         self._check_token(data, required=action != "configure")
         if action == "reprovision":
             if self.mode != MODE_CONFIGURED:
-                raise Refusal(StatusCode.ABORTED, "%s is already in provisioning mode" % self.identity)
+                raise Refusal(StatusCode.ABORTED, f"{self.identity} is already in provisioning mode")
         else:
             if self.mode != MODE_PROVISIONING:
-                raise Refusal(StatusCode.ABORTED, "%s is configured and not in provisioning mode: "
-                                                  "send reprovision first" % self.identity)
+                raise Refusal(
+                    StatusCode.ABORTED,
+                    f"{self.identity} is configured and not in provisioning mode: send reprovision first",
+                )
             self._check_lock(req.callerid, at, take=action in ("gencsr", "configure"))
         return handler(data)
 
@@ -278,8 +336,11 @@ class ProvisionNode:
     def _check_lock(self, callerid: str, at: float, take: bool) -> None:
         """One provisioner at a time: gencsr/configure lock the node for their caller; its actions renew it."""
         if self.lock_holder and self.lock_until > at and self.lock_holder != callerid:
-            raise Refusal(StatusCode.ABORTED, "could not obtain provisioning lock (held by %s for %d more seconds)"
-                          % (self.lock_holder, int(self.lock_until - at + 0.999)))
+            raise Refusal(
+                StatusCode.ABORTED,
+                "could not obtain provisioning lock (held by %s for %d more seconds)"
+                % (self.lock_holder, int(self.lock_until - at + 0.999)),
+            )
         if take or self.lock_holder == callerid:
             self.lock_holder = callerid
             self.lock_until = at + self.lock_seconds
@@ -294,17 +355,17 @@ class ProvisionNode:
             if value is None or value == "":
                 continue
             if not isinstance(value, str):
-                raise Refusal(StatusCode.INVALID_DATA, "input '%s' must be a string" % name)
+                raise Refusal(StatusCode.INVALID_DATA, f"input '{name}' must be a string")
             if len(value) > limit:
                 raise Refusal(StatusCode.INVALID_DATA, "input '%s' is longer than %d characters" % (name, limit))
             if not _GENCSR_RE[name].match(value):
-                raise Refusal(StatusCode.INVALID_DATA, "input '%s' does not match %s" % (name, pattern))
+                raise Refusal(StatusCode.INVALID_DATA, f"input '{name}' does not match {pattern}")
             subject[name] = value
         key_type = data.get("key_type", "ecdsa") or "ecdsa"
         if key_type == "ec":
             key_type = "ecdsa"
         if key_type not in KEY_TYPES:
-            raise Refusal(StatusCode.INVALID_DATA, "input 'key_type' must be one of %s" % ", ".join(KEY_TYPES))
+            raise Refusal(StatusCode.INVALID_DATA, "input 'key_type' must be one of {}".format(", ".join(KEY_TYPES)))
         _need_cryptography()
         if key_type == "rsa":
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -316,17 +377,27 @@ class ProvisionNode:
                 names.append(x509.NameAttribute(getattr(NameOID, _NAME_OIDS[name]), subject[name]))
         csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names)).sign(key, hashes.SHA256())
         csr_pem = csr.public_bytes(serialization.Encoding.PEM)
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         if not os.path.isdir(self.ssldir):
             os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
         # No journal: a key without its CSR (or the reverse) is harmless, the next gencsr replaces both.
-        write_set(self.node_dir, [(self.ssl_path("private.pem"), key_pem, 0o600),
-                                  (self.ssl_path("csr.pem"), csr_pem, 0o644)], durable=self.durable, journal=False)
-        return ActionResult(rpc_reply_body("gencsr", data={
-            "csr": csr_pem.decode("ascii"), "public_key": public_pem.decode("ascii"), "ssldir": self.ssldir}))
+        write_set(
+            self.node_dir,
+            [(self.ssl_path("private.pem"), key_pem, 0o600), (self.ssl_path("csr.pem"), csr_pem, 0o644)],
+            durable=self.durable,
+            journal=False,
+        )
+        return ActionResult(
+            rpc_reply_body(
+                "gencsr",
+                data={"csr": csr_pem.decode("ascii"), "public_key": public_pem.decode("ascii"), "ssldir": self.ssldir},
+            )
+        )
 
     def configure(self, data: dict) -> ActionResult:
         """Validate certificate, CA and configuration, then write them as one set (see ``write_set``)."""
@@ -334,68 +405,83 @@ class ProvisionNode:
         if raw is None or raw == "":
             raise Refusal(StatusCode.MISSING_DATA, "missing input 'config'")
         if not isinstance(raw, str) or len(raw) > 2048 or not re.match(r"^{.+}$", raw, re.S):
-            raise Refusal(StatusCode.INVALID_DATA, "input 'config' must be a JSON object as a string of at most "
-                                                   "2048 characters")
+            raise Refusal(
+                StatusCode.INVALID_DATA, "input 'config' must be a JSON object as a string of at most 2048 characters"
+            )
         try:
             config = json.loads(raw)
         except ValueError as exc:
-            raise Refusal(StatusCode.INVALID_DATA, "input 'config' is not valid JSON: %s" % exc) from None
+            raise Refusal(StatusCode.INVALID_DATA, f"input 'config' is not valid JSON: {exc}") from None
         if not isinstance(config, dict):
             raise Refusal(StatusCode.INVALID_DATA, "input 'config' must be a JSON object")
         for key, value in config.items():
             problem = check_entry(key, value)
             if problem:
-                raise Refusal(StatusCode.INVALID_DATA, "input 'config': %s" % problem)
+                raise Refusal(StatusCode.INVALID_DATA, f"input 'config': {problem}")
         if data.get("key"):
-            raise Refusal(StatusCode.INVALID_DATA, "input 'key' is refused: the private key is made on the node by "
-                                                   "gencsr and never sent over the network")
+            raise Refusal(
+                StatusCode.INVALID_DATA,
+                "input 'key' is refused: the private key is made on the node by gencsr and never sent over the network",
+            )
         ssldir = data.get("ssldir")
-        if ssldir not in (None, "") and (not isinstance(ssldir, str)
-                                         or os.path.normpath(ssldir) != os.path.normpath(self.ssldir)):
-            raise Refusal(StatusCode.INVALID_DATA, "input 'ssldir' %r is not this node's ssldir %s"
-                          % (ssldir, self.ssldir))
+        if ssldir not in (None, "") and (
+            not isinstance(ssldir, str) or os.path.normpath(ssldir) != os.path.normpath(self.ssldir)
+        ):
+            raise Refusal(StatusCode.INVALID_DATA, f"input 'ssldir' {ssldir!r} is not this node's ssldir {self.ssldir}")
         certificate, ca = data.get("certificate"), data.get("ca")
         files: list[tuple[str, bytes | str, int]] = []
         final = dict(config)
         if certificate or ca:
             cert_pem, ca_pem = self._check_certificates(certificate, ca)
             files += [(self.ssl_path("certificate.pem"), cert_pem, 0o644), (self.ssl_path("ca.pem"), ca_pem, 0o644)]
-            final.update({SECURITY_PROVIDER_KEY: "file", SECURITY_CERT_KEY: self.ssl_path("certificate.pem"),
-                          SECURITY_KEY_KEY: self.ssl_path("private.pem"), SECURITY_CA_KEY: self.ssl_path("ca.pem")})
+            final.update(
+                {
+                    SECURITY_PROVIDER_KEY: "file",
+                    SECURITY_CERT_KEY: self.ssl_path("certificate.pem"),
+                    SECURITY_KEY_KEY: self.ssl_path("private.pem"),
+                    SECURITY_CA_KEY: self.ssl_path("ca.pem"),
+                }
+            )
         final[IDENTITY_KEY] = self.identity
         text = render_config(final, header="Written by the zeroinit node agent (choria_provision#configure)")
         files.append((self.server_conf, text, 0o640))
         write_set(self.node_dir, files, durable=self.durable)
         self.config = final
-        return ActionResult(rpc_reply_body("configure", data={
-            "message": "Wrote %d files to %s" % (len(files), self.node_dir)}))
+        return ActionResult(
+            rpc_reply_body("configure", data={"message": "Wrote %d files to %s" % (len(files), self.node_dir)})
+        )
 
     def _check_certificates(self, certificate: Any, ca: Any) -> tuple[bytes, bytes]:
         for name, value, limit in (("certificate", certificate, 10240), ("ca", ca, 20480)):
             if not value:
-                raise Refusal(StatusCode.MISSING_DATA, "missing input '%s' (certificate and ca come together)" % name)
+                raise Refusal(StatusCode.MISSING_DATA, f"missing input '{name}' (certificate and ca come together)")
             if not isinstance(value, str) or len(value) > limit or not value.lstrip().startswith(_CERT_PREFIX):
-                raise Refusal(StatusCode.INVALID_DATA, "input '%s' must be a PEM certificate of at most %d characters"
-                              % (name, limit))
+                raise Refusal(
+                    StatusCode.INVALID_DATA,
+                    "input '%s' must be a PEM certificate of at most %d characters" % (name, limit),
+                )
         _need_cryptography()
         try:
             cert = x509.load_pem_x509_certificate(certificate.encode("ascii"))
         except ValueError as exc:
-            raise Refusal(StatusCode.INVALID_DATA, "input 'certificate' does not parse: %s" % exc) from None
+            raise Refusal(StatusCode.INVALID_DATA, f"input 'certificate' does not parse: {exc}") from None
         try:
             cas = _load_ca(ca)
         except ValueError as exc:
-            raise Refusal(StatusCode.INVALID_DATA, "input 'ca' does not parse: %s" % exc) from None
+            raise Refusal(StatusCode.INVALID_DATA, f"input 'ca' does not parse: {exc}") from None
         key_pem = read_bytes(self.ssl_path("private.pem"))
         if key_pem is None:
-            raise Refusal(StatusCode.ABORTED, "no private key in %s: run gencsr first" % self.ssldir)
+            raise Refusal(StatusCode.ABORTED, f"no private key in {self.ssldir}: run gencsr first")
         key = serialization.load_pem_private_key(key_pem, password=None)
         if _public_der(cert.public_key()) != _public_der(key.public_key()):
-            raise Refusal(StatusCode.INVALID_DATA, "input 'certificate' does not match the private key of %s"
-                          % self.identity)
+            raise Refusal(
+                StatusCode.INVALID_DATA, f"input 'certificate' does not match the private key of {self.identity}"
+            )
         if not any(_issued_by(cert, issuer) for issuer in cas):
-            raise Refusal(StatusCode.INVALID_DATA, "input 'certificate' is not signed by the given 'ca' (issuer %s)"
-                          % cert.issuer.rfc4514_string())
+            raise Refusal(
+                StatusCode.INVALID_DATA,
+                f"input 'certificate' is not signed by the given 'ca' (issuer {cert.issuer.rfc4514_string()})",
+            )
         return certificate.encode("ascii"), ca.encode("ascii")
 
     def restart(self, data: dict) -> ActionResult:
@@ -408,22 +494,33 @@ class ProvisionNode:
         splay = min(float(splay), self.splay_max)
         text = read_text(self.server_conf)
         if text is None:
-            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: no configuration at %s (run configure first)"
-                          % (self.identity, self.server_conf))
+            raise Refusal(
+                StatusCode.ABORTED,
+                f"refusing to restart {self.identity}: no configuration at {self.server_conf} (run configure first)",
+            )
         try:
             config = parse_config(text, source=self.server_conf)
         except ConfigError as exc:
-            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: %s" % (self.identity, exc)) from None
+            raise Refusal(StatusCode.ABORTED, f"refusing to restart {self.identity}: {exc}") from None
         if provision_enabled(config):
-            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: %s leaves %s enabled, the node would come back "
-                                              "in provisioning mode" % (self.identity, self.server_conf, PROVISION_KEY))
+            raise Refusal(
+                StatusCode.ABORTED,
+                f"refusing to restart {self.identity}: {self.server_conf} leaves {PROVISION_KEY} enabled, the node would come back "
+                "in provisioning mode",
+            )
         if not config.get(MIDDLEWARE_KEY):
-            raise Refusal(StatusCode.ABORTED, "refusing to restart %s: %s names no %s to connect to"
-                          % (self.identity, self.server_conf, MIDDLEWARE_KEY))
+            raise Refusal(
+                StatusCode.ABORTED,
+                f"refusing to restart {self.identity}: {self.server_conf} names no {MIDDLEWARE_KEY} to connect to",
+            )
         self.config = config
-        return ActionResult(rpc_reply_body("restart", data={
-            "message": "Restarting %s into configured mode within %.1fs" % (self.identity, splay)}),
-            effect="restart", delay=splay)
+        return ActionResult(
+            rpc_reply_body(
+                "restart", data={"message": f"Restarting {self.identity} into configured mode within {splay:.1f}s"}
+            ),
+            effect="restart",
+            delay=splay,
+        )
 
     def reprovision(self, data: dict) -> ActionResult:
         """Turn provisioning back on, keep the certificate files aside, restart into provisioning mode."""
@@ -443,19 +540,31 @@ class ProvisionNode:
         fsync_directory(self.ssldir)
         self.config = config
         self.lock_holder, self.lock_until = "", 0.0
-        return ActionResult(rpc_reply_body("reprovision", data={
-            "message": "Reprovisioning %s; %s kept in %s" % (self.identity, ", ".join(moved) or "no files", previous)}),
-            effect="reprovision", delay=0.2)
+        return ActionResult(
+            rpc_reply_body(
+                "reprovision",
+                data={
+                    "message": "Reprovisioning {}; {} kept in {}".format(
+                        self.identity, ", ".join(moved) or "no files", previous
+                    )
+                },
+            ),
+            effect="reprovision",
+            delay=0.2,
+        )
 
     def shutdown(self, data: dict) -> ActionResult:
-        return ActionResult(rpc_reply_body("shutdown", data={"message": "Shutting down %s" % self.identity}),
-                            effect="shutdown", delay=0.2)
+        return ActionResult(
+            rpc_reply_body("shutdown", data={"message": f"Shutting down {self.identity}"}), effect="shutdown", delay=0.2
+        )
 
 
 # ---------------------------------------------------------------------------------------------- files
 
-def write_set(node_dir: str, files: list[tuple[str, bytes | str, int]], durable: bool = True,
-              journal: bool = True) -> None:
+
+def write_set(
+    node_dir: str, files: list[tuple[str, bytes | str, int]], durable: bool = True, journal: bool = True
+) -> None:
     """Write several files as one set: after the process dies at any point the node has the old set or the new.
 
     ``files.atomic_write_many`` makes each file whole but renames them one by one; for the set, a journal
@@ -470,7 +579,7 @@ def write_set(node_dir: str, files: list[tuple[str, bytes | str, int]], durable:
     try:
         for path, data, mode in files:
             if os.path.islink(path):
-                raise OSError("refusing to write %s: it is a symbolic link" % path)
+                raise OSError(f"refusing to write {path}: it is a symbolic link")
             tmp = path + ".staged"
             _write_file(tmp, data if isinstance(data, bytes) else data.encode("utf-8"), mode, durable)
             staged.append((tmp, path))
@@ -529,7 +638,7 @@ def _write_file(path: str, data: bytes, mode: int, durable: bool) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fchmod(fd, mode)
         if durable:
             os.fsync(fd)
@@ -553,6 +662,7 @@ def read_bytes(path: str) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------------------------- crypto
+
 
 def _need_cryptography() -> None:
     if not HAS_CRYPTOGRAPHY:
@@ -596,5 +706,14 @@ def certificate_matches_key(cert_pem: bytes, key_pem: bytes) -> bool:
     return _public_der(cert.public_key()) == _public_der(key.public_key())
 
 
-__all__ = ["ProvisionNode", "ActionResult", "Refusal", "write_set", "recover_configure", "certificate_matches_key",
-           "AGENT_VERSION", "MODE_PROVISIONING", "MODE_CONFIGURED"]
+__all__ = [
+    "AGENT_VERSION",
+    "MODE_CONFIGURED",
+    "MODE_PROVISIONING",
+    "ActionResult",
+    "ProvisionNode",
+    "Refusal",
+    "certificate_matches_key",
+    "recover_configure",
+    "write_set",
+]

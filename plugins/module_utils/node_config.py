@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Choria-style ``key = value`` configuration files: the node's ``server.conf`` and the agent's own settings.
@@ -64,27 +63,27 @@ def check_entry(key: object, value: object) -> str | None:
     A newline in a value would let a remote caller smuggle a second setting into the file.
     """
     if not isinstance(key, str) or not _KEY_RE.match(key):
-        return "invalid key %r" % (key,)
+        return f"invalid key {key!r}"
     if not isinstance(value, str):
-        return "value of %s must be a string, got %s" % (key, type(value).__name__)
+        return f"value of {key} must be a string, got {type(value).__name__}"
     if "\n" in value or "\r" in value or "\x00" in value:
-        return "value of %s contains a line break" % key
+        return f"value of {key} contains a line break"
     return None
 
 
 def render_config(config: dict[str, str], header: str = "") -> str:
     """A dict to ``key = value`` text (sorted keys); raises ConfigError for an entry that cannot be written."""
-    lines = ["# %s" % line for line in header.splitlines()] if header else []
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
     for key in sorted(config):
         problem = check_entry(key, config[key])
         if problem:
             raise ConfigError(problem)
-        lines.append("%s = %s" % (key, config[key].strip()))
+        lines.append(f"{key} = {config[key].strip()}")
     return "\n".join(lines) + "\n"
 
 
 def load_config(path: str) -> dict[str, str]:
-    with open(path, "r", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         return parse_config(handle.read(), source=path)
 
 
@@ -96,7 +95,7 @@ def as_bool(value: str | None, default: bool = False) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ConfigError("not a boolean: %r" % value)
+    raise ConfigError(f"not a boolean: {value!r}")
 
 
 def as_list(value: str | None) -> list[str]:
@@ -129,5 +128,5 @@ def broker_urls(value: str | None, default_scheme: str = "nats") -> list[str]:
     """``plugin.choria.middleware_hosts`` (``host:port`` or URLs, comma separated) to URLs."""
     urls = []
     for item in as_list(value):
-        urls.append(item if "://" in item else "%s://%s" % (default_scheme, item))
+        urls.append(item if "://" in item else f"{default_scheme}://{item}")
     return urls

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """The policy CA: a certificate authority, the policy a CSR must pass, and the signer that issues node certificates.
@@ -56,6 +55,7 @@ try:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
 except ImportError:
@@ -78,19 +78,21 @@ IDENTITY_PLACEHOLDER = "{identity}"
 
 # Names no node certificate may carry (re.search on the lower-cased name). Why each one: see the module docstring.
 DEFAULT_DENY = (
-    r"\*",                                  # wildcards: a node certificate names exactly its own host
-    r"(^|\.)choria$",                       # Choria client names, and *.privileged.choria (privileged users)
-    r"(^|\.)mcollective$",                  # the same for MCollective-style names
-    r"(^|\.)privileged(\.|$)",              # anything that looks like a privileged-user certificate
-    r"^localhost(\.localdomain)?$",         # loopback names: any TLS client would trust it for itself
+    r"\*",  # wildcards: a node certificate names exactly its own host
+    r"(^|\.)choria$",  # Choria client names, and *.privileged.choria (privileged users)
+    r"(^|\.)mcollective$",  # the same for MCollective-style names
+    r"(^|\.)privileged(\.|$)",  # anything that looks like a privileged-user certificate
+    r"^localhost(\.localdomain)?$",  # loopback names: any TLS client would trust it for itself
     r"\.localhost$",
-    r"^(root|admin|administrator)(\.|$)",   # privileged-looking account names
-    r"^127\.", r"^0\.0\.0\.0$", r"^::1?$",  # loopback and unspecified addresses
-    r"^::ffff:7f",                          # IPv4-mapped loopback
+    r"^(root|admin|administrator)(\.|$)",  # privileged-looking account names
+    r"^127\.",
+    r"^0\.0\.0\.0$",
+    r"^::1?$",  # loopback and unspecified addresses
+    r"^::ffff:7f",  # IPv4-mapped loopback
 )
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_IDENTITY_RE = re.compile(r"^%s(?:\.%s)*$" % (_LABEL, _LABEL), re.IGNORECASE)
+_IDENTITY_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.IGNORECASE)
 _WEAK_CSR_HASHES = ("md5", "sha1")
 
 
@@ -106,14 +108,14 @@ class PolicyError(PkiError):
     """A CSR refused by the policy; ``rule`` and ``value`` say which rule and what was refused."""
 
     def __init__(self, rule: str, value, message: str):
-        super().__init__("CSR refused by policy '%s': %s" % (rule, message), field=rule)
+        super().__init__(f"CSR refused by policy '{rule}': {message}", field=rule)
         self.rule = rule
         self.value = value
 
 
 def _require_cryptography() -> None:
     if not HAS_CRYPTOGRAPHY:
-        raise PkiError("the Python library 'cryptography' is required: %s" % CRYPTOGRAPHY_IMPORT_ERROR)
+        raise PkiError(f"the Python library 'cryptography' is required: {CRYPTOGRAPHY_IMPORT_ERROR}")
 
 
 def _now() -> datetime.datetime:
@@ -171,15 +173,15 @@ def _san_strings(general_names: Iterable) -> list[str]:
     out = []
     for name in general_names:
         if isinstance(name, x509.DNSName):
-            out.append("DNS:%s" % name.value)
+            out.append(f"DNS:{name.value}")
         elif isinstance(name, x509.IPAddress):
-            out.append("IP:%s" % name.value)
+            out.append(f"IP:{name.value}")
         else:
-            out.append("%s:%s" % (type(name).__name__, getattr(name, "value", "")))
+            out.append("{}:{}".format(type(name).__name__, getattr(name, "value", "")))
     return out
 
 
-def load_csr(csr) -> "x509.CertificateSigningRequest":
+def load_csr(csr) -> x509.CertificateSigningRequest:
     """A CSR from PEM text/bytes (or an already-loaded CSR); PkiError(field='csr') when it is not one."""
     _require_cryptography()
     if isinstance(csr, x509.CertificateSigningRequest):
@@ -190,7 +192,7 @@ def load_csr(csr) -> "x509.CertificateSigningRequest":
     try:
         return x509.load_pem_x509_csr(data)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise PkiError("csr is not a PEM certificate signing request: %s" % exc, field="csr") from exc
+        raise PkiError(f"csr is not a PEM certificate signing request: {exc}", field="csr") from exc
 
 
 def load_certificates(pem, what: str = "certificate", field_name: str | None = None) -> list:
@@ -199,13 +201,17 @@ def load_certificates(pem, what: str = "certificate", field_name: str | None = N
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
-        raise PkiError("%s is not a PEM certificate: %s" % (what, exc), field=field_name) from exc
+        raise PkiError(f"{what} is not a PEM certificate: {exc}", field=field_name) from exc
     if not certs:
-        raise PkiError("%s contains no certificate" % what, field=field_name)
+        raise PkiError(f"{what} contains no certificate", field=field_name)
     return certs
 
 
-_EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"} if HAS_CRYPTOGRAPHY else {}
+_EKU_NAMES = (
+    {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+    if HAS_CRYPTOGRAPHY
+    else {}
+)
 
 
 def certificate_properties(cert) -> dict:
@@ -215,8 +221,10 @@ def certificate_properties(cert) -> dict:
     except x509.ExtensionNotFound:
         sans = []
     try:
-        eku = sorted(_EKU_NAMES.get(oid, oid.dotted_string)
-                     for oid in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        eku = sorted(
+            _EKU_NAMES.get(oid, oid.dotted_string)
+            for oid in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        )
     except x509.ExtensionNotFound:
         eku = []
     key_type, key_detail = key_description(cert.public_key())
@@ -224,11 +232,11 @@ def certificate_properties(cert) -> dict:
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
         "subject_alt_names": sans,
-        "serial": "%x" % cert.serial_number,
+        "serial": f"{cert.serial_number:x}",
         "not_before": iso8601(_not_before(cert)),
         "not_after": iso8601(_not_after(cert)),
         "extended_key_usage": eku,
-        "public_key": ("%s %s" % (key_type, key_detail)).strip(),
+        "public_key": (f"{key_type} {key_detail}").strip(),
         "public_key_sha256": public_key_sha256(cert.public_key()),
     }
 
@@ -237,6 +245,7 @@ def certificate_properties(cert) -> dict:
 # The certificate authority
 # --------------------------------------------------------------------------------------------------------------------
 
+
 def _generate_key(key_type: str):
     if key_type == "ec":
         return ec.generate_private_key(ec.SECP256R1())
@@ -244,34 +253,51 @@ def _generate_key(key_type: str):
         return rsa.generate_private_key(public_exponent=65537, key_size=CA_RSA_BITS)
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
-    raise PkiError("ca_key_type must be one of %s, not %r" % (", ".join(CA_KEY_TYPES), key_type), field="ca_key_type")
+    raise PkiError(
+        "ca_key_type must be one of {}, not {!r}".format(", ".join(CA_KEY_TYPES), key_type), field="ca_key_type"
+    )
 
 
 class CertificateAuthority:
     """A CA certificate (plus the rest of its chain, if the file holds one) and its private key, checked to match."""
 
-    def __init__(self, certificate, private_key, chain: Sequence | None = None, cert_path: str | None = None,
-                 key_path: str | None = None):
+    def __init__(
+        self,
+        certificate,
+        private_key,
+        chain: Sequence | None = None,
+        cert_path: str | None = None,
+        key_path: str | None = None,
+    ):
         _require_cryptography()
         if public_key_der(certificate.public_key()) != public_key_der(private_key.public_key()):
-            raise PkiError("ca_key%s does not match the CA certificate ca_cert%s (different public keys)"
-                           % (" %s" % key_path if key_path else "", " %s" % cert_path if cert_path else ""),
-                           field="ca_key")
+            raise PkiError(
+                "ca_key{} does not match the CA certificate ca_cert{} (different public keys)".format(
+                    f" {key_path}" if key_path else "", f" {cert_path}" if cert_path else ""
+                ),
+                field="ca_key",
+            )
         try:
             constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
             is_ca = constraints.ca
         except x509.ExtensionNotFound:
             is_ca = False
         if not is_ca:
-            raise PkiError("ca_cert%s is not a CA certificate (BasicConstraints CA:TRUE missing)"
-                           % (" %s" % cert_path if cert_path else ""), field="ca_cert")
+            raise PkiError(
+                "ca_cert%s is not a CA certificate (BasicConstraints CA:TRUE missing)"
+                % (f" {cert_path}" if cert_path else ""),
+                field="ca_cert",
+            )
         try:
             may_sign = certificate.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
         except x509.ExtensionNotFound:
             may_sign = True  # no KeyUsage: not restricted (RFC 5280 4.2.1.3)
         if not may_sign:
-            raise PkiError("ca_cert%s may not sign certificates (KeyUsage keyCertSign missing)"
-                           % (" %s" % cert_path if cert_path else ""), field="ca_cert")
+            raise PkiError(
+                "ca_cert%s may not sign certificates (KeyUsage keyCertSign missing)"
+                % (f" {cert_path}" if cert_path else ""),
+                field="ca_cert",
+            )
         self.certificate = certificate
         self.private_key = private_key
         self.chain = list(chain) if chain else [certificate]
@@ -303,14 +329,19 @@ class CertificateAuthority:
 
     # -- making and loading -------------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, common_name: str = DEFAULT_CA_COMMON_NAME, key_type: str = "ec",
-               valid_days: int = DEFAULT_CA_VALID_DAYS, private_key=None) -> "CertificateAuthority":
+    def create(
+        cls,
+        common_name: str = DEFAULT_CA_COMMON_NAME,
+        key_type: str = "ec",
+        valid_days: int = DEFAULT_CA_VALID_DAYS,
+        private_key=None,
+    ) -> CertificateAuthority:
         """A new self-signed CA in memory (nothing written). ``private_key`` reuses an existing key."""
         _require_cryptography()
         if not common_name:
             raise PkiError("ca_common_name must not be empty", field="ca_common_name")
         if int(valid_days) < 1:
-            raise PkiError("ca_valid_days must be at least 1, not %s" % valid_days, field="ca_valid_days")
+            raise PkiError(f"ca_valid_days must be at least 1, not {valid_days}", field="ca_valid_days")
         key = private_key if private_key is not None else _generate_key(key_type)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = _now()
@@ -325,9 +356,20 @@ class CertificateAuthority:
             .not_valid_after(now + datetime.timedelta(days=int(valid_days)))
             # pathlen 0: this CA signs node certificates only, never another CA.
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(ski, critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(key, _signature_hash(key))
@@ -335,21 +377,21 @@ class CertificateAuthority:
         return cls(cert, key)
 
     @classmethod
-    def load(cls, cert_path: str, key_path: str, passphrase: str | bytes | None = None) -> "CertificateAuthority":
+    def load(cls, cert_path: str, key_path: str, passphrase: str | bytes | None = None) -> CertificateAuthority:
         """Load and check a CA: PkiError naming ``ca_cert``/``ca_key``/``ca_passphrase`` when it cannot be used."""
         _require_cryptography()
         try:
             with open(cert_path, "rb") as handle:
                 cert_data = handle.read()
         except OSError as exc:
-            raise PkiError("ca_cert %s cannot be read: %s" % (cert_path, exc.strerror or exc), field="ca_cert") from exc
-        chain = load_certificates(cert_data, "ca_cert %s" % cert_path, "ca_cert")
+            raise PkiError(f"ca_cert {cert_path} cannot be read: {exc.strerror or exc}", field="ca_cert") from exc
+        chain = load_certificates(cert_data, f"ca_cert {cert_path}", "ca_cert")
         try:
             with open(key_path, "rb") as handle:
                 key_data = handle.read()
                 key_mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         except OSError as exc:
-            raise PkiError("ca_key %s cannot be read: %s" % (key_path, exc.strerror or exc), field="ca_key") from exc
+            raise PkiError(f"ca_key {key_path} cannot be read: {exc.strerror or exc}", field="ca_key") from exc
         key = _load_private_key(key_data, passphrase, key_path)
         # A chain file may list the root before the intermediate: the signing certificate is the one the key matches.
         wanted = public_key_der(key.public_key())
@@ -359,16 +401,24 @@ class CertificateAuthority:
                 break
         ca = cls(chain[0], key, chain, cert_path=cert_path, key_path=key_path)
         if key_mode & 0o077:
-            ca.warnings.append("ca_key %s is accessible to group or others (mode %04o); it should be 0600"
-                               % (key_path, key_mode))
+            ca.warnings.append(
+                f"ca_key {key_path} is accessible to group or others (mode {key_mode:04o}); it should be 0600"
+            )
         if ca.not_after <= _now():
-            raise PkiError("ca_cert %s expired on %s" % (cert_path, iso8601(ca.not_after)), field="ca_cert")
+            raise PkiError(f"ca_cert {cert_path} expired on {iso8601(ca.not_after)}", field="ca_cert")
         return ca
 
     @classmethod
-    def load_or_create(cls, cert_path: str, key_path: str, passphrase: str | bytes | None = None,
-                       common_name: str = DEFAULT_CA_COMMON_NAME, key_type: str = "ec",
-                       valid_days: int = DEFAULT_CA_VALID_DAYS, check_mode: bool = False) -> tuple["CertificateAuthority", bool]:
+    def load_or_create(
+        cls,
+        cert_path: str,
+        key_path: str,
+        passphrase: str | bytes | None = None,
+        common_name: str = DEFAULT_CA_COMMON_NAME,
+        key_type: str = "ec",
+        valid_days: int = DEFAULT_CA_VALID_DAYS,
+        check_mode: bool = False,
+    ) -> tuple[CertificateAuthority, bool]:
         """Load the CA, or create it when absent: key 0600, certificate 0644, each written atomically.
 
         A key without its certificate (a run killed between the two renames) gets a new certificate for that key.
@@ -386,22 +436,26 @@ class CertificateAuthority:
             return cls._create_at(cert_path, key_path, passphrase, common_name, key_type, valid_days, check_mode)
 
     @classmethod
-    def _create_at(cls, cert_path, key_path, passphrase, common_name, key_type, valid_days,
-                   check_mode) -> tuple["CertificateAuthority", bool]:
+    def _create_at(
+        cls, cert_path, key_path, passphrase, common_name, key_type, valid_days, check_mode
+    ) -> tuple[CertificateAuthority, bool]:
         cert_exists = os.path.lexists(cert_path)
         key_exists = os.path.lexists(key_path)
         if cert_exists and key_exists:
             return cls.load(cert_path, key_path, passphrase), False
         if cert_exists:
-            raise PkiError("ca_cert %s exists but ca_key %s does not; refusing to replace a CA certificate that may "
-                           "already be trusted" % (cert_path, key_path), field="ca_key")
+            raise PkiError(
+                f"ca_cert {cert_path} exists but ca_key {key_path} does not; refusing to replace a CA certificate that may "
+                "already be trusted",
+                field="ca_key",
+            )
         existing_key = None
         if key_exists:
             try:
                 with open(key_path, "rb") as handle:
                     existing_key = _load_private_key(handle.read(), passphrase, key_path)
             except OSError as exc:
-                raise PkiError("ca_key %s cannot be read: %s" % (key_path, exc.strerror or exc), field="ca_key") from exc
+                raise PkiError(f"ca_key {key_path} cannot be read: {exc.strerror or exc}", field="ca_key") from exc
         for option, path in (("ca_cert", cert_path), ("ca_key", key_path)):
             _require_directory(path, option)
         ca = cls.create(common_name, key_type, valid_days, private_key=existing_key)
@@ -418,8 +472,9 @@ class CertificateAuthority:
                 encryption = serialization.BestAvailableEncryption(_to_bytes(passphrase))
             else:
                 encryption = serialization.NoEncryption()
-            key_pem = self.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     encryption)
+            key_pem = self.private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+            )
             files.append((key_path, key_pem, 0o600))
         files.append((cert_path, self.chain_pem.encode("ascii"), 0o644))
         _require_directory(cert_path, "ca_cert")
@@ -428,7 +483,7 @@ class CertificateAuthority:
             # Key first: if interrupted, a key without certificate is recoverable (load_or_create), the reverse is not.
             atomic_write_many(files)
         except OSError as exc:
-            raise PkiError("cannot write the CA to %s / %s: %s" % (cert_path, key_path, exc), field="ca_cert") from exc
+            raise PkiError(f"cannot write the CA to {cert_path} / {key_path}: {exc}", field="ca_cert") from exc
         self.cert_path, self.key_path = cert_path, key_path
 
 
@@ -446,7 +501,7 @@ def _directory_lock(directory: str):
 def _require_directory(path: str, option: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise PkiError("%s: directory %s does not exist" % (option, directory), field=option)
+        raise PkiError(f"{option}: directory {directory} does not exist", field=option)
 
 
 def _load_private_key(data: bytes, passphrase, key_path: str):
@@ -455,14 +510,16 @@ def _load_private_key(data: bytes, passphrase, key_path: str):
         return serialization.load_pem_private_key(data, password=password)
     except TypeError as exc:
         if password is None:
-            raise PkiError("ca_key %s is encrypted; ca_passphrase is required" % key_path, field="ca_passphrase") from exc
-        raise PkiError("ca_key %s is not encrypted but ca_passphrase was given" % key_path,
-                       field="ca_passphrase") from exc
+            raise PkiError(f"ca_key {key_path} is encrypted; ca_passphrase is required", field="ca_passphrase") from exc
+        raise PkiError(
+            f"ca_key {key_path} is not encrypted but ca_passphrase was given", field="ca_passphrase"
+        ) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         if password is not None and b"ENCRYPTED" in data:
-            raise PkiError("ca_key %s cannot be decrypted: wrong ca_passphrase?" % key_path,
-                           field="ca_passphrase") from exc
-        raise PkiError("ca_key %s is not a PEM private key: %s" % (key_path, exc), field="ca_key") from exc
+            raise PkiError(
+                f"ca_key {key_path} cannot be decrypted: wrong ca_passphrase?", field="ca_passphrase"
+            ) from exc
+        raise PkiError(f"ca_key {key_path} is not a PEM private key: {exc}", field="ca_key") from exc
 
 
 def random_serial() -> int:
@@ -476,6 +533,7 @@ def random_serial() -> int:
 # --------------------------------------------------------------------------------------------------------------------
 # The policy
 # --------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CsrFacts:
@@ -492,16 +550,22 @@ class CsrFacts:
 
     @property
     def subject_alt_names(self) -> list[str]:
-        return ["DNS:%s" % n for n in self.dns_names] + ["IP:%s" % a for a in self.ip_addresses]
+        return [f"DNS:{n}" for n in self.dns_names] + [f"IP:{a}" for a in self.ip_addresses]
 
 
 class CsrPolicy:
     """The rules a CSR must pass before the CA signs it (see the module docstring for each rule and why)."""
 
-    def __init__(self, allowed_sans: Sequence[str] | None = None, deny: Sequence[str] | None = None,
-                 key_types: Sequence[str] = DEFAULT_KEY_TYPES, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS,
-                 ec_curves: Sequence[str] = DEFAULT_EC_CURVES, max_valid_days: int = DEFAULT_MAX_VALID_DAYS,
-                 default_deny: bool = True):
+    def __init__(
+        self,
+        allowed_sans: Sequence[str] | None = None,
+        deny: Sequence[str] | None = None,
+        key_types: Sequence[str] = DEFAULT_KEY_TYPES,
+        min_rsa_bits: int = DEFAULT_MIN_RSA_BITS,
+        ec_curves: Sequence[str] = DEFAULT_EC_CURVES,
+        max_valid_days: int = DEFAULT_MAX_VALID_DAYS,
+        default_deny: bool = True,
+    ):
         """``allowed_sans`` None or empty: only the identity. ``deny`` adds to :data:`DEFAULT_DENY` unless
         ``default_deny`` is false."""
         self.allowed_sans = tuple(allowed_sans or ())
@@ -512,14 +576,17 @@ class CsrPolicy:
         self.max_valid_days = int(max_valid_days)
         for kt in self.key_types:
             if kt not in KEY_TYPES:
-                raise PkiError("allowed_key_types: unknown key type %r (known: %s)" % (kt, ", ".join(KEY_TYPES)),
-                               field="allowed_key_types")
+                raise PkiError(
+                    "allowed_key_types: unknown key type {!r} (known: {})".format(kt, ", ".join(KEY_TYPES)),
+                    field="allowed_key_types",
+                )
         if self.max_valid_days < 1:
             raise PkiError("max_valid_days must be at least 1, not %d" % self.max_valid_days, field="max_valid_days")
         self._deny = tuple(self._compile(p, "deny") for p in self.deny)
         # Patterns without {identity} are compiled once; the others per identity (cheap next to a signature).
-        self._allow_static = tuple(self._compile(p, "allowed_sans") for p in self.allowed_sans
-                                   if IDENTITY_PLACEHOLDER not in p)
+        self._allow_static = tuple(
+            self._compile(p, "allowed_sans") for p in self.allowed_sans if IDENTITY_PLACEHOLDER not in p
+        )
         self._allow_templates = tuple(p for p in self.allowed_sans if IDENTITY_PLACEHOLDER in p)
         for template in self._allow_templates:
             self._compile(template.replace(IDENTITY_PLACEHOLDER, "x"), "allowed_sans")
@@ -529,7 +596,7 @@ class CsrPolicy:
         try:
             return re.compile(pattern)
         except re.error as exc:
-            raise PkiError("%s: invalid regular expression %r: %s" % (option, pattern, exc), field=option) from exc
+            raise PkiError(f"{option}: invalid regular expression {pattern!r}: {exc}", field=option) from exc
 
     # -- the rules ----------------------------------------------------------------------------------------------------
     def evaluate(self, csr, identity: str, valid_days: int = DEFAULT_VALID_DAYS) -> CsrFacts:
@@ -553,34 +620,45 @@ class CsrPolicy:
         except UnsupportedAlgorithm:
             algorithm = None  # EdDSA has no separate hash; an unknown algorithm fails the verification below
         if algorithm is not None and algorithm.name in _WEAK_CSR_HASHES:
-            raise PolicyError("csr_signature", algorithm.name, "the CSR is signed with %s, which is too weak"
-                              % algorithm.name)
+            raise PolicyError(
+                "csr_signature", algorithm.name, f"the CSR is signed with {algorithm.name}, which is too weak"
+            )
         try:
             valid = request.is_signature_valid
         except (ValueError, UnsupportedAlgorithm) as exc:
-            raise PolicyError("csr_signature", None, "the CSR signature cannot be checked: %s" % exc) from exc
+            raise PolicyError("csr_signature", None, f"the CSR signature cannot be checked: {exc}") from exc
         if not valid:
-            raise PolicyError("csr_signature", None, "the CSR signature does not verify (altered or not made with "
-                                                     "the key it contains)")
+            raise PolicyError(
+                "csr_signature",
+                None,
+                "the CSR signature does not verify (altered or not made with the key it contains)",
+            )
 
     @staticmethod
     def _check_identity(identity) -> str:
         if not isinstance(identity, str) or not identity:
             raise PolicyError("identity", identity, "identity must be a non-empty host name")
         if len(identity) > 253 or not _IDENTITY_RE.match(identity):
-            raise PolicyError("identity", identity, "identity %r is not a plain host name (letters, digits, '-', '_' "
-                                                    "and dots; no wildcards)" % identity)
+            raise PolicyError(
+                "identity",
+                identity,
+                f"identity {identity!r} is not a plain host name (letters, digits, '-', '_' and dots; no wildcards)",
+            )
         return identity
 
     @staticmethod
     def _check_subject(request, identity: str) -> None:
         cns = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if len(cns) != 1:
-            raise PolicyError("cn_matches_identity", len(cns), "the CSR subject has %d CN attributes, expected exactly "
-                                                               "one equal to the identity %r" % (len(cns), identity))
+            raise PolicyError(
+                "cn_matches_identity",
+                len(cns),
+                "the CSR subject has %d CN attributes, expected exactly "
+                "one equal to the identity %r" % (len(cns), identity),
+            )
         cn = cns[0].value
         if cn != identity:
-            raise PolicyError("cn_matches_identity", cn, "CN %r is not the identity %r" % (cn, identity))
+            raise PolicyError("cn_matches_identity", cn, f"CN {cn!r} is not the identity {identity!r}")
 
     @staticmethod
     def _requested_names(request, identity: str):
@@ -589,7 +667,7 @@ class CsrPolicy:
         except x509.ExtensionNotFound:
             requested = []
         except ValueError as exc:
-            raise PolicyError("san_types", None, "the CSR's extensions cannot be parsed: %s" % exc) from exc
+            raise PolicyError("san_types", None, f"the CSR's extensions cannot be parsed: {exc}") from exc
         # The identity always comes first so TLS host name verification of the node works.
         try:
             identity_ip = ipaddress.ip_address(identity)
@@ -606,22 +684,28 @@ class CsrPolicy:
                     ips.append(name.value)
             else:
                 value = getattr(name, "value", name)
-                raise PolicyError("san_types", str(value), "SAN %s %r is not allowed (only DNS names and IP addresses)"
-                                  % (type(name).__name__, str(value)))
+                raise PolicyError(
+                    "san_types",
+                    str(value),
+                    f"SAN {type(name).__name__} {str(value)!r} is not allowed (only DNS names and IP addresses)",
+                )
         for ip in ips:
             if isinstance(ip, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-                raise PolicyError("san_types", str(ip), "SAN IP %s is a network, not an address" % ip)
+                raise PolicyError("san_types", str(ip), f"SAN IP {ip} is a network, not an address")
         return dns_names, ips
 
     def _check_name(self, name: str, identity: str) -> None:
         lowered = name.lower()
         for pattern in self._deny:
             if pattern.search(lowered):
-                raise PolicyError("deny", name, "name %r matches the deny pattern %r" % (name, pattern.pattern))
+                raise PolicyError("deny", name, f"name {name!r} matches the deny pattern {pattern.pattern!r}")
         if not self.allowed_sans:
             if lowered != identity.lower():
-                raise PolicyError("allowed_sans", name, "SAN %r is not the identity %r and no allowed_sans patterns "
-                                                        "permit other names" % (name, identity))
+                raise PolicyError(
+                    "allowed_sans",
+                    name,
+                    f"SAN {name!r} is not the identity {identity!r} and no allowed_sans patterns permit other names",
+                )
             return
         for pattern in self._allow_static:
             if pattern.fullmatch(lowered):
@@ -630,38 +714,54 @@ class CsrPolicy:
         for template in self._allow_templates:
             if re.fullmatch(template.replace(IDENTITY_PLACEHOLDER, escaped), lowered):
                 return
-        raise PolicyError("allowed_sans", name, "name %r matches none of the allowed_sans patterns %s"
-                          % (name, ", ".join(repr(p) for p in self.allowed_sans)))
+        raise PolicyError(
+            "allowed_sans",
+            name,
+            "name {!r} matches none of the allowed_sans patterns {}".format(
+                name, ", ".join(repr(p) for p in self.allowed_sans)
+            ),
+        )
 
     def _check_key(self, public_key) -> tuple[str, str]:
         key_type, detail = key_description(public_key)
         if key_type not in self.key_types:
-            raise PolicyError("key_types", key_type, "key type %r is not allowed (allowed: %s)"
-                              % (key_type, ", ".join(self.key_types)))
+            raise PolicyError(
+                "key_types",
+                key_type,
+                "key type {!r} is not allowed (allowed: {})".format(key_type, ", ".join(self.key_types)),
+            )
         if key_type == "rsa" and int(detail) < self.min_rsa_bits:
-            raise PolicyError("key_types", "rsa-%s" % detail, "RSA key of %s bits is smaller than min_rsa_bits %d"
-                              % (detail, self.min_rsa_bits))
+            raise PolicyError(
+                "key_types",
+                f"rsa-{detail}",
+                "RSA key of %s bits is smaller than min_rsa_bits %d" % (detail, self.min_rsa_bits),
+            )
         if key_type == "ec" and detail not in self.ec_curves:
-            raise PolicyError("key_types", detail, "EC curve %r is not allowed (allowed: %s)"
-                              % (detail, ", ".join(self.ec_curves)))
+            raise PolicyError(
+                "key_types",
+                detail,
+                "EC curve {!r} is not allowed (allowed: {})".format(detail, ", ".join(self.ec_curves)),
+            )
         return key_type, detail
 
     def _check_validity(self, valid_days) -> int:
         try:
             days = int(valid_days)
         except (TypeError, ValueError):
-            raise PolicyError("valid_days", valid_days, "valid_days %r is not a whole number" % (valid_days,)) from None
+            raise PolicyError("valid_days", valid_days, f"valid_days {valid_days!r} is not a whole number") from None
         if days < 1:
             raise PolicyError("valid_days", days, "valid_days must be at least 1, not %d" % days)
         if days > self.max_valid_days:
-            raise PolicyError("max_valid_days", days, "valid_days %d is more than max_valid_days %d"
-                              % (days, self.max_valid_days))
+            raise PolicyError(
+                "max_valid_days", days, "valid_days %d is more than max_valid_days %d" % (days, self.max_valid_days)
+            )
         return days
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Signing
 # --------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class IssuedCertificate:
@@ -680,7 +780,7 @@ class IssuedCertificate:
 
     @property
     def serial_hex(self) -> str:
-        return "%x" % self.serial
+        return f"{self.serial:x}"
 
     @property
     def not_after_iso(self) -> str:
@@ -691,7 +791,7 @@ class IssuedCertificate:
         return certificate_properties(x509.load_pem_x509_certificate(self.certificate.encode("ascii")))
 
     @classmethod
-    def from_certificate(cls, cert, ca_pem: str, warnings: Sequence[str] = ()) -> "IssuedCertificate":
+    def from_certificate(cls, cert, ca_pem: str, warnings: Sequence[str] = ()) -> IssuedCertificate:
         props = certificate_properties(cert)
         return cls(
             certificate=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
@@ -709,9 +809,17 @@ class IssuedCertificate:
 
 def _key_usage(profile: str, key_type: str):
     # keyEncipherment only for RSA: TLS RSA key transport; EC and EdDSA keys only sign.
-    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=key_type == "rsa",
-                         data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                         encipher_only=False, decipher_only=False)
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_type == "rsa",
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _extended_key_usage(profile: str):
@@ -730,10 +838,12 @@ class Signer:
         self.ca = ca
         self.policy = policy if policy is not None else CsrPolicy()
 
-    def sign(self, csr, identity: str, valid_days: int = DEFAULT_VALID_DAYS, profile: str = "both") -> IssuedCertificate:
+    def sign(
+        self, csr, identity: str, valid_days: int = DEFAULT_VALID_DAYS, profile: str = "both"
+    ) -> IssuedCertificate:
         """Check ``csr`` against the policy for ``identity`` and issue a certificate (PolicyError / PkiError)."""
         if profile not in PROFILES:
-            raise PkiError("profile must be one of %s, not %r" % (", ".join(PROFILES), profile), field="profile")
+            raise PkiError("profile must be one of {}, not {!r}".format(", ".join(PROFILES), profile), field="profile")
         facts = self.policy.evaluate(csr, identity, valid_days)
         return self.issue(facts, profile)
 
@@ -744,10 +854,12 @@ class Signer:
         warnings = []
         ca_end = self.ca.not_after
         if ca_end <= now:
-            raise PkiError("the CA certificate expired on %s" % iso8601(ca_end), field="ca_cert")
+            raise PkiError(f"the CA certificate expired on {iso8601(ca_end)}", field="ca_cert")
         if not_after > ca_end:
-            warnings.append("certificate for %s ends on %s with its CA, not after the %d days asked for"
-                            % (facts.identity, iso8601(ca_end), facts.valid_days))
+            warnings.append(
+                "certificate for %s ends on %s with its CA, not after the %d days asked for"
+                % (facts.identity, iso8601(ca_end), facts.valid_days)
+            )
             not_after = ca_end
         return not_after, warnings
 
@@ -780,7 +892,7 @@ class Signer:
             not_after=not_after,
             not_before=now - CLOCK_SKEW,
             public_key_sha256=public_key_sha256(facts.public_key),
-            subject="CN=%s" % facts.identity,
+            subject=f"CN={facts.identity}",
             issuer=self.ca.issuer_string,
             subject_alt_names=tuple(facts.subject_alt_names),
             warnings=tuple(warnings),
@@ -794,8 +906,14 @@ class Signer:
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             return False
 
-    def needs_renewal(self, cert_pem, csr_or_public_key_pem, renew_before_days: int = 30,
-                      identity: str | None = None, profile: str | None = None) -> tuple[bool, str]:
+    def needs_renewal(
+        self,
+        cert_pem,
+        csr_or_public_key_pem,
+        renew_before_days: int = 30,
+        identity: str | None = None,
+        profile: str | None = None,
+    ) -> tuple[bool, str]:
         """Whether an existing certificate must be replaced, and why (for idempotent ``dest`` handling).
 
         Kept only when it parses, was issued by this CA (signature verifies), certifies the same public key as the
@@ -807,39 +925,43 @@ class Signer:
         except PkiError as exc:
             return True, str(exc)
         if not self.verify_issued(cert):
-            return True, "the existing certificate was not issued by this CA (issuer %s)" % cert.issuer.rfc4514_string()
+            return True, f"the existing certificate was not issued by this CA (issuer {cert.issuer.rfc4514_string()})"
         wanted_key, csr = self._wanted_public_key(csr_or_public_key_pem)
         if public_key_der(cert.public_key()) != public_key_der(wanted_key):
             return True, "the existing certificate is for a different public key than the CSR"
         now = _now()
         if _not_before(cert) > now:
-            return True, "the existing certificate is not valid before %s" % iso8601(_not_before(cert))
+            return True, f"the existing certificate is not valid before {iso8601(_not_before(cert))}"
         if _not_after(cert) <= now:
-            return True, "the existing certificate expired on %s" % iso8601(_not_after(cert))
+            return True, f"the existing certificate expired on {iso8601(_not_after(cert))}"
         if _not_after(cert) - now <= datetime.timedelta(days=int(renew_before_days)):
-            return True, ("the existing certificate ends on %s, within renew_before_days %d"
-                          % (iso8601(_not_after(cert)), int(renew_before_days)))
+            return True, (
+                "the existing certificate ends on %s, within renew_before_days %d"
+                % (iso8601(_not_after(cert)), int(renew_before_days))
+            )
         cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         if identity is not None and cns != [identity]:
-            return True, "the existing certificate is for CN %s, not the identity %r" % (cns, identity)
+            return True, f"the existing certificate is for CN {cns}, not the identity {identity!r}"
         if csr is not None and identity is not None:
             try:
                 dns_names, ips = CsrPolicy._requested_names(csr, identity)
             except PolicyError as exc:
                 return True, str(exc)
-            wanted = sorted(["DNS:%s" % n.lower() for n in dns_names] + ["IP:%s" % a for a in ips])
-            have = sorted("DNS:" + s[4:].lower() if s.startswith("DNS:") else s
-                          for s in certificate_properties(cert)["subject_alt_names"])
+            wanted = sorted([f"DNS:{n.lower()}" for n in dns_names] + [f"IP:{a}" for a in ips])
+            have = sorted(
+                "DNS:" + s[4:].lower() if s.startswith("DNS:") else s
+                for s in certificate_properties(cert)["subject_alt_names"]
+            )
             if wanted != have:
-                return True, "the existing certificate names %s, the CSR asks for %s" % (have, wanted)
+                return True, f"the existing certificate names {have}, the CSR asks for {wanted}"
         if profile is not None:
             try:
                 have_eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
             except x509.ExtensionNotFound:
                 have_eku = set()
             if have_eku != set(_extended_key_usage(profile)):
-                return True, "the existing certificate's extended key usage does not match profile %r" % profile
-        return False, "the existing certificate is valid until %s" % iso8601(_not_after(cert))
+                return True, f"the existing certificate's extended key usage does not match profile {profile!r}"
+        return False, f"the existing certificate is valid until {iso8601(_not_after(cert))}"
 
     @staticmethod
     def _wanted_public_key(csr_or_public_key_pem):
@@ -852,12 +974,13 @@ class Signer:
         try:
             return serialization.load_pem_public_key(data), None
         except (ValueError, UnsupportedAlgorithm) as exc:
-            raise PkiError("neither a CSR nor a public key: %s" % exc, field="csr") from exc
+            raise PkiError(f"neither a CSR nor a public key: {exc}", field="csr") from exc
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Options shared by every caller of the built-in signer, and the flow of the pki_sign module
 # --------------------------------------------------------------------------------------------------------------------
+
 
 def signer_argument_spec() -> dict:
     """Options of the built-in signer (CA files, CA creation, policy): pki_sign's, and reusable as sub-options."""
@@ -899,14 +1022,17 @@ def ca_from_params(params: dict, check_mode: bool = False) -> tuple[CertificateA
     cert_path, key_path = params["ca_cert"], params["ca_key"]
     if params.get("create_ca"):
         return CertificateAuthority.load_or_create(
-            cert_path, key_path, params.get("ca_passphrase"),
+            cert_path,
+            key_path,
+            params.get("ca_passphrase"),
             common_name=params.get("ca_common_name") or DEFAULT_CA_COMMON_NAME,
             key_type=params.get("ca_key_type") or "ec",
             valid_days=params.get("ca_valid_days") or DEFAULT_CA_VALID_DAYS,
-            check_mode=check_mode)
+            check_mode=check_mode,
+        )
     for option, path in (("ca_cert", cert_path), ("ca_key", key_path)):
         if not os.path.lexists(path):
-            raise PkiError("%s %s does not exist (set create_ca to create the CA)" % (option, path), field=option)
+            raise PkiError(f"{option} {path} does not exist (set create_ca to create the CA)", field=option)
     return CertificateAuthority.load(cert_path, key_path, params.get("ca_passphrase")), False
 
 
@@ -937,23 +1063,24 @@ class CertificateIssuance:
         if not path:
             raise PkiError("one of csr or csr_path is required", field="csr")
         try:
-            with open(path, "r", encoding="ascii") as handle:
+            with open(path, encoding="ascii") as handle:
                 return handle.read()
         except (OSError, UnicodeDecodeError) as exc:
-            raise PkiError("csr_path %s cannot be read: %s" % (path, getattr(exc, "strerror", None) or exc),
-                           field="csr_path") from exc
+            raise PkiError(
+                "csr_path {} cannot be read: {}".format(path, getattr(exc, "strerror", None) or exc), field="csr_path"
+            ) from exc
 
     @staticmethod
     def _existing(path: str | None, option: str) -> str | None:
         if not path or not os.path.lexists(path):
             return None
         if os.path.islink(path) or not os.path.isfile(path):
-            raise PkiError("%s %s exists and is not a regular file; refusing to replace it" % (option, path), field=option)
+            raise PkiError(f"{option} {path} exists and is not a regular file; refusing to replace it", field=option)
         try:
-            with open(path, "r", encoding="ascii", errors="replace") as handle:
+            with open(path, encoding="ascii", errors="replace") as handle:
                 return handle.read()
         except OSError as exc:
-            raise PkiError("%s %s cannot be read: %s" % (option, path, exc.strerror or exc), field=option) from exc
+            raise PkiError(f"{option} {path} cannot be read: {exc.strerror or exc}", field=option) from exc
 
     def run(self, check_mode: bool = False) -> dict:
         p = self.params
@@ -963,8 +1090,11 @@ class CertificateIssuance:
         renew_before_days = int(p.get("renew_before_days", 30))
         dest, chain_dest = p.get("dest"), p.get("chain_dest")
         if dest and renew_before_days >= int(valid_days):
-            raise PkiError("renew_before_days %d must be smaller than valid_days %s, or every run would re-issue"
-                           % (renew_before_days, valid_days), field="renew_before_days")
+            raise PkiError(
+                "renew_before_days %d must be smaller than valid_days %s, or every run would re-issue"
+                % (renew_before_days, valid_days),
+                field="renew_before_days",
+            )
         csr_text = self._csr_text()
         for option, path in (("dest", dest), ("chain_dest", chain_dest)):
             if path:
@@ -972,7 +1102,7 @@ class CertificateIssuance:
         existing = self._existing(dest, "dest")
         existing_chain = self._existing(chain_dest, "chain_dest")
         policy = policy_from_params(p)
-        facts = policy.evaluate(csr_text, identity, valid_days)   # refusals surface in check mode too
+        facts = policy.evaluate(csr_text, identity, valid_days)  # refusals surface in check mode too
         ca, ca_created = ca_from_params(p, check_mode)
         signer = Signer(ca, policy)
         warnings = list(ca.warnings)
@@ -984,8 +1114,9 @@ class CertificateIssuance:
                 before = certificate_properties(load_certificates(existing, "dest")[0])
             except PkiError:
                 before = {"state": "not a PEM certificate"}
-            need, reason = signer.needs_renewal(existing, facts.csr, renew_before_days, identity=identity,
-                                                profile=profile)
+            need, reason = signer.needs_renewal(
+                existing, facts.csr, renew_before_days, identity=identity, profile=profile
+            )
             keep = not need
 
         changed = ca_created
@@ -1002,14 +1133,14 @@ class CertificateIssuance:
             not_after, plan_warnings = signer.plan(facts)
             warnings.extend(plan_warnings)
             after = {
-                "subject": "CN=%s" % identity,
+                "subject": f"CN={identity}",
                 "issuer": ca.subject.rfc4514_string(),
                 "subject_alt_names": facts.subject_alt_names,
                 "serial": "(assigned when signed)",
                 "not_before": "(when signed)",
                 "not_after": iso8601(not_after),
                 "extended_key_usage": sorted(_EKU_NAMES[oid] for oid in _extended_key_usage(profile)),
-                "public_key": ("%s %s" % (facts.key_type, facts.key_detail)).strip(),
+                "public_key": (f"{facts.key_type} {facts.key_detail}").strip(),
                 "public_key_sha256": public_key_sha256(facts.public_key),
             }
         else:
@@ -1034,7 +1165,7 @@ class CertificateIssuance:
             "not_after": issued.not_after_iso if issued else after.get("not_after"),
             "dest": dest,
             "chain_dest": chain_dest,
-            "msg": ("kept: %s" % reason) if keep else ("issued: %s" % reason),
+            "msg": (f"kept: {reason}") if keep else (f"issued: {reason}"),
             "warnings": warnings,
             "diff": {
                 "before_header": dest or "certificate",
@@ -1059,4 +1190,4 @@ class CertificateIssuance:
         try:
             atomic_write(path, data, mode=CERTIFICATE_MODE, owner=owner, group=group)
         except OSError as exc:
-            raise PkiError("%s %s cannot be written: %s" % (option, path, exc), field=option) from exc
+            raise PkiError(f"{option} {path} cannot be written: {exc}", field=option) from exc

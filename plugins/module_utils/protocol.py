@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Choria protocol v1 in insecure provisioning mode: the one implementation of the wire format.
@@ -79,29 +78,30 @@ class ProtocolError(ValueError):
 
 # --------------------------------------------------------------------------------------------- subjects
 
+
 def _md5hex(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()  # nosec - subject naming, as Choria does
 
 
 def node_subject(identity: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
-    return "%s.node.%s" % (collective, identity)
+    return f"{collective}.node.{identity}"
 
 
 def broadcast_subject(agent: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
-    return "%s.broadcast.agent.%s" % (collective, agent)
+    return f"{collective}.broadcast.agent.{agent}"
 
 
 def reply_subject(callerid: str, requestid: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
-    return "%s.reply.%s.%s" % (collective, _md5hex(callerid), requestid)
+    return f"{collective}.reply.{_md5hex(callerid)}.{requestid}"
 
 
 def reply_inbox_prefix(callerid: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
     """The subject prefix under which every reply to ``callerid`` arrives (subscribe to ``prefix + '.>'``)."""
-    return "%s.reply.%s" % (collective, _md5hex(callerid))
+    return f"{collective}.reply.{_md5hex(callerid)}"
 
 
 def lifecycle_subject(event_type: str, component: str = LIFECYCLE_COMPONENT) -> str:
-    return "choria.lifecycle.event.%s.%s" % (event_type, component)
+    return f"choria.lifecycle.event.{event_type}.{component}"
 
 
 def valid_identity(identity: Any) -> bool:
@@ -114,6 +114,7 @@ _IDENTITY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
 
 # --------------------------------------------------------------------------------------------- ids, time
 
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -124,7 +125,7 @@ def now() -> int:
 
 def caller_id(name: str) -> str:
     """Choria caller ids look like ``choria=name``."""
-    return name if "=" in name else "choria=%s" % name
+    return name if "=" in name else f"choria={name}"
 
 
 def constant_time_equal(given: Any, expected: str) -> bool:
@@ -134,6 +135,7 @@ def constant_time_equal(given: Any, expected: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- filters
+
 
 def empty_filter() -> dict:
     return {"fact": [], "cf_class": [], "agent": [], "identity": [], "compound": []}
@@ -202,8 +204,9 @@ def filter_matches(flt: Any, identity: str, agents, facts: dict, classes=()) -> 
     for fact in flt.get("fact") or []:
         if not isinstance(fact, dict):
             return False
-        if not _compare(_fact_lookup(facts, str(fact.get("fact", ""))), str(fact.get("operator", "")),
-                        str(fact.get("value", ""))):
+        if not _compare(
+            _fact_lookup(facts, str(fact.get("fact", ""))), str(fact.get("operator", "")), str(fact.get("value", ""))
+        ):
             return False
     if flt.get("compound"):
         return False
@@ -211,6 +214,7 @@ def filter_matches(flt: Any, identity: str, agents, facts: dict, classes=()) -> 
 
 
 # --------------------------------------------------------------------------------------------- messages
+
 
 @dataclass
 class Request:
@@ -274,8 +278,9 @@ def rpc_request_body(agent: str, action: str, data: dict | None = None) -> dict:
     return {"agent": agent, "action": action, "data": data or {}}
 
 
-def rpc_reply_body(action: str, statuscode: int = StatusCode.OK, statusmsg: str = "OK",
-                   data: dict | None = None) -> dict:
+def rpc_reply_body(
+    action: str, statuscode: int = StatusCode.OK, statusmsg: str = "OK", data: dict | None = None
+) -> dict:
     return {"action": action, "statuscode": statuscode, "statusmsg": statusmsg, "data": data or {}}
 
 
@@ -306,8 +311,12 @@ def request_document(req: Request) -> dict:
 
 
 def secure_request_document(req: Request) -> dict:
-    return {"protocol": SECURE_REQUEST, "message": _dumps(request_document(req)),
-            "signature": INSECURE, "pubcert": INSECURE}
+    return {
+        "protocol": SECURE_REQUEST,
+        "message": _dumps(request_document(req)),
+        "signature": INSECURE,
+        "pubcert": INSECURE,
+    }
 
 
 def reply_document(rep: Reply) -> dict:
@@ -343,10 +352,10 @@ def transport_document(secure: dict, reply_to: str | None, sender: str) -> dict:
 # The encoders below write the outer two layers by hand: byte for byte what _dumps of secure_*_document and
 # transport_document gives (same key order, same escaping), without serialising the inner document's JSON
 # again at each layer.
-_SECURE_REQUEST_HEAD = '{"protocol":"%s","message":' % SECURE_REQUEST
-_SECURE_REQUEST_TAIL = ',"signature":"%s","pubcert":"%s"}' % (INSECURE, INSECURE)
-_SECURE_REPLY_HEAD = '{"protocol":"%s","message":' % SECURE_REPLY
-_TRANSPORT_HEAD = ('{"protocol":"%s","data":"' % TRANSPORT).encode("ascii")
+_SECURE_REQUEST_HEAD = f'{{"protocol":"{SECURE_REQUEST}","message":'
+_SECURE_REQUEST_TAIL = f',"signature":"{INSECURE}","pubcert":"{INSECURE}"}}'
+_SECURE_REPLY_HEAD = f'{{"protocol":"{SECURE_REPLY}","message":'
+_TRANSPORT_HEAD = (f'{{"protocol":"{TRANSPORT}","data":"').encode("ascii")
 _SENDER_HEADERS: dict[str, bytes] = {}
 
 
@@ -354,11 +363,11 @@ def _transport_bytes(secure_text: str, reply_to: str | None, sender: str) -> byt
     headers = _SENDER_HEADERS.get(sender)
     if headers is None:
         quoted = _json_string(sender)
-        headers = ('","headers":{"mc_sender":%s,"seen-by":[["",%s,""]]' % (quoted, quoted)).encode("ascii")
+        headers = (f'","headers":{{"mc_sender":{quoted},"seen-by":[["",{quoted},""]]').encode("ascii")
         if len(_SENDER_HEADERS) > 1024:
             _SENDER_HEADERS.clear()
         _SENDER_HEADERS[sender] = headers
-    tail = (',"reply-to":%s}}' % _json_string(reply_to)).encode("ascii") if reply_to else b"}}"
+    tail = (f',"reply-to":{_json_string(reply_to)}}}}}').encode("ascii") if reply_to else b"}}"
     return _TRANSPORT_HEAD + base64.b64encode(secure_text.encode("utf-8")) + headers + tail
 
 
@@ -378,6 +387,7 @@ def encode_reply(rep: Reply) -> bytes:
 
 # --------------------------------------------------------------------------------------------- decoding
 
+
 def _json_object(raw: Any, where: str) -> dict:
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) > MAX_MESSAGE_BYTES:
@@ -385,25 +395,25 @@ def _json_object(raw: Any, where: str) -> dict:
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ProtocolError("%s: not UTF-8 text (%s)" % (where, exc)) from None
+            raise ProtocolError(f"{where}: not UTF-8 text ({exc})") from None
     try:
         doc = json.loads(raw)
     except (TypeError, ValueError) as exc:
-        raise ProtocolError("%s: not JSON (%s)" % (where, exc)) from None
+        raise ProtocolError(f"{where}: not JSON ({exc})") from None
     if not isinstance(doc, dict):
-        raise ProtocolError("%s: expected a JSON object, got %s" % (where, type(doc).__name__))
+        raise ProtocolError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     return doc
 
 
 def _expect_protocol(doc: dict, protocol: str, where: str) -> None:
     if doc.get("protocol") != protocol:
-        raise ProtocolError("%s: protocol is %r, expected %r" % (where, doc.get("protocol"), protocol))
+        raise ProtocolError("{}: protocol is {!r}, expected {!r}".format(where, doc.get("protocol"), protocol))
 
 
 def _string_field(doc: dict, name: str, where: str, allow_empty: bool = False) -> str:
     value = doc.get(name)
     if not isinstance(value, str) or (not allow_empty and not value):
-        raise ProtocolError("%s: field %r must be a non-empty string" % (where, name))
+        raise ProtocolError(f"{where}: field {name!r} must be a non-empty string")
     return value
 
 
@@ -470,14 +480,23 @@ def decode_request(raw: Any) -> Request:
         raise ProtocolError("request envelope: requestid must be 32 characters")
     for name in ("ttl", "time"):
         if not isinstance(env.get(name), int) or isinstance(env.get(name), bool):
-            raise ProtocolError("request envelope: field %r must be an integer" % name)
+            raise ProtocolError(f"request envelope: field {name!r} must be an integer")
     senderid = env.get("senderid") if isinstance(env.get("senderid"), str) else ""
     flt = env.get("filter") if isinstance(env.get("filter"), dict) else empty_filter()
     body = decode_body(_string_field(inner, "message", "request"))
     reply_to = headers.get("reply-to") if isinstance(headers.get("reply-to"), str) else ""
-    return Request(agent=env["agent"], body=body, callerid=env["callerid"], senderid=senderid,
-                   collective=env["collective"], requestid=env["requestid"], ttl=env["ttl"], time=env["time"],
-                   filter=flt, reply_to=reply_to)
+    return Request(
+        agent=env["agent"],
+        body=body,
+        callerid=env["callerid"],
+        senderid=senderid,
+        collective=env["collective"],
+        requestid=env["requestid"],
+        ttl=env["ttl"],
+        time=env["time"],
+        filter=flt,
+        reply_to=reply_to,
+    )
 
 
 def decode_reply(raw: Any) -> Reply:
@@ -501,14 +520,15 @@ def decode_reply(raw: Any) -> Reply:
 
 # --------------------------------------------------------------------------------------------- events
 
-def lifecycle_event(event_type: str, identity: str, component: str = LIFECYCLE_COMPONENT,
-                    version: str = "", extra: dict | None = None) -> dict:
+
+def lifecycle_event(
+    event_type: str, identity: str, component: str = LIFECYCLE_COMPONENT, version: str = "", extra: dict | None = None
+) -> dict:
     """A Choria lifecycle event in CloudEvents v1 format (types: startup, shutdown, provisioned, alive)."""
     event_id = str(uuid.uuid4())
     stamp = now()
-    protocol = "io.choria.lifecycle.v1.%s" % event_type
-    data = {"protocol": protocol, "id": event_id, "identity": identity, "component": component,
-            "timestamp": stamp}
+    protocol = f"io.choria.lifecycle.v1.{event_type}"
+    data = {"protocol": protocol, "id": event_id, "identity": identity, "component": component, "timestamp": stamp}
     if version:
         data["version"] = version
     if extra:
@@ -530,7 +550,8 @@ def parse_lifecycle_event(raw: Any) -> dict:
     doc = _json_object(raw, "lifecycle event")
     data = doc.get("data") if isinstance(doc.get("data"), dict) else doc
     if not isinstance(data.get("identity"), str) or not str(data.get("protocol", "")).startswith(
-            "io.choria.lifecycle.v1."):
+        "io.choria.lifecycle.v1."
+    ):
         raise ProtocolError("lifecycle event: missing identity or protocol")
     data = dict(data)
     data["type"] = data["protocol"].rsplit(".", 1)[-1]
@@ -539,5 +560,10 @@ def parse_lifecycle_event(raw: Any) -> dict:
 
 def registration_document(identity: str, facts: dict, version: str = "") -> dict:
     """The provisioning-mode registration payload (what a provisioner learns without asking)."""
-    return {"protocol": "choria:registration:provisioning:1", "identity": identity, "version": version,
-            "timestamp": now(), "facts": facts}
+    return {
+        "protocol": "choria:registration:provisioning:1",
+        "identity": identity,
+        "version": version,
+        "timestamp": now(),
+        "facts": facts,
+    }

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Choria's provisioning helper contract: what a helper is given on stdin and what it must print.
@@ -67,7 +66,7 @@ def helper_argv(helper: Any) -> list[str]:
     program = argv[0]
     resolved = program if os.sep in program else shutil.which(program)
     if not resolved or not os.path.isfile(resolved) or not os.access(resolved, os.X_OK):
-        raise ValueError("helper program %r is not an executable file" % program)
+        raise ValueError(f"helper program {program!r} is not an executable file")
     return [resolved] + argv[1:]
 
 
@@ -75,8 +74,7 @@ def helper_request(identity: str, csr: dict | None, inventory: Any) -> dict:
     """The document a helper reads on stdin (Choria's field names and shapes)."""
     csr_doc = None
     if csr:
-        csr_doc = {"csr": csr.get("csr", ""), "public_key": csr.get("public_key", ""),
-                   "ssldir": csr.get("ssldir", "")}
+        csr_doc = {"csr": csr.get("csr", ""), "public_key": csr.get("public_key", ""), "ssldir": csr.get("ssldir", "")}
     inventory_text = inventory if isinstance(inventory, str) else json.dumps(inventory or {}, sort_keys=True)
     return {"identity": identity, "csr": csr_doc, "ed25519_pubkey": None, "inventory": inventory_text, "jwt": None}
 
@@ -104,14 +102,15 @@ def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str
         raise NodeFailure("helper exited with status %d for %s; stderr: %s" % (returncode, identity, _tail(stderr)))
     text = (stdout or "").strip()
     if not text:
-        raise NodeFailure("helper printed nothing for %s; stderr: %s" % (identity, _tail(stderr)))
+        raise NodeFailure(f"helper printed nothing for {identity}; stderr: {_tail(stderr)}")
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise NodeFailure("helper output for %s is not JSON (%s); stderr: %s" % (identity, exc, _tail(stderr))) from None
+        raise NodeFailure(f"helper output for {identity} is not JSON ({exc}); stderr: {_tail(stderr)}") from None
     if not isinstance(doc, dict):
-        raise NodeFailure("helper output for %s is a JSON %s, not an object; stderr: %s"
-                          % (identity, type(doc).__name__, _tail(stderr)))
+        raise NodeFailure(
+            f"helper output for {identity} is a JSON {type(doc).__name__}, not an object; stderr: {_tail(stderr)}"
+        )
     ignored = tuple(sorted(k for k in doc if k not in KNOWN_FIELDS and doc[k] not in (None, "", {}, [])))
     msg = doc.get("msg") if isinstance(doc.get("msg"), str) else ""
     if doc.get("defer") is True:
@@ -120,30 +119,36 @@ def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str
         return Decision(shutdown=True, msg=msg or "shutdown requested by helper", ignored=ignored)
     configuration = doc.get("configuration")
     if not isinstance(configuration, dict) or not configuration:
-        raise NodeFailure("helper returned no configuration for %s (field 'configuration' must be an object of "
-                          "strings); stderr: %s" % (identity, _tail(stderr)))
+        raise NodeFailure(
+            f"helper returned no configuration for {identity} (field 'configuration' must be an object of "
+            f"strings); stderr: {_tail(stderr)}"
+        )
     for key, value in configuration.items():
         if not isinstance(value, str):
-            raise NodeFailure("helper configuration for %s: value of %r must be a string, got %s"
-                              % (identity, key, type(value).__name__))
+            raise NodeFailure(
+                f"helper configuration for {identity}: value of {key!r} must be a string, got {type(value).__name__}"
+            )
     certificate = doc.get("certificate")
     if not isinstance(certificate, str) or not certificate.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
-        raise NodeFailure("helper returned no PEM certificate for %s (field 'certificate'); stderr: %s"
-                          % (identity, _tail(stderr)))
+        raise NodeFailure(
+            f"helper returned no PEM certificate for {identity} (field 'certificate'); stderr: {_tail(stderr)}"
+        )
     ca = doc.get("ca")
     if not isinstance(ca, str) or not ca.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
-        raise NodeFailure("helper returned no PEM CA for %s (field 'ca'); stderr: %s" % (identity, _tail(stderr)))
+        raise NodeFailure(f"helper returned no PEM CA for {identity} (field 'ca'); stderr: {_tail(stderr)}")
     ssldir = doc.get("ssldir") if isinstance(doc.get("ssldir"), str) else ""
-    return Decision(msg=msg, certificate=certificate, ca=ca, ssldir=ssldir, configuration=dict(configuration),
-                    ignored=ignored)
+    return Decision(
+        msg=msg, certificate=certificate, ca=ca, ssldir=ssldir, configuration=dict(configuration), ignored=ignored
+    )
 
 
 def check_configuration(identity: str, configuration: dict) -> None:
     """Refuse a configuration that would put the node straight back into provisioning mode."""
     if provisioning_left_on(configuration):
-        raise NodeFailure("configuration for %s leaves provisioning on: %s must be \"false\" (got %r); "
-                          "refusing to configure a node that would loop back into provisioning"
-                          % (identity, PROVISION_KEY, configuration.get(PROVISION_KEY)))
+        raise NodeFailure(
+            f'configuration for {identity} leaves provisioning on: {PROVISION_KEY} must be "false" (got {configuration.get(PROVISION_KEY)!r}); '
+            "refusing to configure a node that would loop back into provisioning"
+        )
 
 
 def _kill_group(proc) -> None:
@@ -156,17 +161,23 @@ def _kill_group(proc) -> None:
             pass
 
 
-async def run_helper(argv: list[str], request: dict, timeout: float = DEFAULT_HELPER_TIMEOUT,
-                     env: dict | None = None) -> Decision:
+async def run_helper(
+    argv: list[str], request: dict, timeout: float = DEFAULT_HELPER_TIMEOUT, env: dict | None = None
+) -> Decision:
     """Run the helper for one node; kill it (and its children) when it runs past ``timeout`` seconds."""
     identity = request.get("identity", "?")
     payload = json.dumps(request).encode("utf-8")
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, env=env)
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+        )
     except OSError as exc:
-        raise NodeFailure("helper %s could not be started for %s: %s" % (argv[0], identity, exc)) from None
+        raise NodeFailure(f"helper {argv[0]} could not be started for {identity}: {exc}") from None
     stdout, stderr = bytearray(), bytearray()
 
     async def _drain(stream, sink: bytearray) -> None:
@@ -194,11 +205,15 @@ async def run_helper(argv: list[str], request: dict, timeout: float = DEFAULT_HE
     except asyncio.TimeoutError:
         _kill_group(proc)
         await proc.wait()
-        raise NodeFailure("helper ran longer than %gs for %s and was killed; stderr: %s"
-                          % (timeout, identity, _tail(stderr.decode("utf-8", "replace")))) from None
+        raise NodeFailure(
+            "helper ran longer than {:g}s for {} and was killed; stderr: {}".format(
+                timeout, identity, _tail(stderr.decode("utf-8", "replace"))
+            )
+        ) from None
     except BaseException:
         _kill_group(proc)
         await proc.wait()
         raise
-    return parse_helper_output(identity, proc.returncode, stdout.decode("utf-8", "replace"),
-                               stderr.decode("utf-8", "replace"))
+    return parse_helper_output(
+        identity, proc.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+    )

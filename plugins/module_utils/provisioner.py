@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """The controller-side provisioner: takes nodes in provisioning mode to configured members.
@@ -116,11 +115,11 @@ def certificate_problem(certificate_pem: str, csr_pem: str) -> str:
     try:
         cert = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
     except (ValueError, UnicodeError) as exc:
-        return "the certificate does not parse (%s)" % exc
+        return f"the certificate does not parse ({exc})"
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
     except (ValueError, UnicodeError) as exc:
-        return "the node's CSR does not parse (%s)" % exc
+        return f"the node's CSR does not parse ({exc})"
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if cert.public_key().public_bytes(*fmt) != csr.public_key().public_bytes(*fmt):
         return "the certificate does not carry the public key of the node's CSR"
@@ -137,7 +136,7 @@ class PolicySigner:
         try:
             from . import pki  # imported late: only runs that sign need cryptography's X.509 machinery
         except ImportError as exc:
-            raise ProvisionError("the built-in signer is unavailable: %s" % exc) from None
+            raise ProvisionError(f"the built-in signer is unavailable: {exc}") from None
         self.pki = pki
         self.valid_days = settings.get("valid_days") or pki.DEFAULT_VALID_DAYS
         self.profile = settings.get("profile") or "both"
@@ -145,9 +144,9 @@ class PolicySigner:
         try:
             self.signer, self.ca_created = pki.signer_from_params(settings)
         except KeyError as exc:
-            raise ProvisionError("signer: option %s is required" % exc) from None
+            raise ProvisionError(f"signer: option {exc} is required") from None
         except (pki.PkiError, OSError, ValueError, TypeError) as exc:
-            raise ProvisionError("signer: %s" % exc) from None
+            raise ProvisionError(f"signer: {exc}") from None
         self.ca = self.signer.ca
         self.warnings = list(getattr(self.ca, "warnings", []) or [])
 
@@ -155,14 +154,19 @@ class PolicySigner:
         try:
             issued = self.signer.sign(csr.get("csr", ""), identity, valid_days=self.valid_days, profile=self.profile)
         except self.pki.PolicyError as exc:
-            raise NodeFailure("signer refused the CSR of %s: %s" % (identity, exc)) from None
+            raise NodeFailure(f"signer refused the CSR of {identity}: {exc}") from None
         except self.pki.PkiError as exc:
-            raise NodeFailure("signer could not sign the CSR of %s: %s" % (identity, exc)) from None
+            raise NodeFailure(f"signer could not sign the CSR of {identity}: {exc}") from None
         configuration = dict(self.base)
         configuration["identity"] = identity
         configuration[PROVISION_KEY] = "false"
-        return Decision(certificate=issued.certificate, ca=issued.ca, ssldir=csr.get("ssldir", ""),
-                        configuration=configuration, msg="signed serial %s" % issued.serial_hex)
+        return Decision(
+            certificate=issued.certificate,
+            ca=issued.ca,
+            ssldir=csr.get("ssldir", ""),
+            configuration=configuration,
+            msg=f"signed serial {issued.serial_hex}",
+        )
 
 
 class ChoriaProvisioner:
@@ -179,7 +183,7 @@ class ChoriaProvisioner:
             try:
                 self.helper_argv = helper_argv(settings.helper)
             except ValueError as exc:
-                raise ProvisionError("helper: %s" % exc) from None
+                raise ProvisionError(f"helper: {exc}") from None
         self.signer = signer
         self.client: RpcClient | None = None
         self.provisioned: list[str] = []
@@ -203,16 +207,23 @@ class ChoriaProvisioner:
         try:
             tls = tls_context(self.s.tls_ca, self.s.tls_cert, self.s.tls_key)
         except (OSError, ValueError) as exc:
-            raise ProvisionError("broker TLS options: %s" % exc) from None
+            raise ProvisionError(f"broker TLS options: {exc}") from None
         return RpcClient(self.s.brokers, callerid=self.s.callerid, collective=self.s.collective, tls=tls)
 
-    async def _rpc(self, identity: str, action: str, data: dict | None = None, agent: str = PROVISION_AGENT,
-                   step: str | None = None) -> dict:
+    async def _rpc(
+        self,
+        identity: str,
+        action: str,
+        data: dict | None = None,
+        agent: str = PROVISION_AGENT,
+        step: str | None = None,
+    ) -> dict:
         step = step or action
         started = time.monotonic()
         try:
-            reply = await self.client.call(identity, agent, action, data or {}, timeout=self.s.timeout,
-                                           retries=self.s.retries, step=step)
+            reply = await self.client.call(
+                identity, agent, action, data or {}, timeout=self.s.timeout, retries=self.s.retries, step=step
+            )
         except RpcError as exc:
             raise NodeFailure(str(exc)) from None
         if step in self.step_ms:
@@ -240,8 +251,9 @@ class ChoriaProvisioner:
             async with self._helper_slots:
                 started = time.monotonic()  # time the helper itself, not the wait for a free slot
                 try:
-                    decision = await run_helper(self.helper_argv, helper_request(identity, csr, inventory),
-                                                timeout=self.s.helper_timeout)
+                    decision = await run_helper(
+                        self.helper_argv, helper_request(identity, csr, inventory), timeout=self.s.helper_timeout
+                    )
                 finally:
                     self.step_ms["decide"].append((time.monotonic() - started) * 1000.0)
             for name in decision.ignored:
@@ -252,10 +264,10 @@ class ChoriaProvisioner:
                 # A certificate for another key would leave the node unable to use it after restart.
                 problem = certificate_problem(decision.certificate, csr.get("csr", ""))
                 if problem:
-                    raise NodeFailure("helper answer for %s refused: %s" % (identity, problem))
+                    raise NodeFailure(f"helper answer for {identity} refused: {problem}")
             return decision
         if self.signer is None:
-            raise NodeFailure("no helper and no signer: nothing can decide for %s" % identity)
+            raise NodeFailure(f"no helper and no signer: nothing can decide for {identity}")
         started = time.monotonic()
         try:
             decision = self.signer.decide(identity, csr)
@@ -269,14 +281,14 @@ class ChoriaProvisioner:
         started = time.monotonic()
         try:
             if not valid_identity(identity):
-                raise NodeFailure("identity %r is not a valid node name" % identity)
+                raise NodeFailure(f"identity {identity!r} is not a valid node name")
             inventory = await self._rpc(identity, "inventory", agent="rpcutil")
             if self.s.check_mode:
                 self.would_provision.append(identity)
                 return
             csr = await self._rpc(identity, "gencsr", self.gencsr_data(identity))
             if not isinstance(csr.get("csr"), str) or "CERTIFICATE REQUEST" not in csr.get("csr", ""):
-                raise NodeFailure("gencsr: %s replied without a PEM CSR" % identity)
+                raise NodeFailure(f"gencsr: {identity} replied without a PEM CSR")
             decision = await self.decide(identity, inventory, csr)
             if decision.defer:
                 self.deferred[identity] = decision.msg
@@ -285,9 +297,16 @@ class ChoriaProvisioner:
                 await self._rpc(identity, "shutdown", self._token_data())
                 self.shutdown[identity] = decision.msg
                 return
-            await self._rpc(identity, "configure", self._token_data(
-                config=json.dumps(decision.configuration, sort_keys=True), certificate=decision.certificate,
-                ca=decision.ca, ssldir=decision.ssldir or csr.get("ssldir") or None))
+            await self._rpc(
+                identity,
+                "configure",
+                self._token_data(
+                    config=json.dumps(decision.configuration, sort_keys=True),
+                    certificate=decision.certificate,
+                    ca=decision.ca,
+                    ssldir=decision.ssldir or csr.get("ssldir") or None,
+                ),
+            )
             await self._rpc(identity, "restart", self._token_data(splay=self.s.splay))
             self.provisioned.append(identity)
             self.node_ms.append((time.monotonic() - started) * 1000.0)
@@ -321,6 +340,7 @@ class ChoriaProvisioner:
 
     async def _listen(self, wanted: set | None) -> list:
         """Startup lifecycle events and registration data announce nodes that boot during the wait window."""
+
         async def on_event(msg) -> None:
             try:
                 identity = parse_lifecycle_event(msg.data).get("identity", "")
@@ -338,9 +358,11 @@ class ChoriaProvisioner:
                 self.admit(identity, wanted)
 
         nc = self.client.nc
-        subs = [await nc.subscribe(lifecycle_subject("startup"), cb=on_event),
-                await nc.subscribe(REGISTRATION_SUBJECT, cb=on_registration),
-                await nc.subscribe(REGISTRATION_SUBJECT + ".>", cb=on_registration)]
+        subs = [
+            await nc.subscribe(lifecycle_subject("startup"), cb=on_event),
+            await nc.subscribe(REGISTRATION_SUBJECT, cb=on_registration),
+            await nc.subscribe(REGISTRATION_SUBJECT + ".>", cb=on_registration),
+        ]
         await nc.flush()
         return subs
 
@@ -355,8 +377,9 @@ class ChoriaProvisioner:
         started = time.monotonic()
         wanted = self._wanted()
         if self.helper_argv is not None:
-            self._helper_slots = asyncio.Semaphore(self.s.helper_concurrency or max(2, min(self.s.workers,
-                                                                                           4 * (os.cpu_count() or 1))))
+            self._helper_slots = asyncio.Semaphore(
+                self.s.helper_concurrency or max(2, min(self.s.workers, 4 * (os.cpu_count() or 1)))
+            )
         if self.signer is not None:
             self.warnings.extend(getattr(self.signer, "warnings", []))
         self._queue = asyncio.Queue()
@@ -405,8 +428,9 @@ class ChoriaProvisioner:
 
     def result(self, total_s: float, discovery_s: float = 0.0) -> dict:
         for name, count in sorted(self.ignored_fields.items()):
-            self.warnings.append("helper returned the Choria field %r for %d node(s); this provisioner ignores it"
-                                 % (name, count))
+            self.warnings.append(
+                "helper returned the Choria field %r for %d node(s); this provisioner ignores it" % (name, count)
+            )
         done = len(self.provisioned)
         timings = {name: summarize_ms(values) for name, values in self.step_ms.items() if values}
         timings["node"] = summarize_ms(self.node_ms)
@@ -420,8 +444,13 @@ class ChoriaProvisioner:
             "failed": dict(sorted(self.failed.items())),
             "shutdown": dict(sorted(self.shutdown.items())),
             "absent": list(self.absent),
-            "counts": {"discovered": len(self.discovered), "provisioned": done, "deferred": len(self.deferred),
-                       "failed": len(self.failed), "shutdown": len(self.shutdown)},
+            "counts": {
+                "discovered": len(self.discovered),
+                "provisioned": done,
+                "deferred": len(self.deferred),
+                "failed": len(self.failed),
+                "shutdown": len(self.shutdown),
+            },
             "timings": timings,
             "warnings": list(self.warnings),
         }
@@ -442,9 +471,12 @@ class ChoriaProvisioner:
         if action == "configure":
             configuration = merge_configuration(self.s.configuration, {})
             check_configuration(identity, configuration)
-            return self._token_data(config=json.dumps(configuration, sort_keys=True),
-                                    certificate=params.get("certificate") or None, ca=params.get("ca") or None,
-                                    ssldir=params.get("ssldir") or None)
+            return self._token_data(
+                config=json.dumps(configuration, sort_keys=True),
+                certificate=params.get("certificate") or None,
+                ca=params.get("ca") or None,
+                ssldir=params.get("ssldir") or None,
+            )
         if action == "restart":
             return self._token_data(splay=self.s.splay)
         return self._token_data()
@@ -452,9 +484,9 @@ class ChoriaProvisioner:
     async def single(self, action: str, identity: str, params: dict | None = None) -> dict:
         """One action on one node. In check mode only read-only requests go out (a ping proves reachability)."""
         if action not in SINGLE_ACTIONS:
-            raise ProvisionError("action %r is not one of %s" % (action, ", ".join(SINGLE_ACTIONS)))
+            raise ProvisionError("action {!r} is not one of {}".format(action, ", ".join(SINGLE_ACTIONS)))
         if not valid_identity(identity):
-            raise ProvisionError("identity %r is not a valid node name" % identity)
+            raise ProvisionError(f"identity {identity!r} is not a valid node name")
         params = dict(params or {})
         params["identity"] = identity
         try:
@@ -468,12 +500,19 @@ class ChoriaProvisioner:
             raise ProvisionError(str(exc)) from None
         try:
             if action == "inventory":
-                return {"changed": False, "identity": identity,
-                        "data": await self._rpc(identity, "inventory", agent="rpcutil")}
+                return {
+                    "changed": False,
+                    "identity": identity,
+                    "data": await self._rpc(identity, "inventory", agent="rpcutil"),
+                }
             if self.s.check_mode:
                 await self._rpc(identity, "ping", agent="rpcutil", step="ping")
-                return {"changed": True, "identity": identity, "data": {},
-                        "msg": "%s would be sent to %s" % (action, identity)}
+                return {
+                    "changed": True,
+                    "identity": identity,
+                    "data": {},
+                    "msg": f"{action} would be sent to {identity}",
+                }
             return {"changed": True, "identity": identity, "data": await self._rpc(identity, action, data)}
         except NodeFailure as exc:
             raise ProvisionError(str(exc)) from None

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """The controller's side of the provisioning network: an asyncio Choria RPC client over nats-py.
@@ -69,14 +68,26 @@ def tls_context(ca: str | None = None, cert: str | None = None, key: str | None 
     return ctx
 
 
-async def connect(brokers: list[str], name: str, tls: ssl.SSLContext | None = None,
-                  connect_timeout: float = 5.0, reconnect: bool = True, **kwargs: Any):
+async def connect(
+    brokers: list[str],
+    name: str,
+    tls: ssl.SSLContext | None = None,
+    connect_timeout: float = 5.0,
+    reconnect: bool = True,
+    **kwargs: Any,
+):
     """A nats-py connection with settings suited to a provisioning network."""
     if not HAS_NATS:
-        raise RpcError("the Python library nats-py is required: %s" % NATS_IMPORT_ERROR)
-    options: dict = dict(servers=list(brokers), name=name, connect_timeout=connect_timeout,
-                         allow_reconnect=reconnect, max_reconnect_attempts=-1 if reconnect else 0,
-                         reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024)
+        raise RpcError(f"the Python library nats-py is required: {NATS_IMPORT_ERROR}")
+    options: dict = dict(
+        servers=list(brokers),
+        name=name,
+        connect_timeout=connect_timeout,
+        allow_reconnect=reconnect,
+        max_reconnect_attempts=-1 if reconnect else 0,
+        reconnect_time_wait=0.5,
+        pending_size=64 * 1024 * 1024,
+    )
     if tls is not None:
         options["tls"] = tls
         if brokers and "://" in brokers[0]:
@@ -96,12 +107,14 @@ async def connect(brokers: list[str], name: str, tls: ssl.SSLContext | None = No
         return await asyncio.wait_for(nats.connect(**options), deadline)
     except asyncio.TimeoutError:
         reason = str(last_error[0]) or type(last_error[0]).__name__ if last_error else "no answer"
-        raise RpcError("could not connect to %s within %.0fs: %s" % (", ".join(brokers), deadline, reason)) from None
+        raise RpcError(
+            "could not connect to {} within {:.0f}s: {}".format(", ".join(brokers), deadline, reason)
+        ) from None
     except (NatsError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         if last_error and last_error[0] is not exc:  # "no servers available" alone does not say why
             reason += " (last error: %s)" % (str(last_error[0]) or type(last_error[0]).__name__)
-        raise RpcError("could not connect to %s: %s" % (", ".join(brokers), reason)) from None
+        raise RpcError("could not connect to {}: {}".format(", ".join(brokers), reason)) from None
 
 
 def _finish(done: asyncio.Future) -> None:
@@ -130,8 +143,15 @@ class RpcClient:
     ``await client.call(identity, agent, action, data)`` or ``await client.request(...)`` for many nodes.
     """
 
-    def __init__(self, brokers: list[str], callerid: str = "zeroinit", collective: str = PROVISIONING_COLLECTIVE,
-                 tls: ssl.SSLContext | None = None, ttl: int = DEFAULT_TTL, connection=None):
+    def __init__(
+        self,
+        brokers: list[str],
+        callerid: str = "zeroinit",
+        collective: str = PROVISIONING_COLLECTIVE,
+        tls: ssl.SSLContext | None = None,
+        ttl: int = DEFAULT_TTL,
+        connection=None,
+    ):
         self.brokers = list(brokers)
         self.callerid = caller_id(callerid)
         self.collective = collective
@@ -143,7 +163,7 @@ class RpcClient:
         self._sub = None
         self.undecodable = 0
 
-    async def __aenter__(self) -> "RpcClient":
+    async def __aenter__(self) -> RpcClient:
         await self.connect()
         return self
 
@@ -183,10 +203,17 @@ class RpcClient:
 
     def new_request(self, agent: str, body: Any, identities: list[str] | None = None) -> Request:
         requestid = new_request_id()
-        return Request(agent=agent, body=body, callerid=self.callerid, senderid=self.callerid.split("=", 1)[-1],
-                       collective=self.collective, requestid=requestid, ttl=self.ttl,
-                       filter=identity_filter(identities) if identities else empty_filter(),
-                       reply_to=reply_subject(self.callerid, requestid, self.collective))
+        return Request(
+            agent=agent,
+            body=body,
+            callerid=self.callerid,
+            senderid=self.callerid.split("=", 1)[-1],
+            collective=self.collective,
+            requestid=requestid,
+            ttl=self.ttl,
+            filter=identity_filter(identities) if identities else empty_filter(),
+            reply_to=reply_subject(self.callerid, requestid, self.collective),
+        )
 
     async def publish_request(self, req: Request, identities: list[str] | None = None) -> None:
         """Node-directed when ``identities`` are given (one publish each), else broadcast to the agent."""
@@ -197,8 +224,14 @@ class RpcClient:
         else:
             await self.nc.publish(broadcast_subject(req.agent, self.collective), payload)
 
-    async def _exchange(self, req: Request, collect: Callable[[Reply], None], done: asyncio.Future,
-                        timeout: float, identities: list[str] | None = None) -> None:
+    async def _exchange(
+        self,
+        req: Request,
+        collect: Callable[[Reply], None],
+        done: asyncio.Future,
+        timeout: float,
+        identities: list[str] | None = None,
+    ) -> None:
         """Route replies to ``req`` into ``collect`` from publishing until ``done`` or ``timeout``."""
         self._waiters[req.requestid] = collect
         try:
@@ -207,9 +240,15 @@ class RpcClient:
         finally:
             self._waiters.pop(req.requestid, None)
 
-    async def request(self, agent: str, body: Any, identities: list[str] | None = None, timeout: float = 10.0,
-                      expect: int | None = None,
-                      on_reply: Callable[[Reply], Awaitable[None] | None] | None = None) -> list[Reply]:
+    async def request(
+        self,
+        agent: str,
+        body: Any,
+        identities: list[str] | None = None,
+        timeout: float = 10.0,
+        expect: int | None = None,
+        on_reply: Callable[[Reply], Awaitable[None] | None] | None = None,
+    ) -> list[Reply]:
         """Send one request and gather replies until ``timeout`` or until ``expect`` replies have come."""
         req = self.new_request(agent, body, identities)
         replies: list[Reply] = []
@@ -228,26 +267,41 @@ class RpcClient:
         await self._exchange(req, collect, done, timeout, identities)
         return replies
 
-    async def call(self, identity: str, agent: str, action: str, data: dict | None = None,
-                   timeout: float = 10.0, retries: int = 0, step: str = "") -> Reply:
+    async def call(
+        self,
+        identity: str,
+        agent: str,
+        action: str,
+        data: dict | None = None,
+        timeout: float = 10.0,
+        retries: int = 0,
+        step: str = "",
+    ) -> Reply:
         """One RPC to one node; retried with backoff on timeout. Raises RpcTimeout naming the step."""
-        step = step or "%s#%s" % (agent, action)
+        step = step or f"{agent}#{action}"
         delay = 0.5
         for attempt in range(retries + 1):
-            replies = await self.request(agent, {"agent": agent, "action": action, "data": data or {}},
-                                         identities=[identity], timeout=timeout, expect=1)
+            replies = await self.request(
+                agent,
+                {"agent": agent, "action": action, "data": data or {}},
+                identities=[identity],
+                timeout=timeout,
+                expect=1,
+            )
             for reply in replies:
                 if reply.senderid == identity:
                     return reply
             if attempt < retries:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        raise RpcTimeout("%s: no reply from %s within %.1fs (%d attempt%s)"
-                         % (step, identity, timeout, retries + 1, "" if retries == 0 else "s"),
-                         identity=identity, step=step)
+        raise RpcTimeout(
+            "%s: no reply from %s within %.1fs (%d attempt%s)"
+            % (step, identity, timeout, retries + 1, "" if retries == 0 else "s"),
+            identity=identity,
+            step=step,
+        )
 
-    async def discover(self, timeout: float = 2.0, expect: int | None = None,
-                       flt: dict | None = None) -> list[str]:
+    async def discover(self, timeout: float = 2.0, expect: int | None = None, flt: dict | None = None) -> list[str]:
         """Broadcast discovery: every node that answers ``ping`` with ``pong``; sorted identities."""
         req = self.new_request("discovery", DISCOVERY_PING)
         if flt:
@@ -267,5 +321,9 @@ class RpcClient:
 def reply_error(reply: Reply, step: str) -> str:
     """A human sentence for a failed mcorpc reply."""
     return "%s refused by %s: %s (statuscode %d %s)" % (
-        step, reply.senderid, reply.statusmsg or "no message", reply.statuscode,
-        StatusCode.NAMES.get(reply.statuscode, "?"))
+        step,
+        reply.senderid,
+        reply.statusmsg or "no message",
+        reply.statuscode,
+        StatusCode.NAMES.get(reply.statuscode, "?"),
+    )

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """SSH keys for the no-lockout rotation: authorized_keys parsing and editing, key pairs, login verification.
@@ -35,6 +34,7 @@ from .files import atomic_write
 try:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
 except ImportError:
@@ -42,11 +42,21 @@ except ImportError:
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 KEY_TYPES = (
-    "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-    "ssh-ed25519-cert-v01@openssh.com", "ssh-rsa-cert-v01@openssh.com", "ssh-dss-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp256-cert-v01@openssh.com", "ecdsa-sha2-nistp384-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp521-cert-v01@openssh.com", "sk-ssh-ed25519-cert-v01@openssh.com",
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ssh-dss",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ssh-rsa-cert-v01@openssh.com",
+    "ssh-dss-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+    "sk-ssh-ed25519-cert-v01@openssh.com",
     "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
 )
 RSA_SIZES = (3072, 4096)
@@ -83,14 +93,14 @@ class PublicKey:
     comment: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> "PublicKey":
+    def parse(cls, text: str) -> PublicKey:
         """Parse ``type base64 [comment]`` (one line, as in a ``.pub`` file); raises SshKeyError."""
         fields = text.strip().split(None, 2)
         if len(fields) < 2:
-            raise SshKeyError("not an OpenSSH public key (expected 'TYPE BASE64 [COMMENT]'): %r" % _short(text))
+            raise SshKeyError(f"not an OpenSSH public key (expected 'TYPE BASE64 [COMMENT]'): {_short(text)!r}")
         key = _decode_key(fields[0], fields[1])
         if key is None:
-            raise SshKeyError("not an OpenSSH public key (unknown type or damaged base64): %r" % _short(text))
+            raise SshKeyError(f"not an OpenSSH public key (unknown type or damaged base64): {_short(text)!r}")
         return cls(key[0], key[1], fields[2].strip() if len(fields) > 2 else "")
 
     @property
@@ -101,9 +111,9 @@ class PublicKey:
     @property
     def line(self) -> str:
         encoded = base64.b64encode(self.blob).decode("ascii")
-        return ("%s %s %s" % (self.key_type, encoded, self.comment)).strip()
+        return (f"{self.key_type} {encoded} {self.comment}").strip()
 
-    def same_key(self, other: "PublicKey") -> bool:
+    def same_key(self, other: PublicKey) -> bool:
         return self.blob == other.blob
 
 
@@ -122,7 +132,7 @@ def _decode_key(key_type: str, encoded: str) -> tuple[str, bytes] | None:
     if len(blob) < 4:
         return None
     (length,) = struct.unpack(">I", blob[:4])
-    if blob[4:4 + length] != key_type.encode("ascii"):
+    if blob[4 : 4 + length] != key_type.encode("ascii"):
         return None
     return key_type, blob
 
@@ -140,7 +150,7 @@ class RevokeSelector:
     source: str
 
     @classmethod
-    def parse(cls, entry: str) -> "RevokeSelector":
+    def parse(cls, entry: str) -> RevokeSelector:
         entry = (entry or "").strip()
         if _FINGERPRINT.match(entry):
             return cls(entry, entry)
@@ -181,7 +191,7 @@ class AuthorizedKeyLine:
     options: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> "AuthorizedKeyLine":
+    def parse(cls, text: str) -> AuthorizedKeyLine:
         stripped = text.strip()
         if not stripped or stripped.startswith("#"):
             return cls(text)
@@ -191,7 +201,7 @@ class AuthorizedKeyLine:
             if len(tokens) > index + 1:
                 key = _decode_key(tokens[index], tokens[index + 1])
                 if key is not None:
-                    comment = " ".join(tokens[index + 2:])
+                    comment = " ".join(tokens[index + 2 :])
                     return cls(text, PublicKey(key[0], key[1], comment), tokens[0] if index == 1 else "")
         return cls(text)
 
@@ -204,7 +214,7 @@ class AuthorizedKeys:
     trailing_newline: bool = True
 
     @classmethod
-    def parse(cls, content: str) -> "AuthorizedKeys":
+    def parse(cls, content: str) -> AuthorizedKeys:
         if not content:
             return cls([], True)
         raw = content.split("\n")
@@ -244,10 +254,12 @@ class AuthorizedKeys:
         wanted = {s.fingerprint for s in selectors}
         if keep is not None:
             if keep.fingerprint in wanted:
-                raise SshKeyError("refusing to revoke %s: it is the new key" % keep.fingerprint)
+                raise SshKeyError(f"refusing to revoke {keep.fingerprint}: it is the new key")
             if not self.contains(keep):
-                raise SshKeyError("refusing to revoke: the new key %s is not in the file, so revoking would leave "
-                                  "no key that is known to log in" % keep.fingerprint)
+                raise SshKeyError(
+                    f"refusing to revoke: the new key {keep.fingerprint} is not in the file, so revoking would leave "
+                    "no key that is known to log in"
+                )
         removed, kept = [], []
         for line in self.lines:
             if line.key is not None and line.key.fingerprint in wanted:
@@ -289,7 +301,7 @@ class AuthorizedKeysFile:
         try:
             self.account = pwd.getpwnam(user)
         except KeyError:
-            raise SshKeyError("user %r does not exist on this host" % user) from None
+            raise SshKeyError(f"user {user!r} does not exist on this host") from None
         self.user = user
         home = self.account.pw_dir
         if path and (path == "~" or path.startswith("~/")):
@@ -306,19 +318,28 @@ class AuthorizedKeysFile:
         except FileNotFoundError:
             return FileState(self.path, False, "")
         if stat.S_ISLNK(info.st_mode):
-            raise SshKeyError("refusing to use %s: it is a symbolic link (a link lets a write as root land "
-                              "anywhere); replace it with a regular file" % self.path)
+            raise SshKeyError(
+                f"refusing to use {self.path}: it is a symbolic link (a link lets a write as root land "
+                "anywhere); replace it with a regular file"
+            )
         if not stat.S_ISREG(info.st_mode):
-            raise SshKeyError("refusing to use %s: it is not a regular file" % self.path)
+            raise SshKeyError(f"refusing to use {self.path}: it is not a regular file")
         fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as handle:
             data = handle.read()
-        return FileState(self.path, True, data.decode("utf-8", "surrogateescape"), stat.S_IMODE(info.st_mode),
-                         info.st_uid, info.st_gid)
+        return FileState(
+            self.path,
+            True,
+            data.decode("utf-8", "surrogateescape"),
+            stat.S_IMODE(info.st_mode),
+            info.st_uid,
+            info.st_gid,
+        )
 
     def needs_attributes(self, state: FileState) -> bool:
-        return state.exists and (state.mode != 0o600 or state.uid != self.account.pw_uid
-                                 or state.gid != self.account.pw_gid)
+        return state.exists and (
+            state.mode != 0o600 or state.uid != self.account.pw_uid or state.gid != self.account.pw_gid
+        )
 
     def write(self, content: str) -> None:
         directory = os.path.dirname(self.path)
@@ -327,8 +348,13 @@ class AuthorizedKeysFile:
             os.mkdir(directory, 0o700)
             os.chown(directory, self.account.pw_uid, self.account.pw_gid, follow_symlinks=False)
             os.chmod(directory, 0o700)
-        atomic_write(self.path, content.encode("utf-8", "surrogateescape"), mode=0o600,
-                     owner=self.account.pw_uid, group=self.account.pw_gid)
+        atomic_write(
+            self.path,
+            content.encode("utf-8", "surrogateescape"),
+            mode=0o600,
+            owner=self.account.pw_uid,
+            group=self.account.pw_gid,
+        )
 
 
 @dataclass
@@ -341,8 +367,12 @@ class EditResult:
     revoked: list = field(default_factory=list)
 
     def diff(self) -> dict:
-        return {"before": self.before, "after": self.after,
-                "before_header": "%s (before)" % self.path, "after_header": "%s (after)" % self.path}
+        return {
+            "before": self.before,
+            "after": self.after,
+            "before_header": f"{self.path} (before)",
+            "after_header": f"{self.path} (after)",
+        }
 
 
 class AuthorizedKeysEditor:
@@ -416,33 +446,37 @@ class ControllerKeyPair:
     def load(self) -> KeyPairResult:
         """The public key of the existing pair (derived from the private key; ``.pub`` written if missing)."""
         if os.path.islink(self.path) and not os.path.exists(self.path):
-            raise SshKeyError("private_key %s is a dangling symbolic link" % self.path)
+            raise SshKeyError(f"private_key {self.path} is a dangling symbolic link")
         info = os.stat(self.path)
         warnings = []
         if stat.S_IMODE(info.st_mode) & 0o077:
-            warnings.append("private_key %s is readable by others (mode %o); ssh refuses such keys"
-                            % (self.path, stat.S_IMODE(info.st_mode)))
+            warnings.append(
+                f"private_key {self.path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}); ssh refuses such keys"
+            )
         public = self._public_from_private()
         if public is None:
             if not os.path.exists(self.public_path):
-                raise SshKeyError("private_key %s cannot be read without a passphrase and %s is missing"
-                                  % (self.path, self.public_path))
+                raise SshKeyError(
+                    f"private_key {self.path} cannot be read without a passphrase and {self.public_path} is missing"
+                )
             with open(self.public_path, encoding="utf-8") as handle:
                 public = PublicKey.parse(handle.read())
         elif os.path.exists(self.public_path):
             with open(self.public_path, encoding="utf-8") as handle:
                 on_disk = PublicKey.parse(handle.read())
             if not on_disk.same_key(public):
-                raise SshKeyError("%s does not belong to private_key %s (fingerprints %s and %s)"
-                                  % (self.public_path, self.path, on_disk.fingerprint, public.fingerprint))
+                raise SshKeyError(
+                    f"{self.public_path} does not belong to private_key {self.path} (fingerprints {on_disk.fingerprint} and {public.fingerprint})"
+                )
             public = on_disk
         else:
             public = PublicKey(public.key_type, public.blob, self.comment)
             atomic_write(self.public_path, public.line + "\n", mode=0o644)
         wanted = "ssh-ed25519" if self.key_type == "ed25519" else "ssh-rsa"
         if public.key_type != wanted:
-            warnings.append("private_key %s exists and is %s, not %s as key_type asks; it is used as it is"
-                            % (self.path, public.key_type, self.key_type))
+            warnings.append(
+                f"private_key {self.path} exists and is {public.key_type}, not {self.key_type} as key_type asks; it is used as it is"
+            )
         return KeyPairResult(public, False, self.path, warnings)
 
     def _public_from_private(self) -> PublicKey | None:
@@ -463,24 +497,27 @@ class ControllerKeyPair:
         if self.exists():
             return self.load()
         if not HAS_CRYPTOGRAPHY:
-            raise SshKeyError("generating private_key %s needs the Python library cryptography on the controller"
-                              % self.path)
+            raise SshKeyError(
+                f"generating private_key {self.path} needs the Python library cryptography on the controller"
+            )
         if self.key_type == "ed25519":
             private = ed25519.Ed25519PrivateKey.generate()
         elif self.key_type == "rsa":
             size = self.key_size or 3072
             if size not in RSA_SIZES:
-                raise SshKeyError("key_size %s is not allowed for rsa (one of %s)"
-                                  % (size, ", ".join(map(str, RSA_SIZES))))
+                raise SshKeyError(
+                    "key_size {} is not allowed for rsa (one of {})".format(size, ", ".join(map(str, RSA_SIZES)))
+                )
             private = rsa.generate_private_key(public_exponent=65537, key_size=size)
         else:
-            raise SshKeyError("key_type %r is not supported (ed25519 or rsa)" % self.key_type)
-        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())
+            raise SshKeyError(f"key_type {self.key_type!r} is not supported (ed25519 or rsa)")
+        pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(self.path), dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(pem)
@@ -499,8 +536,11 @@ class ControllerKeyPair:
 
 
 def _public_of(private, comment: str) -> PublicKey:
-    line = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                             serialization.PublicFormat.OpenSSH).decode("ascii")
+    line = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode("ascii")
+    )
     parsed = PublicKey.parse(line)
     return PublicKey(parsed.key_type, parsed.blob, comment)
 
@@ -510,14 +550,14 @@ def public_key_of_private_key_file(path: str) -> PublicKey:
     when the private key cannot be read (encrypted, other format)."""
     pair = ControllerKeyPair(path)
     if not os.path.exists(pair.path):
-        raise SshKeyError("private key %s does not exist on the controller" % pair.path)
+        raise SshKeyError(f"private key {pair.path} does not exist on the controller")
     public = pair._public_from_private()
     if public is not None:
         return public
     if os.path.exists(pair.public_path):
         with open(pair.public_path, encoding="utf-8") as handle:
             return PublicKey.parse(handle.read())
-    raise SshKeyError("cannot read the public key of %s (no %s beside it)" % (pair.path, pair.public_path))
+    raise SshKeyError(f"cannot read the public key of {pair.path} (no {pair.public_path} beside it)")
 
 
 # ---------------------------------------------------------------------------------------------- login verification
@@ -559,12 +599,34 @@ class LoginProbe:
 
     def argv(self, target: LoginTarget) -> list[str]:
         # ssh keeps the first value of an option, so ours come before the operator's own arguments.
-        argv = [target.ssh_executable, "-v",
-                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-                "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ControlPersist=no",
-                "-o", "PreferredAuthentications=publickey", "-o", "PasswordAuthentication=no",
-                "-o", "KbdInteractiveAuthentication=no", "-o", "ConnectTimeout=%d" % self.timeout,
-                "-o", "ConnectionAttempts=1", "-i", self.private_key]
+        argv = [
+            target.ssh_executable,
+            "-v",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "ControlPersist=no",
+            "-o",
+            "PreferredAuthentications=publickey",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "KbdInteractiveAuthentication=no",
+            "-o",
+            "ConnectTimeout=%d" % self.timeout,
+            "-o",
+            "ConnectionAttempts=1",
+            "-i",
+            self.private_key,
+        ]
         if not target.host_key_checking:
             argv += ["-o", "StrictHostKeyChecking=no"]
         if target.port:
@@ -573,24 +635,34 @@ class LoginProbe:
         for extra in (target.common_args, target.extra_args):
             if extra:
                 argv += shlex.split(extra)
-        argv += ["--", target.host, "echo %s" % _PROOF]
+        argv += ["--", target.host, f"echo {_PROOF}"]
         return argv
 
     def run(self, target: LoginTarget) -> ProbeResult:
         try:
-            proc = subprocess.run(self.argv(target), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=self.timeout + 20, check=False)
+            proc = subprocess.run(
+                self.argv(target),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                timeout=self.timeout + 20,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return ProbeResult(False, "ssh did not finish within %d s" % (self.timeout + 20))
         except OSError as exc:
-            return ProbeResult(False, "cannot run %s: %s" % (target.ssh_executable, exc))
+            return ProbeResult(False, f"cannot run {target.ssh_executable}: {exc}")
         stderr = proc.stderr.decode("utf-8", "replace")
         accepted = _ACCEPTED.findall(stderr)
         if proc.returncode != 0:
             return ProbeResult(False, _ssh_error(stderr, proc.returncode))
         if self.expect.fingerprint not in accepted:
-            return ProbeResult(False, "the server accepted %s, not the new key %s"
-                               % (", ".join(accepted) or "no public key", self.expect.fingerprint))
+            return ProbeResult(
+                False,
+                "the server accepted {}, not the new key {}".format(
+                    ", ".join(accepted) or "no public key", self.expect.fingerprint
+                ),
+            )
         if _PROOF not in proc.stdout.decode("utf-8", "replace"):
             return ProbeResult(False, "logged in, but the remote command did not run (forced command?)")
         return ProbeResult(True, accepted=self.expect.fingerprint)
@@ -626,12 +698,17 @@ def target_step(params: dict, check_mode: bool = False) -> dict:
     step = params.get("step") or "read"
     if step == "read":
         state = target.read()
-        return {"changed": False, "authorized_keys": target.path, "exists": state.exists, "content": state.content,
-                "attributes_ok": not target.needs_attributes(state)}
+        return {
+            "changed": False,
+            "authorized_keys": target.path,
+            "exists": state.exists,
+            "content": state.content,
+            "attributes_ok": not target.needs_attributes(state),
+        }
     try:
         public = PublicKey.parse(params.get("public_key") or "")
     except SshKeyError as exc:
-        raise SshKeyError("public_key: %s" % exc) from None
+        raise SshKeyError(f"public_key: {exc}") from None
     editor = AuthorizedKeysEditor(target, check_mode=check_mode)
     if step == "add":
         result = editor.add(public)
@@ -640,6 +717,12 @@ def target_step(params: dict, check_mode: bool = False) -> dict:
     elif step == "take_back":
         result = editor.take_back(public)
     else:
-        raise SshKeyError("step: unknown step %r" % step)
-    return {"changed": result.changed, "authorized_keys": result.path, "added": result.added,
-            "revoked": result.revoked, "fingerprint": public.fingerprint, "diff": result.diff()}
+        raise SshKeyError(f"step: unknown step {step!r}")
+    return {
+        "changed": result.changed,
+        "authorized_keys": result.path,
+        "added": result.added,
+        "revoked": result.revoked,
+        "fingerprint": public.fingerprint,
+        "diff": result.diff(),
+    }

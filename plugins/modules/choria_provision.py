@@ -1,11 +1,7 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 ---
@@ -324,22 +320,25 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    signer_argument_spec,
+)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioner import (
     ProvisionError,
     ProvisionSettings,
     provision,
     run_action,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HAS_CRYPTOGRAPHY,
-    signer_argument_spec,
-)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import HAS_NATS, NATS_IMPORT_ERROR
 
 ARGUMENT_SPEC = dict(
-    action=dict(type="str", default="provision",
-                choices=["provision", "inventory", "gencsr", "configure", "restart", "reprovision", "shutdown"]),
+    action=dict(
+        type="str",
+        default="provision",
+        choices=["provision", "inventory", "gencsr", "configure", "restart", "reprovision", "shutdown"],
+    ),
     identity=dict(type="str"),
     identities=dict(type="list", elements="str"),
     brokers=dict(type="list", elements="str", required=True),
@@ -374,11 +373,15 @@ def main():
     module = AnsibleModule(
         argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[("helper", "signer")],
-        required_if=[("action", "inventory", ("identity",)), ("action", "gencsr", ("identity",)),
-                     ("action", "configure", ("identity", "certificate", "ca")),
-                     ("action", "restart", ("identity",)), ("action", "reprovision", ("identity",)),
-                     ("action", "shutdown", ("identity",)),
-                     ("action", "provision", ("helper", "signer"), True)],
+        required_if=[
+            ("action", "inventory", ("identity",)),
+            ("action", "gencsr", ("identity",)),
+            ("action", "configure", ("identity", "certificate", "ca")),
+            ("action", "restart", ("identity",)),
+            ("action", "reprovision", ("identity",)),
+            ("action", "shutdown", ("identity",)),
+            ("action", "provision", ("helper", "signer"), True),
+        ],
         supports_check_mode=True,
     )
     if not HAS_NATS:
@@ -388,38 +391,61 @@ def main():
     p = module.params
     for name in ("timeout", "helper_timeout", "discovery_timeout"):
         if p[name] <= 0:
-            module.fail_json(msg="%s must be greater than 0, not %s" % (name, p[name]))
+            module.fail_json(msg=f"{name} must be greater than 0, not {p[name]}")
     for name in ("workers",):
         if p[name] < 1:
-            module.fail_json(msg="%s must be at least 1, not %s" % (name, p[name]))
+            module.fail_json(msg=f"{name} must be at least 1, not {p[name]}")
     for name in ("retries", "splay", "helper_concurrency"):
         if p[name] < 0:
-            module.fail_json(msg="%s must not be negative, not %s" % (name, p[name]))
+            module.fail_json(msg=f"{name} must not be negative, not {p[name]}")
     if p["expect"] is not None and p["expect"] < 1:
-        module.fail_json(msg="expect must be at least 1, not %s" % p["expect"])
+        module.fail_json(msg="expect must be at least 1, not {}".format(p["expect"]))
     bad = sorted(str(k) for k, v in p["configuration"].items() if isinstance(v, (dict, list)))
     if bad:
-        module.fail_json(msg="configuration: values must be scalars (Choria key=value settings); not: %s"
-                         % ", ".join(bad))
+        module.fail_json(
+            msg="configuration: values must be scalars (Choria key=value settings); not: {}".format(", ".join(bad))
+        )
     configuration = {str(k): _setting(v) for k, v in p["configuration"].items()}
     settings = ProvisionSettings(
-        brokers=p["brokers"], token=p["token"], collective=p["collective"], callerid=p["callerid"],
-        timeout=p["timeout"], retries=p["retries"], workers=p["workers"], wait=p["wait"], expect=p["expect"],
-        discovery_timeout=p["discovery_timeout"], splay=p["splay"], identities=p["identities"], helper=p["helper"],
-        helper_timeout=p["helper_timeout"], helper_concurrency=p["helper_concurrency"], signer=p["signer"],
-        configuration=configuration, csr_subject=p["csr_subject"], key_type=p["key_type"], tls_ca=p["tls_ca"],
-        tls_cert=p["tls_cert"], tls_key=p["tls_key"], check_mode=module.check_mode)
+        brokers=p["brokers"],
+        token=p["token"],
+        collective=p["collective"],
+        callerid=p["callerid"],
+        timeout=p["timeout"],
+        retries=p["retries"],
+        workers=p["workers"],
+        wait=p["wait"],
+        expect=p["expect"],
+        discovery_timeout=p["discovery_timeout"],
+        splay=p["splay"],
+        identities=p["identities"],
+        helper=p["helper"],
+        helper_timeout=p["helper_timeout"],
+        helper_concurrency=p["helper_concurrency"],
+        signer=p["signer"],
+        configuration=configuration,
+        csr_subject=p["csr_subject"],
+        key_type=p["key_type"],
+        tls_ca=p["tls_ca"],
+        tls_cert=p["tls_cert"],
+        tls_key=p["tls_key"],
+        check_mode=module.check_mode,
+    )
     try:
         if p["action"] == "provision":
             result = provision(settings)
         else:
-            result = run_action(settings, p["action"], p["identity"],
-                                {"certificate": p["certificate"], "ca": p["ca"], "ssldir": p["ssldir"]})
+            result = run_action(
+                settings,
+                p["action"],
+                p["identity"],
+                {"certificate": p["certificate"], "ca": p["ca"], "ssldir": p["ssldir"]},
+            )
     except ProvisionError as exc:
-        where = " (node %s)" % p["identity"] if p["identity"] else ""
-        module.fail_json(msg="%s%s" % (exc, where))
+        where = " (node {})".format(p["identity"]) if p["identity"] else ""
+        module.fail_json(msg=f"{exc}{where}")
     except Exception as exc:  # pylint: disable=broad-except
-        module.fail_json(msg="choria_provision failed: %s" % exc, exception=traceback.format_exc())
+        module.fail_json(msg=f"choria_provision failed: {exc}", exception=traceback.format_exc())
     if "failed" in result:
         result["failed_nodes"] = result.pop("failed")
     warnings = result.pop("warnings", [])

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 
@@ -295,9 +294,9 @@ def main():
     try:
         result = CertificateIssuance(module.params).run(check_mode=module.check_mode)
     except PolicyError as exc:
-        module.fail_json(msg="identity %s: %s" % (identity, exc), rule=exc.rule, field=exc.field)
+        module.fail_json(msg=f"identity {identity}: {exc}", rule=exc.rule, field=exc.field)
     except PkiError as exc:
-        module.fail_json(msg="identity %s: %s" % (identity, exc), field=exc.field)
+        module.fail_json(msg=f"identity {identity}: {exc}", field=exc.field)
     for warning in result.pop("warnings"):
         module.warn(warning)
     if not module._diff:

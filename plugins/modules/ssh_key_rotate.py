@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 
@@ -219,8 +218,11 @@ ARGUMENT_SPEC = dict(
 def main():
     module = AnsibleModule(
         argument_spec=ARGUMENT_SPEC,
-        required_if=[("step", "add", ["public_key"]), ("step", "revoke", ["public_key"]),
-                     ("step", "take_back", ["public_key"])],
+        required_if=[
+            ("step", "add", ["public_key"]),
+            ("step", "revoke", ["public_key"]),
+            ("step", "take_back", ["public_key"]),
+        ],
         supports_check_mode=True,
     )
     try:
@@ -228,7 +230,7 @@ def main():
     except SshKeyError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="cannot update authorized_keys: %s" % exc)
+        module.fail_json(msg=f"cannot update authorized_keys: {exc}")
     module.exit_json(**result)
 
 

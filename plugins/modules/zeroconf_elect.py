@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 
@@ -183,7 +182,7 @@ def main():
     if params["expect"] < 1:
         module.fail_json(msg="expect must be at least 1, got %d" % params["expect"])
     if params["timeout"] <= 0:
-        module.fail_json(msg="timeout must be positive, got %g" % params["timeout"])
+        module.fail_json(msg="timeout must be positive, got {:g}".format(params["timeout"]))
     if params["election_id"] is not None and params["election_id"] < 0:
         module.fail_json(msg="election_id must not be negative, got %d" % params["election_id"])
     started = time.monotonic()
@@ -191,13 +190,15 @@ def main():
         interface = params["interface"] or default_interface()
         address = interface_address(interface)
     except (ElectionError, OSError) as exc:
-        module.fail_json(msg="interface: %s" % exc)
+        module.fail_json(msg=f"interface: {exc}")
     election_id = params["election_id"] if params["election_id"] is not None else address_key(address)
-    partial = dict(changed=False, address=address, cluster=params["cluster"], election_id=election_id,
-                   interface=interface)
+    partial = dict(
+        changed=False, address=address, cluster=params["cluster"], election_id=election_id, interface=interface
+    )
     try:
-        election = LeaderElection(address, params["expect"], params["cluster"], params["timeout"],
-                                  params["secret"], election_id)
+        election = LeaderElection(
+            address, params["expect"], params["cluster"], params["timeout"], params["secret"], election_id
+        )
     except ValueError as exc:
         module.fail_json(msg=str(exc), **partial)
     try:

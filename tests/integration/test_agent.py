@@ -1,4 +1,5 @@
 """The node agent against a real nats-server: discovery, the whole provisioning cycle, refusals and robustness."""
+
 import asyncio
 import json
 import os
@@ -21,8 +22,13 @@ FLEET = 50
 
 @pytest.fixture(scope="module")
 def fleet(module_broker, tmp_path_factory):
-    with AgentFleet(module_broker.url, FLEET, tmp_path_factory.mktemp("fleet") / "state",
-                    facts={"role": "worker", "rack": {"row": 4}}, connections=2) as fleet:
+    with AgentFleet(
+        module_broker.url,
+        FLEET,
+        tmp_path_factory.mktemp("fleet") / "state",
+        facts={"role": "worker", "rack": {"row": 4}},
+        connections=2,
+    ) as fleet:
         yield fleet
 
 
@@ -45,17 +51,20 @@ async def raw_request(url, req, subject):
 
 # -------------------------------------------------------------------------------------------- fleet
 
+
 def test_fleet_answers_discovery_and_inventory(fleet, module_broker):
     async def run():
         async with RpcClient([module_broker.url]) as client:
             found = await client.discover(timeout=10, expect=FLEET)
-            replies = await client.request("rpcutil", p.rpc_request_body("rpcutil", "inventory"), timeout=10,
-                                           expect=FLEET)
+            replies = await client.request(
+                "rpcutil", p.rpc_request_body("rpcutil", "inventory"), timeout=10, expect=FLEET
+            )
             matching = await client.discover(timeout=3, expect=1, flt=p.identity_filter([fleet.identities[7]]))
             fact_flt = p.empty_filter()
             fact_flt["fact"] = [{"fact": "rack.row", "operator": "==", "value": "4"}]
             by_fact = await client.discover(timeout=5, expect=FLEET, flt=fact_flt)
             return found, replies, matching, by_fact
+
     found, replies, matching, by_fact = asyncio.run(run())
     assert found == fleet.identities and len(found) == FLEET
     assert sorted(r.senderid for r in replies) == fleet.identities
@@ -73,6 +82,7 @@ def test_wrong_token_is_refused_and_no_key_is_made(fleet, module_broker):
     async def run():
         async with RpcClient([module_broker.url], callerid="intruder") as client:
             return await client.call(identity, "choria_provision", "gencsr", {"token": "guess"}, timeout=10)
+
     reply = asyncio.run(run())
     assert (reply.statuscode, reply.statusmsg) == (p.StatusCode.ABORTED, "incorrect provisioning token")
     assert not (fleet.node_dir(identity) / "ssl" / "private.pem").exists()
@@ -80,8 +90,14 @@ def test_wrong_token_is_refused_and_no_key_is_made(fleet, module_broker):
 
 def test_stale_request_is_refused_with_its_skew(fleet, module_broker):
     identity = fleet.identities[4]
-    req = p.Request(agent="choria_provision", body=p.rpc_request_body("choria_provision", "gencsr", {"token": TOKEN}),
-                    callerid="choria=replayer", senderid="replayer", ttl=60, time=int(time.time()) - 3600)
+    req = p.Request(
+        agent="choria_provision",
+        body=p.rpc_request_body("choria_provision", "gencsr", {"token": TOKEN}),
+        callerid="choria=replayer",
+        senderid="replayer",
+        ttl=60,
+        time=int(time.time()) - 3600,
+    )
     req.reply_to = p.reply_subject(req.callerid, req.requestid)
     reply = asyncio.run(raw_request(module_broker.url, req, p.node_subject(identity)))
     assert reply.statuscode == p.StatusCode.ABORTED
@@ -95,10 +111,19 @@ def test_garbage_is_ignored_and_the_agent_keeps_serving(fleet, module_broker):
     transport = json.loads(p.encode_request(good))
     wrong_protocol = dict(transport, protocol="choria:transport:9")
     secure_bad = dict(transport, data="bm90IGpzb24=")  # base64 of "not json"
-    payloads = [os.urandom(64), b"", b"{not json", b"[]", json.dumps(wrong_protocol).encode(),
-                json.dumps(secure_bad).encode(), b"\xff\xfe" * 100, b"ping"]
-    subjects = [p.node_subject(identity)] + [p.broadcast_subject(a) for a in ("discovery", "rpcutil",
-                                                                              "choria_provision")]
+    payloads = [
+        os.urandom(64),
+        b"",
+        b"{not json",
+        b"[]",
+        json.dumps(wrong_protocol).encode(),
+        json.dumps(secure_bad).encode(),
+        b"\xff\xfe" * 100,
+        b"ping",
+    ]
+    subjects = [p.node_subject(identity)] + [
+        p.broadcast_subject(a) for a in ("discovery", "rpcutil", "choria_provision")
+    ]
 
     async def run():
         nc = await connect([module_broker.url], name="garbage")
@@ -115,6 +140,7 @@ def test_garbage_is_ignored_and_the_agent_keeps_serving(fleet, module_broker):
             ping = await client.call(identity, "rpcutil", "ping", timeout=10)
             found = await client.discover(timeout=10, expect=FLEET)
         return ping, found
+
     ping, found = asyncio.run(run())
     assert ping.ok and abs(ping.data["pong"] - time.time()) < 60
     assert found == fleet.identities
@@ -126,14 +152,18 @@ def test_unknown_action_and_unsupported_action_get_statuscode_2(fleet, module_br
 
     async def run():
         async with RpcClient([module_broker.url]) as client:
-            return (await client.call(identity, "choria_provision", "jwt", {"token": TOKEN}, timeout=10),
-                    await client.call(identity, "rpcutil", "nonesuch", timeout=10))
+            return (
+                await client.call(identity, "choria_provision", "jwt", {"token": TOKEN}, timeout=10),
+                await client.call(identity, "rpcutil", "nonesuch", timeout=10),
+            )
+
     jwt, unknown = asyncio.run(run())
     assert jwt.statuscode == unknown.statuscode == p.StatusCode.UNKNOWN_ACTION
     assert "not supported" in jwt.statusmsg and "nonesuch" in unknown.statusmsg
 
 
 # -------------------------------------------------------------------------------------------- one node, full cycle
+
 
 @pytest.fixture
 def tls_broker(tmp_path, ca):
@@ -147,8 +177,12 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
     identity = "web1.example.net"
     client_files = ca.write_key_pair(tmp_path / "client", "operator", client=True)
     client_tls = tls_context(ca=client_files["ca"], cert=client_files["cert"], key=client_files["key"])
-    configuration = {"plugin.choria.server.provision": "false", "plugin.choria.middleware_hosts": tls_broker.url,
-                     "collectives": "ops", "main_collective": "ops"}
+    configuration = {
+        "plugin.choria.server.provision": "false",
+        "plugin.choria.middleware_hosts": tls_broker.url,
+        "collectives": "ops",
+        "main_collective": "ops",
+    }
     events: list[dict] = []
     registrations: list[dict] = []
 
@@ -160,6 +194,7 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
 
         async def on_registration(msg):
             registrations.append(json.loads(msg.data))
+
         await nc.subscribe(p.LIFECYCLE_SUBJECT_WILDCARD, cb=on_event)
         await nc.subscribe(p.REGISTRATION_SUBJECT, cb=on_registration)
         await nc.flush()
@@ -182,8 +217,7 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
                 again = await discover(tls_broker.url, [identity], 30, collective="ops", tls=client_tls)
                 gone += await client.discover(timeout=2, expect=1, flt=p.identity_filter([identity]))
                 assert again == [identity]
-                reprovision = await ops.call(identity, "choria_provision", "reprovision", {"token": TOKEN},
-                                             timeout=10)
+                reprovision = await ops.call(identity, "choria_provision", "reprovision", {"token": TOKEN}, timeout=10)
             back = await discover(nats_broker.url, [identity], 30)
         rc = agent.stop()  # blocks the loop; the listener's socket buffers the shutdown event meanwhile
         await nc.flush()
@@ -191,8 +225,14 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
         await nc.close()
         return replies, arrived, ping, inventory, refused, gone, files_configured, reprovision, back, rc
 
-    agent = AgentProcess(nats_broker.url, identity, tmp_path / "node", token=TOKEN, facts={"site": "lab"},
-                         extra_args=["--registration-interval", "1"])
+    agent = AgentProcess(
+        nats_broker.url,
+        identity,
+        tmp_path / "node",
+        token=TOKEN,
+        facts={"site": "lab"},
+        extra_args=["--registration-interval", "1"],
+    )
     try:
         (replies, arrived, ping, inventory, refused, gone, files, reprovision, back, rc) = asyncio.run(run(agent))
     finally:
@@ -234,14 +274,20 @@ def snapshot(node_dir):
 def test_restart_is_refused_when_provisioning_stays_on(nats_broker, ca, tmp_path):
     identity = "loop.example.net"
     with AgentProcess(nats_broker.url, identity, tmp_path / "node", token=TOKEN) as agent:
+
         async def run():
             async with RpcClient([nats_broker.url]) as client:
                 with pytest.raises(RuntimeError, match="refusing to restart .* plugin.choria.server.provision enabled"):
-                    await provision_node(client, identity, ca, {"plugin.choria.server.provision": "true",
-                                                                "plugin.choria.middleware_hosts": nats_broker.url},
-                                         token=TOKEN)
+                    await provision_node(
+                        client,
+                        identity,
+                        ca,
+                        {"plugin.choria.server.provision": "true", "plugin.choria.middleware_hosts": nats_broker.url},
+                        token=TOKEN,
+                    )
                 await asyncio.sleep(0.5)
                 return await client.call(identity, "rpcutil", "ping", timeout=10)
+
         ping = asyncio.run(run())
         assert ping.ok  # still in provisioning mode, still answering
         assert agent.running()
@@ -269,8 +315,9 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
             request = dict(sets[which], token=TOKEN)
             if wait:
                 return await client.call(identity, "choria_provision", "configure", request, timeout=10)
-            req = client.new_request("choria_provision", p.rpc_request_body("choria_provision", "configure", request),
-                                     [identity])
+            req = client.new_request(
+                "choria_provision", p.rpc_request_body("choria_provision", "configure", request), [identity]
+            )
             await client.publish_request(req, [identity])
             await client.nc.flush()
             return None
@@ -321,17 +368,23 @@ def test_fleet_nodes_find_out_a_plain_host_port_broker_wants_tls(nats_broker, tl
     broker's INFO and connect with their own client certificates."""
     client_files = ca.write_key_pair(tmp_path / "client", "operator", client=True)
     client_tls = tls_context(ca=client_files["ca"], cert=client_files["cert"], key=client_files["key"])
-    configuration = {"plugin.choria.server.provision": "false",
-                     "plugin.choria.middleware_hosts": "127.0.0.1:%d" % tls_broker.port, "collectives": "lab"}
+    configuration = {
+        "plugin.choria.server.provision": "false",
+        "plugin.choria.middleware_hosts": "127.0.0.1:%d" % tls_broker.port,
+        "collectives": "lab",
+    }
     with AgentFleet(nats_broker.url, 3, tmp_path / "state", prefix="tls") as fleet:
+
         async def run():
             async with RpcClient([nats_broker.url], callerid="provisioner") as client:
-                await asyncio.gather(*(provision_node(client, identity, ca, configuration, token=TOKEN)
-                                       for identity in fleet.identities))
+                await asyncio.gather(
+                    *(provision_node(client, identity, ca, configuration, token=TOKEN) for identity in fleet.identities)
+                )
             arrived = await discover(tls_broker.url, fleet.identities, 30, collective="lab", tls=client_tls)
             async with RpcClient([tls_broker.url], callerid="operator", collective="lab", tls=client_tls) as ops:
                 pings = await ops.request("rpcutil", p.rpc_request_body("rpcutil", "ping"), timeout=10, expect=3)
             return arrived, pings
+
         arrived, pings = asyncio.run(run())
     assert arrived == fleet.identities
     assert sorted(r.senderid for r in pings if r.ok) == fleet.identities

@@ -1,4 +1,5 @@
 """The provision_agent role over SSH on a network-namespace host: the agent it installs answers discovery."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,28 +11,28 @@ import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from tests.support import netns
 from tests.support.ansible_run import run_playbook
 from tests.support.fleet import discover
-from tests.support import netns
 
 pytestmark = pytest.mark.netns
 VENV_PYTHON = sys.executable  # test hosts share this machine's filesystem, so the venv is theirs too
 
-PLAY = """
+PLAY = f"""
 - name: Install the node agent
   hosts: workers
   gather_facts: false
   roles:
     - role: zeroinit.bootstrap.provision_agent
       vars:
-        provision_agent_brokers: ["{{ broker_url }}"]
+        provision_agent_brokers: ["{{{{ broker_url }}}}"]
         provision_agent_token: role-test-token
-        provision_agent_identity: "{{ inventory_hostname }}.lab"
-        provision_agent_python: %s
+        provision_agent_identity: "{{{{ inventory_hostname }}}}.lab"
+        provision_agent_python: {VENV_PYTHON}
         provision_agent_facts:
           role: worker
-          address: "{{ ansible_host }}"
-""" % VENV_PYTHON
+          address: "{{{{ ansible_host }}}}"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +65,12 @@ def explain(result, host) -> str:
             log = handle.read()[-3000:]
     except OSError:
         log = "(no agent log)"
-    return "%s\n%s\nagent log:\n%s" % (result.stdout[-3000:], result.stderr[-2000:], log)
+    return f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}\nagent log:\n{log}"
 
 
 def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(worker):
     net, host, broker, inventory = worker
-    identity = "%s.lab" % host.name
+    identity = f"{host.name}.lab"
     first = run_playbook(PLAY, inventory=inventory, extra_vars={"broker_url": broker.url})
     assert first.rc == 0, explain(first, host)
     assert first.changed(host.name) > 0
@@ -80,6 +81,7 @@ def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(
     async def inventory_of():
         async with RpcClient([broker.url]) as client:
             return await client.call(identity, "rpcutil", "inventory", timeout=10)
+
     reply = asyncio.run(inventory_of())
     assert reply.ok and reply.data["facts"] == {"role": "worker", "address": host.address, "identity": identity}
 
@@ -98,8 +100,9 @@ def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(
     assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(second, host)
 
     # a changed setting restarts the agent, which then reports the new facts
-    third = run_playbook(PLAY.replace("role: worker", "role: gateway"), inventory=inventory,
-                         extra_vars={"broker_url": broker.url})
+    third = run_playbook(
+        PLAY.replace("role: worker", "role: gateway"), inventory=inventory, extra_vars={"broker_url": broker.url}
+    )
     assert third.rc == 0 and third.changed(host.name) > 0, explain(third, host)
     assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(third, host)
     assert asyncio.run(inventory_of()).data["facts"]["role"] == "gateway"

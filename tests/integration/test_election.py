@@ -3,6 +3,7 @@
 Each member is ``python -m ...module_utils.election`` inside its host, started at one wall-clock instant
 (``--start-at``) so that "members starting together" really is together. Timeouts are a few seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,30 @@ def net():
 class Member:
     """One election process inside a host; always reaped."""
 
-    def __init__(self, host, expect: int, start_at: float, timeout: float = 4, cluster: str = "zeroinit",
-                 secret: str | None = None, election_id: int | None = None) -> None:
-        argv = [sys.executable, "-m", ELECTION, "--expect", str(expect), "--timeout", str(timeout),
-                "--cluster", cluster, "--start-at", repr(start_at), "--verbose"]
+    def __init__(
+        self,
+        host,
+        expect: int,
+        start_at: float,
+        timeout: float = 4,
+        cluster: str = "zeroinit",
+        secret: str | None = None,
+        election_id: int | None = None,
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            ELECTION,
+            "--expect",
+            str(expect),
+            "--timeout",
+            str(timeout),
+            "--cluster",
+            cluster,
+            "--start-at",
+            repr(start_at),
+            "--verbose",
+        ]
         if election_id is not None:
             argv += ["--election-id", str(election_id)]
         env = dict(os.environ)
@@ -60,7 +81,7 @@ class Member:
                 self.proc.communicate()
         self.rc = self.proc.returncode
         lines = [line for line in out.splitlines() if line.startswith("{")]
-        self.result = json.loads(lines[-1]) if lines else {"failed": True, "msg": "no output: %s" % self.stderr}
+        self.result = json.loads(lines[-1]) if lines else {"failed": True, "msg": f"no output: {self.stderr}"}
         return self.result
 
     def wait_for_log(self, text: str, limit: float) -> bool:
@@ -149,11 +170,13 @@ def test_timeout_names_the_announcements_it_ignored(net):
     """Operators see why a member did not count: here a wrong secret (a clock far off would say so too)."""
     legit = net.hosts[1:3]
     start = soon()
-    results = run_all([Member(h, 3, start, secret=SECRET, timeout=2) for h in legit]
-                      + [Member(net.hosts[0], 3, start, secret="not the secret", timeout=2)])
+    results = run_all(
+        [Member(h, 3, start, secret=SECRET, timeout=2) for h in legit]
+        + [Member(net.hosts[0], 3, start, secret="not the secret", timeout=2)]
+    )
     for result in results[:2]:
         assert result["failed"] and "saw 2 of 3 expected members" in result["msg"]
-        assert "ignored announcements: %s (bad signature)" % net.hosts[0].address in result["msg"]
+        assert f"ignored announcements: {net.hosts[0].address} (bad signature)" in result["msg"]
 
 
 def test_two_clusters_on_one_bridge_each_get_their_leader(net):
@@ -199,8 +222,8 @@ def test_members_expecting_different_counts_fail_naming_them(net):
     for result in results:
         assert result["failed"], result
         assert "expect a different number of members" in result["msg"]
-    assert "%s expects 3" % hosts[1].address in results[0]["msg"]
-    assert "%s expects 2" % hosts[0].address in results[1]["msg"]
+    assert f"{hosts[1].address} expects 3" in results[0]["msg"]
+    assert f"{hosts[0].address} expects 2" in results[1]["msg"]
 
 
 def test_too_few_members_time_out_naming_who_was_seen(net):
@@ -221,7 +244,7 @@ def test_member_killed_mid_election_never_gives_two_leaders(net, kill_after):
     start = soon(2.5)  # the kill is timed from the victim's announcement: all members must be up by then
     members = [Member(h, 3, start, timeout=3) for h in hosts]
     victim = members[1]
-    assert victim.wait_for_log("announced %s as candidate" % victim_host.address, 10)
+    assert victim.wait_for_log(f"announced {victim_host.address} as candidate", 10)
     time.sleep(kill_after)
     victim.kill()
     results = run_all(members)

@@ -1,4 +1,5 @@
 """The leader_election role over SSH on three network-namespace hosts (each its own sshd), real mDNS between them."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ def test_role_elects_lowest_address_and_all_hosts_agree(masters, check):
     # Only the leader is in the in-memory group the next play targets.
     ran = res.tasks("Leader play")[0]["hosts"]
     assert list(ran) == [leader.name]
-    assert ran[leader.name]["msg"] == "%s leads %s" % (leader.name, ",".join(members))
+    assert ran[leader.name]["msg"] == "{} leads {}".format(leader.name, ",".join(members))
 
 
 def test_role_fails_clearly_when_a_master_is_missing(masters):

@@ -1,6 +1,7 @@
 """The provisioning inventory plugin against a real nats-server and real node agents, through the real CLIs
 (ansible-inventory, ansible-playbook): hosts, facts, groups, composed variables, the cache, the listen window,
 TLS to the broker and an unreachable broker."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,9 +60,17 @@ def plain(value):
 
 def ansible_inventory(path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
     # check=False: callers assert on the return code and on stderr (some expect a failure).
-    return subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", path, *args], cwd=str(ROOT),
-                          env=ansible_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-inventory"), "-i", path, *args],
+        cwd=str(ROOT),
+        env=ansible_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def inventory_list(path, *args, env=None) -> dict:
@@ -80,14 +89,21 @@ def all_hosts(listing: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ the fleet
 
+
 def test_list_shows_every_node_with_facts_groups_and_composed_variables(fleets, module_broker, tmp_path):
     web, db = fleets
     path = write_config(
-        tmp_path, [module_broker.url], expect=WEB + DB, discovery_timeout=10,
-        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"},
-                      {"key": "zeroinit_facts.os.family", "prefix": "os"}],
+        tmp_path,
+        [module_broker.url],
+        expect=WEB + DB,
+        discovery_timeout=10,
+        keyed_groups=[
+            {"key": "zeroinit_facts.role", "prefix": "role"},
+            {"key": "zeroinit_facts.os.family", "prefix": "os"},
+        ],
         groups={"inventory_failed": "zeroinit_inventory_error is defined"},
-        compose={"node_name": "zeroinit_facts.identity", "agent_version": "zeroinit_inventory.version"})
+        compose={"node_name": "zeroinit_facts.identity", "agent_version": "zeroinit_inventory.version"},
+    )
     listing = inventory_list(path)
     identities = sorted(web.identities + db.identities)
     assert all_hosts(listing) == identities
@@ -113,23 +129,33 @@ def test_list_shows_every_node_with_facts_groups_and_composed_variables(fleets, 
 
 def test_graph_shows_the_fleet(fleets, module_broker, tmp_path):
     web, db = fleets
-    path = write_config(tmp_path, [module_broker.url], expect=WEB + DB, discovery_timeout=10,
-                        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}])
+    path = write_config(
+        tmp_path,
+        [module_broker.url],
+        expect=WEB + DB,
+        discovery_timeout=10,
+        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}],
+    )
     proc = ansible_inventory(path, "--graph")
     assert proc.returncode == 0, proc.stderr
     lines = [line.strip() for line in proc.stdout.splitlines()]
     assert "|--@provisioning:" in lines and "|--@role_db:" in lines and "|--@role_web:" in lines
     for identity in web.identities + db.identities:
-        assert "|  |--%s" % identity in lines
+        assert f"|  |--{identity}" in lines
     role_db = ansible_inventory(path, "--graph", "role_db")
     assert sorted(line.strip()[3:] for line in role_db.stdout.splitlines()[1:]) == db.identities
 
 
 def test_a_playbook_runs_on_a_keyed_group_with_the_facts(fleets, module_broker, tmp_path):
     _web, db = fleets
-    path = write_config(tmp_path, [module_broker.url], expect=WEB + DB, discovery_timeout=10,
-                        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}],
-                        compose={"ansible_connection": "'local'"})
+    path = write_config(
+        tmp_path,
+        [module_broker.url],
+        expect=WEB + DB,
+        discovery_timeout=10,
+        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}],
+        compose={"ansible_connection": "'local'"},
+    )
     play = """
 - name: Nodes in provisioning mode, from the provisioning network
   hosts: role_db
@@ -143,16 +169,28 @@ def test_a_playbook_runs_on_a_keyed_group_with_the_facts(fleets, module_broker, 
     assert result.rc == 0, result.stderr
     assert sorted(result.stats) == db.identities
     for identity in db.identities:
-        assert result.result("Report what the node told us", identity)["ansible_facts"]["seen"] == \
-            "%s %s RedHat" % (identity, identity)
+        assert (
+            result.result("Report what the node told us", identity)["ansible_facts"]["seen"]
+            == f"{identity} {identity} RedHat"
+        )
 
 
 def test_cache_serves_a_stopped_fleet_until_refreshed(nats_broker, tmp_path):
     fleet = AgentFleet(nats_broker.url, 5, tmp_path / "state", facts=WEB_FACTS, prefix="cached")
-    cache = {"cache": True, "cache_plugin": "ansible.builtin.jsonfile", "cache_connection": str(tmp_path / "cache"),
-             "cache_timeout": 600}
-    path = write_config(tmp_path, [nats_broker.url], expect=5, discovery_timeout=3,
-                        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}], **cache)
+    cache = {
+        "cache": True,
+        "cache_plugin": "ansible.builtin.jsonfile",
+        "cache_connection": str(tmp_path / "cache"),
+        "cache_timeout": 600,
+    }
+    path = write_config(
+        tmp_path,
+        [nats_broker.url],
+        expect=5,
+        discovery_timeout=3,
+        keyed_groups=[{"key": "zeroinit_facts.role", "prefix": "role"}],
+        **cache,
+    )
     uncached = write_config(tmp_path, [nats_broker.url], name="live.provisioning.yml", discovery_timeout=1)
     with fleet:
         first = inventory_list(path)
@@ -186,8 +224,14 @@ class ListingInBackground:
             replies = await nc.subscribe(protocol.reply_inbox_prefix("choria=zeroinit-inventory") + ".>")
             await nc.flush()
             self.proc = subprocess.Popen(
-                [str(VENV_BIN / "ansible-inventory"), "-i", self.path, "--list"], cwd=str(ROOT), env=ansible_env(),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                [str(VENV_BIN / "ansible-inventory"), "-i", self.path, "--list"],
+                cwd=str(ROOT),
+                env=ansible_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
             while True:  # bounded by next_msg's timeout: the plugin pings within seconds of starting
                 msg = await pings.next_msg(timeout=60)
                 if protocol.decode_request(msg.data).callerid == "choria=zeroinit-inventory":
@@ -218,8 +262,9 @@ def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_pa
     early = AgentFleet(nats_broker.url, 3, tmp_path / "early", facts=WEB_FACTS, prefix="early")
     late = AgentProcess(nats_broker.url, "late1.fleet.example.net", tmp_path / "late", facts=DB_FACTS)
     # expect=4 ends the listen window as soon as the late node is known, so the test waits no longer than that.
-    background = ListingInBackground(nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1,
-                                                                   listen=60, expect=4))
+    background = ListingInBackground(
+        nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=4)
+    )
     with early:
         try:
             background.started()
@@ -232,8 +277,10 @@ def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_pa
     late_vars = listing["_meta"]["hostvars"]["late1.fleet.example.net"]
     # It was not there for the ping: it was found by its startup event / registration data, then inventoried.
     assert set(late_vars["zeroinit_discovered_by"]) & {"lifecycle", "registration"}
-    assert late_vars["zeroinit_facts"]["role"] == "db" and late_vars["zeroinit_facts"]["identity"] == \
-        "late1.fleet.example.net"
+    assert (
+        late_vars["zeroinit_facts"]["role"] == "db"
+        and late_vars["zeroinit_facts"]["identity"] == "late1.fleet.example.net"
+    )
     if "lifecycle" in late_vars["zeroinit_discovered_by"]:
         assert "startup" in [event["type"] for event in late_vars["zeroinit_lifecycle_events"]]
 
@@ -243,8 +290,9 @@ def test_a_node_that_shuts_down_while_listening_is_not_listed(nats_broker, tmp_p
     leaves = AgentProcess(nats_broker.url, "leaves1.fleet.example.net", tmp_path / "leaves", facts=WEB_FACTS)
     late = AgentFleet(nats_broker.url, 2, tmp_path / "late", facts=DB_FACTS, prefix="late")
     # The ping finds 2 nodes; one leaves (shutdown event), then 2 arrive: the window ends at 3 nodes still there.
-    background = ListingInBackground(nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1,
-                                                                   listen=60, expect=3))
+    background = ListingInBackground(
+        nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=3)
+    )
     with stays:
         try:
             leaves.start(timeout=60)
@@ -294,7 +342,7 @@ def test_unreachable_broker_is_a_clear_error_naming_it(tmp_path):
     path = write_config(tmp_path, [url])
     proc = ansible_inventory(path, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
     assert proc.returncode != 0
-    assert "cannot reach the provisioning broker(s) %s" % url in proc.stderr
+    assert f"cannot reach the provisioning broker(s) {url}" in proc.stderr
 
 
 def test_brokers_from_the_environment(fleets, module_broker, tmp_path):
@@ -307,14 +355,17 @@ def test_brokers_from_the_environment(fleets, module_broker, tmp_path):
 
 # ------------------------------------------------------------------------------------------ TLS to the broker
 
+
 def test_tls_broker_needs_the_ca_and_accepts_a_client_certificate(tmp_path):
     ca = TestCA()
     server = ca.write_key_pair(tmp_path / "broker", "broker", ips=["127.0.0.1"], server=True, client=False)
     client = ca.write_key_pair(tmp_path / "client", "controller", client=True)
-    with EmbeddedBroker(tls={"cert": server["cert"], "key": server["key"], "ca": server["ca"],
-                             "verify": True}) as broker:
-        found = discover_fleet([broker.url], timeout=0.5, tls={"ca": client["ca"], "cert": client["cert"],
-                                                               "key": client["key"]})
+    with EmbeddedBroker(
+        tls={"cert": server["cert"], "key": server["key"], "ca": server["ca"], "verify": True}
+    ) as broker:
+        found = discover_fleet(
+            [broker.url], timeout=0.5, tls={"ca": client["ca"], "cert": client["cert"], "key": client["key"]}
+        )
         assert found == {}  # connected and asked: nobody waits on this broker
         with pytest.raises(DiscoveryError, match=broker.url):
             discover_fleet([broker.url], timeout=0.5)  # no CA: the broker's certificate is not trusted

@@ -3,6 +3,7 @@
 Every host trusts a bootstrap key at first; its authorized_keys also holds a hand-written comment, an unrelated
 key and a line that is not a key, which must all survive byte for byte.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import subprocess
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import PublicKey
-from tests.support.ansible_run import run_playbook
 from tests.support import netns
+from tests.support.ansible_run import run_playbook
 
 UNRELATED = "# operators' own keys below\n%s\nthis line is not a key but must stay\n"
 
@@ -29,10 +30,33 @@ def keygen(directory, name):
 def ssh_login(net: netns.TestNetwork, host, key: str) -> subprocess.CompletedProcess:
     """A fresh login with exactly ``key`` (no agent, no master), as an operator would try it."""
     return subprocess.run(
-        ["ssh", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-         "-o", "ControlPath=none", "-o", "UserKnownHostsFile=%s" % net.known_hosts,
-         "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5", "-i", key, "root@%s" % host.address,
-         "hostname"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False)
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            f"UserKnownHostsFile={net.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-i",
+            key,
+            f"root@{host.address}",
+            "hostname",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -44,11 +68,27 @@ def fleet(tmp_path):
     net = netns.TestNetwork.create("rotint", 3, authorized_keys=initial)
     try:
         inventory = tmp_path / "inventory.json"
-        inventory.write_text(json.dumps({"members": {"hosts": {
-            name: dict(entry, test_sshd_pid=host.sshd_pid)
-            for host, (name, entry) in zip(net.hosts, net.ansible_hosts(bootstrap).items())}}}))
-        yield {"net": net, "inventory": str(inventory), "bootstrap": bootstrap, "bootstrap_pub": bootstrap_pub,
-               "initial": initial, "new": str(tmp_path / "controller" / "fleet_ed25519"), "tmp": tmp_path}
+        inventory.write_text(
+            json.dumps(
+                {
+                    "members": {
+                        "hosts": {
+                            name: dict(entry, test_sshd_pid=host.sshd_pid)
+                            for host, (name, entry) in zip(net.hosts, net.ansible_hosts(bootstrap).items())
+                        }
+                    }
+                }
+            )
+        )
+        yield {
+            "net": net,
+            "inventory": str(inventory),
+            "bootstrap": bootstrap,
+            "bootstrap_pub": bootstrap_pub,
+            "initial": initial,
+            "new": str(tmp_path / "controller" / "fleet_ed25519"),
+            "tmp": tmp_path,
+        }
     finally:
         net.destroy()
 
@@ -141,7 +181,7 @@ def test_host_whose_sshd_stops_keeps_bootstrap_key_others_rotate(fleet):
     assert res.rc != 0
     failed = res.result("rotate", victim.name)
     assert failed.get("failed") is True
-    assert failed["msg"].startswith("new key did not log in to %s: ssh exited 255" % victim.name), failed["msg"]
+    assert failed["msg"].startswith(f"new key did not log in to {victim.name}: ssh exited 255"), failed["msg"]
     assert failed["msg"].endswith("the new key was removed again and the old keys were left in place")
     assert authorized_keys(victim)[0] == fleet["initial"]
 
@@ -183,9 +223,12 @@ ROLE_PLAY = """
 
 
 def role_result(res, host: str) -> dict:
-    found = [t["hosts"][host] for t in res.tasks()
-             if t["task"]["name"].endswith("Install the new key, prove a fresh login with it, then revoke the old keys")
-             and host in t["hosts"]]
+    found = [
+        t["hosts"][host]
+        for t in res.tasks()
+        if t["task"]["name"].endswith("Install the new key, prove a fresh login with it, then revoke the old keys")
+        and host in t["hosts"]
+    ]
     assert found, res.stdout[-3000:]
     return found[-1]
 
@@ -197,8 +240,9 @@ def test_symlinked_authorized_keys_is_refused_on_the_host(fleet):
     real = host.path("/root/.ssh/real_keys")
     os.rename(link, real)
     os.symlink("/root/.ssh/real_keys", link)  # resolved inside the host, where sshd still follows it
-    res = run_playbook(ROTATE, fleet["inventory"], {"new_key": fleet["new"], "revoke_keys": [fleet["bootstrap_pub"]]},
-                       limit=host.name)
+    res = run_playbook(
+        ROTATE, fleet["inventory"], {"new_key": fleet["new"], "revoke_keys": [fleet["bootstrap_pub"]]}, limit=host.name
+    )
     out = res.result("rotate", host.name)
     assert out.get("failed") and "symbolic link" in out["msg"] and host.name in out["msg"]
     assert os.path.islink(link) and open(real).read() == fleet["initial"]

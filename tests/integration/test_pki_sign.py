@@ -1,4 +1,5 @@
 """zeroinit.bootstrap.pki_sign through ansible-playbook: check/real/check/real, files and modes, diff, errors."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,8 @@ IDENTITY = "node1.example.net"
 def make_csr(identity: str = IDENTITY, key=None) -> str:
     key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+    )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
@@ -48,8 +50,17 @@ def test_create_ca_and_dest_check_real_check_real(pki_dir):
     ca_cert, ca_key = pki_dir / "ca" / "ca.crt", pki_dir / "ca" / "ca.key"
     (pki_dir / "ca").mkdir()
     dest, chain = pki_dir / "node1.crt", pki_dir / "chain.pem"
-    params = dict(csr=make_csr(), identity=IDENTITY, ca_cert=str(ca_cert), ca_key=str(ca_key), create_ca=True,
-                  ca_common_name="site CA", dest=str(dest), chain_dest=str(chain), profile="server")
+    params = dict(
+        csr=make_csr(),
+        identity=IDENTITY,
+        ca_cert=str(ca_cert),
+        ca_key=str(ca_key),
+        create_ca=True,
+        ca_common_name="site CA",
+        dest=str(dest),
+        chain_dest=str(chain),
+        profile="server",
+    )
 
     first_check = run_module(MODULE, params, check=True)
     assert first_check["changed"] is True and first_check["ca_created"] is True
@@ -60,10 +71,12 @@ def test_create_ca_and_dest_check_real_check_real(pki_dir):
     assert real["changed"] is True and real["ca_created"] is True and not real.get("failed")
     assert mode(ca_key) == 0o600 and mode(ca_cert) == 0o644 and mode(dest) == 0o644 and mode(chain) == 0o644
     cert = x509.load_pem_x509_certificate(dest.read_bytes())
-    assert real["certificate"] == dest.read_text() and real["serial"] == "%x" % cert.serial_number
+    assert real["certificate"] == dest.read_text() and real["serial"] == f"{cert.serial_number:x}"
     assert chain.read_text() == ca_cert.read_text() == real["ca"]
     ca = CertificateAuthority.load(str(ca_cert), str(ca_key))
-    verified = PolicyBuilder().store(Store([ca.certificate])).build_server_verifier(x509.DNSName(IDENTITY)).verify(cert, [])
+    verified = (
+        PolicyBuilder().store(Store([ca.certificate])).build_server_verifier(x509.DNSName(IDENTITY)).verify(cert, [])
+    )
     assert verified[-1].subject.rfc4514_string() == "CN=site CA"
 
     for check in (True, False):
@@ -79,16 +92,27 @@ def test_existing_encrypted_ca_csr_path_and_passphrase_never_shown(pki_dir):
     CertificateAuthority.load_or_create(ca_cert, ca_key, passphrase="correct horse battery")
     csr_path = pki_dir / "csr.pem"
     csr_path.write_text(make_csr())
-    params = dict(csr_path=str(csr_path), identity=IDENTITY, ca_cert=ca_cert, ca_key=ca_key,
-                  ca_passphrase="correct horse battery", dest=str(pki_dir / "node.crt"), valid_days=90,
-                  max_valid_days=90)
+    params = dict(
+        csr_path=str(csr_path),
+        identity=IDENTITY,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        ca_passphrase="correct horse battery",
+        dest=str(pki_dir / "node.crt"),
+        valid_days=90,
+        max_valid_days=90,
+    )
     results = four_runs(params)
     assert [r["changed"] for r in results] == [True, True, False, False]
     assert not any(r["ca_created"] for r in results)
     assert all("correct horse battery" not in str(r) for r in results)
 
-    play = run_playbook("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: sign\n      %s:\n%s"
-                        % (MODULE, "".join("        %s: %r\n" % item for item in params.items())), args=["-vvv"])
+    play = run_playbook(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: sign\n      {}:\n{}".format(
+            MODULE, "".join("        {}: {!r}\n".format(*item) for item in params.items())
+        ),
+        args=["-vvv"],
+    )
     assert play.rc == 0 and "correct horse battery" not in play.stdout + play.stderr
 
 
@@ -117,8 +141,13 @@ def test_new_key_or_other_ca_replaces_the_certificate(pki_dir):
     assert results[1]["serial"] != first["serial"]
 
     # Same key, another CA (the permanent CA replacing the bootstrap one): re-issued by the new CA, then kept.
-    other = dict(base, csr=new_csr, ca_cert=str(pki_dir / "other.crt"), ca_key=str(pki_dir / "other.key"),
-                 ca_common_name="permanent CA")
+    other = dict(
+        base,
+        csr=new_csr,
+        ca_cert=str(pki_dir / "other.crt"),
+        ca_key=str(pki_dir / "other.key"),
+        ca_common_name="permanent CA",
+    )
     CertificateAuthority.load_or_create(other["ca_cert"], other["ca_key"], common_name="permanent CA")
     moved = four_runs(other)
     assert [r["changed"] for r in moved] == [True, True, False, False]
@@ -128,13 +157,19 @@ def test_new_key_or_other_ca_replaces_the_certificate(pki_dir):
 
 
 def test_diff_shows_parsed_properties_and_no_key_material(pki_dir):
-    params = dict(csr=make_csr(), identity=IDENTITY, ca_cert=str(pki_dir / "ca.crt"), ca_key=str(pki_dir / "ca.key"),
-                  create_ca=True, dest=str(pki_dir / "n.crt"))
+    params = dict(
+        csr=make_csr(),
+        identity=IDENTITY,
+        ca_cert=str(pki_dir / "ca.crt"),
+        ca_key=str(pki_dir / "ca.key"),
+        create_ca=True,
+        dest=str(pki_dir / "n.crt"),
+    )
     results = four_runs(params, diff=True)
     predicted, issued, kept = results[0]["diff"], results[1]["diff"], results[3]["diff"]
     assert predicted["before"] == {"ca": "absent"}
-    assert predicted["after"]["subject"] == "CN=%s" % IDENTITY
-    assert predicted["after"]["subject_alt_names"] == ["DNS:%s" % IDENTITY]
+    assert predicted["after"]["subject"] == f"CN={IDENTITY}"
+    assert predicted["after"]["subject_alt_names"] == [f"DNS:{IDENTITY}"]
     assert predicted["after"]["issuer"] == "CN=zeroinit CA" and predicted["after"]["ca"] == "CN=zeroinit CA"
     assert issued["after"]["serial"] == results[1]["serial"]
     assert issued["after"]["public_key_sha256"] == predicted["after"]["public_key_sha256"]
@@ -148,21 +183,32 @@ def test_mismatched_ca_key_is_refused_naming_the_field(pki_dir):
     CertificateAuthority.load_or_create(str(pki_dir / "b.crt"), str(pki_dir / "b.key"))
     dest = pki_dir / "n.crt"
     for check in (True, False):
-        result = run_module(MODULE, dict(csr=make_csr(), identity=IDENTITY, ca_cert=ca_cert, ca_key=str(pki_dir / "b.key"),
-                                         dest=str(dest)), check=check)
+        result = run_module(
+            MODULE,
+            dict(csr=make_csr(), identity=IDENTITY, ca_cert=ca_cert, ca_key=str(pki_dir / "b.key"), dest=str(dest)),
+            check=check,
+        )
         assert result["failed"] is True and result["field"] == "ca_key"
         assert "ca_key %s does not match the CA certificate" % (pki_dir / "b.key") in result["msg"]
     assert not dest.exists()
 
 
 def test_refused_csr_fails_with_rule_value_and_identity_in_check_mode_too(pki_dir):
-    params = dict(csr=make_csr("evil.example.net"), identity=IDENTITY, ca_cert=str(pki_dir / "ca.crt"),
-                  ca_key=str(pki_dir / "ca.key"), create_ca=True, dest=str(pki_dir / "n.crt"))
+    params = dict(
+        csr=make_csr("evil.example.net"),
+        identity=IDENTITY,
+        ca_cert=str(pki_dir / "ca.crt"),
+        ca_key=str(pki_dir / "ca.key"),
+        create_ca=True,
+        dest=str(pki_dir / "n.crt"),
+    )
     for check in (True, False):
         result = run_module(MODULE, params, check=check)
         assert result["failed"] is True and result["rule"] == "cn_matches_identity"
-        assert result["msg"] == ("identity node1.example.net: CSR refused by policy 'cn_matches_identity': "
-                                 "CN 'evil.example.net' is not the identity 'node1.example.net'")
+        assert result["msg"] == (
+            "identity node1.example.net: CSR refused by policy 'cn_matches_identity': "
+            "CN 'evil.example.net' is not the identity 'node1.example.net'"
+        )
     # A refused CSR must not leave a new CA behind either: the policy is checked before anything is written.
     assert os.listdir(pki_dir) == []
 
@@ -183,9 +229,11 @@ def test_parallel_hosts_sharing_one_new_ca_all_get_certificates_from_it(pki_dir)
     """The csr_signing pattern: one task per node, all creating/using one CA directory, in parallel forks."""
     hosts = ["node%d.example.net" % i for i in range(4)]
     inventory = pki_dir / "hosts.yml"
-    inventory.write_text("all:\n  hosts:\n%s" % "".join("    %s:\n      ansible_connection: local\n" % h for h in hosts))
+    inventory.write_text(
+        "all:\n  hosts:\n{}".format("".join(f"    {h}:\n      ansible_connection: local\n" for h in hosts))
+    )
     for host in hosts:
-        (pki_dir / ("%s.csr" % host)).write_text(make_csr(host))
+        (pki_dir / (f"{host}.csr")).write_text(make_csr(host))
     play = """- hosts: all
   gather_facts: false
   tasks:
@@ -200,8 +248,9 @@ def test_parallel_hosts_sharing_one_new_ca_all_get_certificates_from_it(pki_dir)
 """
     (pki_dir / "ca").mkdir()
     for check, expect_changed in ((True, True), (False, True), (True, False), (False, False)):
-        result = run_playbook(play, inventory=inventory, extra_vars={"d": str(pki_dir)}, check=check,
-                              args=["--forks", "4"])
+        result = run_playbook(
+            play, inventory=inventory, extra_vars={"d": str(pki_dir)}, check=check, args=["--forks", "4"]
+        )
         assert result.rc == 0, result.stdout[-2000:]
         for host in hosts:
             assert result.result("sign", host)["changed"] is expect_changed
@@ -210,5 +259,5 @@ def test_parallel_hosts_sharing_one_new_ca_all_get_certificates_from_it(pki_dir)
         assert created == {(True, True): 4, (False, True): 1}.get((check, expect_changed), 0)
     ca = CertificateAuthority.load(str(pki_dir / "ca" / "ca.crt"), str(pki_dir / "ca" / "ca.key"))
     for host in hosts:
-        cert = x509.load_pem_x509_certificate((pki_dir / ("%s.crt" % host)).read_bytes())
+        cert = x509.load_pem_x509_certificate((pki_dir / (f"{host}.crt")).read_bytes())
         cert.verify_directly_issued_by(ca.certificate)

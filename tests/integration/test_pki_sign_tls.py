@@ -3,6 +3,7 @@
 The broker's certificate is issued by the pki_sign module (through Ansible), node client certificates by the signer
 in-process (as the bulk provisioner does); nats-py connects with them, and nats-server (Go's crypto/tls) decides.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,12 +26,14 @@ BROKER = "broker.zeroinit.test"
 def node_key_and_csr(directory, identity: str, dns=(), ips=()):
     """What a node does on gencsr: a key that stays (0600) and a CSR."""
     key = ec.generate_private_key(ec.SECP256R1())
-    key_path = directory / ("%s.key" % identity)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path = directory / (f"{identity}.key")
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     key_path.chmod(0o600)
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+    )
     names = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -45,19 +48,31 @@ def tls_broker(tmp_path):
     ca_cert, ca_key = tmp_path / "ca.crt", tmp_path / "ca.key"
     key_path, csr = node_key_and_csr(tmp_path, BROKER, ips=["127.0.0.1"])
     # The broker listens on loopback, which the default deny list refuses for nodes: allowed explicitly here.
-    result = run_module("zeroinit.bootstrap.pki_sign", dict(
-        csr=csr, identity=BROKER, ca_cert=str(ca_cert), ca_key=str(ca_key), create_ca=True, profile="server",
-        allowed_sans=["{identity}", r"127\.0\.0\.1"], default_deny=False, deny=[r"\*"],
-        dest=str(tmp_path / "broker.crt")))
+    result = run_module(
+        "zeroinit.bootstrap.pki_sign",
+        dict(
+            csr=csr,
+            identity=BROKER,
+            ca_cert=str(ca_cert),
+            ca_key=str(ca_key),
+            create_ca=True,
+            profile="server",
+            allowed_sans=["{identity}", r"127\.0\.0\.1"],
+            default_deny=False,
+            deny=[r"\*"],
+            dest=str(tmp_path / "broker.crt"),
+        ),
+    )
     assert result["changed"] and not result.get("failed"), result.get("msg")
-    with EmbeddedBroker(tls={"cert": str(tmp_path / "broker.crt"), "key": key_path, "ca": str(ca_cert),
-                             "verify": True}) as broker:
+    with EmbeddedBroker(
+        tls={"cert": str(tmp_path / "broker.crt"), "key": key_path, "ca": str(ca_cert), "verify": True}
+    ) as broker:
         yield broker, CertificateAuthority.load(str(ca_cert), str(ca_key))
 
 
 def write_client(tmp_path, signer: Signer, identity: str, profile: str = "client"):
     key_path, csr = node_key_and_csr(tmp_path, identity)
-    cert_path = tmp_path / ("%s.crt" % identity)
+    cert_path = tmp_path / (f"{identity}.crt")
     cert_path.write_text(signer.sign(csr, identity, profile=profile).certificate)
     return str(cert_path), key_path
 

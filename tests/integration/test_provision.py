@@ -4,6 +4,7 @@ Every node must end configured with a certificate that chains to the CA and carr
 server.conf equal to what was decided, and answer ping in its new collective on a second broker. Failures
 stay per node: refused nodes remain in provisioning mode with nothing configured.
 """
+
 import asyncio
 import base64
 import hashlib
@@ -28,8 +29,12 @@ from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "fleet-token"
 HELPERS = pathlib.Path(__file__).parent / "helpers"
-SECURITY_KEYS = {"plugin.security.provider", "plugin.security.file.certificate", "plugin.security.file.key",
-                 "plugin.security.file.ca"}
+SECURITY_KEYS = {
+    "plugin.security.provider",
+    "plugin.security.file.certificate",
+    "plugin.security.file.key",
+    "plugin.security.file.ca",
+}
 
 
 @pytest.fixture
@@ -158,8 +163,9 @@ def test_signer_run_makes_every_node_a_member_and_no_key_crosses_the_bus(nats_br
         for identity in fleet.identities:
             pem = (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "private.pem").read_bytes()
             key = serialization.load_pem_private_key(pem, password=None)
-            der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            der = key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             secrets += [der, base64.b64encode(der)[:48]]
             secrets += [line for line in pem.splitlines() if len(line) == 64]
         for layer in bus.layers():
@@ -179,11 +185,21 @@ def test_helper_defers_nodes_and_a_later_run_provisions_them(nats_broker, member
     with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN, facts=facts) as fleet:
         held = fleet.identities[:2]
         hold.write_text("\n".join(held) + "\n")
-        helper = [sys.executable, str(HELPERS / "policy_helper.py"), "--ca-cert", ca["ca_cert"], "--ca-key",
-                  ca["ca_key"], "--config", str(base), "--defer-file", str(hold)]
+        helper = [
+            sys.executable,
+            str(HELPERS / "policy_helper.py"),
+            "--ca-cert",
+            ca["ca_cert"],
+            "--ca-key",
+            ca["ca_key"],
+            "--config",
+            str(base),
+            "--defer-file",
+            str(hold),
+        ]
         first = pv.provision(settings(nats_broker, helper=helper, configuration={"loglevel": "info"}))
         assert first["provisioned"] == fleet.identities[2:]
-        assert first["deferred"] == {i: "%s is on the hold list" % i for i in held}
+        assert first["deferred"] == {i: f"{i} is on the hold list" for i in held}
         assert in_provisioning(nats_broker, held) == held
         for identity in held:
             assert not (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "certificate.pem").exists()
@@ -200,13 +216,16 @@ def test_helper_defers_nodes_and_a_later_run_provisions_them(nats_broker, member
         assert members_answering(members, fleet.identities) == fleet.identities
 
 
-@pytest.mark.parametrize("mode,needle", [
-    ("exit", "exited with status 3"),
-    ("silent", "printed nothing"),
-    ("garbage", "not JSON"),
-    ("slow", "ran longer than 1s"),
-    ("loop", "leaves provisioning on"),
-])
+@pytest.mark.parametrize(
+    "mode,needle",
+    [
+        ("exit", "exited with status 3"),
+        ("silent", "printed nothing"),
+        ("garbage", "not JSON"),
+        ("slow", "ran longer than 1s"),
+        ("loop", "leaves provisioning on"),
+    ],
+)
 def test_each_helper_failure_fails_only_that_node_before_configure(nats_broker, tmp_path, mode, needle):
     with AgentFleet(nats_broker.url, 2, tmp_path / "fleet", token=TOKEN) as fleet:
         before = {i: sorted(p.name for p in (pathlib.Path(fleet.node_dir(i))).rglob("*")) for i in fleet.identities}
@@ -225,24 +244,25 @@ def test_each_helper_failure_fails_only_that_node_before_configure(nats_broker, 
         assert in_provisioning(nats_broker, fleet.identities) == fleet.identities
 
 
-def test_policy_refusals_fail_the_node_with_the_rule_and_leave_it_in_provisioning(
-        nats_broker, members, ca, tmp_path):
+def test_policy_refusals_fail_the_node_with_the_rule_and_leave_it_in_provisioning(nats_broker, members, ca, tmp_path):
     with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet:
         liar, denied, small_key, good = fleet.identities
         config = member_config(members)
         # A node that asks for a certificate naming another node (its gencsr CN is someone else's).
-        out = pv.provision(settings(nats_broker, signer=ca, configuration=config, identities=[liar],
-                                    csr_subject={"cn": good}))
-        assert liar in out["failed"] and "signer refused the CSR of %s" % liar in out["failed"][liar]
+        out = pv.provision(
+            settings(nats_broker, signer=ca, configuration=config, identities=[liar], csr_subject={"cn": good})
+        )
+        assert liar in out["failed"] and f"signer refused the CSR of {liar}" in out["failed"][liar]
         assert good in out["failed"][liar]
         # A deny-listed name.
-        signer = dict(ca, deny=["^%s$" % denied.replace(".", r"\.")])
+        signer = dict(ca, deny=["^{}$".format(denied.replace(".", r"\."))])
         out = pv.provision(settings(nats_broker, signer=signer, configuration=config, identities=[denied]))
         assert "deny" in out["failed"][denied]
         # An RSA key smaller than the policy's minimum (the node makes RSA-2048; the policy wants 3072).
         signer = dict(ca, min_rsa_bits=3072)
-        out = pv.provision(settings(nats_broker, signer=signer, configuration=config, identities=[small_key],
-                                    key_type="rsa"))
+        out = pv.provision(
+            settings(nats_broker, signer=signer, configuration=config, identities=[small_key], key_type="rsa")
+        )
         assert "2048" in out["failed"][small_key] and "3072" in out["failed"][small_key]
         for identity in (liar, denied, small_key):
             assert not (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "certificate.pem").exists()
@@ -250,19 +270,23 @@ def test_policy_refusals_fail_the_node_with_the_rule_and_leave_it_in_provisionin
         # The refusals touched nobody else: the last node provisions normally afterwards.
         out = pv.provision(settings(nats_broker, signer=ca, configuration=config))
         assert good in out["provisioned"]
-        assert_member(fleet, good, ca["ca_cert"], dict(config, identity=good,
-                                                       **{"plugin.choria.server.provision": "false"}))
+        assert_member(
+            fleet, good, ca["ca_cert"], dict(config, identity=good, **{"plugin.choria.server.provision": "false"})
+        )
 
 
 def test_rsa_1024_csr_is_refused_by_the_signer_before_anything_is_signed(ca, tmp_path):
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak.example.net")]))
-           .sign(key, __import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256()))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak.example.net")]))
+        .sign(key, __import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256())
+    )
     signer = pv.PolicySigner(ca, {})
     with pytest.raises(NodeFailure) as err:
-        signer.decide("weak.example.net", {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-                                           "ssldir": "/x"})
+        signer.decide(
+            "weak.example.net", {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "ssldir": "/x"}
+        )
     assert "1024" in str(err.value) and "weak.example.net" in str(err.value)
 
 
@@ -293,8 +317,9 @@ def test_a_node_that_boots_during_the_wait_window_is_provisioned(nats_broker, me
         async def run():
             # Start the late node a moment after the provisioner began listening.
             loop = asyncio.get_running_loop()
-            provisioner = pv.ChoriaProvisioner(settings(nats_broker, signer=None, configuration=config, wait=20,
-                                                        expect=3), pv.PolicySigner(ca, config))
+            provisioner = pv.ChoriaProvisioner(
+                settings(nats_broker, signer=None, configuration=config, wait=20, expect=3), pv.PolicySigner(ca, config)
+            )
             task = asyncio.ensure_future(provisioner.provision())
             await asyncio.sleep(1.0)
             await loop.run_in_executor(None, late.launch)

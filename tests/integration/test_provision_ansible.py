@@ -3,6 +3,7 @@
 Each case runs check, real, check, real (community.crypto style): check mode changes nothing on any node,
 the real run provisions, and once provisioned nothing is left to change.
 """
+
 import asyncio
 import hashlib
 import json
@@ -28,8 +29,11 @@ def members():
 
 
 def snapshot(fleet) -> dict:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(pathlib.Path(fleet.state_dir).rglob("*")) if p.is_file()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pathlib.Path(fleet.state_dir).rglob("*"))
+        if p.is_file()
+    }
 
 
 def member_config(members):
@@ -42,7 +46,8 @@ def configured(fleet, identity) -> dict:
 
 def chains_to(fleet, identity, ca_path) -> bool:
     cert = x509.load_pem_x509_certificate(
-        (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "certificate.pem").read_bytes())
+        (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "certificate.pem").read_bytes()
+    )
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(pathlib.Path(ca_path).read_bytes()))
     return True
 
@@ -56,9 +61,14 @@ def role_task(result, suffix, host):
 
 
 def test_module_check_real_check_real(nats_broker, members, tmp_path):
-    params = {"action": "provision", "brokers": [nats_broker.url], "token": TOKEN, "discovery_timeout": 1.5,
-              "signer": {"ca_cert": str(tmp_path / "ca.pem"), "ca_key": str(tmp_path / "ca.key"), "create_ca": True},
-              "configuration": member_config(members)}
+    params = {
+        "action": "provision",
+        "brokers": [nats_broker.url],
+        "token": TOKEN,
+        "discovery_timeout": 1.5,
+        "signer": {"ca_cert": str(tmp_path / "ca.pem"), "ca_key": str(tmp_path / "ca.key"), "create_ca": True},
+        "configuration": member_config(members),
+    }
     with AgentFleet(nats_broker.url, 3, tmp_path / "fleet", token=TOKEN) as fleet:
         before = snapshot(fleet)
         check = run_module("zeroinit.bootstrap.choria_provision", params, check=True)
@@ -99,32 +109,54 @@ def test_single_node_actions_and_bad_input(nats_broker, tmp_path):
         assert (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").exists()
         assert "PRIVATE KEY" not in json.dumps(csr)
 
-        loop = run_module("zeroinit.bootstrap.choria_provision", dict(
-            base, action="configure", certificate="-----BEGIN CERTIFICATE-----", ca="-----BEGIN CERTIFICATE-----",
-            configuration={"plugin.choria.server.provision": True}))
+        loop = run_module(
+            "zeroinit.bootstrap.choria_provision",
+            dict(
+                base,
+                action="configure",
+                certificate="-----BEGIN CERTIFICATE-----",
+                ca="-----BEGIN CERTIFICATE-----",
+                configuration={"plugin.choria.server.provision": True},
+            ),
+        )
         assert loop.get("failed") and "leaves provisioning on" in loop["msg"] and node in loop["msg"]
 
         refused = run_module("zeroinit.bootstrap.choria_provision", dict(base, action="restart"))
-        assert refused.get("failed") and "restart refused by %s" % node in refused["msg"]
+        assert refused.get("failed") and f"restart refused by {node}" in refused["msg"]
 
-        bad = run_module("zeroinit.bootstrap.choria_provision", dict(base, action="provision", timeout=0,
-                                                                     helper="/bin/true"))
+        bad = run_module(
+            "zeroinit.bootstrap.choria_provision", dict(base, action="provision", timeout=0, helper="/bin/true")
+        )
         assert bad.get("failed") and "timeout" in bad["msg"]
-        silent = run_module("zeroinit.bootstrap.choria_provision", dict(
-            base, action="inventory", identity="nobody.example.net", timeout=0.5, retries=1))
+        silent = run_module(
+            "zeroinit.bootstrap.choria_provision",
+            dict(base, action="inventory", identity="nobody.example.net", timeout=0.5, retries=1),
+        )
         assert silent.get("failed") and "no reply from nobody.example.net" in silent["msg"]
 
 
 def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, members, tmp_path):
     from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+
     ca_cert, ca_key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
     CertificateAuthority.load_or_create(ca_cert, ca_key)
     base = tmp_path / "base.json"
     base.write_text(json.dumps(member_config(members)))
-    extra = {"zeroinit_provision_brokers": [nats_broker.url], "zeroinit_provision_token": TOKEN,
-             "zeroinit_provision_helper": [sys.executable, str(HELPERS / "policy_helper.py"), "--ca-cert", ca_cert,
-                                           "--ca-key", ca_key, "--config", str(base)],
-             "zeroinit_provision_configuration": {"loglevel": "warn"}}
+    extra = {
+        "zeroinit_provision_brokers": [nats_broker.url],
+        "zeroinit_provision_token": TOKEN,
+        "zeroinit_provision_helper": [
+            sys.executable,
+            str(HELPERS / "policy_helper.py"),
+            "--ca-cert",
+            ca_cert,
+            "--ca-key",
+            ca_key,
+            "--config",
+            str(base),
+        ],
+        "zeroinit_provision_configuration": {"loglevel": "warn"},
+    }
     playbook = ROOT / "playbooks" / "provision_fleet.yaml"
     task = "Discover and provision the nodes"
     with AgentFleet(nats_broker.url, 3, tmp_path / "fleet", token=TOKEN) as fleet:
@@ -148,9 +180,15 @@ def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, mem
         # again by the next run (with a new key made on the node).
         node = fleet.identities[1]
         old_key = (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").read_bytes()
-        back = run_playbook(ROOT / "playbooks" / "reprovision.yaml", extra_vars={
-            "zeroinit_reprovision_identities": [node], "zeroinit_reprovision_brokers": [members.url],
-            "zeroinit_reprovision_collective": "members", "zeroinit_provision_token": TOKEN})
+        back = run_playbook(
+            ROOT / "playbooks" / "reprovision.yaml",
+            extra_vars={
+                "zeroinit_reprovision_identities": [node],
+                "zeroinit_reprovision_brokers": [members.url],
+                "zeroinit_reprovision_collective": "members",
+                "zeroinit_provision_token": TOKEN,
+            },
+        )
         assert back.rc == 0 and back.changed() == 1, back.stderr[-2000:]
         assert asyncio.run(discover(nats_broker.url, [node], 20)) == [node]
         third = run_playbook(playbook, extra_vars=extra)
@@ -164,14 +202,27 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
     ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
     (tmp_path / "pki").mkdir()
     from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+
     CertificateAuthority.load_or_create(ca_cert, ca_key)
-    extra = {"zeroinit_provision_brokers": [nats_broker.url], "zeroinit_provision_token": TOKEN,
-             "zeroinit_provision_ca_cert": ca_cert, "zeroinit_provision_ca_key": ca_key,
-             "zeroinit_provision_configuration": member_config(members)}
+    extra = {
+        "zeroinit_provision_brokers": [nats_broker.url],
+        "zeroinit_provision_token": TOKEN,
+        "zeroinit_provision_ca_cert": ca_cert,
+        "zeroinit_provision_ca_key": ca_key,
+        "zeroinit_provision_configuration": member_config(members),
+    }
     with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet:
         inventory = tmp_path / "fleet.provisioning.yml"
-        inventory.write_text(json.dumps({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [nats_broker.url],
-                                         "discovery_timeout": 2, "expect": 4}))
+        inventory.write_text(
+            json.dumps(
+                {
+                    "plugin": "zeroinit.bootstrap.provisioning",
+                    "brokers": [nats_broker.url],
+                    "discovery_timeout": 2,
+                    "expect": 4,
+                }
+            )
+        )
         playbook = ROOT / "playbooks" / "provision.yaml"
 
         before = snapshot(fleet)

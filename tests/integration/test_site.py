@@ -1,5 +1,6 @@
 """site.yaml end to end: three namespace masters with sshd trusting a bootstrap key, and a fleet waiting on a
 provisioning broker. One run elects, rotates and provisions; a second run changes nothing anywhere."""
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,32 @@ def keygen(path):
 
 def fresh_login(net, host, key) -> int:
     return subprocess.run(
-        ["ssh", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ControlPath=none",
-         "-o", "UserKnownHostsFile=%s" % net.known_hosts, "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5",
-         "-i", str(key), "root@%s" % host.address, "true"],
-        capture_output=True, timeout=30, stdin=subprocess.DEVNULL, check=False).returncode
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            f"UserKnownHostsFile={net.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-i",
+            str(key),
+            f"root@{host.address}",
+            "true",
+        ],
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    ).returncode
 
 
 @pytest.fixture
@@ -36,22 +59,38 @@ def site(tmp_path, nats_broker):
     try:
         with AgentFleet(nats_broker.url, NODES, tmp_path / "fleet", token=TOKEN) as fleet:
             inventory = tmp_path / "inventory.json"
-            inventory.write_text(json.dumps({"all": {
-                "children": {"masters": {"hosts": net.ansible_hosts(bootstrap)}},
-                "hosts": {"localhost": {"ansible_connection": "local"}}}}))
+            inventory.write_text(
+                json.dumps(
+                    {
+                        "all": {
+                            "children": {"masters": {"hosts": net.ansible_hosts(bootstrap)}},
+                            "hosts": {"localhost": {"ansible_connection": "local"}},
+                        }
+                    }
+                )
+            )
             extra = {
                 "key_rotation_private_key": str(tmp_path / "controller" / "site_ed25519"),
                 "zeroinit_provision_brokers": [nats_broker.url],
                 "zeroinit_provision_token": TOKEN,
                 "zeroinit_provision_expect": NODES,
-                "zeroinit_provision_signer": {"ca_cert": str(tmp_path / "ca" / "ca.pem"),
-                                              "ca_key": str(tmp_path / "ca" / "ca-key.pem"), "create_ca": True,
-                                              "allowed_sans": [r"^node\d+\.fleet\.example\.net$"]},
+                "zeroinit_provision_signer": {
+                    "ca_cert": str(tmp_path / "ca" / "ca.pem"),
+                    "ca_key": str(tmp_path / "ca" / "ca-key.pem"),
+                    "create_ca": True,
+                    "allowed_sans": [r"^node\d+\.fleet\.example\.net$"],
+                },
                 "zeroinit_provision_configuration": {"collectives": "site", "main_collective": "site"},
             }
             (tmp_path / "ca").mkdir()
-            yield {"net": net, "fleet": fleet, "inventory": inventory, "extra": extra, "bootstrap": bootstrap,
-                   "tmp": tmp_path}
+            yield {
+                "net": net,
+                "fleet": fleet,
+                "inventory": inventory,
+                "extra": extra,
+                "bootstrap": bootstrap,
+                "tmp": tmp_path,
+            }
     finally:
         net.destroy()
 
@@ -62,14 +101,16 @@ def test_site_elects_rotates_and_provisions_then_changes_nothing(site):
     assert first.rc == 0, first.stdout[-4000:] + first.stderr[-2000:]
 
     lowest = min(net.hosts, key=lambda h: h.int_id)
-    leaders = {first.result("Publish the election result as facts", h.name)["ansible_facts"]["zeroinit_leader"]
-               for h in net.hosts}
+    leaders = {
+        first.result("Publish the election result as facts", h.name)["ansible_facts"]["zeroinit_leader"]
+        for h in net.hosts
+    }
     assert leaders == {lowest.address}
 
     new_key = tmp / "controller" / "site_ed25519"
     for host in net.hosts:
-        assert fresh_login(net, host, new_key) == 0, "new key does not log in to %s" % host.name
-        assert fresh_login(net, host, site["bootstrap"]) != 0, "sshd still accepts the bootstrap key on %s" % host.name
+        assert fresh_login(net, host, new_key) == 0, f"new key does not log in to {host.name}"
+        assert fresh_login(net, host, site["bootstrap"]) != 0, f"sshd still accepts the bootstrap key on {host.name}"
 
     ca = x509.load_pem_x509_certificate((tmp / "ca" / "ca.pem").read_bytes())
     for identity in fleet.identities:
@@ -82,5 +123,4 @@ def test_site_elects_rotates_and_provisions_then_changes_nothing(site):
     # The inventory still names the bootstrap key: the run logs in with the rotated one where it works.
     second = run_playbook("playbooks/site.yaml", inventory=site["inventory"], extra_vars=site["extra"])
     assert second.rc == 0, second.stdout[-4000:] + second.stderr[-2000:]
-    assert {host: stats["changed"] for host, stats in second.stats.items()} == {
-        host: 0 for host in second.stats}
+    assert {host: stats["changed"] for host, stats in second.stats.items()} == dict.fromkeys(second.stats, 0)

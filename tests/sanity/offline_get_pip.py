@@ -3,10 +3,11 @@
 ansible-test runs ``python get_pip.py [pip options] pip==X ...`` inside a fresh venv; this stand-in bootstraps
 pip from the interpreter's own ``ensurepip`` and then installs the requested packages from the package index.
 """
+
 import os
 import sys
 
-STAND_IN = '''\
+STAND_IN = """\
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ GET_PIP_ONLY = {"--no-setuptools", "--no-wheel"}
 args = [a for a in sys.argv[1:] if a not in GET_PIP_ONLY]
 subprocess.check_call([sys.executable, "-m", "ensurepip", "--default-pip"])
 subprocess.check_call([sys.executable, "-m", "pip", "install"] + args)
-'''
+"""
 
 
 def pip_version():
@@ -29,7 +30,7 @@ def pip_version():
 
 def main():
     cache_dir = sys.argv[1]
-    path = os.path.join(cache_dir, "get_pip_%s.py" % pip_version().replace(".", "_"))
+    path = os.path.join(cache_dir, "get_pip_{}.py".format(pip_version().replace(".", "_")))
     tmp = path + ".tmp"
     with open(tmp, "w") as handle:
         handle.write(STAND_IN)

@@ -3,6 +3,7 @@
 The collection resolves through ``.venv/collections`` (made by ``make venv``); results come from a test-only
 stdout callback (tests/support/callback) so tests assert on ``changed``, ``failed`` and return values rather than on text.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,23 @@ VENV_BIN = pathlib.Path(sys.executable).parent
 
 def ansible_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    env.update({
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".venv" / "collections"),
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_CALLBACK_PLUGINS": str(ROOT / "tests" / "support" / "callback"),
-        "ANSIBLE_STDOUT_CALLBACK": "zeroinit_results",
-        "ANSIBLE_NOCOLOR": "1",
-        # Namespace hosts share this machine's filesystem, so the venv's Python (with nats-py, zeroconf,
-        # cryptography) is the right interpreter for localhost and for them.
-        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore",
-        "ANSIBLE_LOCALHOST_WARNING": "0",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-        "PATH": "%s:%s" % (VENV_BIN, os.environ.get("PATH", "")),
-    })
+    env.update(
+        {
+            "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".venv" / "collections"),
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_CALLBACK_PLUGINS": str(ROOT / "tests" / "support" / "callback"),
+            "ANSIBLE_STDOUT_CALLBACK": "zeroinit_results",
+            "ANSIBLE_NOCOLOR": "1",
+            # Namespace hosts share this machine's filesystem, so the venv's Python (with nats-py, zeroconf,
+            # cryptography) is the right interpreter for localhost and for them.
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore",
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
+            "PATH": "{}:{}".format(VENV_BIN, os.environ.get("PATH", "")),
+        }
+    )
     if extra:
         env.update(extra)
     return env
@@ -61,7 +64,12 @@ class PlayResult:
         """The result of the last task called ``task_name`` on ``host``."""
         matches = [t["hosts"][host] for t in self.tasks(task_name) if host in t.get("hosts", {})]
         assert matches, "no task %r ran on %s; rc=%d\n%s\n%s" % (
-            task_name, host, self.rc, self.stdout[-3000:], self.stderr[-3000:])
+            task_name,
+            host,
+            self.rc,
+            self.stdout[-3000:],
+            self.stderr[-3000:],
+        )
         return matches[-1]
 
     @property
@@ -86,10 +94,17 @@ def _parse(stdout: str) -> dict:
         return {}
 
 
-def run_playbook(playbook: str | os.PathLike, inventory: str | os.PathLike | None = None,
-                 extra_vars: dict | None = None, check: bool = False, diff: bool = False,
-                 limit: str | None = None, env: dict | None = None, timeout: float = 900,
-                 args: list[str] | None = None) -> PlayResult:
+def run_playbook(
+    playbook: str | os.PathLike,
+    inventory: str | os.PathLike | None = None,
+    extra_vars: dict | None = None,
+    check: bool = False,
+    diff: bool = False,
+    limit: str | None = None,
+    env: dict | None = None,
+    timeout: float = 900,
+    args: list[str] | None = None,
+) -> PlayResult:
     """Run a playbook file (path) or playbook text (a string containing a newline)."""
     with tempfile.TemporaryDirectory(prefix="zeroinit-play-") as tmpdir:
         path = str(playbook)
@@ -114,17 +129,28 @@ def run_playbook(playbook: str | os.PathLike, inventory: str | os.PathLike | Non
         if limit:
             argv += ["--limit", limit]
         argv += args or []
-        proc = subprocess.run(argv, cwd=str(ROOT), env=ansible_env(env), stdout=subprocess.PIPE, check=False,
-                              stderr=subprocess.PIPE, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv,
+            cwd=str(ROOT),
+            env=ansible_env(env),
+            stdout=subprocess.PIPE,
+            check=False,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     return PlayResult(proc.returncode, proc.stdout, proc.stderr, _parse(proc.stdout))
 
 
-def run_module(module: str, params: dict, check: bool = False, diff: bool = False, env: dict | None = None,
-               timeout: float = 600) -> dict:
+def run_module(
+    module: str, params: dict, check: bool = False, diff: bool = False, env: dict | None = None, timeout: float = 600
+) -> dict:
     """Run one module on localhost through a one-task playbook; returns its result dict (with ``rc``)."""
-    play = ("- hosts: localhost\n  gather_facts: false\n  connection: local\n  tasks:\n"
-            "    - name: under test\n      %s: %s\n      register: out\n      ignore_errors: true\n"
-            % (module, json.dumps(params)))
+    play = (
+        "- hosts: localhost\n  gather_facts: false\n  connection: local\n  tasks:\n"
+        f"    - name: under test\n      {module}: {json.dumps(params)}\n      register: out\n      ignore_errors: true\n"
+    )
     res = run_playbook(play, check=check, diff=diff, env=env, timeout=timeout)
     out = dict(res.result("under test"))
     out["_play_rc"] = res.rc

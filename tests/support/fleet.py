@@ -10,6 +10,7 @@
 ``start(timeout)`` returns once every node answers a broadcast discovery; ``stop()`` sends SIGTERM, waits,
 then SIGKILLs, and never leaves a process behind (also when start fails).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,9 @@ def agent_command() -> list[str]:
     return [sys.executable, "-m", "ansible_collections.zeroinit.bootstrap.plugins.module_utils.agent"]
 
 
-async def discover(broker_url: str, identities: list[str], timeout: float, collective: str = "provisioning",
-                   tls=None) -> list[str]:
+async def discover(
+    broker_url: str, identities: list[str], timeout: float, collective: str = "provisioning", tls=None
+) -> list[str]:
     """Broadcast discovery repeated until every one of ``identities`` answered or ``timeout`` passed.
 
     A few identities are asked for by an identity filter (other agents on the broker stay quiet); a big
@@ -60,9 +62,19 @@ async def discover(broker_url: str, identities: list[str], timeout: float, colle
 class AgentProcess:
     """``zeroinit-agent`` as a subprocess; a single node unless ``fleet`` is given (see AgentFleet)."""
 
-    def __init__(self, broker_url: str, identity: str | None, state_dir, token: str = "s3cret",
-                 facts: dict | None = None, extra_args=(), env: dict | None = None, fleet: int = 0,
-                 connections: int | None = None, domain: str = DEFAULT_DOMAIN):
+    def __init__(
+        self,
+        broker_url: str,
+        identity: str | None,
+        state_dir,
+        token: str = "s3cret",
+        facts: dict | None = None,
+        extra_args=(),
+        env: dict | None = None,
+        fleet: int = 0,
+        connections: int | None = None,
+        domain: str = DEFAULT_DOMAIN,
+    ):
         self.broker_url = broker_url
         self.identity = identity
         self.state_dir = pathlib.Path(state_dir)
@@ -75,7 +87,7 @@ class AgentProcess:
         self.connections = connections
         self.domain = domain
         self.process: subprocess.Popen | None = None
-        self.log_path = self.state_dir.parent / ("%s-agent.log" % self.state_dir.name)
+        self.log_path = self.state_dir.parent / (f"{self.state_dir.name}-agent.log")
         self._log = None
         self._config_dir: str | None = None
 
@@ -100,7 +112,7 @@ class AgentProcess:
         # The token goes in a config file, as on a node: argv is visible to every process.
         conf = os.path.join(self._config_dir, "agent.conf")
         with open(conf, "w") as handle:
-            handle.write("plugin.zeroinit.agent.token = %s\n" % self.token)
+            handle.write(f"plugin.zeroinit.agent.token = {self.token}\n")
         os.chmod(conf, 0o600)
         argv = agent_command() + ["--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
         if self.facts is not None:
@@ -118,17 +130,23 @@ class AgentProcess:
             argv += ["--connections", str(self.connections)]
         return argv + self.extra_args
 
-    def launch(self) -> "AgentProcess":
+    def launch(self) -> AgentProcess:
         """Start the process without waiting for discovery."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env or {})
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         return self
 
-    def start(self, timeout: float = 60.0) -> "AgentProcess":
+    def start(self, timeout: float = 60.0) -> AgentProcess:
         self.launch()
         try:
             self.wait_ready(timeout)
@@ -142,9 +160,10 @@ class AgentProcess:
         seen = asyncio.run(discover(self.broker_url, self.identities, timeout))
         missing = sorted(set(self.identities) - set(seen))
         if missing or (self.process is not None and self.process.poll() is not None):
-            raise RuntimeError("agent not ready: %d of %d nodes answered discovery (missing e.g. %s), exit %s\n%s"
-                               % (len(seen), self.count, missing[:3], self.process.poll() if self.process else None,
-                                  self.log_tail()))
+            raise RuntimeError(
+                "agent not ready: %d of %d nodes answered discovery (missing e.g. %s), exit %s\n%s"
+                % (len(seen), self.count, missing[:3], self.process.poll() if self.process else None, self.log_tail())
+            )
         return seen
 
     def log_tail(self, size: int = 4000) -> str:
@@ -200,17 +219,38 @@ class AgentProcess:
 class AgentFleet(AgentProcess):
     """``count`` simulated nodes in one agent process: identities ``node<i>.fleet.example.net``."""
 
-    def __init__(self, broker_url: str, count: int, state_dir, token: str = "s3cret", facts: dict | None = None,
-                 connections: int | None = None, extra_args=(), env: dict | None = None, prefix: str | None = None,
-                 domain: str = DEFAULT_DOMAIN):
-        super().__init__(broker_url, prefix, state_dir, token=token, facts=facts, extra_args=extra_args, env=env,
-                         fleet=count, connections=connections, domain=domain)
+    def __init__(
+        self,
+        broker_url: str,
+        count: int,
+        state_dir,
+        token: str = "s3cret",
+        facts: dict | None = None,
+        connections: int | None = None,
+        extra_args=(),
+        env: dict | None = None,
+        prefix: str | None = None,
+        domain: str = DEFAULT_DOMAIN,
+    ):
+        super().__init__(
+            broker_url,
+            prefix,
+            state_dir,
+            token=token,
+            facts=facts,
+            extra_args=extra_args,
+            env=env,
+            fleet=count,
+            connections=connections,
+            domain=domain,
+        )
 
-    def start(self, timeout: float | None = None) -> "AgentFleet":
+    def start(self, timeout: float | None = None) -> AgentFleet:
         return super().start(timeout if timeout is not None else max(30.0, self.count / 100.0))
 
 
 # ---------------------------------------------------------------------------------------------- test PKI
+
 
 class TestCA:
     """A small CA made with ``cryptography`` for tests and benchmarks (not the collection's pki module)."""
@@ -226,19 +266,35 @@ class TestCA:
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = _utcnow()
-        self.cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - _days(1)).not_valid_after(now + _days(30))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                     .sign(self.key, hashes.SHA256()))
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _days(1))
+            .not_valid_after(now + _days(30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
 
     @property
     def pem(self) -> str:
         from cryptography.hazmat.primitives import serialization
+
         return self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
-    def _issue(self, public_key, cn: str, ips=(), dns=(), server: bool = False, client: bool = True,
-               issuer_key=None, issuer_cert=None) -> str:
+    def _issue(
+        self,
+        public_key,
+        cn: str,
+        ips=(),
+        dns=(),
+        server: bool = False,
+        client: bool = True,
+        issuer_key=None,
+        issuer_cert=None,
+    ) -> str:
         import ipaddress
 
         from cryptography import x509
@@ -247,14 +303,19 @@ class TestCA:
 
         now = _utcnow()
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-                   .issuer_name((issuer_cert or self.cert).subject).public_key(public_key)
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - _days(1)).not_valid_after(now + _days(7))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name((issuer_cert or self.cert).subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _days(1))
+            .not_valid_after(now + _days(7))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        )
         names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips] + [x509.DNSName(d) for d in dns]
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -277,8 +338,9 @@ class TestCA:
 
         key = ec.generate_private_key(ec.SECP256R1())
         cert = self._issue(key.public_key(), cn, ips=ips, server=server, client=client)
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode("ascii")
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode("ascii")
         return cert, key_pem
 
     def write_key_pair(self, directory, cn: str, ips=(), server: bool = False, client: bool = True) -> dict:
@@ -286,7 +348,7 @@ class TestCA:
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cert, key = self.issue_key_pair(cn, ips=ips, server=server, client=client)
-        paths = {"cert": directory / ("%s.crt" % cn), "key": directory / ("%s.key" % cn), "ca": directory / "ca.pem"}
+        paths = {"cert": directory / (f"{cn}.crt"), "key": directory / (f"{cn}.key"), "ca": directory / "ca.pem"}
         paths["cert"].write_text(cert)
         paths["key"].write_text(key)
         os.chmod(paths["key"], 0o600)
@@ -296,18 +358,28 @@ class TestCA:
 
 def _utcnow():
     import datetime
+
     return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _days(count: int):
     import datetime
+
     return datetime.timedelta(days=count)
 
 
 # ---------------------------------------------------------------------------------------------- a driver
 
-async def provision_node(client: RpcClient, identity: str, ca: TestCA, configuration: dict, token: str = "s3cret",
-                         splay: float = 0, timeout: float = 20.0) -> dict:
+
+async def provision_node(
+    client: RpcClient,
+    identity: str,
+    ca: TestCA,
+    configuration: dict,
+    token: str = "s3cret",
+    splay: float = 0,
+    timeout: float = 20.0,
+) -> dict:
     """The provisioner's per-node steps against one agent: inventory, gencsr, configure, restart.
 
     A minimal stand-in for the collection's provisioner so the agent's tests and benchmark do not depend on it.
@@ -322,14 +394,25 @@ async def provision_node(client: RpcClient, identity: str, ca: TestCA, configura
     if not gencsr.ok:
         raise RuntimeError(reply_error(gencsr, "gencsr"))
     cert = ca.sign_csr(gencsr.data["csr"])
-    configure = await client.call(identity, "choria_provision", "configure", {
-        "token": token, "config": json.dumps(configuration), "certificate": cert, "ca": ca.pem,
-        "ssldir": gencsr.data["ssldir"]}, timeout=timeout)
+    configure = await client.call(
+        identity,
+        "choria_provision",
+        "configure",
+        {
+            "token": token,
+            "config": json.dumps(configuration),
+            "certificate": cert,
+            "ca": ca.pem,
+            "ssldir": gencsr.data["ssldir"],
+        },
+        timeout=timeout,
+    )
     replies["configure"] = configure
     if not configure.ok:
         raise RuntimeError(reply_error(configure, "configure"))
-    restart = await client.call(identity, "choria_provision", "restart", {"token": token, "splay": splay},
-                                timeout=timeout)
+    restart = await client.call(
+        identity, "choria_provision", "restart", {"token": token, "splay": splay}, timeout=timeout
+    )
     replies["restart"] = restart
     if not restart.ok:
         raise RuntimeError(reply_error(restart, "restart"))

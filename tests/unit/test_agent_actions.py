@@ -1,4 +1,5 @@
 """The node's action handlers called directly (no NATS): every input is validated and every refusal explains itself."""
+
 import json
 import os
 import stat
@@ -18,8 +19,11 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import
 from tests.support.fleet import TestCA
 
 TOKEN = "s3cret"
-CONFIG = {"plugin.choria.server.provision": "false", "plugin.choria.middleware_hosts": "nats://127.0.0.1:4222",
-          "collectives": "ops"}
+CONFIG = {
+    "plugin.choria.server.provision": "false",
+    "plugin.choria.middleware_hosts": "nats://127.0.0.1:4222",
+    "collectives": "ops",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +52,15 @@ def provisioned_files(node, ca):
     code, _msg, data, _result = call(node, "gencsr", {"token": TOKEN})
     assert code == 0
     cert = ca.sign_csr(data["csr"])
-    code, msg, _data, _result = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
-                                                         "certificate": cert, "ca": ca.pem})
+    code, msg, _data, _result = call(
+        node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG), "certificate": cert, "ca": ca.pem}
+    )
     assert code == 0, msg
     return cert
 
 
 # ------------------------------------------------------------------------------------------------ basics
+
 
 def test_discovery_answers_pong_and_drops_stale_pings(node):
     assert node.handle(request("", agent="discovery")).body is None  # not "ping"
@@ -75,11 +81,14 @@ def test_rpcutil_inventory_and_ping_follow_the_ddl(node):
     assert code == 0 and isinstance(data["pong"], int)
 
 
-@pytest.mark.parametrize("agent,action,code", [
-    ("rpcutil", "daemon_stats", StatusCode.UNKNOWN_ACTION),
-    ("choria_provision", "frobnicate", StatusCode.UNKNOWN_ACTION),
-    ("puppet", "run", StatusCode.UNKNOWN_ACTION),
-])
+@pytest.mark.parametrize(
+    "agent,action,code",
+    [
+        ("rpcutil", "daemon_stats", StatusCode.UNKNOWN_ACTION),
+        ("choria_provision", "frobnicate", StatusCode.UNKNOWN_ACTION),
+        ("puppet", "run", StatusCode.UNKNOWN_ACTION),
+    ],
+)
 def test_unknown_agent_or_action_is_statuscode_2(node, agent, action, code):
     got, msg, _data, _result = call(node, action, {"token": TOKEN}, agent=agent)
     assert got == code and (action in msg or agent in msg)
@@ -94,6 +103,7 @@ def test_unsupported_actions_are_refused_with_a_reason(node, action):
 @pytest.mark.parametrize("offset,phrase", [(-600, "request expired"), (600, "too far in the future")])
 def test_requests_outside_ttl_are_refused_with_the_skew(node, offset, phrase):
     import time
+
     req = request("gencsr", {"token": TOKEN}, ttl=60, time=int(time.time()) + offset)
     body = node.handle(req).body
     assert body["statuscode"] == StatusCode.ABORTED
@@ -103,11 +113,15 @@ def test_requests_outside_ttl_are_refused_with_the_skew(node, offset, phrase):
 
 # ------------------------------------------------------------------------------------------------ token, lock
 
-@pytest.mark.parametrize("data,code,phrase", [
-    ({"token": "wrong"}, StatusCode.ABORTED, "incorrect provisioning token"),
-    ({}, StatusCode.MISSING_DATA, "missing input 'token'"),
-    ({"token": 42}, StatusCode.INVALID_DATA, "input 'token' must be a string"),
-])
+
+@pytest.mark.parametrize(
+    "data,code,phrase",
+    [
+        ({"token": "wrong"}, StatusCode.ABORTED, "incorrect provisioning token"),
+        ({}, StatusCode.MISSING_DATA, "missing input 'token'"),
+        ({"token": 42}, StatusCode.INVALID_DATA, "input 'token' must be a string"),
+    ],
+)
 def test_bad_token_is_refused_and_nothing_is_written(node, data, code, phrase):
     got, msg, _data, _result = call(node, "gencsr", data)
     assert (got, phrase in msg) == (code, True)
@@ -129,6 +143,7 @@ def test_lock_holds_off_a_second_provisioner_and_is_renewed_by_the_holder(node):
 
 # ------------------------------------------------------------------------------------------------ gencsr
 
+
 def test_gencsr_makes_an_ec_key_0600_and_a_csr_with_the_requested_subject(node):
     subject = {"O": "Example Org", "OU": "ops", "C": "DE", "L": "Berlin", "ST": "Berlin"}
     code, _msg, data, _result = call(node, "gencsr", dict(subject, token=TOKEN))
@@ -142,8 +157,12 @@ def test_gencsr_makes_an_ec_key_0600_and_a_csr_with_the_requested_subject(node):
     subject = {a.oid: a.value for a in csr.subject}
     assert subject[NameOID.COMMON_NAME] == "web1.example.net"
     assert (subject[NameOID.ORGANIZATION_NAME], subject[NameOID.COUNTRY_NAME]) == ("Example Org", "DE")
-    assert data["public_key"] == csr.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert (
+        data["public_key"]
+        == csr.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     assert data["ssldir"] == node.ssldir
     assert open(node.ssl_path("csr.pem")).read() == data["csr"]
     assert "PRIVATE" not in json.dumps(data)
@@ -157,17 +176,27 @@ def test_gencsr_rsa_on_request_and_custom_cn(node):
     assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alias.example.net"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("cn", "bad name!"), ("cn", "-leading.example.net"), ("cn", "x" * 81), ("C", "de"), ("C", "DEU"),
-    ("O", "semi;colon"), ("OU", 12), ("key_type", "dsa"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("cn", "bad name!"),
+        ("cn", "-leading.example.net"),
+        ("cn", "x" * 81),
+        ("C", "de"),
+        ("C", "DEU"),
+        ("O", "semi;colon"),
+        ("OU", 12),
+        ("key_type", "dsa"),
+    ],
+)
 def test_gencsr_validates_subject_inputs_per_the_ddl(node, field, value):
     code, msg, _data, _result = call(node, "gencsr", {"token": TOKEN, field: value})
-    assert code == StatusCode.INVALID_DATA and "'%s'" % field in msg
+    assert code == StatusCode.INVALID_DATA and f"'{field}'" in msg
     assert not os.path.exists(node.ssl_path("private.pem"))
 
 
 # ------------------------------------------------------------------------------------------------ configure
+
 
 def test_configure_writes_certificate_ca_and_config_with_the_security_settings(node, ca):
     cert = provisioned_files(node, ca)
@@ -185,14 +214,17 @@ def test_configure_writes_certificate_ca_and_config_with_the_security_settings(n
     assert not [n for n in os.listdir(node.ssldir) if n.endswith(".staged")]
 
 
-@pytest.mark.parametrize("config,code,phrase", [
-    (None, StatusCode.MISSING_DATA, "missing input 'config'"),
-    ("not json", StatusCode.INVALID_DATA, "input 'config'"),
-    ("{not json}", StatusCode.INVALID_DATA, "not valid JSON"),
-    (json.dumps({"a": 1}), StatusCode.INVALID_DATA, "value of a must be a string"),
-    (json.dumps({"identity": "x\nplugin.choria.server.provision = true"}), StatusCode.INVALID_DATA, "line break"),
-    (json.dumps({"k": "v" * 2100}), StatusCode.INVALID_DATA, "2048"),
-])
+@pytest.mark.parametrize(
+    "config,code,phrase",
+    [
+        (None, StatusCode.MISSING_DATA, "missing input 'config'"),
+        ("not json", StatusCode.INVALID_DATA, "input 'config'"),
+        ("{not json}", StatusCode.INVALID_DATA, "not valid JSON"),
+        (json.dumps({"a": 1}), StatusCode.INVALID_DATA, "value of a must be a string"),
+        (json.dumps({"identity": "x\nplugin.choria.server.provision = true"}), StatusCode.INVALID_DATA, "line break"),
+        (json.dumps({"k": "v" * 2100}), StatusCode.INVALID_DATA, "2048"),
+    ],
+)
 def test_configure_validates_the_config_input(node, ca, config, code, phrase):
     call(node, "gencsr", {"token": TOKEN})
     data = {"token": TOKEN}
@@ -206,8 +238,9 @@ def test_configure_validates_the_config_input(node, ca, config, code, phrase):
 def test_configure_refuses_a_certificate_for_another_key(node, ca):
     call(node, "gencsr", {"token": TOKEN})
     other, _key = ca.issue_key_pair("web1.example.net")
-    code, msg, _data, _result = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
-                                                         "certificate": other, "ca": ca.pem})
+    code, msg, _data, _result = call(
+        node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG), "certificate": other, "ca": ca.pem}
+    )
     assert code == StatusCode.INVALID_DATA and "does not match the private key" in msg
     assert not os.path.exists(node.ssl_path("certificate.pem")) and not os.path.exists(node.server_conf)
 
@@ -215,19 +248,26 @@ def test_configure_refuses_a_certificate_for_another_key(node, ca):
 def test_configure_refuses_a_certificate_from_another_ca(node, ca):
     _code, _msg, data, _result = call(node, "gencsr", {"token": TOKEN})
     cert = TestCA("stranger").sign_csr(data["csr"])
-    code, msg, _data, _result = call(node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG),
-                                                         "certificate": cert, "ca": ca.pem})
+    code, msg, _data, _result = call(
+        node, "configure", {"token": TOKEN, "config": json.dumps(CONFIG), "certificate": cert, "ca": ca.pem}
+    )
     assert code == StatusCode.INVALID_DATA and "not signed by the given 'ca'" in msg
 
 
-@pytest.mark.parametrize("extra,code,phrase", [
-    ({"certificate": "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n"},
-     StatusCode.INVALID_DATA, "'certificate' does not parse"),
-    ({"certificate": "hello"}, StatusCode.INVALID_DATA, "'certificate' must be a PEM"),
-    ({"ca": None}, StatusCode.MISSING_DATA, "missing input 'ca'"),
-    ({"ssldir": "/etc"}, StatusCode.INVALID_DATA, "'ssldir'"),
-    ({"key": "-----BEGIN RSA PRIVATE KEY-----"}, StatusCode.INVALID_DATA, "'key' is refused"),
-])
+@pytest.mark.parametrize(
+    "extra,code,phrase",
+    [
+        (
+            {"certificate": "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n"},
+            StatusCode.INVALID_DATA,
+            "'certificate' does not parse",
+        ),
+        ({"certificate": "hello"}, StatusCode.INVALID_DATA, "'certificate' must be a PEM"),
+        ({"ca": None}, StatusCode.MISSING_DATA, "missing input 'ca'"),
+        ({"ssldir": "/etc"}, StatusCode.INVALID_DATA, "'ssldir'"),
+        ({"key": "-----BEGIN RSA PRIVATE KEY-----"}, StatusCode.INVALID_DATA, "'key' is refused"),
+    ],
+)
 def test_configure_validates_certificate_inputs(node, ca, extra, code, phrase):
     _c, _m, data, _result = call(node, "gencsr", {"token": TOKEN})
     inputs = {"token": TOKEN, "config": json.dumps(CONFIG), "certificate": ca.sign_csr(data["csr"]), "ca": ca.pem}
@@ -237,6 +277,7 @@ def test_configure_validates_certificate_inputs(node, ca, extra, code, phrase):
 
 
 # ------------------------------------------------------------------------------------------------ restart etc.
+
 
 def test_restart_without_configuration_is_refused(node):
     code, msg, _data, _result = call(node, "restart", {"token": TOKEN})
@@ -292,8 +333,13 @@ def test_a_journal_left_by_a_killed_configure_is_rolled_forward(node, ca):
     open(node.server_conf + ".staged", "wb").write(new_conf)
     open(node.ssl_path("certificate.pem") + ".staged", "wb").write(old["cert"])
     with open(node.journal, "w") as handle:
-        json.dump([[node.ssl_path("certificate.pem") + ".staged", node.ssl_path("certificate.pem")],
-                   [node.server_conf + ".staged", node.server_conf]], handle)
+        json.dump(
+            [
+                [node.ssl_path("certificate.pem") + ".staged", node.ssl_path("certificate.pem")],
+                [node.server_conf + ".staged", node.server_conf],
+            ],
+            handle,
+        )
     assert na.recover_configure(node.node_dir) == "rolled forward"
     assert open(node.server_conf, "rb").read() == new_conf
     assert not os.path.exists(node.journal)

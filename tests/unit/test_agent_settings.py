@@ -1,4 +1,5 @@
 """The agent's settings: config file first, flags override, the token never shows, fleet identities and dirs."""
+
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import agent
@@ -12,7 +13,9 @@ def settings(tmp_path, text, *flags):
 
 
 def test_config_file_then_flags(tmp_path):
-    s = settings(tmp_path, """
+    s = settings(
+        tmp_path,
+        """
 # node agent
 identity = web1.example.net
 plugin.zeroinit.agent.brokers = nats://10.0.0.1:4222, nats://10.0.0.2:4222
@@ -21,27 +24,38 @@ plugin.zeroinit.agent.state_dir = /srv/agent
 plugin.zeroinit.agent.registration_interval = 30
 plugin.zeroinit.agent.fsync = false
 loglevel = debug
-""", "--token", "from-flag", "--registration-interval", "5")
+""",
+        "--token",
+        "from-flag",
+        "--registration-interval",
+        "5",
+    )
     assert s.brokers == ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
     assert (s.identity, s.state_dir, s.log_level, s.fsync) == ("web1.example.net", "/srv/agent", "debug", False)
     assert (s.token, s.registration_interval) == ("from-flag", 5.0)
     assert "from-flag" not in repr(s)
 
 
-@pytest.mark.parametrize("text,flags,phrase", [
-    ("plugin.zeroinit.agent.splay_max = soon\n", [], "splay_max must be a number"),
-    ("loglevel = loud\n", [], "log level"),
-    ("", ["--connections", "0"], "--connections"),
-    ("not a setting\n", [], "line 1"),
-])
+@pytest.mark.parametrize(
+    "text,flags,phrase",
+    [
+        ("plugin.zeroinit.agent.splay_max = soon\n", [], "splay_max must be a number"),
+        ("loglevel = loud\n", [], "log level"),
+        ("", ["--connections", "0"], "--connections"),
+        ("not a setting\n", [], "line 1"),
+    ],
+)
 def test_bad_settings_name_the_problem(tmp_path, text, flags, phrase):
     with pytest.raises(ConfigError, match=phrase):
         settings(tmp_path, text, *flags)
 
 
 def test_fleet_identities_and_node_directories(tmp_path):
-    s = agent.settings_from(agent.parse_args(["--fleet", "3", "--identity", "w", "--domain", "lab.example",
-                                              "--state-dir", str(tmp_path), "--token", "t"]))
+    s = agent.settings_from(
+        agent.parse_args(
+            ["--fleet", "3", "--identity", "w", "--domain", "lab.example", "--state-dir", str(tmp_path), "--token", "t"]
+        )
+    )
     daemon = agent.NodeAgent(s, {"rack": "r1"})
     try:
         daemon.build_nodes()

@@ -1,4 +1,5 @@
 """Pure parts of the leader election: decide, signatures, TXT encoding, the member's bookkeeping of announcements."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,8 +102,15 @@ def test_signature_is_over_canonical_sorted_content():
 
 
 def test_encode_decode_round_trip_with_secret():
-    original = ann("10.1.2.3", state=FOLLOWER, leader="10.1.2.1", members=("10.1.2.1", "10.1.2.3"), sequence=4,
-                   nonce="abcd", expect=2)
+    original = ann(
+        "10.1.2.3",
+        state=FOLLOWER,
+        leader="10.1.2.1",
+        members=("10.1.2.1", "10.1.2.3"),
+        sequence=4,
+        nonce="abcd",
+        expect=2,
+    )
     decoded = decode_txt(encode_txt(original, SECRET), "prod", SECRET)
     assert decoded == original
 
@@ -110,7 +118,7 @@ def test_encode_decode_round_trip_with_secret():
 def test_long_member_lists_split_under_txt_limit():
     members = tuple("10.0.%d.%d" % (i // 200, 100 + i % 100) for i in range(40))
     props = encode_txt(ann("10.0.0.100", state=LEADER, leader="10.0.0.100", members=members))
-    assert all(len("%s=%s" % item) <= 255 for item in props.items())
+    assert all(len("{}={}".format(*item)) <= 255 for item in props.items())
     assert len([k for k in props if k.startswith("m")]) > 1
     assert decode_txt(txt_from_wire(txt_to_wire(props)), "prod").members == members
 
@@ -123,13 +131,16 @@ def test_txt_wire_round_trip_and_first_key_wins():
         txt_from_wire(b"\x09a=1")
 
 
-@pytest.mark.parametrize("change, secret, reason", [
-    ({"c": "staging"}, None, "cluster"),
-    ({"v": "2"}, None, "protocol version"),
-    ({"s": "king"}, None, "unknown state"),
-    ({"a": "not-an-address"}, None, "malformed"),
-    ({"s": LEADER}, None, "without leader or members"),
-])
+@pytest.mark.parametrize(
+    "change, secret, reason",
+    [
+        ({"c": "staging"}, None, "cluster"),
+        ({"v": "2"}, None, "protocol version"),
+        ({"s": "king"}, None, "unknown state"),
+        ({"a": "not-an-address"}, None, "malformed"),
+        ({"s": LEADER}, None, "without leader or members"),
+    ],
+)
 def test_decode_refuses_foreign_or_malformed(change, secret, reason):
     props = dict(encode_txt(ann("10.0.0.1")), **change)
     with pytest.raises(InvalidAnnouncement, match=reason):
@@ -209,8 +220,11 @@ def test_member_keeps_the_newest_announcement_of_each_peer():
 
 def test_withdrawn_followers_stay_in_the_view_withdrawn_candidates_do_not():
     election = member()
-    feed(election, ann("10.0.0.3", state=FOLLOWER, leader="10.0.0.1", members=("10.0.0.1", "10.0.0.2", "10.0.0.3")),
-         goodbye=True)
+    feed(
+        election,
+        ann("10.0.0.3", state=FOLLOWER, leader="10.0.0.1", members=("10.0.0.1", "10.0.0.2", "10.0.0.3")),
+        goodbye=True,
+    )
     feed(election, ann("10.0.0.4"), goodbye=True)
     assert [a.address for a in election.view()] == ["10.0.0.2", "10.0.0.3"]
 

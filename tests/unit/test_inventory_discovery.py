@@ -1,5 +1,6 @@
 """Discovery bookkeeping without a network: which nodes a run keeps, from pongs, lifecycle events and
 registration data, and when it has seen enough."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,13 +45,15 @@ def feed(steps, **options):
 
 def test_nodes_found_by_pong_event_or_registration_carry_how_they_were_found():
     registration = protocol.registration_document("c.example.net", {"role": "db"})
-    run, warnings, _enough = feed([
-        ("_on_pong", pong("a.example.net")),
-        ("_on_lifecycle", event("startup", "b.example.net")),
-        ("_on_registration", message(registration)),
-        ("_on_registration", message(registration)),  # the same data on the per-node subject: one node
-        ("_on_lifecycle", event("startup", "a.example.net")),
-    ])
+    run, warnings, _enough = feed(
+        [
+            ("_on_pong", pong("a.example.net")),
+            ("_on_lifecycle", event("startup", "b.example.net")),
+            ("_on_registration", message(registration)),
+            ("_on_registration", message(registration)),  # the same data on the per-node subject: one node
+            ("_on_lifecycle", event("startup", "a.example.net")),
+        ]
+    )
     found = records(run)
     assert sorted(found) == ["a.example.net", "b.example.net", "c.example.net"]
     assert found["a.example.net"]["sources"] == ["discovery", "lifecycle"]
@@ -61,18 +64,20 @@ def test_nodes_found_by_pong_event_or_registration_carry_how_they_were_found():
 
 
 def test_shutdown_and_provisioned_nodes_are_gone_until_they_come_back():
-    run, _warnings, _enough = feed([
-        ("_on_pong", pong("a.example.net")),
-        ("_on_pong", pong("b.example.net")),
-        ("_on_pong", pong("c.example.net")),
-        ("_on_lifecycle", event("shutdown", "a.example.net")),
-        ("_on_lifecycle", event("provisioned", "b.example.net")),
-        ("_on_lifecycle", event("shutdown", "a.example.net")),
-        ("_on_lifecycle", event("startup", "a.example.net")),  # restarted: waiting again
-        ("_on_lifecycle", event("shutdown", "stranger.example.net")),
-        ("_on_pong", pong("stranger.example.net")),  # its pong, handled after its shutdown: still gone
-        ("_on_registration", message(protocol.registration_document("b.example.net", {}))),  # older data, late
-    ])
+    run, _warnings, _enough = feed(
+        [
+            ("_on_pong", pong("a.example.net")),
+            ("_on_pong", pong("b.example.net")),
+            ("_on_pong", pong("c.example.net")),
+            ("_on_lifecycle", event("shutdown", "a.example.net")),
+            ("_on_lifecycle", event("provisioned", "b.example.net")),
+            ("_on_lifecycle", event("shutdown", "a.example.net")),
+            ("_on_lifecycle", event("startup", "a.example.net")),  # restarted: waiting again
+            ("_on_lifecycle", event("shutdown", "stranger.example.net")),
+            ("_on_pong", pong("stranger.example.net")),  # its pong, handled after its shutdown: still gone
+            ("_on_registration", message(protocol.registration_document("b.example.net", {}))),  # older data, late
+        ]
+    )
     assert sorted(records(run)) == ["a.example.net", "c.example.net"]
 
 
@@ -82,26 +87,32 @@ def test_events_of_other_components_are_not_provisioning_nodes():
 
 
 def test_bad_identities_are_refused_once_with_a_warning():
-    run, warnings, _enough = feed([
-        ("_on_pong", pong("web.*")),
-        ("_on_pong", pong("web.*")),
-        ("_on_lifecycle", event("startup", "a..b")),
-        ("_on_registration", message({"identity": "x y", "facts": {}})),
-        ("_on_registration", SimpleNamespace(data=b"\x00 not json")),
-    ])
+    run, warnings, _enough = feed(
+        [
+            ("_on_pong", pong("web.*")),
+            ("_on_pong", pong("web.*")),
+            ("_on_lifecycle", event("startup", "a..b")),
+            ("_on_registration", message({"identity": "x y", "facts": {}})),
+            ("_on_registration", SimpleNamespace(data=b"\x00 not json")),
+        ]
+    )
     assert records(run) == {}
     assert len(warnings) == 3 and "'web.*'" in warnings[0] and "discovery" in warnings[0]
     assert run.undecodable == 1
 
 
 def test_expect_counts_nodes_still_waiting():
-    _run, _warnings, enough = feed([("_on_pong", pong("a.example.net")), ("_on_pong", pong("b.example.net"))],
-                                   expect=3)
+    _run, _warnings, enough = feed([("_on_pong", pong("a.example.net")), ("_on_pong", pong("b.example.net"))], expect=3)
     assert enough is False
-    _run, _warnings, enough = feed([
-        ("_on_pong", pong("a.example.net")), ("_on_pong", pong("b.example.net")),
-        ("_on_lifecycle", event("shutdown", "a.example.net")), ("_on_pong", pong("c.example.net")),
-    ], expect=3)
+    _run, _warnings, enough = feed(
+        [
+            ("_on_pong", pong("a.example.net")),
+            ("_on_pong", pong("b.example.net")),
+            ("_on_lifecycle", event("shutdown", "a.example.net")),
+            ("_on_pong", pong("c.example.net")),
+        ],
+        expect=3,
+    )
     assert enough is False  # a left: two are waiting
     _run, _warnings, enough = feed([("_on_pong", pong(n + ".example.net")) for n in "abc"], expect=3)
     assert enough is True

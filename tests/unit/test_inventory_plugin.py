@@ -1,5 +1,6 @@
 """The provisioning inventory plugin without a network: file selection, host variables, constructed groups and
 variables on a real in-memory InventoryData, untrusted facts, and the cache (jsonfile) keyed by file and query."""
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,21 @@ def record(facts=None, inventory=None, error=None, sources=("discovery",), event
 
 
 FLEET = {
-    "web1.example.net": record({"role": "web", "os": {"family": "Debian"}, "identity": "web1.example.net"},
-                               {"agents": ["rpcutil"], "version": "0.1.0", "collectives": ["provisioning"]}),
-    "web2.example.net": record({"role": "web", "os": {"family": "RedHat"}, "identity": "web2.example.net"},
-                               {"agents": ["rpcutil"], "version": "0.1.0", "collectives": ["provisioning"]}),
-    "db1.example.net": record({"role": "db"}, None, error="rpcutil#inventory: no reply within 10.0s",
-                              sources=("lifecycle", "registration"), events=[{"type": "startup"}]),
+    "web1.example.net": record(
+        {"role": "web", "os": {"family": "Debian"}, "identity": "web1.example.net"},
+        {"agents": ["rpcutil"], "version": "0.1.0", "collectives": ["provisioning"]},
+    ),
+    "web2.example.net": record(
+        {"role": "web", "os": {"family": "RedHat"}, "identity": "web2.example.net"},
+        {"agents": ["rpcutil"], "version": "0.1.0", "collectives": ["provisioning"]},
+    ),
+    "db1.example.net": record(
+        {"role": "db"},
+        None,
+        error="rpcutil#inventory: no reply within 10.0s",
+        sources=("lifecycle", "registration"),
+        events=[{"type": "startup"}],
+    ),
 }
 
 
@@ -70,13 +80,21 @@ def members(inventory, group):
 
 # ------------------------------------------------------------------------------------------ file selection
 
-@pytest.mark.parametrize("name,accepted", [
-    ("provisioning.yml", True), ("provisioning.yaml", True), ("lab.provisioning.yml", True),
-    ("hosts.yml", False), ("provisioning.yml.bak", False), ("provisioning.json", False),
-])
+
+@pytest.mark.parametrize(
+    "name,accepted",
+    [
+        ("provisioning.yml", True),
+        ("provisioning.yaml", True),
+        ("lab.provisioning.yml", True),
+        ("hosts.yml", False),
+        ("provisioning.yml.bak", False),
+        ("provisioning.json", False),
+    ],
+)
 def test_verify_file_accepts_only_provisioning_yaml_files(tmp_path, name, accepted):
     path = tmp_path / name
-    path.write_text("plugin: %s\n" % NAME)
+    path.write_text(f"plugin: {NAME}\n")
     assert inventory_loader.get(NAME).verify_file(str(path)) is accepted
 
 
@@ -86,9 +104,13 @@ def test_verify_file_refuses_a_missing_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------ pure helpers
 
+
 def test_brokers_are_normalised_and_bad_ones_named():
     assert discovery.normalize_brokers(["nats://a:4222", " b:5222 ", "tls://c"]) == [
-        "nats://a:4222", "nats://b:5222", "tls://c:4222"]
+        "nats://a:4222",
+        "nats://b:5222",
+        "tls://c:4222",
+    ]
     assert discovery.normalize_brokers("nats://a:1,nats://b:2") == ["nats://a:1", "nats://b:2"]
     with pytest.raises(discovery.DiscoveryError, match="http://x:80"):
         discovery.normalize_brokers(["http://x:80"])
@@ -98,11 +120,25 @@ def test_brokers_are_normalised_and_bad_ones_named():
         discovery.normalize_brokers(["nats://h:port"])
 
 
-@pytest.mark.parametrize("identity,valid", [
-    ("web1.example.net", True), ("node_7", True), ("a-b.c", True),
-    ("*", False), (">", False), ("web.*", False), ("a b", False), ("a..b", False), ("trailing.", False),
-    ("host:22", False), ("", False), (None, False), ("x" * 300, False), (".lead", False),
-])
+@pytest.mark.parametrize(
+    "identity,valid",
+    [
+        ("web1.example.net", True),
+        ("node_7", True),
+        ("a-b.c", True),
+        ("*", False),
+        (">", False),
+        ("web.*", False),
+        ("a b", False),
+        ("a..b", False),
+        ("trailing.", False),
+        ("host:22", False),
+        ("", False),
+        (None, False),
+        ("x" * 300, False),
+        (".lead", False),
+    ],
+)
 def test_identities_must_be_subject_tokens_and_host_names(identity, valid):
     assert discovery.valid_node_identity(identity) is valid
 
@@ -124,8 +160,9 @@ def test_registration_data_is_read_bare_and_inside_a_choria_request():
 
     doc = protocol.registration_document("n1.example.net", {"role": "web"})
     assert discovery.parse_registration(json.dumps(doc).encode()) == ("n1.example.net", {"role": "web"})
-    wrapped = protocol.encode_request(protocol.Request(agent="registration", body=doc, callerid="choria=n1",
-                                                       senderid="n1.example.net"))
+    wrapped = protocol.encode_request(
+        protocol.Request(agent="registration", body=doc, callerid="choria=n1", senderid="n1.example.net")
+    )
     assert discovery.parse_registration(wrapped) == ("n1.example.net", {"role": "web"})
     assert discovery.parse_registration(b"not json") is None
     assert discovery.parse_registration(b'{"facts": {}}') is None
@@ -133,8 +170,7 @@ def test_registration_data_is_read_bare_and_inside_a_choria_request():
 
 def test_inventory_summary_keeps_everything_but_the_facts():
     data = {"facts": {"a": 1}, "agents": ["rpcutil"], "version": "1", "collectives": ["provisioning"]}
-    assert discovery.inventory_summary(data) == {"agents": ["rpcutil"], "version": "1",
-                                                 "collectives": ["provisioning"]}
+    assert discovery.inventory_summary(data) == {"agents": ["rpcutil"], "version": "1", "collectives": ["provisioning"]}
 
 
 def test_host_variables_carry_facts_inventory_and_the_error():
@@ -151,17 +187,30 @@ def test_host_variables_carry_facts_inventory_and_the_error():
 
 def test_flattened_facts_never_set_connection_or_magic_variables():
     module = plugin_module
-    rec = record({"role": "web", "ansible_host": "10.9.9.9", "ansible_connection": "ssh", "hostvars": 1,
-                  "inventory_hostname": "evil", "zeroinit_facts": {}, "bad-name": 1, "when": 1, "os": {"f": 1}})
+    rec = record(
+        {
+            "role": "web",
+            "ansible_host": "10.9.9.9",
+            "ansible_connection": "ssh",
+            "hostvars": 1,
+            "inventory_hostname": "evil",
+            "zeroinit_facts": {},
+            "bad-name": 1,
+            "when": 1,
+            "os": {"f": 1},
+        }
+    )
     flat, skipped = module.node_hostvars("n1.example.net", rec, "provisioning", flatten_facts=True)
     assert flat["role"] == "web" and flat["os"] == {"f": 1}
     for name in ("ansible_host", "ansible_connection", "hostvars", "inventory_hostname", "bad-name", "when"):
         assert name not in flat
     assert flat["zeroinit_facts"]["ansible_host"] == "10.9.9.9"  # still visible, just not as a variable
-    assert sorted(skipped) == sorted(["ansible_host", "ansible_connection", "hostvars", "inventory_hostname",
-                                      "zeroinit_facts", "bad-name", "when"])
-    prefixed, _skipped = module.node_hostvars("n1.example.net", rec, "provisioning", flatten_facts=True,
-                                              fact_prefix="node_")
+    assert sorted(skipped) == sorted(
+        ["ansible_host", "ansible_connection", "hostvars", "inventory_hostname", "zeroinit_facts", "bad-name", "when"]
+    )
+    prefixed, _skipped = module.node_hostvars(
+        "n1.example.net", rec, "provisioning", flatten_facts=True, fact_prefix="node_"
+    )
     assert prefixed["node_role"] == "web" and prefixed["node_ansible_host"] == "10.9.9.9"
     assert "ansible_host" not in prefixed
 
@@ -178,14 +227,22 @@ def test_cache_key_depends_on_brokers_and_collective_not_their_order():
 
 # ------------------------------------------------------------------------------------------ constructed
 
+
 def test_hosts_groups_and_composed_variables(tmp_path):
-    plugin, inventory, _path = load_plugin(tmp_path, {
-        "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"},
-                         {"key": "zeroinit_facts.os.family | default('unknown')", "prefix": "os"}],
-        "groups": {"inventory_failed": "zeroinit_inventory_error is defined",
-                   "debian": "zeroinit_facts.os.family | default('') == 'Debian'"},
-        "compose": {"node_role": "zeroinit_facts.role", "agent_version": "zeroinit_inventory.version"},
-    })
+    plugin, inventory, _path = load_plugin(
+        tmp_path,
+        {
+            "keyed_groups": [
+                {"key": "zeroinit_facts.role", "prefix": "role"},
+                {"key": "zeroinit_facts.os.family | default('unknown')", "prefix": "os"},
+            ],
+            "groups": {
+                "inventory_failed": "zeroinit_inventory_error is defined",
+                "debian": "zeroinit_facts.os.family | default('') == 'Debian'",
+            },
+            "compose": {"node_role": "zeroinit_facts.role", "agent_version": "zeroinit_inventory.version"},
+        },
+    )
     plugin._populate(FLEET)
     assert members(inventory, "provisioning") == sorted(FLEET)
     assert members(inventory, "role_web") == ["web1.example.net", "web2.example.net"]
@@ -202,20 +259,24 @@ def test_hosts_groups_and_composed_variables(tmp_path):
 
 
 def test_strict_turns_a_broken_expression_into_an_error_naming_the_host(tmp_path):
-    plugin, _inventory, _path = load_plugin(tmp_path, {"strict": True,
-                                                       "compose": {"agent_version": "zeroinit_inventory.version"}})
+    plugin, _inventory, _path = load_plugin(
+        tmp_path, {"strict": True, "compose": {"agent_version": "zeroinit_inventory.version"}}
+    )
     with pytest.raises(AnsibleError, match="db1.example.net"):
         plugin._populate(FLEET)
 
 
 def test_facts_carrying_templates_are_never_rendered(tmp_path):
     marker = tmp_path / "pwned"
-    evil = "{{ lookup('pipe', 'touch %s') }}{{ 6 * 7 }}" % marker
-    plugin, inventory, _path = load_plugin(tmp_path, {
-        "compose": {"node_role": "zeroinit_facts.role"},
-        "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}],
-        "flatten_facts": True,
-    })
+    evil = f"{{{{ lookup('pipe', 'touch {marker}') }}}}{{{{ 6 * 7 }}}}"
+    plugin, inventory, _path = load_plugin(
+        tmp_path,
+        {
+            "compose": {"node_role": "zeroinit_facts.role"},
+            "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}],
+            "flatten_facts": True,
+        },
+    )
     plugin._populate({"n1.example.net": record({"role": evil})})
     variables = hostvars(inventory, "n1.example.net")
     assert variables["node_role"] == evil and variables["role"] == evil
@@ -231,9 +292,14 @@ def test_invalid_identities_are_skipped(tmp_path):
 
 # ------------------------------------------------------------------------------------------ cache
 
+
 def _cache_config(tmp_path, **extra):
-    config = {"cache": True, "cache_plugin": "ansible.builtin.jsonfile", "cache_connection": str(tmp_path / "cache"),
-              "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}]}
+    config = {
+        "cache": True,
+        "cache_plugin": "ansible.builtin.jsonfile",
+        "cache_connection": str(tmp_path / "cache"),
+        "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}],
+    }
     config.update(extra)
     return config
 
@@ -241,7 +307,7 @@ def _cache_config(tmp_path, **extra):
 def test_cache_hit_needs_no_broker_and_refresh_or_other_query_asks_again(tmp_path):
     plugin, _inv, path = load_plugin(tmp_path, _cache_config(tmp_path))
     module = plugin_module
-    key = "%s_%s" % (plugin.get_cache_key(path), module.query_fingerprint([UNREACHABLE], "provisioning"))
+    key = "{}_{}".format(plugin.get_cache_key(path), module.query_fingerprint([UNREACHABLE], "provisioning"))
     plugin._cache[key] = {"format": module.CACHE_FORMAT, "nodes": FLEET}
     plugin.update_cache_if_changed()
     assert list((tmp_path / "cache").iterdir()), "jsonfile cache wrote nothing"
@@ -258,8 +324,9 @@ def test_cache_hit_needs_no_broker_and_refresh_or_other_query_asks_again(tmp_pat
         inventory_loader.get(NAME).parse(InventoryData(), DataLoader(), path, cache=False)
 
     # Another collective in the same file is another query: not served from this entry.
-    _plugin, _inv, other = load_plugin(tmp_path, _cache_config(tmp_path, collective="staging"),
-                                       filename="provisioning.yml")
+    _plugin, _inv, other = load_plugin(
+        tmp_path, _cache_config(tmp_path, collective="staging"), filename="provisioning.yml"
+    )
     with pytest.raises(AnsibleParserError, match="127.0.0.1:1"):
         inventory_loader.get(NAME).parse(InventoryData(), DataLoader(), other, cache=True)
 

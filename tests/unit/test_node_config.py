@@ -1,4 +1,5 @@
 """The key = value configuration files of the node agent: parse, render, and what a node concludes from them."""
+
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import node_config as nc
@@ -28,14 +29,18 @@ def test_later_lines_win_and_values_may_contain_equals():
 @pytest.mark.parametrize("line", ["just words", "bad key = 1", "= value"])
 def test_parse_names_the_bad_line(line):
     with pytest.raises(nc.ConfigError, match="server.conf line 2"):
-        nc.parse_config("ok = 1\n%s\n" % line, source="server.conf")
+        nc.parse_config(f"ok = 1\n{line}\n", source="server.conf")
 
 
 def test_render_is_sorted_and_round_trips():
     config = {"plugin.choria.server.provision": "false", "identity": "n1", "collectives": "a,b"}
     text = nc.render_config(config, header="written by a test")
-    assert text.splitlines() == ["# written by a test", "collectives = a,b", "identity = n1",
-                                 "plugin.choria.server.provision = false"]
+    assert text.splitlines() == [
+        "# written by a test",
+        "collectives = a,b",
+        "identity = n1",
+        "plugin.choria.server.provision = false",
+    ]
     assert nc.parse_config(text) == config
 
 

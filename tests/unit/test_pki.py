@@ -1,4 +1,5 @@
 """The policy CA with real X.509: every policy refusal, issued certificates that chain, the CA files, renewal."""
+
 from __future__ import annotations
 
 import datetime
@@ -61,11 +62,13 @@ def refusal(signer, csr, identity=IDENTITY, **kwargs) -> PolicyError:
 
 # ---------------------------------------------------------------------------------------------------------- refusals
 
+
 def test_cn_not_the_identity_is_refused_naming_rule_and_both_names(signer):
     err = refusal(signer, make_csr("evil.example.net"), IDENTITY)
     assert err.rule == "cn_matches_identity" and err.value == "evil.example.net"
-    assert str(err) == ("CSR refused by policy 'cn_matches_identity': CN 'evil.example.net' is not the identity "
-                        "'node1.example.net'")
+    assert str(err) == (
+        "CSR refused by policy 'cn_matches_identity': CN 'evil.example.net' is not the identity 'node1.example.net'"
+    )
 
 
 def test_csr_with_two_common_names_is_refused(signer):
@@ -73,8 +76,19 @@ def test_csr_with_two_common_names_is_refused(signer):
     assert err.rule == "cn_matches_identity" and "2 CN attributes" in str(err)
 
 
-@pytest.mark.parametrize("name", ["*.example.net", "admin.example.net", "root", "ops.privileged.choria", "bob.choria",
-                                  "bob.mcollective", "localhost", "foo.localhost"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "*.example.net",
+        "admin.example.net",
+        "root",
+        "ops.privileged.choria",
+        "bob.choria",
+        "bob.mcollective",
+        "localhost",
+        "foo.localhost",
+    ],
+)
 def test_default_deny_list_refuses_privileged_looking_sans(name):
     permissive = Signer(CertificateAuthority.create(), CsrPolicy(allowed_sans=[r".*"]))
     err = refusal(permissive, make_csr(dns=[name]))
@@ -95,7 +109,9 @@ def test_deny_patterns_add_to_the_defaults_and_can_replace_them(ca):
     policy = CsrPolicy(allowed_sans=[r".*"], deny=[r"^vault\."])
     assert refusal(Signer(ca, policy), make_csr(dns=["vault.example.net"])).rule == "deny"
     assert refusal(Signer(ca, policy), make_csr(dns=["*.example.net"])).rule == "deny"
-    issued = Signer(ca, CsrPolicy(allowed_sans=[r".*"], default_deny=False)).sign(make_csr(dns=["bob.choria"]), IDENTITY)
+    issued = Signer(ca, CsrPolicy(allowed_sans=[r".*"], default_deny=False)).sign(
+        make_csr(dns=["bob.choria"]), IDENTITY
+    )
     assert "DNS:bob.choria" in issued.subject_alt_names
 
 
@@ -215,8 +231,11 @@ def test_ca_key_that_does_not_match_the_certificate_is_refused(tmp_path):
 def test_a_leaf_certificate_is_refused_as_ca(ca, signer, tmp_path):
     leaf = signer.sign(make_csr(), IDENTITY)
     (tmp_path / "leaf.crt").write_text(leaf.certificate)
-    (tmp_path / "leaf.key").write_bytes(EC_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
+    (tmp_path / "leaf.key").write_bytes(
+        EC_KEY.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     with pytest.raises(PkiError) as info:
         CertificateAuthority.load(str(tmp_path / "leaf.crt"), str(tmp_path / "leaf.key"))
     assert info.value.field == "ca_cert" and "not a CA certificate" in str(info.value)
@@ -224,9 +243,17 @@ def test_a_leaf_certificate_is_refused_as_ca(ca, signer, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ success paths
 
-@pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP384R1()),
-                                 rsa.generate_private_key(65537, 2048), ed25519.Ed25519PrivateKey.generate()],
-                         ids=["ec-p256", "ec-p384", "rsa-2048", "ed25519"])
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP384R1()),
+        rsa.generate_private_key(65537, 2048),
+        ed25519.Ed25519PrivateKey.generate(),
+    ],
+    ids=["ec-p256", "ec-p384", "rsa-2048", "ed25519"],
+)
 def test_issued_certificate_is_built_by_policy_and_chains_to_the_ca(ca, signer, key):
     before = datetime.datetime.now(datetime.timezone.utc)
     issued = signer.sign(make_csr(key=key), IDENTITY, valid_days=30, profile="both")
@@ -243,18 +270,22 @@ def test_issued_certificate_is_built_by_policy_and_chains_to_the_ca(ca, signer, 
     ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert ski == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    assert aki.key_identifier == ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    assert cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == \
-        key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert (
+        aki.key_identifier == ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    )
+    assert cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     # Backdated for clock skew, and the validity asked for.
     assert cert.not_valid_before_utc <= before - datetime.timedelta(minutes=4)
     assert abs(cert.not_valid_after_utc - (before + datetime.timedelta(days=30))) < datetime.timedelta(minutes=1)
     assert issued.not_after == cert.not_valid_after_utc and issued.not_after_iso.endswith("Z")
-    assert issued.serial == cert.serial_number and issued.serial_hex == "%x" % cert.serial_number
+    assert issued.serial == cert.serial_number and issued.serial_hex == f"{cert.serial_number:x}"
 
 
-@pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP256R1()), rsa.generate_private_key(65537, 2048)],
-                         ids=["ec", "rsa"])
+@pytest.mark.parametrize(
+    "key", [ec.generate_private_key(ec.SECP256R1()), rsa.generate_private_key(65537, 2048)], ids=["ec", "rsa"]
+)
 def test_issued_certificate_passes_rfc5280_path_validation(ca, signer, key):
     cert = load(signer.sign(make_csr(key=key), IDENTITY).certificate)
     store = Store([ca.certificate])
@@ -273,16 +304,24 @@ def test_server_profile_is_not_accepted_as_client_and_hostname_is_checked(ca, si
         PolicyBuilder().store(store).build_server_verifier(x509.DNSName("node2.example.net")).verify(cert, [])
 
 
-@pytest.mark.parametrize("profile,usages", [("server", [ExtendedKeyUsageOID.SERVER_AUTH]),
-                                            ("client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
-                                            ("both", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])])
+@pytest.mark.parametrize(
+    "profile,usages",
+    [
+        ("server", [ExtendedKeyUsageOID.SERVER_AUTH]),
+        ("client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ("both", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+    ],
+)
 def test_profile_sets_extended_key_usage(signer, profile, usages):
     cert = load(signer.sign(make_csr(), IDENTITY, profile=profile).certificate)
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == usages
 
 
-@pytest.mark.parametrize("key,encipherment", [(EC_KEY, False), (rsa.generate_private_key(65537, 2048), True),
-                                              (ed25519.Ed25519PrivateKey.generate(), False)], ids=["ec", "rsa", "ed25519"])
+@pytest.mark.parametrize(
+    "key,encipherment",
+    [(EC_KEY, False), (rsa.generate_private_key(65537, 2048), True), (ed25519.Ed25519PrivateKey.generate(), False)],
+    ids=["ec", "rsa", "ed25519"],
+)
 def test_key_usage_is_critical_with_key_encipherment_only_for_rsa(signer, key, encipherment):
     ku = load(signer.sign(make_csr(key=key), IDENTITY).certificate).extensions.get_extension_for_class(x509.KeyUsage)
     assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
@@ -304,7 +343,7 @@ def test_allowed_ip_and_dns_sans_are_carried_after_the_identity(ca):
 def test_serials_are_random_positive_and_at_most_128_bits(signer):
     serials = {signer.sign(make_csr(), IDENTITY).serial for _attempt in range(50)}
     assert len(serials) == 50
-    assert all(0 < s < 2 ** 128 for s in serials)
+    assert all(0 < s < 2**128 for s in serials)
 
 
 def test_certificate_never_outlives_its_ca_and_a_warning_says_so():
@@ -345,6 +384,7 @@ def test_signing_from_many_threads_gives_valid_distinct_certificates(ca, signer)
 
 # -------------------------------------------------------------------------------------------------------- CA files
 
+
 def test_load_or_create_writes_key_0600_and_cert_0644_then_loads_the_same_ca(tmp_path):
     cert_path, key_path = str(tmp_path / "ca.crt"), str(tmp_path / "ca.key")
     ca, created = CertificateAuthority.load_or_create(cert_path, key_path, common_name="site CA")
@@ -360,16 +400,21 @@ def test_load_or_create_writes_key_0600_and_cert_0644_then_loads_the_same_ca(tmp
 
 
 def test_check_mode_creation_writes_nothing(tmp_path):
-    ca, created = CertificateAuthority.load_or_create(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"),
-                                                      check_mode=True)
+    ca, created = CertificateAuthority.load_or_create(
+        str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"), check_mode=True
+    )
     assert created and ca.certificate is not None
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("key_type,key_class", [("ec", ec.EllipticCurvePrivateKey), ("rsa", rsa.RSAPrivateKey),
-                                                ("ed25519", ed25519.Ed25519PrivateKey)])
+@pytest.mark.parametrize(
+    "key_type,key_class",
+    [("ec", ec.EllipticCurvePrivateKey), ("rsa", rsa.RSAPrivateKey), ("ed25519", ed25519.Ed25519PrivateKey)],
+)
 def test_each_ca_key_type_signs_verifiable_certificates(tmp_path, key_type, key_class):
-    ca, _created = CertificateAuthority.load_or_create(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"), key_type=key_type)
+    ca, _created = CertificateAuthority.load_or_create(
+        str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"), key_type=key_type
+    )
     assert isinstance(ca.private_key, key_class)
     loaded = CertificateAuthority.load(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"))
     issued = Signer(loaded, CsrPolicy()).sign(make_csr(), IDENTITY)
@@ -422,12 +467,15 @@ def test_invalid_policy_patterns_name_the_option():
 
 # ----------------------------------------------------------------------------------------------------------- renewal
 
+
 def test_fresh_certificate_for_the_same_key_needs_no_renewal(signer):
     csr = make_csr()
     issued = signer.sign(csr, IDENTITY, valid_days=365)
     need, reason = signer.needs_renewal(issued.certificate, csr, 30, identity=IDENTITY, profile="both")
     assert not need and "valid until" in reason
-    public_pem = EC_KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = EC_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     assert signer.needs_renewal(issued.certificate, public_pem, 30) == (False, reason)
 
 
@@ -455,9 +503,13 @@ def test_renewal_is_needed_for_another_key_another_ca_identity_sans_or_profile(c
 def test_expired_and_garbage_certificates_need_renewal(ca, signer):
     now = datetime.datetime.now(datetime.timezone.utc)
     expired = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, IDENTITY)]))
-        .issuer_name(ca.subject).public_key(EC_KEY.public_key()).serial_number(7)
-        .not_valid_before(now - datetime.timedelta(days=400)).not_valid_after(now - datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, IDENTITY)]))
+        .issuer_name(ca.subject)
+        .public_key(EC_KEY.public_key())
+        .serial_number(7)
+        .not_valid_before(now - datetime.timedelta(days=400))
+        .not_valid_after(now - datetime.timedelta(days=1))
         .sign(ca.private_key, hashes.SHA256())
     ).public_bytes(serialization.Encoding.PEM)
     need, reason = signer.needs_renewal(expired, make_csr(), 30)
@@ -470,7 +522,7 @@ def test_issued_fields_agree_with_the_certificate_itself(ca):
     issued = signer.sign(make_csr(ips=["10.0.0.9"]), IDENTITY, valid_days=7)
     parsed = issued.properties()
     assert parsed["subject"] == issued.subject and parsed["issuer"] == issued.issuer == "CN=test CA"
-    assert parsed["subject_alt_names"] == list(issued.subject_alt_names) == ["DNS:%s" % IDENTITY, "IP:10.0.0.9"]
+    assert parsed["subject_alt_names"] == list(issued.subject_alt_names) == [f"DNS:{IDENTITY}", "IP:10.0.0.9"]
     assert parsed["serial"] == issued.serial_hex and parsed["not_after"] == issued.not_after_iso
     assert parsed["public_key_sha256"] == issued.public_key_sha256
     assert load(issued.certificate).not_valid_before_utc == issued.not_before
@@ -482,28 +534,44 @@ def test_intermediate_ca_from_a_chain_file_in_any_order(tmp_path):
     root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
     root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
-    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=900))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-            .add_extension(root_ski, critical=False)
-            .sign(root_key, hashes.SHA384()))
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(root_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=900))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(root_ski, critical=False)
+        .sign(root_key, hashes.SHA384())
+    )
     mid_key = ec.generate_private_key(ec.SECP256R1())
-    mid = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuing CA")]))
-           .issuer_name(root_name).public_key(mid_key.public_key()).serial_number(2)
-           .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=800))
-           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-           .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-           .add_extension(x509.SubjectKeyIdentifier.from_public_key(mid_key.public_key()), critical=False)
-           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
-           .sign(root_key, hashes.SHA384()))
+    mid = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuing CA")]))
+        .issuer_name(root_name)
+        .public_key(mid_key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=800))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(mid_key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
+        .sign(root_key, hashes.SHA384())
+    )
 
     def pem(cert) -> bytes:
         return cert.public_bytes(serialization.Encoding.PEM)
 
     (tmp_path / "chain.pem").write_bytes(pem(root) + pem(mid))
-    (tmp_path / "mid.key").write_bytes(mid_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
+    (tmp_path / "mid.key").write_bytes(
+        mid_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     ca = CertificateAuthority.load(str(tmp_path / "chain.pem"), str(tmp_path / "mid.key"))
     assert ca.certificate == mid and ca.chain == [mid, root]
     issued = Signer(ca, CsrPolicy()).sign(make_csr(), IDENTITY)
@@ -518,12 +586,13 @@ def _create_in_child(cert_path: str, key_path: str, queue) -> None:
         ca, created = CertificateAuthority.load_or_create(cert_path, key_path)
         queue.put((ca.fingerprint_sha256, created))
     except Exception as exc:  # reported to the parent, which fails the test with it
-        queue.put(("error: %s" % exc, False))
+        queue.put((f"error: {exc}", False))
 
 
 def test_concurrent_creation_makes_one_ca_that_every_process_uses(tmp_path):
     """Parallel forks each running pki_sign with create_ca against one CA directory must agree on one CA."""
     import multiprocessing
+
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     cert_path, key_path = str(tmp_path / "ca.crt"), str(tmp_path / "ca.key")
@@ -542,11 +611,18 @@ def test_ca_certificate_without_key_cert_sign_is_refused():
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl-only CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(3)
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, False, True, False, False), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(3)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, False, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     with pytest.raises(PkiError) as info:
         CertificateAuthority(cert, key)
     assert info.value.field == "ca_cert" and "keyCertSign" in str(info.value)

@@ -1,4 +1,5 @@
 """CertificateIssuance (the flow behind pki_sign) without Ansible: check mode, files, modes, ownership, chain."""
+
 from __future__ import annotations
 
 import os
@@ -24,16 +25,25 @@ IDENTITY = "node1.example.net"
 def make_csr(identity: str = IDENTITY) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+    )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def params(tmp_path, **overrides) -> dict:
     """Module parameters with the argument spec's defaults, as AnsibleModule would pass them."""
     out = {name: spec.get("default") for name, spec in signer_argument_spec().items()}
-    out.update(csr=None, csr_path=None, identity=IDENTITY, dest=str(tmp_path / "node.crt"), chain_dest=None,
-               renew_before_days=30, ca_cert=str(tmp_path / "ca.crt"), ca_key=str(tmp_path / "ca.key"),
-               create_ca=True)
+    out.update(
+        csr=None,
+        csr_path=None,
+        identity=IDENTITY,
+        dest=str(tmp_path / "node.crt"),
+        chain_dest=None,
+        renew_before_days=30,
+        ca_cert=str(tmp_path / "ca.crt"),
+        ca_key=str(tmp_path / "ca.key"),
+        create_ca=True,
+    )
     out.update(overrides)
     return out
 

@@ -1,4 +1,5 @@
 """Choria protocol v1: every message we build validates against go-choria's schemas, and decoding is strict."""
+
 import base64
 import hashlib
 import json
@@ -10,7 +11,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
 
 
 def schema(choria_reference, name):
-    with open(choria_reference / "protocol-v1" / ("%s.json" % name)) as handle:
+    with open(choria_reference / "protocol-v1" / (f"{name}.json")) as handle:
         return json.load(handle)
 
 
@@ -19,8 +20,12 @@ def validate(choria_reference, name, doc):
 
 
 def sample_request(**kw):
-    args = dict(agent="choria_provision", body=p.rpc_request_body("choria_provision", "gencsr", {"token": "t"}),
-                callerid="choria=zeroinit", senderid="controller")
+    args = dict(
+        agent="choria_provision",
+        body=p.rpc_request_body("choria_provision", "gencsr", {"token": "t"}),
+        callerid="choria=zeroinit",
+        senderid="controller",
+    )
     args.update(kw)
     return p.Request(**args)
 
@@ -37,8 +42,12 @@ def test_request_layers_validate_against_go_choria_schemas(choria_reference):
 
 
 def test_reply_layers_validate_and_hash_is_sha256_of_message(choria_reference):
-    rep = p.Reply(requestid=p.new_request_id(), senderid="node1.example.net", agent="rpcutil",
-                  body=p.rpc_reply_body("ping", data={"pong": 1}))
+    rep = p.Reply(
+        requestid=p.new_request_id(),
+        senderid="node1.example.net",
+        agent="rpcutil",
+        body=p.rpc_reply_body("ping", data={"pong": 1}),
+    )
     validate(choria_reference, "reply", p.reply_document(rep))
     secure = p.secure_reply_document(rep)
     validate(choria_reference, "secure_reply", secure)
@@ -50,9 +59,19 @@ def test_round_trip_keeps_every_field():
     req = sample_request(ttl=90, filter=p.identity_filter(["node1"]))
     got = p.decode_request(p.encode_request(req))
     assert (got.agent, got.action, got.data, got.requestid, got.ttl, got.filter["identity"]) == (
-        "choria_provision", "gencsr", {"token": "t"}, req.requestid, 90, ["node1"])
-    rep = p.Reply(requestid=req.requestid, senderid="node1", agent="choria_provision",
-                  body=p.rpc_reply_body("gencsr", p.StatusCode.INVALID_DATA, "bad token"))
+        "choria_provision",
+        "gencsr",
+        {"token": "t"},
+        req.requestid,
+        90,
+        ["node1"],
+    )
+    rep = p.Reply(
+        requestid=req.requestid,
+        senderid="node1",
+        agent="choria_provision",
+        body=p.rpc_reply_body("gencsr", p.StatusCode.INVALID_DATA, "bad token"),
+    )
     back = p.decode_reply(p.encode_reply(rep))
     assert (back.statuscode, back.statusmsg, back.ok) == (4, "bad token", False)
 
@@ -68,10 +87,8 @@ def test_base64_bodies_from_older_clients_are_accepted():
     req = sample_request()
     doc = p.request_document(req)
     doc["message"] = base64.b64encode(doc["message"].encode()).decode()
-    secure = {"protocol": p.SECURE_REQUEST, "message": json.dumps(doc), "signature": "insecure",
-              "pubcert": "insecure"}
-    transport = {"protocol": p.TRANSPORT, "headers": {},
-                 "data": base64.b64encode(json.dumps(secure).encode()).decode()}
+    secure = {"protocol": p.SECURE_REQUEST, "message": json.dumps(doc), "signature": "insecure", "pubcert": "insecure"}
+    transport = {"protocol": p.TRANSPORT, "headers": {}, "data": base64.b64encode(json.dumps(secure).encode()).decode()}
     assert p.decode_request(json.dumps(transport).encode()).data == {"token": "t"}
     # and a base64 request inside the secure request
     secure["message"] = base64.b64encode(json.dumps(p.request_document(req)).encode()).decode()
@@ -79,14 +96,17 @@ def test_base64_bodies_from_older_clients_are_accepted():
     assert p.decode_request(json.dumps(transport).encode()).action == "gencsr"
 
 
-@pytest.mark.parametrize("raw, words", [
-    (b"\xff\xfe", "UTF-8"),
-    (b"not json", "not JSON"),
-    (b"[1,2]", "JSON object"),
-    (b'{"protocol":"choria:transport:2","data":"","headers":{}}', "protocol"),
-    (b'{"protocol":"choria:transport:1","data":"%%%","headers":{}}', "base64"),
-    (b'{"protocol":"choria:transport:1","data":"e30=","headers":{}}', "secure message"),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (b"\xff\xfe", "UTF-8"),
+        (b"not json", "not JSON"),
+        (b"[1,2]", "JSON object"),
+        (b'{"protocol":"choria:transport:2","data":"","headers":{}}', "protocol"),
+        (b'{"protocol":"choria:transport:1","data":"%%%","headers":{}}', "base64"),
+        (b'{"protocol":"choria:transport:1","data":"e30=","headers":{}}', "secure message"),
+    ],
+)
 def test_garbage_raises_protocol_error_naming_the_layer(raw, words):
     with pytest.raises(p.ProtocolError, match=words):
         p.decode_request(raw)
@@ -112,8 +132,9 @@ def test_expiry_is_plus_minus_ttl():
 def test_subjects():
     assert p.node_subject("n1.example") == "provisioning.node.n1.example"
     assert p.broadcast_subject("discovery") == "provisioning.broadcast.agent.discovery"
-    assert p.reply_subject("choria=a", "x" * 32) == "provisioning.reply.%s.%s" % (
-        hashlib.md5(b"choria=a").hexdigest(), "x" * 32)
+    assert p.reply_subject("choria=a", "x" * 32) == "provisioning.reply.{}.{}".format(
+        hashlib.md5(b"choria=a").hexdigest(), "x" * 32
+    )
     assert p.lifecycle_subject("startup") == "choria.lifecycle.event.startup.provision_mode_server"
 
 
@@ -123,8 +144,10 @@ def test_filters():
     assert p.filter_matches(p.identity_filter(["n2", "/^n1$/"]), "n1", [], facts)
     assert not p.filter_matches(p.identity_filter(["n2"]), "n1", [], facts)
     flt = p.empty_filter()
-    flt["fact"] = [{"fact": "os.family", "operator": "==", "value": "Debian"},
-                   {"fact": "cores", "operator": ">=", "value": "2"}]
+    flt["fact"] = [
+        {"fact": "os.family", "operator": "==", "value": "Debian"},
+        {"fact": "cores", "operator": ">=", "value": "2"},
+    ]
     flt["agent"] = ["rpcutil"]
     assert p.filter_matches(flt, "n1", ["rpcutil"], facts)
     assert not p.filter_matches(flt, "n1", ["discovery"], facts)
@@ -146,12 +169,17 @@ def test_lifecycle_event_matches_choria_cloudevent_shape(choria_reference):
 def test_fast_encoders_equal_the_layered_documents(text):
     """encode_request/encode_reply write the outer layers by hand: they must equal the documents, byte for byte."""
     body = p.rpc_request_body("choria_provision", "configure", {"config": text, "token": text})
-    req = sample_request(senderid="sender %s" % text, body=body)
-    layered = p._dumps(p.transport_document(p.secure_request_document(req),
-                                            p.reply_subject(req.callerid, req.requestid), req.senderid))
+    req = sample_request(senderid=f"sender {text}", body=body)
+    layered = p._dumps(
+        p.transport_document(p.secure_request_document(req), p.reply_subject(req.callerid, req.requestid), req.senderid)
+    )
     assert p.encode_request(req) == layered.encode("utf-8")
-    rep = p.Reply(requestid=req.requestid, senderid="node %s" % text, agent="choria_provision",
-                  body=p.rpc_reply_body("configure", p.StatusCode.INVALID_DATA, text))
+    rep = p.Reply(
+        requestid=req.requestid,
+        senderid=f"node {text}",
+        agent="choria_provision",
+        body=p.rpc_reply_body("configure", p.StatusCode.INVALID_DATA, text),
+    )
     layered = p._dumps(p.transport_document(p.secure_reply_document(rep), None, rep.senderid))
     assert p.encode_reply(rep) == layered.encode("utf-8")
     assert p.decode_reply(p.encode_reply(rep)).statusmsg == text

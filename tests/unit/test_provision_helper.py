@@ -1,4 +1,5 @@
 """Choria's helper contract: what a helper gets on stdin, how its answer is judged, and how a bad helper fails."""
+
 import asyncio
 import json
 import os
@@ -13,8 +14,15 @@ CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def good_answer(**overrides):
-    doc = {"defer": False, "shutdown": False, "msg": "", "certificate": CERT, "ca": CERT, "ssldir": "/ssl",
-           "configuration": {"plugin.choria.server.provision": "false", "identity": "n1"}}
+    doc = {
+        "defer": False,
+        "shutdown": False,
+        "msg": "",
+        "certificate": CERT,
+        "ca": CERT,
+        "ssldir": "/ssl",
+        "configuration": {"plugin.choria.server.provision": "false", "identity": "n1"},
+    }
     doc.update(overrides)
     return json.dumps(doc)
 
@@ -42,16 +50,19 @@ def test_defer_and_shutdown_carry_the_message():
     assert decision.shutdown and decision.msg
 
 
-@pytest.mark.parametrize("rc,stdout,needle", [
-    (3, good_answer(), "exited with status 3"),
-    (0, "", "printed nothing"),
-    (0, "{not json", "not JSON"),
-    (0, "[1, 2]", "not an object"),
-    (0, good_answer(configuration={}), "no configuration"),
-    (0, good_answer(configuration={"plugin.choria.server.provision": False}), "must be a string"),
-    (0, good_answer(certificate=""), "no PEM certificate"),
-    (0, good_answer(ca="junk"), "no PEM CA"),
-])
+@pytest.mark.parametrize(
+    "rc,stdout,needle",
+    [
+        (3, good_answer(), "exited with status 3"),
+        (0, "", "printed nothing"),
+        (0, "{not json", "not JSON"),
+        (0, "[1, 2]", "not an object"),
+        (0, good_answer(configuration={}), "no configuration"),
+        (0, good_answer(configuration={"plugin.choria.server.provision": False}), "must be a string"),
+        (0, good_answer(certificate=""), "no PEM certificate"),
+        (0, good_answer(ca="junk"), "no PEM CA"),
+    ],
+)
 def test_bad_helper_output_fails_the_node_with_stderr(rc, stdout, needle):
     with pytest.raises(ph.NodeFailure) as err:
         ph.parse_helper_output("n7", rc, stdout, "helper says: boom")
@@ -61,8 +72,9 @@ def test_bad_helper_output_fails_the_node_with_stderr(rc, stdout, needle):
         assert "helper says: boom" in text
 
 
-@pytest.mark.parametrize("value,left_on", [("false", False), ("FALSE", False), ("true", True), (None, True),
-                                           ("no", True)])
+@pytest.mark.parametrize(
+    "value,left_on", [("false", False), ("FALSE", False), ("true", True), (None, True), ("no", True)]
+)
 def test_loop_guard_requires_provisioning_explicitly_off(value, left_on):
     conf = {} if value is None else {ph.PROVISION_KEY: value}
     assert ph.provisioning_left_on(conf) is left_on
@@ -78,14 +90,14 @@ def test_helper_configuration_wins_over_base():
 
 def _script(tmp_path, body):
     path = tmp_path / "helper.py"
-    path.write_text("#!%s\nimport json, sys, time\n%s\n" % (sys.executable, body))
+    path.write_text(f"#!{sys.executable}\nimport json, sys, time\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
 
 
 def test_helper_argv_accepts_string_or_list_and_rejects_missing_program(tmp_path):
     script = _script(tmp_path, "pass")
-    assert ph.helper_argv("%s --flag 'a b'" % script) == [script, "--flag", "a b"]
+    assert ph.helper_argv(f"{script} --flag 'a b'") == [script, "--flag", "a b"]
     assert ph.helper_argv([script, "x"]) == [script, "x"]
     with pytest.raises(ValueError, match="not an executable"):
         ph.helper_argv(str(tmp_path / "missing"))
@@ -94,13 +106,19 @@ def test_helper_argv_accepts_string_or_list_and_rejects_missing_program(tmp_path
 
 
 def test_run_helper_passes_the_request_on_stdin(tmp_path):
-    script = _script(tmp_path, "req = json.load(sys.stdin)\n"
-                     "print(json.dumps({'certificate': %r, 'ca': %r, 'configuration': "
-                     "{'identity': req['identity'], 'plugin.choria.server.provision': 'false', "
-                     "'seen.inventory': json.loads(req['inventory'])['version']}}))" % (CERT, CERT))
+    script = _script(
+        tmp_path,
+        "req = json.load(sys.stdin)\n"
+        f"print(json.dumps({{'certificate': {CERT!r}, 'ca': {CERT!r}, 'configuration': "
+        "{'identity': req['identity'], 'plugin.choria.server.provision': 'false', "
+        "'seen.inventory': json.loads(req['inventory'])['version']}}))",
+    )
     decision = asyncio.run(ph.run_helper([script], ph.helper_request("n3", None, {"version": "1.2"})))
-    assert decision.configuration == {"identity": "n3", "plugin.choria.server.provision": "false",
-                                      "seen.inventory": "1.2"}
+    assert decision.configuration == {
+        "identity": "n3",
+        "plugin.choria.server.provision": "false",
+        "seen.inventory": "1.2",
+    }
 
 
 def test_run_helper_kills_a_helper_that_runs_too_long(tmp_path):

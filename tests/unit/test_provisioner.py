@@ -1,4 +1,5 @@
 """The bulk provisioner's decisions with a scripted RPC transport (the real fleet is in tests/integration)."""
+
 import asyncio
 import datetime
 import json
@@ -42,13 +43,14 @@ class ScriptedClient:
     async def call(self, identity, agent, action, data=None, timeout=10.0, retries=0, step=""):
         self.sent.append((identity, action, dict(data or {})))
         if identity in self.silent:
-            raise RpcTimeout("%s: no reply from %s within %.1fs (%d attempts)"
-                             % (step, identity, timeout, retries + 1))
+            raise RpcTimeout("%s: no reply from %s within %.1fs (%d attempts)" % (step, identity, timeout, retries + 1))
         if (identity, action) in self.refuse:
             return Reply("r", identity, agent, rpc_reply_body(action, 1, self.refuse[(identity, action)]))
-        data_out = {"inventory": {"facts": {"host": identity}, "version": "1"},
-                    "gencsr": {"csr": CSR, "public_key": "PUB", "ssldir": "/ssl/" + identity},
-                    "ping": {"pong": 1}}.get(action, {"message": "ok"})
+        data_out = {
+            "inventory": {"facts": {"host": identity}, "version": "1"},
+            "gencsr": {"csr": CSR, "public_key": "PUB", "ssldir": "/ssl/" + identity},
+            "ping": {"pong": 1},
+        }.get(action, {"message": "ok"})
         return Reply("r", identity, agent, rpc_reply_body(action, 0, "OK", data_out))
 
 
@@ -58,9 +60,13 @@ class StaticSigner:
 
     def decide(self, identity, csr):
         if identity in self.refuse:
-            raise NodeFailure("signer refused the CSR of %s: CN mismatch" % identity)
-        return Decision(certificate=CERT, ca=CERT, ssldir=csr["ssldir"],
-                        configuration={"identity": identity, "plugin.choria.server.provision": "false"})
+            raise NodeFailure(f"signer refused the CSR of {identity}: CN mismatch")
+        return Decision(
+            certificate=CERT,
+            ca=CERT,
+            ssldir=csr["ssldir"],
+            configuration={"identity": identity, "plugin.choria.server.provision": "false"},
+        )
 
 
 def run(settings, client, signer=None):
@@ -181,10 +187,16 @@ def test_helper_certificate_must_parse_and_carry_the_csr_key():
     key, csr_pem = key_and_csr()
     other_key, other_csr = key_and_csr()
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(other_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(other_key, hashes.SHA256())
+    )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     assert pv.certificate_problem(cert_pem, csr_pem) == ""
     assert "public key" in pv.certificate_problem(cert_pem, other_csr)

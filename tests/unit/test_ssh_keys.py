@@ -1,4 +1,5 @@
 """authorized_keys editing, key pairs and the login probe's command line, without any host."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ def keygen(tmp_path, name, kind="ed25519"):
 
 
 def ssh_keygen_fingerprint(pub_path) -> str:
-    return subprocess.run(["ssh-keygen", "-lf", str(pub_path)], check=True, capture_output=True,
-                          text=True).stdout.split()[1]
+    return subprocess.run(
+        ["ssh-keygen", "-lf", str(pub_path)], check=True, capture_output=True, text=True
+    ).stdout.split()[1]
 
 
 @pytest.fixture
@@ -48,12 +50,14 @@ def test_fingerprint_matches_ssh_keygen(tmp_path, keys):
 
 
 def test_parse_keeps_unparseable_and_option_lines_verbatim(keys):
-    content = ("# managed by hand\n"
-               "\n"
-               'from="10.0.0.0/8",command="echo hi there" %s\n'
-               "this is not a key at all\n"
-               "ssh-ed25519 AAAAdamaged!!! broken\n"
-               "%s\n" % (keys["other"][1], keys["bootstrap"][1]))
+    content = (
+        "# managed by hand\n"
+        "\n"
+        'from="10.0.0.0/8",command="echo hi there" {}\n'
+        "this is not a key at all\n"
+        "ssh-ed25519 AAAAdamaged!!! broken\n"
+        "{}\n".format(keys["other"][1], keys["bootstrap"][1])
+    )
     parsed = AuthorizedKeys.parse(content)
     assert parsed.render() == content
     assert [k.comment for k in parsed.keys()] == ["other", "bootstrap"]
@@ -64,7 +68,7 @@ def test_add_is_by_key_not_comment_and_appends_newline(keys):
     new = PublicKey.parse(keys["new"][1])
     parsed = AuthorizedKeys.parse(keys["bootstrap"][1])  # no trailing newline in the file
     assert parsed.add(new) is True
-    assert parsed.render() == "%s\n%s\n" % (keys["bootstrap"][1], keys["new"][1])
+    assert parsed.render() == "{}\n{}\n".format(keys["bootstrap"][1], keys["new"][1])
     renamed = PublicKey(new.key_type, new.blob, "another comment")
     assert parsed.add(renamed) is False
 
@@ -72,15 +76,14 @@ def test_add_is_by_key_not_comment_and_appends_newline(keys):
 def test_remove_by_line_or_fingerprint_refuses_new_key(keys):
     new = PublicKey.parse(keys["new"][1])
     boot = PublicKey.parse(keys["bootstrap"][1])
-    content = "%s\n# keep me\n%s\n%s\n" % (keys["bootstrap"][1], keys["new"][1], keys["bootstrap"][1])
+    content = "{}\n# keep me\n{}\n{}\n".format(keys["bootstrap"][1], keys["new"][1], keys["bootstrap"][1])
     parsed = AuthorizedKeys.parse(content)
     assert parsed.remove([RevokeSelector.parse(boot.fingerprint)], keep=new) == [boot.fingerprint]
-    assert parsed.render() == "# keep me\n%s\n" % keys["new"][1]
+    assert parsed.render() == "# keep me\n{}\n".format(keys["new"][1])
     with pytest.raises(SshKeyError, match="it is the new key"):
         AuthorizedKeys.parse(content).remove([RevokeSelector.parse(keys["new"][1])], keep=new)
     with pytest.raises(SshKeyError, match="not in the file"):
-        AuthorizedKeys.parse(keys["bootstrap"][1] + "\n").remove([RevokeSelector.parse(keys["bootstrap"][1])],
-                                                                 keep=new)
+        AuthorizedKeys.parse(keys["bootstrap"][1] + "\n").remove([RevokeSelector.parse(keys["bootstrap"][1])], keep=new)
 
 
 def test_bad_revoke_entry_is_named():
@@ -99,11 +102,11 @@ def _target(tmp_path, content=None):
 
 
 def test_editor_add_revoke_idempotent_and_check_mode(tmp_path, keys):
-    target, path = _target(tmp_path, "# hand-written\n%s\n" % keys["bootstrap"][1])
+    target, path = _target(tmp_path, "# hand-written\n{}\n".format(keys["bootstrap"][1]))
     new = PublicKey.parse(keys["new"][1])
     preview = AuthorizedKeysEditor(target, check_mode=True).add(new)
     assert preview.changed and preview.added
-    assert path.read_text() == "# hand-written\n%s\n" % keys["bootstrap"][1]
+    assert path.read_text() == "# hand-written\n{}\n".format(keys["bootstrap"][1])
     editor = AuthorizedKeysEditor(target)
     first = editor.add(new)
     assert first.changed and first.added
@@ -111,7 +114,7 @@ def test_editor_add_revoke_idempotent_and_check_mode(tmp_path, keys):
     assert editor.add(new).changed is False
     revoked = editor.revoke(parse_revoke([keys["bootstrap"][1]]), keep=new)
     assert revoked.revoked == [PublicKey.parse(keys["bootstrap"][1]).fingerprint]
-    assert path.read_text() == "# hand-written\n%s\n" % keys["new"][1]
+    assert path.read_text() == "# hand-written\n{}\n".format(keys["new"][1])
     assert editor.revoke(parse_revoke([keys["bootstrap"][1]]), keep=new).changed is False
 
 
@@ -134,11 +137,11 @@ def test_symlinked_authorized_keys_is_refused(tmp_path, keys):
 
 
 def test_target_step_take_back_removes_only_the_new_key(tmp_path, keys):
-    _target_file, path = _target(tmp_path, "%s\n" % keys["bootstrap"][1])
+    _target_file, path = _target(tmp_path, "{}\n".format(keys["bootstrap"][1]))
     params = {"user": pwd.getpwuid(os.getuid()).pw_name, "path": str(path), "public_key": keys["new"][1]}
     assert target_step(dict(params, step="add"))["added"] is True
     back = target_step(dict(params, step="take_back"))
-    assert back["changed"] and path.read_text() == "%s\n" % keys["bootstrap"][1]
+    assert back["changed"] and path.read_text() == "{}\n".format(keys["bootstrap"][1])
     with pytest.raises(SshKeyError, match="public_key"):
         target_step(dict(params, step="add", public_key="garbage"))
 
@@ -188,8 +191,11 @@ def test_mismatched_pub_file_is_refused(tmp_path, keys):
 
 def test_probe_puts_its_options_before_the_operators():
     new = PublicKey.parse("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIRp160GLGJ1xt5BkySblzamUWAyIKcU41O6D8bRJLkK x")
-    argv = LoginProbe("/k/new", new).argv(LoginTarget(
-        host="10.0.0.5", user="root", port=2222, common_args="-o ControlMaster=auto -o UserKnownHostsFile='/a b'"))
+    argv = LoginProbe("/k/new", new).argv(
+        LoginTarget(
+            host="10.0.0.5", user="root", port=2222, common_args="-o ControlMaster=auto -o UserKnownHostsFile='/a b'"
+        )
+    )
     assert argv.index("ControlMaster=no") < argv.index("ControlMaster=auto")
     assert "UserKnownHostsFile=/a b" in argv
     assert argv[argv.index("-i") + 1] == "/k/new" and argv[argv.index("-p") + 1] == "2222"

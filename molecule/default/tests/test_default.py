@@ -3,6 +3,7 @@
 testinfra connects with the new key alone (ssh_config written by verify.yml), so every test passing on a host
 also proves the new key logs in there. ZMOL_DIR is molecule's ephemeral directory with the keys.
 """
+
 import os
 import subprocess
 
@@ -30,10 +31,32 @@ def test_authorized_keys_holds_new_key_and_unrelated_lines_only(host):
 
 def test_sshd_refuses_the_bootstrap_key(host):
     proc = subprocess.run(
-        ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-         "-o", "ControlPath=none", "-o", "UserKnownHostsFile=%s" % os.path.join(ZMOL_DIR, "known_hosts"),
-         "-o", "StrictHostKeyChecking=yes", "-i", os.path.join(ZMOL_DIR, "bootstrap_ed25519"),
-         "root@%s" % host.backend.hostname, "true"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False)
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "UserKnownHostsFile={}".format(os.path.join(ZMOL_DIR, "known_hosts")),
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-i",
+            os.path.join(ZMOL_DIR, "bootstrap_ed25519"),
+            f"root@{host.backend.hostname}",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert proc.returncode == 255
     assert "Permission denied (publickey)" in proc.stderr

@@ -4,6 +4,7 @@
 exit: prints a reason on stderr and exits 3; silent: prints nothing; garbage: prints text that is not JSON;
 slow: never answers; loop: answers with a configuration that leaves provisioning on.
 """
+
 import json
 import sys
 import time
@@ -23,6 +24,13 @@ elif mode == "slow":
     sys.stderr.flush()
     time.sleep(600)
 elif mode == "loop":
-    print(json.dumps({"defer": False, "certificate": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----",
-                      "ca": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----",
-                      "configuration": {"identity": request["identity"], "plugin.choria.server.provision": "true"}}))
+    print(
+        json.dumps(
+            {
+                "defer": False,
+                "certificate": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----",
+                "ca": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----",
+                "configuration": {"identity": request["identity"], "plugin.choria.server.provision": "true"},
+            }
+        )
+    )

@@ -10,6 +10,7 @@ with a CA it is given, and prints certificate, CA and configuration. Usage::
 (one a line) in ``--defer-file`` are deferred: they stay in provisioning mode until a later run. A CSR whose CN
 is not the node's identity, or with an RSA key under 2048 bits, is refused (exit 1, reason on stderr).
 """
+
 import argparse
 import datetime
 import json
@@ -22,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 def refuse(reason):
-    sys.stderr.write("policy_helper: %s\n" % reason)
+    sys.stderr.write(f"policy_helper: {reason}\n")
     sys.exit(1)
 
 
@@ -42,17 +43,17 @@ def main():
     if args.defer_file:
         with open(args.defer_file) as handle:
             if identity in {line.strip() for line in handle}:
-                print(json.dumps({"defer": True, "msg": "%s is on the hold list" % identity}))
+                print(json.dumps({"defer": True, "msg": f"{identity} is on the hold list"}))
                 return
 
     if not request.get("csr"):
-        refuse("no CSR for %s" % identity)
+        refuse(f"no CSR for {identity}")
     csr = x509.load_pem_x509_csr(request["csr"]["csr"].encode())
     if not csr.is_signature_valid:
-        refuse("CSR signature of %s is invalid" % identity)
+        refuse(f"CSR signature of {identity} is invalid")
     cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if [a.value for a in cns] != [identity]:
-        refuse("CSR common name %s is not the identity %s" % ([a.value for a in cns], identity))
+        refuse(f"CSR common name {[a.value for a in cns]} is not the identity {identity}")
     key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
         refuse("CSR of %s has an RSA key of %d bits; at least 2048 are required" % (identity, key.key_size))
@@ -63,18 +64,21 @@ def main():
         ca_key = serialization.load_pem_private_key(handle.read(), password=None)
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=args.days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=args.days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
 
     with open(args.config) as handle:
         configuration = json.load(handle)
@@ -82,11 +86,19 @@ def main():
     facts = inventory.get("facts") or {}
     if isinstance(facts, dict) and facts.get("role"):
         configuration["plugin.zeroinit.role"] = str(facts["role"])
-    print(json.dumps({
-        "defer": False, "shutdown": False, "msg": "signed by policy_helper",
-        "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
-        "ca": ca_pem.decode(), "ssldir": request["csr"]["ssldir"], "configuration": configuration,
-    }))
+    print(
+        json.dumps(
+            {
+                "defer": False,
+                "shutdown": False,
+                "msg": "signed by policy_helper",
+                "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+                "ca": ca_pem.decode(),
+                "ssldir": request["csr"]["ssldir"],
+                "configuration": configuration,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
