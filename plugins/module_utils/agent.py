@@ -40,11 +40,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .common.deps import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, HAS_NATS, NATS_IMPORT_ERROR
 from .node_actions import (
     AGENT_VERSION,
-    CRYPTOGRAPHY_IMPORT_ERROR,
     DEFAULT_SPLAY_MAX,
-    HAS_CRYPTOGRAPHY,
     MODE_CONFIGURED,
     MODE_PROVISIONING,
     PROVISION_AGENT,
@@ -88,7 +87,7 @@ from .protocol import (
     reply_subject,
     valid_identity,
 )
-from .rpc import HAS_NATS, NATS_IMPORT_ERROR, RpcError, connect, tls_context
+from .rpc import RpcError, connect, tls_context
 
 log = logging.getLogger("zeroinit.agent")
 

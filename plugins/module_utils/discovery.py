@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from .common.deps import MissingDependency, NatsError, require
 from .protocol import (
     DISCOVERY_PING,
     DISCOVERY_PONG,
@@ -37,7 +38,7 @@ from .protocol import (
     rpc_request_body,
     valid_identity,
 )
-from .rpc import HAS_NATS, NATS_IMPORT_ERROR, NatsError, RpcClient, RpcError, connect, reply_error, tls_context
+from .rpc import RpcClient, RpcError, connect, reply_error, tls_context
 
 DEFAULT_CALLERID = "zeroinit-inventory"
 DEFAULT_DISCOVERY_TIMEOUT = 2.0
@@ -465,8 +466,10 @@ def discover_fleet(
 
     Raises DiscoveryError when the options are wrong or no broker can be reached.
     """
-    if not HAS_NATS:
-        raise DiscoveryError(f"the Python library nats-py is required for discovery: {NATS_IMPORT_ERROR}")
+    try:
+        require("nats", "for discovery")
+    except MissingDependency as exc:
+        raise DiscoveryError(str(exc)) from None
     run = FleetDiscovery(
         brokers,
         collective=collective,

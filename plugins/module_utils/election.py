@@ -40,20 +40,17 @@ import socket
 import struct
 import sys
 import time
-import traceback
 
-try:
-    from zeroconf import Error as ZeroconfError
-    from zeroconf import IPVersion, NonUniqueNameException, RecordUpdateListener, ServiceInfo
-    from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
-
-    HAS_ZEROCONF = True
-    ZEROCONF_IMPORT_ERROR = None
-except ImportError:
-    HAS_ZEROCONF = False
-    ZEROCONF_IMPORT_ERROR = traceback.format_exc()
-    RecordUpdateListener = object  # the listener class below still has to be definable
-    ZeroconfError = OSError
+from .common.deps import (
+    HAS_ZEROCONF,
+    AsyncServiceBrowser,
+    AsyncZeroconf,
+    IPVersion,
+    NonUniqueNameException,
+    RecordUpdateListener,
+    ServiceInfo,
+    ZeroconfError,
+)
 
 LOG = logging.getLogger(__name__)
 SERVICE_TYPE = "_zeroinit-elect._udp.local."

@@ -27,11 +27,11 @@ import json
 import os
 import re
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from .files import atomic_write, fsync_directory, read_text
+from .common.deps import HAS_CRYPTOGRAPHY, InvalidSignature, NameOID, ec, hashes, rsa, serialization, x509
+from .common.files import atomic_write, fsync_directory, read_bytes, read_text, remove_quietly, write_file
 from .node_config import (
     IDENTITY_KEY,
     MIDDLEWARE_KEY,
@@ -57,19 +57,6 @@ from .protocol import (
     now,
     rpc_reply_body,
 )
-
-try:
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import NameOID
-
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported by the daemon at start
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 AGENT_VERSION = "1.0.0"
 PROVISION_AGENT = "choria_provision"
@@ -581,16 +568,16 @@ def write_set(
             if os.path.islink(path):
                 raise OSError(f"refusing to write {path}: it is a symbolic link")
             tmp = path + ".staged"
-            _write_file(tmp, data if isinstance(data, bytes) else data.encode("utf-8"), mode, durable)
+            write_file(tmp, data, mode, durable)
             staged.append((tmp, path))
         if journal:
-            _write_file(journal_path + ".staged", json.dumps(staged).encode("utf-8"), 0o600, durable)
+            write_file(journal_path + ".staged", json.dumps(staged), 0o600, durable)
             os.replace(journal_path + ".staged", journal_path)
             if durable:
                 fsync_directory(node_dir)
     except BaseException:
         for tmp, _path in staged:
-            _unlink(tmp)
+            remove_quietly(tmp)
         raise
     for tmp, path in staged:
         if slow:
@@ -628,37 +615,9 @@ def recover_configure(node_dir: str) -> str:
             continue
         for name in names:
             if name.endswith(".staged"):
-                _unlink(os.path.join(directory, name))
+                remove_quietly(os.path.join(directory, name))
                 outcome = outcome or "discarded"
     return outcome
-
-
-def _write_file(path: str, data: bytes, mode: int, durable: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchmod(fd, mode)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- crypto

@@ -43,24 +43,26 @@ import os
 import re
 import secrets
 import stat
-import traceback
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from .files import atomic_write, atomic_write_many
-
-try:
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError:
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+from .common.deps import (
+    HAS_CRYPTOGRAPHY,
+    ExtendedKeyUsageOID,
+    InvalidSignature,
+    MissingDependency,
+    NameOID,
+    UnsupportedAlgorithm,
+    ec,
+    ed448,
+    ed25519,
+    hashes,
+    require,
+    rsa,
+    serialization,
+    x509,
+)
+from .common.files import atomic_write, atomic_write_many
 
 KEY_TYPES = ("ec", "rsa", "ed25519", "ed448")
 CA_KEY_TYPES = ("ec", "rsa", "ed25519")
@@ -114,8 +116,10 @@ class PolicyError(PkiError):
 
 
 def _require_cryptography() -> None:
-    if not HAS_CRYPTOGRAPHY:
-        raise PkiError(f"the Python library 'cryptography' is required: {CRYPTOGRAPHY_IMPORT_ERROR}")
+    try:
+        require("cryptography")
+    except MissingDependency as exc:
+        raise PkiError(str(exc)) from None
 
 
 def _now() -> datetime.datetime:

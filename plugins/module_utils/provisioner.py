@@ -15,10 +15,10 @@ import json
 import math
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from .common.deps import HAS_CRYPTOGRAPHY, serialization, x509
 from .protocol import (
     PROVISIONING_COLLECTIVE,
     REGISTRATION_SUBJECT,
@@ -40,16 +40,6 @@ from .provision_helper import (
     run_helper,
 )
 from .rpc import RpcClient, RpcError, reply_error, tls_context
-
-try:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported by the caller
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 PROVISION_AGENT = "choria_provision"
 STEPS = ("inventory", "gencsr", "decide", "configure", "restart")

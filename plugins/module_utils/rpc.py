@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import traceback
 from typing import Any, Awaitable, Callable
 
+from .common.deps import MissingDependency, NatsError, nats, require
 from .protocol import (
     DEFAULT_TTL,
     DISCOVERY_PING,
@@ -32,17 +32,6 @@ from .protocol import (
     reply_inbox_prefix,
     reply_subject,
 )
-
-try:
-    import nats
-    from nats.errors import Error as NatsError
-
-    HAS_NATS = True
-    NATS_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported by the caller with missing_required_lib
-    HAS_NATS = False
-    NATS_IMPORT_ERROR = traceback.format_exc()
-    NatsError = Exception
 
 
 class RpcError(RuntimeError):
@@ -77,8 +66,10 @@ async def connect(
     **kwargs: Any,
 ):
     """A nats-py connection with settings suited to a provisioning network."""
-    if not HAS_NATS:
-        raise RpcError(f"the Python library nats-py is required: {NATS_IMPORT_ERROR}")
+    try:
+        require("nats")
+    except MissingDependency as exc:
+        raise RpcError(str(exc)) from None
     options: dict = dict(
         servers=list(brokers),
         name=name,

@@ -25,21 +25,10 @@ import shlex
 import stat
 import struct
 import subprocess
-import tempfile
-import traceback
 from dataclasses import dataclass, field
 
-from .files import atomic_write
-
-try:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError:
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+from .common.deps import HAS_CRYPTOGRAPHY, ed25519, rsa, serialization
+from .common.files import atomic_create, atomic_write
 
 KEY_TYPES = (
     "ssh-ed25519",
@@ -517,19 +506,8 @@ class ControllerKeyPair:
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                return self.load()  # another fork won the race: its key is the key of this run
-        finally:
-            os.unlink(tmp)
+        if not atomic_create(self.path, pem, 0o600):
+            return self.load()  # another fork won the race: its key is the key of this run
         public = _public_of(private, self.comment)
         atomic_write(self.public_path, public.line + "\n", mode=0o644)
         return KeyPairResult(public, True, self.path)

@@ -320,18 +320,19 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
-    signer_argument_spec,
+    HAS_NATS,
+    NATS_IMPORT_ERROR,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import signer_argument_spec
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioner import (
     ProvisionError,
     ProvisionSettings,
     provision,
     run_action,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import HAS_NATS, NATS_IMPORT_ERROR
 
 ARGUMENT_SPEC = dict(
     action=dict(

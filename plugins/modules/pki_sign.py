@@ -258,9 +258,11 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
+)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
     CertificateIssuance,
     PkiError,
     PolicyError,

@@ -152,9 +152,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import HAS_ZEROCONF, ZEROCONF_IMPORT_ERROR
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election import (
-    HAS_ZEROCONF,
-    ZEROCONF_IMPORT_ERROR,
     ElectionError,
     LeaderElection,
     address_key,
