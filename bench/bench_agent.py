@@ -26,9 +26,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, connect  # noqa: E402
-from tests.support.fleet import AgentFleet, TestCA, provision_node  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from tests.support.fleet import AgentFleet, TestCA, provision_node
 
 
 def rss_kib(pid: int) -> int:

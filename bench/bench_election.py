@@ -25,8 +25,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election import SETTLE_SECONDS  # noqa: E402
-from tests.support.netns import TestNetwork  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election import SETTLE_SECONDS
+from tests.support.netns import TestNetwork
 
 ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election"
 GOODBYE_SECONDS = 0.25

@@ -29,12 +29,12 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_agent import machine, nats_floor  # noqa: E402
+from bench_agent import machine, nats_floor
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery  # noqa: E402
-from tests.support.ansible_run import VENV_BIN, ansible_env  # noqa: E402
-from tests.support.fleet import AgentFleet  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery
+from tests.support.ansible_run import VENV_BIN, ansible_env
+from tests.support.fleet import AgentFleet
 
 # Runs one command and reports its peak RSS: the wrapper's only child is the command.
 PEAK_RSS = (

@@ -26,10 +26,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect  # noqa: E402
-from tests.support.fleet import AgentFleet  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from tests.support.fleet import AgentFleet
 
 TOKEN = "bench-token"
 RESPONDER = r"""

@@ -22,8 +22,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.support.ansible_run import run_playbook  # noqa: E402
-from tests.support.netns import TestNetwork  # noqa: E402
+from tests.support.ansible_run import run_playbook
+from tests.support.netns import TestNetwork
 
 PING = """
 - name: Floor

@@ -30,9 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, tls_context
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, RpcError, tls_context
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, RpcError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN = ROOT / "demo-run"
@@ -236,7 +237,7 @@ def main():
             answered = asyncio.run(
                 ping_members(members.url, identities, str(RUN / "ca" / "ca.pem"), operator_cert, operator_key)
             )
-        except RpcError as exc:
+        except (ConnectError, RpcError) as exc:
             print(f"could not ask the members: {exc}")
             answered = {}
         row = "%-28s %-13s %-12s %-5s %-6s %s"

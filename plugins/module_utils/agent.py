@@ -40,16 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .common.deps import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, HAS_NATS, NATS_IMPORT_ERROR
-from .node_actions import (
-    AGENT_VERSION,
-    DEFAULT_SPLAY_MAX,
-    MODE_CONFIGURED,
-    MODE_PROVISIONING,
-    PROVISION_AGENT,
-    ProvisionNode,
-)
-from .node_config import (
+from .choria.config import (
     AGENT_BROKERS_KEY,
     AGENT_FACTS_KEY,
     AGENT_FSYNC_KEY,
@@ -70,24 +61,29 @@ from .node_config import (
     broker_urls,
     load_config,
 )
-from .protocol import (
+from .choria.events import lifecycle_event, registration_document
+from .choria.filters import filter_matches
+from .choria.protocol import ProtocolError, Reply, decode_request, encode_reply
+from .choria.subjects import (
     LIFECYCLE_COMPONENT,
     REGISTRATION_SUBJECT,
     REGISTRATION_SUBJECT_PER_NODE,
-    ProtocolError,
-    Reply,
     broadcast_subject,
-    decode_request,
-    encode_reply,
-    filter_matches,
-    lifecycle_event,
     lifecycle_subject,
     node_subject,
-    registration_document,
     reply_subject,
     valid_identity,
 )
-from .rpc import RpcError, connect, tls_context
+from .choria.transport import ConnectError, connect, tls_context
+from .common.deps import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, HAS_NATS, NATS_IMPORT_ERROR
+from .node_actions import (
+    AGENT_VERSION,
+    DEFAULT_SPLAY_MAX,
+    MODE_CONFIGURED,
+    MODE_PROVISIONING,
+    PROVISION_AGENT,
+    ProvisionNode,
+)
 
 log = logging.getLogger("zeroinit.agent")
 
@@ -298,7 +294,7 @@ class NodeAgent:
                     link = Link(self, self.settings.brokers, "zeroinit-agent-%d-%d" % (os.getpid(), index))
                     self.provisioning_links.append(await link.open())
                 return True
-            except RpcError as exc:
+            except ConnectError as exc:
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 try:
                     await asyncio.wait_for(self.stopping.wait(), delay)
@@ -309,7 +305,7 @@ class NodeAgent:
 
     async def _provisioning_link(self) -> Link:
         if not self.provisioning_links and not await self.open_provisioning_links():
-            raise RpcError("no provisioning connection")
+            raise ConnectError("no provisioning connection")
         link = self.provisioning_links[self._next_link % len(self.provisioning_links)]
         self._next_link += 1
         return link
@@ -561,7 +557,7 @@ class NodeAgent:
         for node in self.nodes.values():
             try:
                 link = await self.attach(node)
-            except (RpcError, OSError, ValueError) as exc:
+            except (ConnectError, OSError, ValueError) as exc:
                 log.warning("%s: could not join its collective (%s); retrying in the background", node.identity, exc)
                 self.spawn(self.attach_with_retry(node))
                 continue

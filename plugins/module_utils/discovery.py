@@ -18,27 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import ssl
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from .common.deps import MissingDependency, NatsError, require
-from .protocol import (
-    DISCOVERY_PING,
-    DISCOVERY_PONG,
+from .choria.events import parse_lifecycle_event, parse_registration
+from .choria.protocol import DISCOVERY_PING, DISCOVERY_PONG, ProtocolError, rpc_request_body
+from .choria.subjects import (
     LIFECYCLE_COMPONENT,
     PROVISIONING_COLLECTIVE,
     REGISTRATION_SUBJECT,
-    ProtocolError,
-    decode_request,
     lifecycle_subject,
-    parse_lifecycle_event,
-    rpc_request_body,
     valid_identity,
 )
-from .rpc import RpcClient, RpcError, connect, reply_error, tls_context
+from .choria.transport import ConnectError, connect, tls_context
+from .common.deps import MissingDependency, NatsError, require
+from .rpc import RpcClient, RpcError, reply_error
 
 DEFAULT_CALLERID = "zeroinit-inventory"
 DEFAULT_DISCOVERY_TIMEOUT = 2.0
@@ -110,32 +106,6 @@ def inventory_summary(data: Any) -> dict:
     if not isinstance(data, dict):
         return {}
     return {key: value for key, value in data.items() if key != "facts"}
-
-
-def parse_registration(raw: Any) -> tuple[str, dict] | None:
-    """``(identity, facts)`` from registration data, or None when it is not registration data.
-
-    Accepts the bare registration document (``protocol.registration_document``) and the same document carried
-    as the body of a Choria request, which is how older go-choria servers publish it.
-    """
-    doc: Any = None
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-        doc = json.loads(text)
-    except (TypeError, ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(doc, dict) and doc.get("protocol") == "choria:transport:1":
-        try:
-            doc = decode_request(raw).body
-        except ProtocolError:
-            return None
-    if not isinstance(doc, dict):
-        return None
-    identity = doc.get("identity")
-    facts = doc.get("facts")
-    if not isinstance(identity, str):
-        return None
-    return identity, facts if isinstance(facts, dict) else {}
 
 
 def check_settings(timeout: Any, listen: Any, expect: Any, inventory_timeout: Any) -> None:
@@ -395,7 +365,7 @@ class FleetDiscovery:
                 reconnect=False,
                 max_reconnect_attempts=1,
             )
-        except RpcError as exc:
+        except ConnectError as exc:
             raise DiscoveryError(
                 "cannot reach the provisioning broker(s) {}: {}".format(
                     ", ".join(self.brokers), str(exc).split(": ", 1)[-1]

@@ -30,9 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .common.deps import HAS_CRYPTOGRAPHY, InvalidSignature, NameOID, ec, hashes, rsa, serialization, x509
-from .common.files import atomic_write, fsync_directory, read_bytes, read_text, remove_quietly, write_file
-from .node_config import (
+from .choria.config import (
     IDENTITY_KEY,
     MIDDLEWARE_KEY,
     PROVISION_KEY,
@@ -47,16 +45,18 @@ from .node_config import (
     provision_enabled,
     render_config,
 )
-from .protocol import (
+from .choria.protocol import (
     DISCOVERY_PING,
     DISCOVERY_PONG,
-    PROVISIONING_COLLECTIVE,
     Request,
     StatusCode,
     constant_time_equal,
     now,
     rpc_reply_body,
 )
+from .choria.subjects import PROVISIONING_COLLECTIVE
+from .common.deps import HAS_CRYPTOGRAPHY, InvalidSignature, NameOID, ec, hashes, rsa, serialization, x509
+from .common.files import atomic_write, fsync_directory, read_bytes, read_text, remove_quietly, write_file
 
 AGENT_VERSION = "1.0.0"
 PROVISION_AGENT = "choria_provision"

@@ -18,16 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .choria.events import parse_lifecycle_event
+from .choria.filters import identity_filter
+from .choria.protocol import ProtocolError
+from .choria.subjects import PROVISIONING_COLLECTIVE, REGISTRATION_SUBJECT, lifecycle_subject, valid_identity
+from .choria.transport import ConnectError, tls_context
 from .common.deps import HAS_CRYPTOGRAPHY, serialization, x509
-from .protocol import (
-    PROVISIONING_COLLECTIVE,
-    REGISTRATION_SUBJECT,
-    ProtocolError,
-    identity_filter,
-    lifecycle_subject,
-    parse_lifecycle_event,
-    valid_identity,
-)
 from .provision_helper import (
     DEFAULT_HELPER_TIMEOUT,
     PROVISION_KEY,
@@ -39,7 +35,7 @@ from .provision_helper import (
     merge_configuration,
     run_helper,
 )
-from .rpc import RpcClient, RpcError, reply_error, tls_context
+from .rpc import RpcClient, RpcError, reply_error
 
 PROVISION_AGENT = "choria_provision"
 STEPS = ("inventory", "gencsr", "decide", "configure", "restart")
@@ -377,7 +373,7 @@ class ChoriaProvisioner:
         self.client = self._client()
         try:
             await self.client.connect()
-        except RpcError as exc:
+        except (ConnectError, RpcError) as exc:
             raise ProvisionError(str(exc)) from None
         subs: list = []
         workers: list = []
@@ -486,7 +482,7 @@ class ChoriaProvisioner:
         self.client = self._client()
         try:
             await self.client.connect()
-        except RpcError as exc:
+        except (ConnectError, RpcError) as exc:
             raise ProvisionError(str(exc)) from None
         try:
             if action == "inventory":

@@ -13,14 +13,14 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, free_port
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
     DiscoveryError,
     FleetDiscovery,
     discover_fleet,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect
 from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, run_playbook
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 

@@ -21,10 +21,10 @@ from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provision_helper import NodeFailure
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "fleet-token"

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import identity_filter
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.filters import identity_filter
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import node_actions as na
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import (
     Request,
     StatusCode,
     rpc_request_body,

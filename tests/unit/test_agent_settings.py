@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import agent
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import ConfigError
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import ConfigError
 
 
 def settings(tmp_path, text, *flags):

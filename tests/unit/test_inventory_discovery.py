@@ -7,7 +7,7 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import events, protocol, subjects
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery
 
 
@@ -15,8 +15,8 @@ def message(doc) -> SimpleNamespace:
     return SimpleNamespace(data=json.dumps(doc).encode("utf-8"))
 
 
-def event(event_type, identity, component=protocol.LIFECYCLE_COMPONENT):
-    return message(protocol.lifecycle_event(event_type, identity, component=component, version="1.0"))
+def event(event_type, identity, component=subjects.LIFECYCLE_COMPONENT):
+    return message(events.lifecycle_event(event_type, identity, component=component, version="1.0"))
 
 
 def pong(identity):
@@ -44,7 +44,7 @@ def feed(steps, **options):
 
 
 def test_nodes_found_by_pong_event_or_registration_carry_how_they_were_found():
-    registration = protocol.registration_document("c.example.net", {"role": "db"})
+    registration = events.registration_document("c.example.net", {"role": "db"})
     run, warnings, _enough = feed(
         [
             ("_on_pong", pong("a.example.net")),
@@ -75,7 +75,7 @@ def test_shutdown_and_provisioned_nodes_are_gone_until_they_come_back():
             ("_on_lifecycle", event("startup", "a.example.net")),  # restarted: waiting again
             ("_on_lifecycle", event("shutdown", "stranger.example.net")),
             ("_on_pong", pong("stranger.example.net")),  # its pong, handled after its shutdown: still gone
-            ("_on_registration", message(protocol.registration_document("b.example.net", {}))),  # older data, late
+            ("_on_registration", message(events.registration_document("b.example.net", {}))),  # older data, late
         ]
     )
     assert sorted(records(run)) == ["a.example.net", "c.example.net"]

@@ -3,7 +3,6 @@ variables on a real in-memory InventoryData, untrusted facts, and the cache (jso
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -153,19 +152,6 @@ def test_settings_are_checked_naming_the_option():
     with pytest.raises(discovery.DiscoveryError, match="inventory_timeout"):
         discovery.check_settings(2, 0, None, "soon")
     discovery.check_settings(2, 0, 5, 10)
-
-
-def test_registration_data_is_read_bare_and_inside_a_choria_request():
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
-
-    doc = protocol.registration_document("n1.example.net", {"role": "web"})
-    assert discovery.parse_registration(json.dumps(doc).encode()) == ("n1.example.net", {"role": "web"})
-    wrapped = protocol.encode_request(
-        protocol.Request(agent="registration", body=doc, callerid="choria=n1", senderid="n1.example.net")
-    )
-    assert discovery.parse_registration(wrapped) == ("n1.example.net", {"role": "web"})
-    assert discovery.parse_registration(b"not json") is None
-    assert discovery.parse_registration(b'{"facts": {}}') is None
 
 
 def test_inventory_summary_keeps_everything_but_the_facts():

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import Reply, rpc_reply_body
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import Reply, rpc_reply_body
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provision_helper import Decision, NodeFailure
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcTimeout
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import node_config as nc
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import config as nc
 
 
 def test_parse_trims_and_skips_comments_and_blank_lines():

@@ -12,7 +12,8 @@ and for a reply ``choria:transport:1`` -> ``choria:secure:reply:1`` {message, ha
 -> ``choria:reply:1``. In insecure provisioning mode ``signature`` and ``pubcert`` are the string ``insecure``.
 
 Pure Python with no third-party imports: the node agent, the modules, the inventory plugin and the tests all
-build and read messages through this file.
+build and read messages through this file. Subjects are in ``subjects.py``, filters in ``filters.py``, lifecycle
+events and registration data in ``events.py``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import binascii
 import hashlib
 import hmac
 import json
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own escaping of a str
 from typing import Any
+
+from .filters import empty_filter
+from .subjects import PROVISIONING_COLLECTIVE, reply_subject
 
 TRANSPORT = "choria:transport:1"
 SECURE_REQUEST = "choria:secure:request:1"
@@ -36,14 +39,10 @@ SECURE_REPLY = "choria:secure:reply:1"
 REPLY = "choria:reply:1"
 INSECURE = "insecure"
 
-PROVISIONING_COLLECTIVE = "provisioning"
 DEFAULT_TTL = 60
 MIN_TTL = 30  # the request schema's minimum
-LIFECYCLE_COMPONENT = "provision_mode_server"
-REGISTRATION_SUBJECT = "choria.provisioning_data"
-# Newer Choria servers publish registration data per node as well; we publish both (cheap).
-REGISTRATION_SUBJECT_PER_NODE = "choria.provisioning_data.{identity}"
-LIFECYCLE_SUBJECT_WILDCARD = "choria.lifecycle.event.>"
+
+PROVISION_AGENT = "choria_provision"
 
 # The discovery agent's raw body and answer (not mcorpc JSON).
 DISCOVERY_PING = "ping"
@@ -76,42 +75,6 @@ class ProtocolError(ValueError):
     """A message that is not valid Choria protocol v1; the text says which layer and field."""
 
 
-# --------------------------------------------------------------------------------------------- subjects
-
-
-def _md5hex(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8")).hexdigest()  # nosec - subject naming, as Choria does
-
-
-def node_subject(identity: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
-    return f"{collective}.node.{identity}"
-
-
-def broadcast_subject(agent: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
-    return f"{collective}.broadcast.agent.{agent}"
-
-
-def reply_subject(callerid: str, requestid: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
-    return f"{collective}.reply.{_md5hex(callerid)}.{requestid}"
-
-
-def reply_inbox_prefix(callerid: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
-    """The subject prefix under which every reply to ``callerid`` arrives (subscribe to ``prefix + '.>'``)."""
-    return f"{collective}.reply.{_md5hex(callerid)}"
-
-
-def lifecycle_subject(event_type: str, component: str = LIFECYCLE_COMPONENT) -> str:
-    return f"choria.lifecycle.event.{event_type}.{component}"
-
-
-def valid_identity(identity: Any) -> bool:
-    """An identity must be usable as one NATS subject token (no spaces, dots allowed, no wildcards)."""
-    return isinstance(identity, str) and bool(_IDENTITY_RE.match(identity))
-
-
-_IDENTITY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
-
-
 # --------------------------------------------------------------------------------------------- ids, time
 
 
@@ -132,85 +95,6 @@ def constant_time_equal(given: Any, expected: str) -> bool:
     if not isinstance(given, str):
         return False
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------- filters
-
-
-def empty_filter() -> dict:
-    return {"fact": [], "cf_class": [], "agent": [], "identity": [], "compound": []}
-
-
-def identity_filter(identities) -> dict:
-    flt = empty_filter()
-    flt["identity"] = list(identities)
-    return flt
-
-
-def _fact_lookup(facts: dict, dotted: str):
-    value: Any = facts
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _compare(left: Any, operator: str, right: str) -> bool:
-    if left is None:
-        return False
-    if operator == "=~":
-        pattern = right[1:-1] if len(right) > 1 and right.startswith("/") and right.endswith("/") else right
-        try:
-            return re.search(pattern, str(left)) is not None
-        except re.error:
-            return False
-    if operator in ("==", "!="):
-        equal = str(left).lower() == right.lower() if isinstance(left, bool) else str(left) == right
-        return equal if operator == "==" else not equal
-    try:
-        lnum, rnum = float(left), float(right)
-    except (TypeError, ValueError):
-        lnum, rnum = str(left), right  # type: ignore[assignment]
-    return {"<": lnum < rnum, ">": lnum > rnum, "<=": lnum <= rnum, ">=": lnum >= rnum}.get(operator, False)
-
-
-def _identity_matches(pattern: str, identity: str) -> bool:
-    if len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/"):
-        try:
-            return re.search(pattern[1:-1], identity) is not None
-        except re.error:
-            return False
-    return pattern == identity
-
-
-def filter_matches(flt: Any, identity: str, agents, facts: dict, classes=()) -> bool:
-    """Whether a node matches a request filter: identities OR-ed; agents, facts and classes AND-ed.
-
-    Compound filters (Choria's expression language) are not evaluated; a request carrying one matches
-    nothing rather than everything, so a node never acts on a request it cannot judge.
-    """
-    if not flt:
-        return True
-    if not isinstance(flt, dict):
-        return False
-    identities = flt.get("identity") or []
-    if identities and not any(_identity_matches(p, identity) for p in identities):
-        return False
-    if any(a not in agents for a in flt.get("agent") or []):
-        return False
-    if any(c not in classes for c in flt.get("cf_class") or []):
-        return False
-    for fact in flt.get("fact") or []:
-        if not isinstance(fact, dict):
-            return False
-        if not _compare(
-            _fact_lookup(facts, str(fact.get("fact", ""))), str(fact.get("operator", "")), str(fact.get("value", ""))
-        ):
-            return False
-    if flt.get("compound"):
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------- messages
@@ -388,7 +272,8 @@ def encode_reply(rep: Reply) -> bytes:
 # --------------------------------------------------------------------------------------------- decoding
 
 
-def _json_object(raw: Any, where: str) -> dict:
+def parse_json_object(raw: Any, where: str) -> dict:
+    """A JSON object from bytes or text, refused (ProtocolError naming ``where``) when too large or not one."""
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) > MAX_MESSAGE_BYTES:
             raise ProtocolError("%s: message of %d bytes is larger than %d" % (where, len(raw), MAX_MESSAGE_BYTES))
@@ -432,7 +317,7 @@ def decode_body(message: str) -> Any:
     text = message.strip()
     if text.startswith("{"):
         try:
-            return _json_object(text, "body")
+            return parse_json_object(text, "body")
         except ProtocolError:
             raise ProtocolError("body: starts like JSON but does not parse") from None
     if text in (DISCOVERY_PING, DISCOVERY_PONG):
@@ -441,14 +326,14 @@ def decode_body(message: str) -> Any:
     if decoded is not None:
         decoded = decoded.strip()
         if decoded.startswith("{"):
-            return _json_object(decoded, "body (base64)")
+            return parse_json_object(decoded, "body (base64)")
         if decoded in (DISCOVERY_PING, DISCOVERY_PONG):
             return decoded
     return message
 
 
 def _unwrap_transport(raw: Any, secure_protocol: str) -> tuple[dict, dict]:
-    transport = _json_object(raw, "transport")
+    transport = parse_json_object(raw, "transport")
     _expect_protocol(transport, TRANSPORT, "transport")
     headers = transport.get("headers")
     if not isinstance(headers, dict):
@@ -457,7 +342,7 @@ def _unwrap_transport(raw: Any, secure_protocol: str) -> tuple[dict, dict]:
     secure_text = _b64_text(data)
     if secure_text is None:
         raise ProtocolError("transport: field 'data' is not base64 of UTF-8 text")
-    secure = _json_object(secure_text, "secure message")
+    secure = parse_json_object(secure_text, "secure message")
     _expect_protocol(secure, secure_protocol, "secure message")
     return headers, secure
 
@@ -469,7 +354,7 @@ def decode_request(raw: Any) -> Request:
     if not message.lstrip().startswith("{"):
         # Older clients base64 the request inside the secure request.
         message = _b64_text(message.strip()) or message
-    inner = _json_object(message, "request")
+    inner = parse_json_object(message, "request")
     _expect_protocol(inner, REQUEST, "request")
     env = inner.get("envelope")
     if not isinstance(env, dict):
@@ -506,7 +391,7 @@ def decode_reply(raw: Any) -> Reply:
     expected = reply_hash(message)
     if not constant_time_equal(secure.get("hash"), expected):
         raise ProtocolError("secure reply: hash does not match the message")
-    inner = _json_object(message, "reply")
+    inner = parse_json_object(message, "reply")
     _expect_protocol(inner, REPLY, "reply")
     env = inner.get("envelope")
     if not isinstance(env, dict):
@@ -516,54 +401,3 @@ def decode_reply(raw: Any) -> Reply:
     stamp = env.get("time") if isinstance(env.get("time"), int) else 0
     body = decode_body(_string_field(inner, "message", "reply"))
     return Reply(requestid=env["requestid"], senderid=env["senderid"], agent=env["agent"], body=body, time=stamp)
-
-
-# --------------------------------------------------------------------------------------------- events
-
-
-def lifecycle_event(
-    event_type: str, identity: str, component: str = LIFECYCLE_COMPONENT, version: str = "", extra: dict | None = None
-) -> dict:
-    """A Choria lifecycle event in CloudEvents v1 format (types: startup, shutdown, provisioned, alive)."""
-    event_id = str(uuid.uuid4())
-    stamp = now()
-    protocol = f"io.choria.lifecycle.v1.{event_type}"
-    data = {"protocol": protocol, "id": event_id, "identity": identity, "component": component, "timestamp": stamp}
-    if version:
-        data["version"] = version
-    if extra:
-        data.update(extra)
-    return {
-        "id": event_id,
-        "source": "io.choria.lifecycle",
-        "specversion": "1.0",
-        "subject": identity,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)),
-        "type": protocol,
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-
-
-def parse_lifecycle_event(raw: Any) -> dict:
-    """The ``data`` of a CloudEvents lifecycle event, or of a bare Choria-format one."""
-    doc = _json_object(raw, "lifecycle event")
-    data = doc.get("data") if isinstance(doc.get("data"), dict) else doc
-    if not isinstance(data.get("identity"), str) or not str(data.get("protocol", "")).startswith(
-        "io.choria.lifecycle.v1."
-    ):
-        raise ProtocolError("lifecycle event: missing identity or protocol")
-    data = dict(data)
-    data["type"] = data["protocol"].rsplit(".", 1)[-1]
-    return data
-
-
-def registration_document(identity: str, facts: dict, version: str = "") -> dict:
-    """The provisioning-mode registration payload (what a provisioner learns without asking)."""
-    return {
-        "protocol": "choria:registration:provisioning:1",
-        "identity": identity,
-        "version": version,
-        "timestamp": now(),
-        "facts": facts,
-    }
