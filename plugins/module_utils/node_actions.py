@@ -42,7 +42,7 @@ from .choria.config import (
     check_entry,
     collectives,
     parse_config,
-    provision_enabled,
+    provisioning_enabled,
     render_config,
 )
 from .choria.protocol import (
@@ -218,7 +218,7 @@ class ProvisionNode:
                 self.config = {}
         self.mode = (
             MODE_PROVISIONING
-            if provision_enabled(self.config) or not self.config.get(MIDDLEWARE_KEY)
+            if provisioning_enabled(self.config) or not self.config.get(MIDDLEWARE_KEY)
             else MODE_CONFIGURED
         )
 
@@ -489,7 +489,7 @@ class ProvisionNode:
             config = parse_config(text, source=self.server_conf)
         except ConfigError as exc:
             raise Refusal(StatusCode.ABORTED, f"refusing to restart {self.identity}: {exc}") from None
-        if provision_enabled(config):
+        if provisioning_enabled(config):
             raise Refusal(
                 StatusCode.ABORTED,
                 f"refusing to restart {self.identity}: {self.server_conf} leaves {PROVISION_KEY} enabled, the node would come back "

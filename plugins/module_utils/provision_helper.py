@@ -26,7 +26,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-PROVISION_KEY = "plugin.choria.server.provision"
+from .choria.config import FALSE_WORDS, PROVISION_KEY, provisioning_enabled
+
 DEFAULT_HELPER_TIMEOUT = 10.0
 STDERR_TAIL = 2000
 
@@ -77,11 +78,6 @@ def helper_request(identity: str, csr: dict | None, inventory: Any) -> dict:
         csr_doc = {"csr": csr.get("csr", ""), "public_key": csr.get("public_key", ""), "ssldir": csr.get("ssldir", "")}
     inventory_text = inventory if isinstance(inventory, str) else json.dumps(inventory or {}, sort_keys=True)
     return {"identity": identity, "csr": csr_doc, "ed25519_pubkey": None, "inventory": inventory_text, "jwt": None}
-
-
-def provisioning_left_on(configuration: dict) -> bool:
-    """True unless the configuration explicitly turns provisioning mode off (Choria's loop guard)."""
-    return str(configuration.get(PROVISION_KEY, "")).strip().lower() != "false"
 
 
 def merge_configuration(base: dict | None, decided: dict | None) -> dict:
@@ -144,9 +140,10 @@ def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str
 
 def check_configuration(identity: str, configuration: dict) -> None:
     """Refuse a configuration that would put the node straight back into provisioning mode."""
-    if provisioning_left_on(configuration):
+    if provisioning_enabled(configuration):
         raise NodeFailure(
-            f'configuration for {identity} leaves provisioning on: {PROVISION_KEY} must be "false" (got {configuration.get(PROVISION_KEY)!r}); '
+            f"configuration for {identity} leaves provisioning on: {PROVISION_KEY} must be an explicit false "
+            f"({', '.join(FALSE_WORDS)}; got {configuration.get(PROVISION_KEY)!r}); "
             "refusing to configure a node that would loop back into provisioning"
         )
 

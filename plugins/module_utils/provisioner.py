@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .choria.config import PROVISION_KEY
 from .choria.events import parse_lifecycle_event
 from .choria.filters import identity_filter
 from .choria.protocol import ProtocolError
@@ -26,7 +27,6 @@ from .choria.transport import ConnectError, tls_context
 from .common.deps import HAS_CRYPTOGRAPHY, serialization, x509
 from .provision_helper import (
     DEFAULT_HELPER_TIMEOUT,
-    PROVISION_KEY,
     Decision,
     NodeFailure,
     check_configuration,

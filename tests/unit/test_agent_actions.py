@@ -17,6 +17,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol
     rpc_request_body,
 )
 from tests.support.fleet import TestCA
+from tests.support.rules import LOOP_GUARD, loop_guard_config
 
 TOKEN = "s3cret"
 CONFIG = {
@@ -290,6 +291,22 @@ def test_restart_is_refused_when_provisioning_stays_on(node, ca):
     call(node, "configure", {"token": TOKEN, "config": json.dumps(conf)})
     code, msg, _data, _result = call(node, "restart", {"token": TOKEN})
     assert code == StatusCode.ABORTED and "plugin.choria.server.provision enabled" in msg
+
+
+@pytest.mark.parametrize("value,enabled", LOOP_GUARD)
+def test_loop_guard_decides_the_mode_at_load_and_restarts_refusal(node, ca, value, enabled):
+    provisioned_files(node, ca)
+    conf = loop_guard_config(value, **{k: v for k, v in CONFIG.items() if k != "plugin.choria.server.provision"})
+    lines = "".join(f"{key} = {text}\n" for key, text in conf.items())
+    with open(node.server_conf, "w") as handle:
+        handle.write(lines)
+    code, msg, _data, _result = call(node, "restart", {"token": TOKEN})
+    if enabled:
+        assert code == StatusCode.ABORTED and "plugin.choria.server.provision enabled" in msg
+    else:
+        assert code == 0, msg
+    node.load()
+    assert node.mode == (na.MODE_PROVISIONING if enabled else na.MODE_CONFIGURED)
 
 
 def test_restart_replies_then_asks_for_a_restart_with_clamped_splay(node, ca):

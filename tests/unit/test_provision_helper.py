@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provision_helper as ph
+from tests.support.rules import LOOP_GUARD, loop_guard_config
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -72,15 +73,14 @@ def test_bad_helper_output_fails_the_node_with_stderr(rc, stdout, needle):
         assert "helper says: boom" in text
 
 
-@pytest.mark.parametrize(
-    "value,left_on", [("false", False), ("FALSE", False), ("true", True), (None, True), ("no", True)]
-)
-def test_loop_guard_requires_provisioning_explicitly_off(value, left_on):
-    conf = {} if value is None else {ph.PROVISION_KEY: value}
-    assert ph.provisioning_left_on(conf) is left_on
-    if left_on:
+@pytest.mark.parametrize("value,enabled", LOOP_GUARD)
+def test_loop_guard_refuses_a_configuration_unless_provisioning_is_explicitly_off(value, enabled):
+    conf = loop_guard_config(value, identity="n1")
+    if enabled:
         with pytest.raises(ph.NodeFailure, match="leaves provisioning on"):
             ph.check_configuration("n1", conf)
+    else:
+        ph.check_configuration("n1", conf)
 
 
 def test_helper_configuration_wins_over_base():

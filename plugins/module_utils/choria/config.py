@@ -32,8 +32,8 @@ AGENT_FSYNC_KEY = "plugin.zeroinit.agent.fsync"
 AGENT_LOGLEVEL_KEY = "loglevel"
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_TRUE = ("1", "true", "yes", "on", "y", "t")
-_FALSE = ("0", "false", "no", "off", "n", "f", "")
+TRUE_WORDS = ("1", "true", "yes", "on", "y", "t")
+FALSE_WORDS = ("0", "false", "no", "off", "n", "f")
 
 
 class ConfigError(ValueError):
@@ -91,9 +91,9 @@ def as_bool(value: str | None, default: bool = False) -> bool:
     if value is None:
         return default
     text = value.strip().lower()
-    if text in _TRUE:
+    if text in TRUE_WORDS:
         return True
-    if text in _FALSE:
+    if text in FALSE_WORDS or text == "":
         return False
     raise ConfigError(f"not a boolean: {value!r}")
 
@@ -103,12 +103,16 @@ def as_list(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
-def provision_enabled(config: dict[str, str]) -> bool:
-    """Whether a node with this configuration stays in provisioning mode (unreadable values count as on)."""
-    try:
-        return as_bool(config.get(PROVISION_KEY), default=True)
-    except ConfigError:
-        return True
+def provisioning_enabled(config: dict) -> bool:
+    """THE loop-guard rule: whether a node with this configuration stays in (or returns to) provisioning mode.
+
+    Provisioning is off only when ``plugin.choria.server.provision`` is an explicit false word (``false``,
+    ``no``, ``off``, ``0``, ``n``, ``f``; trimmed, any case). Missing, empty or anything else leaves it on, so
+    a configuration that does not clearly say "off" is never taken for a configured node: the node stays
+    reachable for provisioning, and the controller refuses to send it.
+    """
+    value = config.get(PROVISION_KEY)
+    return value is None or str(value).strip().lower() not in FALSE_WORDS
 
 
 def collectives(config: dict[str, str]) -> tuple[list[str], str]:

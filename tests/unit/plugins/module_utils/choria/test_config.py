@@ -3,6 +3,7 @@
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import config as nc
+from tests.support.rules import LOOP_GUARD, loop_guard_config
 
 
 def test_parse_trims_and_skips_comments_and_blank_lines():
@@ -51,11 +52,10 @@ def test_render_refuses_a_value_that_would_smuggle_a_second_setting():
     assert nc.check_entry("k", 1) == "value of k must be a string, got int"
 
 
-def test_provision_flag_defaults_on_and_unreadable_counts_as_on():
-    assert nc.provision_enabled({}) is True
-    assert nc.provision_enabled({nc.PROVISION_KEY: "false"}) is False
-    assert nc.provision_enabled({nc.PROVISION_KEY: " No "}) is False
-    assert nc.provision_enabled({nc.PROVISION_KEY: "maybe"}) is True
+@pytest.mark.parametrize("value,enabled", LOOP_GUARD)
+def test_loop_guard_is_off_only_for_an_explicit_false_word(value, enabled):
+    assert nc.provisioning_enabled(loop_guard_config(value)) is enabled
+    assert nc.provisioning_enabled(loop_guard_config(value, identity="n1")) is enabled
 
 
 def test_collectives_and_broker_urls():
