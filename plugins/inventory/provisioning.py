@@ -153,11 +153,11 @@ from ansible.utils.unsafe_proxy import wrap_var
 from ansible.utils.vars import isidentifier
 from ansible.vars.reserved import is_reserved_name
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.brokers import BrokerUrlError, normalize_brokers
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
     DEFAULT_CALLERID,
     DiscoveryError,
     discover_fleet,
-    normalize_brokers,
     valid_node_identity,
 )
 
@@ -273,7 +273,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def _brokers(self):
         try:
             return normalize_brokers(self.get_option("brokers") or [])
-        except DiscoveryError as exc:
+        except BrokerUrlError as exc:
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
 
     def _query(self, brokers):

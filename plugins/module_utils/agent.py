@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .choria.brokers import BrokerUrlError, normalize_brokers, parse_broker
 from .choria.config import (
     AGENT_BROKERS_KEY,
     AGENT_FACTS_KEY,
@@ -58,7 +59,6 @@ from .choria.config import (
     ConfigError,
     as_bool,
     as_list,
-    broker_urls,
     load_config,
 )
 from .choria.events import lifecycle_event, registration_document
@@ -312,7 +312,7 @@ class NodeAgent:
 
     async def _configured_link(self, node: ProvisionNode) -> Link:
         config = node.config
-        brokers = broker_urls(config.get(MIDDLEWARE_KEY))
+        brokers = normalize_brokers(config.get(MIDDLEWARE_KEY), allow_empty=True)
         files = [config.get(k, "") for k in (SECURITY_CERT_KEY, SECURITY_KEY_KEY, SECURITY_CA_KEY)]
         uses_files = config.get(SECURITY_PROVIDER_KEY, "file") == "file" and all(f and os.path.exists(f) for f in files)
         if uses_files and not any(url.startswith("tls://") for url in brokers):
@@ -363,9 +363,8 @@ class NodeAgent:
     async def _read_broker_info(self, url: str) -> dict:
         info: dict = {}
         try:
-            hostport = url.split("://", 1)[-1].rsplit("@", 1)[-1]
-            host, _sep, port = hostport.rpartition(":")
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port or 4222)), 5)
+            broker = parse_broker(url)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(broker.host, broker.port), 5)
             try:
                 line = await asyncio.wait_for(reader.readline(), 5)
             finally:
@@ -663,6 +662,10 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     ):
         if value is not None:
             setattr(s, attr, value)
+    try:
+        s.brokers = normalize_brokers(s.brokers, allow_empty=True)
+    except BrokerUrlError as exc:
+        raise ConfigError(f"--broker / {AGENT_BROKERS_KEY}: {exc}") from None
     if s.fleet < 0 or s.connections < 1:
         raise ConfigError("--fleet must be >= 0 and --connections >= 1")
     if s.log_level not in ("debug", "info", "warning", "error"):

@@ -21,8 +21,8 @@ import contextlib
 import ssl
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
+from .choria.brokers import BrokerUrlError, normalize_brokers
 from .choria.events import parse_lifecycle_event, parse_registration
 from .choria.protocol import DISCOVERY_PING, DISCOVERY_PONG, ProtocolError, rpc_request_body
 from .choria.subjects import (
@@ -40,7 +40,6 @@ DEFAULT_CALLERID = "zeroinit-inventory"
 DEFAULT_DISCOVERY_TIMEOUT = 2.0
 DEFAULT_INVENTORY_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0
-BROKER_SCHEMES = ("nats", "tls", "ws", "wss")
 
 # One inventory request names up to INVENTORY_BATCH nodes (each gets its own node-directed copy); at most
 # INVENTORY_IN_FLIGHT such requests are outstanding, which bounds the reply burst a 2-core broker absorbs.
@@ -59,35 +58,6 @@ class DiscoveryError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- pure helpers
-
-
-def normalize_brokers(brokers: Any) -> list[str]:
-    """Broker URLs from a list or a comma-separated string; ``host:port`` becomes ``nats://host:port``."""
-    if isinstance(brokers, str):
-        brokers = brokers.split(",")
-    if not isinstance(brokers, (list, tuple)):
-        raise DiscoveryError(f"brokers must be a list of URLs like nats://host:4222, got {type(brokers).__name__}")
-    urls = []
-    for entry in brokers:
-        text = str(entry).strip() if entry is not None else ""
-        if not text:
-            continue
-        url = text if "://" in text else "nats://" + text
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise DiscoveryError(f"broker {text!r} is not a valid URL: {exc}") from None
-        if parts.scheme not in BROKER_SCHEMES:
-            raise DiscoveryError("broker {!r}: scheme must be one of {}".format(text, ", ".join(BROKER_SCHEMES)))
-        if not parts.hostname:
-            raise DiscoveryError(f"broker {text!r} has no host")
-        if port is None and parts.scheme in ("nats", "tls"):
-            url = f"{parts.scheme}://{parts.netloc}:4222"
-        urls.append(url)
-    if not urls:
-        raise DiscoveryError("brokers is empty: give at least one URL like nats://host:4222")
-    return urls
 
 
 def valid_node_identity(identity: Any) -> bool:
@@ -189,7 +159,10 @@ class FleetDiscovery:
         check_settings(timeout, listen, expect, inventory_timeout)
         if not valid_identity(collective) or "." in collective:
             raise DiscoveryError(f"collective {collective!r} is not a valid collective name")
-        self.brokers = normalize_brokers(brokers)
+        try:
+            self.brokers = normalize_brokers(brokers)
+        except BrokerUrlError as exc:
+            raise DiscoveryError(str(exc)) from None
         self.collective = collective
         self.timeout = float(timeout)
         self.listen = float(listen)

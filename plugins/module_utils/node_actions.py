@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .choria.brokers import BrokerUrlError, normalize_brokers
 from .choria.config import (
     IDENTITY_KEY,
     MIDDLEWARE_KEY,
@@ -495,7 +496,11 @@ class ProvisionNode:
                 f"refusing to restart {self.identity}: {self.server_conf} leaves {PROVISION_KEY} enabled, the node would come back "
                 "in provisioning mode",
             )
-        if not config.get(MIDDLEWARE_KEY):
+        try:
+            brokers = normalize_brokers(config.get(MIDDLEWARE_KEY), allow_empty=True)
+        except BrokerUrlError as exc:
+            raise Refusal(StatusCode.ABORTED, f"refusing to restart {self.identity}: {MIDDLEWARE_KEY}: {exc}") from None
+        if not brokers:
             raise Refusal(
                 StatusCode.ABORTED,
                 f"refusing to restart {self.identity}: {self.server_conf} names no {MIDDLEWARE_KEY} to connect to",

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .choria.brokers import BrokerUrlError, normalize_brokers
 from .choria.config import PROVISION_KEY
 from .choria.events import parse_lifecycle_event
 from .choria.filters import identity_filter
@@ -160,8 +161,10 @@ class ChoriaProvisioner:
 
     def __init__(self, settings: ProvisionSettings, signer: PolicySigner | None = None):
         self.s = settings
-        if not settings.brokers:
-            raise ProvisionError("brokers: at least one broker URL is required")
+        try:
+            self.brokers = normalize_brokers(settings.brokers)
+        except BrokerUrlError as exc:
+            raise ProvisionError(f"brokers: {exc}") from None
         self.helper_argv: list[str] | None = None
         if settings.helper is not None and settings.helper != "" and settings.helper != []:
             if settings.signer:
@@ -194,7 +197,7 @@ class ChoriaProvisioner:
             tls = tls_context(self.s.tls_ca, self.s.tls_cert, self.s.tls_key)
         except (OSError, ValueError) as exc:
             raise ProvisionError(f"broker TLS options: {exc}") from None
-        return RpcClient(self.s.brokers, callerid=self.s.callerid, collective=self.s.collective, tls=tls)
+        return RpcClient(self.brokers, callerid=self.s.callerid, collective=self.s.collective, tls=tls)
 
     async def _rpc(
         self,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, free_port
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol, subjects
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
     DiscoveryError,
@@ -220,8 +220,8 @@ class ListingInBackground:
     async def _start(self, pong_from: str | None) -> None:
         nc = await connect([self.broker_url], name="test-watch")
         try:
-            pings = await nc.subscribe(protocol.broadcast_subject("discovery"))
-            replies = await nc.subscribe(protocol.reply_inbox_prefix("choria=zeroinit-inventory") + ".>")
+            pings = await nc.subscribe(subjects.broadcast_subject("discovery"))
+            replies = await nc.subscribe(subjects.reply_inbox_prefix("choria=zeroinit-inventory") + ".>")
             await nc.flush()
             self.proc = subprocess.Popen(
                 [str(VENV_BIN / "ansible-inventory"), "-i", self.path, "--list"],

@@ -36,3 +36,25 @@ def loop_guard_config(value, **extra) -> dict:
     if value is not MISSING:
         config["plugin.choria.server.provision"] = value
     return config
+
+
+# Broker items -> the URLs they mean, or a phrase of the error naming the bad item.
+BROKER_URLS = [
+    (["nats://a:4222", " b:5222 ", "tls://c"], ["nats://a:4222", "nats://b:5222", "tls://c:4222"]),
+    ("nats://a:1,nats://b:2", ["nats://a:1", "nats://b:2"]),
+    ("nats1:4222, tls://nats2:4443,", ["nats://nats1:4222", "tls://nats2:4443"]),
+    ("h1", ["nats://h1:4222"]),
+    (["nats://h1", "nats://h1:4222", "h1"], ["nats://h1:4222"]),
+    ("ws://web, wss://Secure.Example", ["ws://web:80", "wss://secure.example:443"]),
+    ("[::1], nats://[fe80::1]:4333", ["nats://[::1]:4222", "nats://[fe80::1]:4333"]),
+    ("10.0.0.1", ["nats://10.0.0.1:4222"]),
+    ("TLS://Broker.Example:4443/", ["tls://broker.example:4443"]),
+    (["http://x:80"], "http://x:80"),
+    (["nats://h:port"], "nats://h:port"),
+    ("h:70000", "h:70000"),
+    ("::1", "::1"),
+    ("nats://[zz]:1", "nats://[zz]:1"),
+    ("a b", "a b"),
+    ([], "brokers is empty"),
+    ("", "brokers is empty"),
+]

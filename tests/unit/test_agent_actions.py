@@ -17,7 +17,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol
     rpc_request_body,
 )
 from tests.support.fleet import TestCA
-from tests.support.rules import LOOP_GUARD, loop_guard_config
+from tests.support.rules import BROKER_URLS, LOOP_GUARD, loop_guard_config
 
 TOKEN = "s3cret"
 CONFIG = {
@@ -307,6 +307,21 @@ def test_loop_guard_decides_the_mode_at_load_and_restarts_refusal(node, ca, valu
         assert code == 0, msg
     node.load()
     assert node.mode == (na.MODE_PROVISIONING if enabled else na.MODE_CONFIGURED)
+
+
+@pytest.mark.parametrize("value,expected", BROKER_URLS)
+def test_restart_reads_middleware_hosts_with_the_broker_rule(node, ca, value, expected):
+    provisioned_files(node, ca)
+    hosts = ",".join(value) if isinstance(value, list) else value
+    with open(node.server_conf, "w") as handle:
+        handle.write(f"plugin.choria.server.provision = false\nplugin.choria.middleware_hosts = {hosts}\n")
+    code, msg, _data, _result = call(node, "restart", {"token": TOKEN})
+    if isinstance(expected, list):
+        assert code == 0, msg
+    elif expected == "brokers is empty":
+        assert code == StatusCode.ABORTED and "names no plugin.choria.middleware_hosts" in msg
+    else:
+        assert code == StatusCode.ABORTED and expected in msg
 
 
 def test_restart_replies_then_asks_for_a_restart_with_clamped_splay(node, ca):

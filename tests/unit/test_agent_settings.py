@@ -1,9 +1,12 @@
 """The agent's settings: config file first, flags override, the token never shows, fleet identities and dirs."""
 
+import re
+
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import agent
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import ConfigError
+from tests.support.rules import BROKER_URLS
 
 
 def settings(tmp_path, text, *flags):
@@ -72,3 +75,18 @@ def test_fleet_identities_and_node_directories(tmp_path):
 def test_missing_config_file_exits_2_without_a_traceback(tmp_path, capsys):
     assert agent.main(["--config", str(tmp_path / "absent.conf")]) == 2
     assert "zeroinit-agent:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,expected", BROKER_URLS)
+def test_brokers_from_flags_and_file_follow_the_one_rule(tmp_path, value, expected):
+    items = value if isinstance(value, list) else [value]
+    flags = [arg for item in items for arg in ("--broker", item)]
+    joined = ",".join(items)
+    if isinstance(expected, list):
+        assert agent.settings_from(agent.parse_args(flags)).brokers == expected
+        assert settings(tmp_path, f"plugin.zeroinit.agent.brokers = {joined}\n").brokers == expected
+    elif expected == "brokers is empty":
+        assert agent.settings_from(agent.parse_args(flags)).brokers == []  # the daemon says so at start
+    else:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            agent.settings_from(agent.parse_args(flags))

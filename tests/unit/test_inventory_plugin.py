@@ -4,6 +4,7 @@ variables on a real in-memory InventoryData, untrusted facts, and the cache (jso
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 
 import pytest
@@ -15,6 +16,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin
 from ansible.plugins.loader import init_plugin_loader, inventory_loader
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import discovery
+from tests.support.rules import BROKER_URLS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAME = "zeroinit.bootstrap.provisioning"
@@ -104,19 +106,13 @@ def test_verify_file_refuses_a_missing_file(tmp_path):
 # ------------------------------------------------------------------------------------------ pure helpers
 
 
-def test_brokers_are_normalised_and_bad_ones_named():
-    assert discovery.normalize_brokers(["nats://a:4222", " b:5222 ", "tls://c"]) == [
-        "nats://a:4222",
-        "nats://b:5222",
-        "tls://c:4222",
-    ]
-    assert discovery.normalize_brokers("nats://a:1,nats://b:2") == ["nats://a:1", "nats://b:2"]
-    with pytest.raises(discovery.DiscoveryError, match="http://x:80"):
-        discovery.normalize_brokers(["http://x:80"])
-    with pytest.raises(discovery.DiscoveryError, match="brokers is empty"):
-        discovery.normalize_brokers([])
-    with pytest.raises(discovery.DiscoveryError, match="nats://h:port"):
-        discovery.normalize_brokers(["nats://h:port"])
+@pytest.mark.parametrize("value,expected", BROKER_URLS)
+def test_discovery_reads_brokers_with_the_one_rule(value, expected):
+    if isinstance(expected, list):
+        assert discovery.FleetDiscovery(value).brokers == expected
+    else:
+        with pytest.raises(discovery.DiscoveryError, match=re.escape(expected)):
+            discovery.FleetDiscovery(value)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import asyncio
 import datetime
 import json
+import re
 
 import pytest
 from cryptography import x509
@@ -14,6 +15,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisio
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import Reply, rpc_reply_body
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provision_helper import Decision, NodeFailure
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcTimeout
+from tests.support.rules import BROKER_URLS
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 CSR = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
@@ -201,3 +203,12 @@ def test_helper_certificate_must_parse_and_carry_the_csr_key():
     assert pv.certificate_problem(cert_pem, csr_pem) == ""
     assert "public key" in pv.certificate_problem(cert_pem, other_csr)
     assert "does not parse" in pv.certificate_problem(CERT, csr_pem)
+
+
+@pytest.mark.parametrize("value,expected", BROKER_URLS)
+def test_brokers_follow_the_one_rule(value, expected):
+    if isinstance(expected, list):
+        assert pv.ChoriaProvisioner(settings(brokers=value)).brokers == expected
+    else:
+        with pytest.raises(pv.ProvisionError, match=re.escape(expected)):
+            pv.ChoriaProvisioner(settings(brokers=value))

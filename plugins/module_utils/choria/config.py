@@ -126,11 +126,3 @@ def collectives(config: dict[str, str]) -> tuple[list[str], str]:
     if main not in names:
         names.insert(0, main)
     return names, main
-
-
-def broker_urls(value: str | None, default_scheme: str = "nats") -> list[str]:
-    """``plugin.choria.middleware_hosts`` (``host:port`` or URLs, comma separated) to URLs."""
-    urls = []
-    for item in as_list(value):
-        urls.append(item if "://" in item else f"{default_scheme}://{item}")
-    return urls

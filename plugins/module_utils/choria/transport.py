@@ -13,6 +13,7 @@ import ssl
 from typing import Any
 
 from ..common.deps import MissingDependency, NatsError, nats, require
+from .brokers import BrokerUrlError, parse_broker
 
 
 class ConnectError(RuntimeError):
@@ -53,8 +54,11 @@ async def connect(
     )
     if tls is not None:
         options["tls"] = tls
-        if brokers and "://" in brokers[0]:
-            options["tls_hostname"] = brokers[0].split("://", 1)[1].rsplit(":", 1)[0]
+        if brokers:
+            try:
+                options["tls_hostname"] = parse_broker(brokers[0]).host
+            except BrokerUrlError:
+                pass  # nats-py refuses the URL itself, with its own message
 
     last_error: list = []
 

@@ -58,11 +58,10 @@ def test_loop_guard_is_off_only_for_an_explicit_false_word(value, enabled):
     assert nc.provisioning_enabled(loop_guard_config(value, identity="n1")) is enabled
 
 
-def test_collectives_and_broker_urls():
+def test_collectives():
     assert nc.collectives({}) == (["mcollective"], "mcollective")
     assert nc.collectives({"collectives": "ops, dev"}) == (["ops", "dev"], "ops")
     assert nc.collectives({"collectives": "ops", "main_collective": "dev"}) == (["dev", "ops"], "dev")
-    assert nc.broker_urls("nats1:4222, tls://nats2:4443,") == ["nats://nats1:4222", "tls://nats2:4443"]
 
 
 def test_load_config_reads_a_file(tmp_path):
