@@ -154,11 +154,11 @@ from ansible.utils.vars import isidentifier
 from ansible.vars.reserved import is_reserved_name
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.brokers import BrokerUrlError, normalize_brokers
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.subjects import valid_identity
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
     DEFAULT_CALLERID,
     DiscoveryError,
     discover_fleet,
-    valid_node_identity,
 )
 
 PROVISIONING_GROUP = "provisioning"
@@ -308,7 +308,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         failed = []
         for identity in sorted(fleet):
             record = fleet[identity]
-            if not valid_node_identity(identity) or not isinstance(record, dict):
+            if not valid_identity(identity) or not isinstance(record, dict):
                 self.display.warning(
                     f"zeroinit.bootstrap.provisioning: skipping node {identity!r}: not usable as a host name"
                 )

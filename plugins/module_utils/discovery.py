@@ -26,6 +26,7 @@ from .choria.brokers import BrokerUrlError, normalize_brokers
 from .choria.events import parse_lifecycle_event, parse_registration
 from .choria.protocol import DISCOVERY_PING, DISCOVERY_PONG, ProtocolError, rpc_request_body
 from .choria.subjects import (
+    IDENTITY_RULE,
     LIFECYCLE_COMPONENT,
     PROVISIONING_COLLECTIVE,
     REGISTRATION_SUBJECT,
@@ -58,17 +59,6 @@ class DiscoveryError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- pure helpers
-
-
-def valid_node_identity(identity: Any) -> bool:
-    """An identity usable both as one NATS subject token and as an Ansible host name.
-
-    Beyond the protocol's rule this refuses ``:`` (Ansible reads ``host:port``) and empty dot-separated labels
-    (``a..b`` or a trailing dot would make an invalid node subject).
-    """
-    if not valid_identity(identity) or ":" in identity:
-        return False
-    return all(identity.split("."))
 
 
 def inventory_summary(data: Any) -> dict:
@@ -198,13 +188,13 @@ class FleetDiscovery:
         """
         if self._closed:
             return None
-        if not valid_node_identity(identity):
+        if not valid_identity(identity):
             shown = repr(identity)[:80]
             if shown not in self.rejected:
                 self.rejected.add(shown)
                 self.warn(
                     f"ignoring node identity {shown} seen via {source}: not usable as a NATS subject token and host "
-                    "name (letters, digits, '_', '-' and dots between non-empty labels)"
+                    f"name ({IDENTITY_RULE})"
                 )
             return None
         node = self.nodes.get(identity)
@@ -237,7 +227,7 @@ class FleetDiscovery:
         summary = {key: event[key] for key in ("type", "timestamp", "version", "id") if key in event}
         identity = event["identity"]
         if summary["type"] in DEPARTURE_EVENTS:
-            if self._closed or not valid_node_identity(identity):
+            if self._closed or not valid_identity(identity):
                 return
             # Remembered even when the node is not known yet: its pong may still be waiting to be handled.
             node = self.nodes.setdefault(identity, _Node())

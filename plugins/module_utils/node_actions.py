@@ -55,7 +55,7 @@ from .choria.protocol import (
     now,
     rpc_reply_body,
 )
-from .choria.subjects import PROVISIONING_COLLECTIVE
+from .choria.subjects import IDENTITY_RULE, PROVISIONING_COLLECTIVE, valid_identity
 from .common.deps import HAS_CRYPTOGRAPHY, InvalidSignature, NameOID, ec, hashes, rsa, serialization, x509
 from .common.files import atomic_write, fsync_directory, read_bytes, read_text, remove_quietly, write_file
 
@@ -78,10 +78,7 @@ KEY_TYPES = ("ecdsa", "rsa")
 
 # Input rules from choria_provision.json (validation regex, maxlength); ``key_type`` is ours (gencsr).
 _GENCSR_FIELDS = {
-    "cn": (
-        r"^(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]).)*([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])$",
-        80,
-    ),
+    "cn": (r"", 80),  # the identity rule (choria/subjects.py), not a pattern of its own
     "C": (r"^[A-Z]{2}$", 2),
     "L": (r"^[\w\s-]+$", 50),
     "O": (r"^[\w\s-]+$", 50),
@@ -346,7 +343,11 @@ class ProvisionNode:
                 raise Refusal(StatusCode.INVALID_DATA, f"input '{name}' must be a string")
             if len(value) > limit:
                 raise Refusal(StatusCode.INVALID_DATA, "input '%s' is longer than %d characters" % (name, limit))
-            if not _GENCSR_RE[name].match(value):
+            if name == "cn" and not valid_identity(value):
+                raise Refusal(
+                    StatusCode.INVALID_DATA, f"input 'cn' {value!r} is not a valid identity ({IDENTITY_RULE})"
+                )
+            if name != "cn" and not _GENCSR_RE[name].match(value):
                 raise Refusal(StatusCode.INVALID_DATA, f"input '{name}' does not match {pattern}")
             subject[name] = value
         key_type = data.get("key_type", "ecdsa") or "ecdsa"

@@ -46,6 +46,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from .choria.subjects import valid_identity
 from .common.deps import (
     HAS_CRYPTOGRAPHY,
     ExtendedKeyUsageOID,
@@ -93,8 +94,6 @@ DEFAULT_DENY = (
     r"^::ffff:7f",  # IPv4-mapped loopback
 )
 
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_IDENTITY_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.IGNORECASE)
 _WEAK_CSR_HASHES = ("md5", "sha1")
 
 
@@ -642,7 +641,7 @@ class CsrPolicy:
     def _check_identity(identity) -> str:
         if not isinstance(identity, str) or not identity:
             raise PolicyError("identity", identity, "identity must be a non-empty host name")
-        if len(identity) > 253 or not _IDENTITY_RE.match(identity):
+        if not valid_identity(identity):
             raise PolicyError(
                 "identity",
                 identity,

@@ -58,3 +58,33 @@ BROKER_URLS = [
     ([], "brokers is empty"),
     ("", "brokers is empty"),
 ]
+
+# Identities -> usable (a NATS subject token, an Ansible host name and a certificate CN alike).
+IDENTITIES = [
+    ("web1.example.net", True),
+    ("node_7", True),
+    ("a-b.c", True),
+    ("UPPER.Example.NET", True),
+    ("10.0.0.7", True),
+    ("x" * 63 + ".example.net", True),
+    ("x" * 64 + ".example.net", False),
+    (".".join(["abcdefghi"] * 25) + ".abc", True),  # 253 characters
+    (".".join(["abcdefghi"] * 25) + ".abcd", False),  # 254
+    ("*", False),
+    (">", False),
+    ("web.*", False),
+    ("*.example.net", False),
+    ("a b", False),
+    ("bad name!", False),
+    ("a..b", False),
+    ("trailing.", False),
+    (".lead", False),
+    ("-leading.example.net", False),
+    ("trailing-.example.net", False),
+    ("host:22", False),
+    ("node1\n", False),
+    ("", False),
+    (None, False),
+    (7, False),
+    ("x" * 300, False),
+]

@@ -17,7 +17,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol
     rpc_request_body,
 )
 from tests.support.fleet import TestCA
-from tests.support.rules import BROKER_URLS, LOOP_GUARD, loop_guard_config
+from tests.support.rules import BROKER_URLS, IDENTITIES, LOOP_GUARD, loop_guard_config
 
 TOKEN = "s3cret"
 CONFIG = {
@@ -194,6 +194,13 @@ def test_gencsr_validates_subject_inputs_per_the_ddl(node, field, value):
     code, msg, _data, _result = call(node, "gencsr", {"token": TOKEN, field: value})
     assert code == StatusCode.INVALID_DATA and f"'{field}'" in msg
     assert not os.path.exists(node.ssl_path("private.pem"))
+
+
+@pytest.mark.parametrize("identity,valid", [row for row in IDENTITIES if isinstance(row[0], str) and row[0]])
+def test_gencsr_cn_follows_the_identity_rule(node, identity, valid):
+    code, msg, _data, _result = call(node, "gencsr", {"token": TOKEN, "cn": identity})
+    refused_for_cn = code == StatusCode.INVALID_DATA and "'cn'" in msg
+    assert refused_for_cn is (not valid or len(identity) > 80)
 
 
 # ------------------------------------------------------------------------------------------------ configure

@@ -6,7 +6,7 @@ import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils import agent
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import ConfigError
-from tests.support.rules import BROKER_URLS
+from tests.support.rules import BROKER_URLS, IDENTITIES
 
 
 def settings(tmp_path, text, *flags):
@@ -90,3 +90,19 @@ def test_brokers_from_flags_and_file_follow_the_one_rule(tmp_path, value, expect
     else:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             agent.settings_from(agent.parse_args(flags))
+
+
+@pytest.mark.parametrize("identity,valid", [row for row in IDENTITIES if isinstance(row[0], str) and row[0]])
+def test_the_agent_serves_only_valid_identities(tmp_path, identity, valid):
+    daemon = agent.NodeAgent(
+        agent.settings_from(agent.parse_args([f"--identity={identity}", "--state-dir", str(tmp_path)]))
+    )
+    try:
+        if valid:
+            daemon.build_nodes()
+            assert list(daemon.nodes) == [identity]
+        else:
+            with pytest.raises(ConfigError, match="invalid identity"):
+                daemon.build_nodes()
+    finally:
+        daemon.executor.shutdown()

@@ -23,6 +23,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
     PolicyError,
     Signer,
 )
+from tests.support.rules import IDENTITIES
 
 IDENTITY = "node1.example.net"
 EC_KEY = ec.generate_private_key(ec.SECP256R1())  # one node key for the tests that do not care which
@@ -626,3 +627,9 @@ def test_ca_certificate_without_key_cert_sign_is_refused():
     with pytest.raises(PkiError) as info:
         CertificateAuthority(cert, key)
     assert info.value.field == "ca_cert" and "keyCertSign" in str(info.value)
+
+
+@pytest.mark.parametrize("identity,valid", IDENTITIES)
+def test_identity_rule_is_the_one_of_the_protocol(signer, identity, valid):
+    err = refusal(signer, make_csr("placeholder.example.net"), identity=identity)
+    assert err.rule == ("cn_matches_identity" if valid else "identity")

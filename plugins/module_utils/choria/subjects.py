@@ -20,14 +20,26 @@ REGISTRATION_SUBJECT = "choria.provisioning_data"
 # Newer Choria servers publish registration data per node as well; we publish both (cheap).
 REGISTRATION_SUBJECT_PER_NODE = "choria.provisioning_data.{identity}"
 LIFECYCLE_SUBJECT_WILDCARD = "choria.lifecycle.event.>"
+MAX_IDENTITY_LENGTH = 253
+IDENTITY_RULE = "dot-separated labels of letters, digits, '_' and '-', no label starting or ending with '-'"
+
+# A DNS-style label of letters, digits, "_" and "-" (not first or last), at most 63 characters.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_IDENTITY_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 def valid_identity(identity: Any) -> bool:
-    """An identity must be usable as one NATS subject token (no spaces, dots allowed, no wildcards)."""
-    return isinstance(identity, str) and bool(_IDENTITY_RE.match(identity))
+    """THE identity rule: a name usable as a NATS subject token, an Ansible host name and a certificate CN.
 
-
-_IDENTITY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
+    Labels of letters, digits, ``_`` and ``-`` (a label neither starts nor ends with ``-``, at most 63
+    characters) joined by single dots, at most 253 characters in all. So no wildcard (``*``, ``>``), no space,
+    no ``:`` (Ansible reads ``host:port``) and no empty label (``a..b`` or a trailing dot make an invalid subject).
+    """
+    return (
+        isinstance(identity, str)
+        and len(identity) <= MAX_IDENTITY_LENGTH
+        and _IDENTITY_RE.fullmatch(identity) is not None
+    )
 
 
 def _md5hex(text: str) -> str:

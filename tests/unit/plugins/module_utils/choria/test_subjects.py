@@ -2,7 +2,10 @@
 
 import hashlib
 
+import pytest
+
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import subjects as p
+from tests.support.rules import IDENTITIES
 
 
 def test_subjects():
@@ -12,3 +15,8 @@ def test_subjects():
         hashlib.md5(b"choria=a").hexdigest(), "x" * 32
     )
     assert p.lifecycle_subject("startup") == "choria.lifecycle.event.startup.provision_mode_server"
+
+
+@pytest.mark.parametrize("identity,valid", IDENTITIES)
+def test_identity_rule(identity, valid):
+    assert p.valid_identity(identity) is valid
