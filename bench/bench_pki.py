@@ -22,11 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".venv", "collections"))
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
-    CertificateAuthority,
-    CsrPolicy,
-    Signer,
-)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 
 
 def make_csrs(count: int, node_key: str) -> list[tuple[str, str]]:

@@ -111,7 +111,7 @@ def run_provisioner(settings: dict) -> dict:
 
 
 def make_ca(workdir: str) -> tuple[str, str]:
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
     cert, key = os.path.join(workdir, "ca.pem"), os.path.join(workdir, "ca.key")
     CertificateAuthority.load_or_create(cert, key)

@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, tls_context
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, RpcError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

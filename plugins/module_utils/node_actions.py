@@ -56,8 +56,9 @@ from .choria.protocol import (
     rpc_reply_body,
 )
 from .choria.subjects import IDENTITY_RULE, PROVISIONING_COLLECTIVE, valid_identity
-from .common.deps import HAS_CRYPTOGRAPHY, InvalidSignature, NameOID, ec, hashes, rsa, serialization, x509
+from .common.deps import HAS_CRYPTOGRAPHY, NameOID, ec, hashes, rsa, serialization, x509
 from .common.files import atomic_write, fsync_directory, read_bytes, read_text, remove_quietly, write_file
+from .pki.x509 import certificate_matches_key, is_issued_by
 
 AGENT_VERSION = "1.0.0"
 PROVISION_AGENT = "choria_provision"
@@ -461,12 +462,11 @@ class ProvisionNode:
         key_pem = read_bytes(self.ssl_path("private.pem"))
         if key_pem is None:
             raise Refusal(StatusCode.ABORTED, f"no private key in {self.ssldir}: run gencsr first")
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        if _public_der(cert.public_key()) != _public_der(key.public_key()):
+        if not certificate_matches_key(cert, key_pem):
             raise Refusal(
                 StatusCode.INVALID_DATA, f"input 'certificate' does not match the private key of {self.identity}"
             )
-        if not any(_issued_by(cert, issuer) for issuer in cas):
+        if not any(is_issued_by(cert, issuer) for issuer in cas):
             raise Refusal(
                 StatusCode.INVALID_DATA,
                 f"input 'certificate' is not signed by the given 'ca' (issuer {cert.issuer.rfc4514_string()})",
@@ -648,29 +648,6 @@ def _load_ca(pem: str) -> list:
     return cas
 
 
-def _public_der(public_key) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _issued_by(cert, issuer) -> bool:
-    """Whether ``issuer``'s key signed ``cert`` (names equal and the signature verifies)."""
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-
-
-def certificate_matches_key(cert_pem: bytes, key_pem: bytes) -> bool:
-    """For tests and checks: whether a certificate carries the public key of a private key."""
-    _need_cryptography()
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    return _public_der(cert.public_key()) == _public_der(key.public_key())
-
-
 __all__ = [
     "AGENT_VERSION",
     "MODE_CONFIGURED",
@@ -678,7 +655,6 @@ __all__ = [
     "ActionResult",
     "ProvisionNode",
     "Refusal",
-    "certificate_matches_key",
     "recover_configure",
     "write_set",
 ]

@@ -25,7 +25,10 @@ from .choria.filters import identity_filter
 from .choria.protocol import ProtocolError
 from .choria.subjects import PROVISIONING_COLLECTIVE, REGISTRATION_SUBJECT, lifecycle_subject, valid_identity
 from .choria.transport import ConnectError, tls_context
-from .common.deps import HAS_CRYPTOGRAPHY, serialization, x509
+from .common.deps import HAS_CRYPTOGRAPHY, x509
+from .pki.issuance import signer_from_params
+from .pki.policy import DEFAULT_VALID_DAYS, PolicyError
+from .pki.x509 import PkiError, certificate_matches_csr
 from .provision_helper import (
     DEFAULT_HELPER_TIMEOUT,
     Decision,
@@ -107,8 +110,7 @@ def certificate_problem(certificate_pem: str, csr_pem: str) -> str:
         csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
     except (ValueError, UnicodeError) as exc:
         return f"the node's CSR does not parse ({exc})"
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if cert.public_key().public_bytes(*fmt) != csr.public_key().public_bytes(*fmt):
+    if not certificate_matches_csr(cert, csr):
         return "the certificate does not carry the public key of the node's CSR"
     return ""
 
@@ -120,19 +122,14 @@ class PolicySigner:
     """
 
     def __init__(self, settings: dict, base_configuration: dict):
-        try:
-            from . import pki  # imported late: only runs that sign need cryptography's X.509 machinery
-        except ImportError as exc:
-            raise ProvisionError(f"the built-in signer is unavailable: {exc}") from None
-        self.pki = pki
-        self.valid_days = settings.get("valid_days") or pki.DEFAULT_VALID_DAYS
+        self.valid_days = settings.get("valid_days") or DEFAULT_VALID_DAYS
         self.profile = settings.get("profile") or "both"
         self.base = dict(base_configuration or {})
         try:
-            self.signer, self.ca_created = pki.signer_from_params(settings)
+            self.signer, self.ca_created = signer_from_params(settings)
         except KeyError as exc:
             raise ProvisionError(f"signer: option {exc} is required") from None
-        except (pki.PkiError, OSError, ValueError, TypeError) as exc:
+        except (PkiError, OSError, ValueError, TypeError) as exc:
             raise ProvisionError(f"signer: {exc}") from None
         self.ca = self.signer.ca
         self.warnings = list(getattr(self.ca, "warnings", []) or [])
@@ -140,9 +137,9 @@ class PolicySigner:
     def decide(self, identity: str, csr: dict) -> Decision:
         try:
             issued = self.signer.sign(csr.get("csr", ""), identity, valid_days=self.valid_days, profile=self.profile)
-        except self.pki.PolicyError as exc:
+        except PolicyError as exc:
             raise NodeFailure(f"signer refused the CSR of {identity}: {exc}") from None
-        except self.pki.PkiError as exc:
+        except PkiError as exc:
             raise NodeFailure(f"signer could not sign the CSR of {identity}: {exc}") from None
         configuration = dict(self.base)
         configuration["identity"] = identity

@@ -326,7 +326,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps imp
     HAS_NATS,
     NATS_IMPORT_ERROR,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import signer_argument_spec
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import signer_argument_spec
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioner import (
     ProvisionError,
     ProvisionSettings,

@@ -262,12 +262,12 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps imp
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
     CertificateIssuance,
-    PkiError,
-    PolicyError,
     signer_argument_spec,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import PolicyError
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 
 
 def argument_spec() -> dict:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from tests.support.ansible_run import run_module, run_playbook
 
 MODULE = "zeroinit.bootstrap.pki_sign"

@@ -21,7 +21,9 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transpor
     connect,
     tls_context,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority, CsrPolicy, Signer
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 from tests.support.ansible_run import run_module
 
 BROKER = "broker.zeroinit.test"

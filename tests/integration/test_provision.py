@@ -23,7 +23,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisio
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provision_helper import NodeFailure
 from tests.support.fleet import AgentFleet, discover
 

@@ -136,7 +136,7 @@ def test_single_node_actions_and_bad_input(nats_broker, tmp_path):
 
 
 def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, members, tmp_path):
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
     ca_cert, ca_key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
     CertificateAuthority.load_or_create(ca_cert, ca_key)
@@ -201,7 +201,7 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
     """Hosts come from the provisioning inventory plugin; once provisioned, they are no longer found."""
     ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
     (tmp_path / "pki").mkdir()
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
     CertificateAuthority.load_or_create(ca_cert, ca_key)
     extra = {

@@ -16,6 +16,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol
     StatusCode,
     rpc_request_body,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import certificate_matches_key
 from tests.support.fleet import TestCA
 from tests.support.rules import BROKER_URLS, IDENTITIES, LOOP_GUARD, loop_guard_config
 
@@ -217,7 +218,7 @@ def test_configure_writes_certificate_ca_and_config_with_the_security_settings(n
     assert conf["plugin.security.file.key"] == node.ssl_path("private.pem")
     assert conf["plugin.security.file.certificate"] == node.ssl_path("certificate.pem")
     assert conf["plugin.security.file.ca"] == node.ssl_path("ca.pem")
-    assert na.certificate_matches_key(cert.encode(), open(node.ssl_path("private.pem"), "rb").read())
+    assert certificate_matches_key(cert.encode(), open(node.ssl_path("private.pem"), "rb").read())
     assert not os.path.exists(node.journal)
     assert not [n for n in os.listdir(node.ssldir) if n.endswith(".staged")]
 

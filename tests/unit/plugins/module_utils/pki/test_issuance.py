@@ -11,13 +11,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
-    CertificateAuthority,
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
     CertificateIssuance,
-    PkiError,
-    PolicyError,
     signer_argument_spec,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import PolicyError
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 
 IDENTITY = "node1.example.net"
 
