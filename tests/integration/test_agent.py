@@ -16,7 +16,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import p
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import subjects as sj
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect, tls_context
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_actions import JOURNAL
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.journal import JOURNAL
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import certificate_matches_key
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA, discover, provision_node

@@ -35,7 +35,7 @@ def agent_command() -> list[str]:
     """The agent's command: the venv's ``zeroinit-agent``, or this Python running the module."""
     if AGENT.exists():
         return [str(AGENT)]
-    return [sys.executable, "-m", "ansible_collections.zeroinit.bootstrap.plugins.module_utils.agent"]
+    return [sys.executable, "-m", "ansible_collections.zeroinit.bootstrap.plugins.module_utils.node"]
 
 
 async def discover(
