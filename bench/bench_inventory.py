@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench_agent import machine, nats_floor
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import FleetDiscovery
 from tests.support.ansible_run import VENV_BIN, ansible_env
 from tests.support.fleet import AgentFleet
 

@@ -26,9 +26,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import provision
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 from tests.support.fleet import AgentFleet
 
 TOKEN = "bench-token"
@@ -94,9 +95,9 @@ async def _floor(url: str, count: int, in_flight: int) -> float:
 
 def child_run(args) -> None:
     """Runs in its own process so its CPU and peak RSS are the provisioner's alone."""
-    settings = pv.ProvisionSettings(**json.loads(args.child))
+    settings = ProvisionSettings(**json.loads(args.child))
     before = resource.getrusage(resource.RUSAGE_SELF)
-    out = pv.provision(settings)
+    out = provision(settings)
     after = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     out["peak_rss"] = after.ru_maxrss * 1024

@@ -33,7 +33,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import E
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, tls_context
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, RpcError
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient, RpcError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN = ROOT / "demo-run"

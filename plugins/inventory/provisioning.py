@@ -155,7 +155,7 @@ from ansible.vars.reserved import is_reserved_name
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.brokers import BrokerUrlError, normalize_brokers
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.subjects import valid_identity
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import (
     DEFAULT_CALLERID,
     DiscoveryError,
     discover_fleet,

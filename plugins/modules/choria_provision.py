@@ -327,24 +327,16 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps imp
     NATS_IMPORT_ERROR,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import signer_argument_spec
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioner import (
-    ProvisionError,
-    ProvisionSettings,
-    provision,
-    run_action,
-)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import SINGLE_ACTIONS
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import broker_argument_spec
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.task import TaskFailure, run_task
 
 ARGUMENT_SPEC = dict(
-    action=dict(
-        type="str",
-        default="provision",
-        choices=["provision", "inventory", "gencsr", "configure", "restart", "reprovision", "shutdown"],
-    ),
+    broker_argument_spec(),
+    action=dict(type="str", default="provision", choices=["provision", *SINGLE_ACTIONS]),
     identity=dict(type="str"),
     identities=dict(type="list", elements="str"),
-    brokers=dict(type="list", elements="str", required=True),
     token=dict(type="str", default="", no_log=True),
-    collective=dict(type="str", default="provisioning"),
     callerid=dict(type="str", default="zeroinit-provisioner"),
     timeout=dict(type="float", default=10),
     retries=dict(type="int", default=2),
@@ -364,9 +356,6 @@ ARGUMENT_SPEC = dict(
     csr_subject=dict(type="dict", default={}),
     key_type=dict(type="str", default="ec", choices=["ec", "rsa"]),
     fail_on_node_error=dict(type="bool", default=False),
-    tls_ca=dict(type="path"),
-    tls_cert=dict(type="path"),
-    tls_key=dict(type="path", no_log=False),
 )
 
 
@@ -389,80 +378,17 @@ def main():
         module.fail_json(msg=missing_required_lib("nats-py"), exception=NATS_IMPORT_ERROR)
     if module.params["signer"] and not HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-    p = module.params
-    for name in ("timeout", "helper_timeout", "discovery_timeout"):
-        if p[name] <= 0:
-            module.fail_json(msg=f"{name} must be greater than 0, not {p[name]}")
-    for name in ("workers",):
-        if p[name] < 1:
-            module.fail_json(msg=f"{name} must be at least 1, not {p[name]}")
-    for name in ("retries", "splay", "helper_concurrency"):
-        if p[name] < 0:
-            module.fail_json(msg=f"{name} must not be negative, not {p[name]}")
-    if p["expect"] is not None and p["expect"] < 1:
-        module.fail_json(msg="expect must be at least 1, not {}".format(p["expect"]))
-    bad = sorted(str(k) for k, v in p["configuration"].items() if isinstance(v, (dict, list)))
-    if bad:
-        module.fail_json(
-            msg="configuration: values must be scalars (Choria key=value settings); not: {}".format(", ".join(bad))
-        )
-    configuration = {str(k): _setting(v) for k, v in p["configuration"].items()}
-    settings = ProvisionSettings(
-        brokers=p["brokers"],
-        token=p["token"],
-        collective=p["collective"],
-        callerid=p["callerid"],
-        timeout=p["timeout"],
-        retries=p["retries"],
-        workers=p["workers"],
-        wait=p["wait"],
-        expect=p["expect"],
-        discovery_timeout=p["discovery_timeout"],
-        splay=p["splay"],
-        identities=p["identities"],
-        helper=p["helper"],
-        helper_timeout=p["helper_timeout"],
-        helper_concurrency=p["helper_concurrency"],
-        signer=p["signer"],
-        configuration=configuration,
-        csr_subject=p["csr_subject"],
-        key_type=p["key_type"],
-        tls_ca=p["tls_ca"],
-        tls_cert=p["tls_cert"],
-        tls_key=p["tls_key"],
-        check_mode=module.check_mode,
-    )
     try:
-        if p["action"] == "provision":
-            result = provision(settings)
-        else:
-            result = run_action(
-                settings,
-                p["action"],
-                p["identity"],
-                {"certificate": p["certificate"], "ca": p["ca"], "ssldir": p["ssldir"]},
-            )
-    except ProvisionError as exc:
-        where = " (node {})".format(p["identity"]) if p["identity"] else ""
-        module.fail_json(msg=f"{exc}{where}")
+        result, warnings = run_task(module.params, module.check_mode)
+    except TaskFailure as exc:
+        for warning in exc.result.pop("warnings", []):
+            module.warn(warning)
+        module.fail_json(msg=exc.msg, **exc.result)
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg=f"choria_provision failed: {exc}", exception=traceback.format_exc())
-    if "failed" in result:
-        result["failed_nodes"] = result.pop("failed")
-    warnings = result.pop("warnings", [])
     for warning in warnings:
         module.warn(warning)
-    if p["action"] == "provision" and p["fail_on_node_error"] and result["failed_nodes"]:
-        names = ", ".join(sorted(result["failed_nodes"]))
-        module.fail_json(msg="%d node(s) failed: %s" % (len(result["failed_nodes"]), names), **result)
     module.exit_json(**result)
-
-
-def _setting(value):
-    """Choria settings are strings; YAML booleans become Choria's ``true``/``false``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
 
 
 if __name__ == "__main__":

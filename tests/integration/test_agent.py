@@ -18,7 +18,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config i
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect, tls_context
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.journal import JOURNAL
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import certificate_matches_key
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA, discover, provision_node
 
 TOKEN = "s3cret"

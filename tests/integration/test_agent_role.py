@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support import netns
 from tests.support.ansible_run import run_playbook
 from tests.support.fleet import discover

@@ -16,7 +16,7 @@ import yaml
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, free_port
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol, subjects
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import (
     DiscoveryError,
     FleetDiscovery,
     discover_fleet,

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.filters import identity_filter
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 AGENT = ROOT / ".venv" / "bin" / "zeroinit-agent"
@@ -385,7 +385,7 @@ async def provision_node(
     A minimal stand-in for the collection's provisioner so the agent's tests and benchmark do not depend on it.
     Returns {step: Reply}; raises RuntimeError naming the step that was refused.
     """
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import reply_error
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import reply_error
 
     replies = {}
     replies["inventory"] = await client.call(identity, "rpcutil", "inventory", timeout=timeout)

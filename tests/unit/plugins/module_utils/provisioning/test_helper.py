@@ -1,14 +1,19 @@
 """Choria's helper contract: what a helper gets on stdin, how its answer is judged, and how a bad helper fails."""
 
 import asyncio
+import datetime
 import json
 import os
 import stat
 import sys
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provision_helper as ph
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning import helper as ph
 from tests.support.rules import LOOP_GUARD, loop_guard_config
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -133,3 +138,29 @@ def test_run_helper_reports_nonzero_exit_with_stderr(tmp_path):
     with pytest.raises(ph.NodeFailure, match="status 2.*no CA for you"):
         asyncio.run(ph.run_helper([script], ph.helper_request("n5", None, {})))
     assert os.path.exists(script)
+
+
+def test_helper_certificate_must_parse_and_carry_the_csr_key():
+    def key_and_csr():
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+    key, csr_pem = key_and_csr()
+    other_key, other_csr = key_and_csr()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(other_key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    assert ph.certificate_problem(cert_pem, csr_pem) == ""
+    assert "public key" in ph.certificate_problem(cert_pem, other_csr)
+    assert "does not parse" in ph.certificate_problem(CERT, csr_pem)

@@ -4,7 +4,6 @@ variables on a real in-memory InventoryData, untrusted facts, and the cache (jso
 from __future__ import annotations
 
 import pathlib
-import re
 import sys
 
 import pytest
@@ -14,9 +13,6 @@ from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.inventory import BaseInventoryPlugin
 from ansible.plugins.loader import init_plugin_loader, inventory_loader
-
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import discovery
-from tests.support.rules import BROKER_URLS, IDENTITIES
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAME = "zeroinit.bootstrap.provisioning"
@@ -104,40 +100,6 @@ def test_verify_file_refuses_a_missing_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-
-
-@pytest.mark.parametrize("value,expected", BROKER_URLS)
-def test_discovery_reads_brokers_with_the_one_rule(value, expected):
-    if isinstance(expected, list):
-        assert discovery.FleetDiscovery(value).brokers == expected
-    else:
-        with pytest.raises(discovery.DiscoveryError, match=re.escape(expected)):
-            discovery.FleetDiscovery(value)
-
-
-@pytest.mark.parametrize("identity,valid", IDENTITIES)
-def test_identities_must_be_subject_tokens_and_host_names(identity, valid):
-    warnings = []
-    run = discovery.FleetDiscovery(["nats://127.0.0.1:4222"], warn=warnings.append)
-    assert (run._seen(identity, "discovery") is not None) is valid
-    assert len(warnings) == (0 if valid else 1)
-
-
-def test_settings_are_checked_naming_the_option():
-    with pytest.raises(discovery.DiscoveryError, match="discovery_timeout"):
-        discovery.check_settings(0, 0, None, 10)
-    with pytest.raises(discovery.DiscoveryError, match="listen"):
-        discovery.check_settings(2, -1, None, 10)
-    with pytest.raises(discovery.DiscoveryError, match="expect"):
-        discovery.check_settings(2, 0, 0, 10)
-    with pytest.raises(discovery.DiscoveryError, match="inventory_timeout"):
-        discovery.check_settings(2, 0, None, "soon")
-    discovery.check_settings(2, 0, 5, 10)
-
-
-def test_inventory_summary_keeps_everything_but_the_facts():
-    data = {"facts": {"a": 1}, "agents": ["rpcutil"], "version": "1", "collectives": ["provisioning"]}
-    assert discovery.inventory_summary(data) == {"agents": ["rpcutil"], "version": "1", "collectives": ["provisioning"]}
 
 
 def test_host_variables_carry_facts_inventory_and_the_error():

@@ -12,7 +12,7 @@ and prints one JSON document::
     {"defer": bool, "shutdown": bool, "msg": "...", "certificate": "PEM", "ca": "PEM", "ssldir": "...",
      "configuration": {"key": "value", ...}}
 
-Pure Python (asyncio subprocesses); the bulk provisioner and the csr_signing role both use it.
+Pure Python (asyncio subprocesses). ``HelperDecision`` is also what the built-in signer decides (``deciders.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choria.config import FALSE_WORDS, PROVISION_KEY, provisioning_enabled
+from ..choria.config import FALSE_WORDS, PROVISION_KEY, provisioning_enabled
+from ..common.deps import HAS_CRYPTOGRAPHY, x509
+from ..pki.x509 import certificate_matches_csr
 
 DEFAULT_HELPER_TIMEOUT = 10.0
 STDERR_TAIL = 2000
@@ -41,7 +43,7 @@ class NodeFailure(Exception):
 
 
 @dataclass
-class Decision:
+class HelperDecision:
     """What to do with one node: defer, shut it down, or configure it with this certificate and config."""
 
     defer: bool = False
@@ -92,7 +94,7 @@ def _tail(text: str) -> str:
     return text[-STDERR_TAIL:] if text else "(empty)"
 
 
-def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str) -> Decision:
+def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str) -> HelperDecision:
     """Judge a helper's output for one node. Raises NodeFailure with the helper's stderr in the text."""
     if returncode != 0:
         raise NodeFailure("helper exited with status %d for %s; stderr: %s" % (returncode, identity, _tail(stderr)))
@@ -110,9 +112,9 @@ def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str
     ignored = tuple(sorted(k for k in doc if k not in KNOWN_FIELDS and doc[k] not in (None, "", {}, [])))
     msg = doc.get("msg") if isinstance(doc.get("msg"), str) else ""
     if doc.get("defer") is True:
-        return Decision(defer=True, msg=msg or "deferred by helper", ignored=ignored)
+        return HelperDecision(defer=True, msg=msg or "deferred by helper", ignored=ignored)
     if doc.get("shutdown") is True:
-        return Decision(shutdown=True, msg=msg or "shutdown requested by helper", ignored=ignored)
+        return HelperDecision(shutdown=True, msg=msg or "shutdown requested by helper", ignored=ignored)
     configuration = doc.get("configuration")
     if not isinstance(configuration, dict) or not configuration:
         raise NodeFailure(
@@ -133,9 +135,26 @@ def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str
     if not isinstance(ca, str) or not ca.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
         raise NodeFailure(f"helper returned no PEM CA for {identity} (field 'ca'); stderr: {_tail(stderr)}")
     ssldir = doc.get("ssldir") if isinstance(doc.get("ssldir"), str) else ""
-    return Decision(
+    return HelperDecision(
         msg=msg, certificate=certificate, ca=ca, ssldir=ssldir, configuration=dict(configuration), ignored=ignored
     )
+
+
+def certificate_problem(certificate_pem: str, csr_pem: str) -> str:
+    """Why a helper's certificate cannot serve the node ("" when it can): it must parse and carry the CSR's key."""
+    if not HAS_CRYPTOGRAPHY:
+        return ""
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
+    except (ValueError, UnicodeError) as exc:
+        return f"the certificate does not parse ({exc})"
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+    except (ValueError, UnicodeError) as exc:
+        return f"the node's CSR does not parse ({exc})"
+    if not certificate_matches_csr(cert, csr):
+        return "the certificate does not carry the public key of the node's CSR"
+    return ""
 
 
 def check_configuration(identity: str, configuration: dict) -> None:
@@ -160,7 +179,7 @@ def _kill_group(proc) -> None:
 
 async def run_helper(
     argv: list[str], request: dict, timeout: float = DEFAULT_HELPER_TIMEOUT, env: dict | None = None
-) -> Decision:
+) -> HelperDecision:
     """Run the helper for one node; kill it (and its children) when it runs past ``timeout`` seconds."""
     identity = request.get("identity", "?")
     payload = json.dumps(request).encode("utf-8")

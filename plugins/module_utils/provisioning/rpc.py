@@ -12,8 +12,8 @@ import asyncio
 import ssl
 from typing import Any, Awaitable, Callable
 
-from .choria.filters import empty_filter, identity_filter
-from .choria.protocol import (
+from ..choria.filters import empty_filter, identity_filter
+from ..choria.protocol import (
     DEFAULT_TTL,
     DISCOVERY_PING,
     ProtocolError,
@@ -25,9 +25,15 @@ from .choria.protocol import (
     encode_request,
     new_request_id,
 )
-from .choria.subjects import PROVISIONING_COLLECTIVE, broadcast_subject, node_subject, reply_inbox_prefix, reply_subject
-from .choria.transport import connect
-from .common.deps import NatsError
+from ..choria.subjects import (
+    PROVISIONING_COLLECTIVE,
+    broadcast_subject,
+    node_subject,
+    reply_inbox_prefix,
+    reply_subject,
+)
+from ..choria.transport import connect
+from ..common.deps import NatsError
 
 
 class RpcError(RuntimeError):

@@ -5,10 +5,9 @@
 A node is found three ways, all on one NATS connection:
 
 * it answers the broadcast ``discovery`` ping with ``pong``;
-* it publishes a lifecycle event (``choria.lifecycle.event.<type>.provision_mode_server``), e.g. at startup;
-* it publishes registration data on ``choria.provisioning_data`` (and the per-node subject newer servers use).
+* it publishes a lifecycle event, e.g. at startup, or registration data (both heard by ``NodeEventListener``).
 
-The event subscriptions are made before the ping goes out, so a node that connects while discovery runs is
+The listener subscribes before the ping goes out, so a node that connects while discovery runs is
 seen one way or the other. Every node found is then asked for ``rpcutil#inventory`` with node-directed
 requests, in batches sent concurrently, so a thousand nodes cost a few dozen requests rather than a thousand
 round trips. Plain Python (asyncio + nats-py); the inventory plugin calls :func:`discover_fleet`.
@@ -22,19 +21,16 @@ import ssl
 import time
 from typing import Any, Callable
 
-from .choria.brokers import BrokerUrlError, normalize_brokers
-from .choria.events import parse_lifecycle_event, parse_registration
-from .choria.protocol import DISCOVERY_PING, DISCOVERY_PONG, ProtocolError, rpc_request_body
-from .choria.subjects import (
+from ..choria.brokers import BrokerUrlError, normalize_brokers
+from ..choria.protocol import DISCOVERY_PING, DISCOVERY_PONG, rpc_request_body
+from ..choria.subjects import (
     IDENTITY_RULE,
-    LIFECYCLE_COMPONENT,
     PROVISIONING_COLLECTIVE,
-    REGISTRATION_SUBJECT,
-    lifecycle_subject,
     valid_identity,
 )
-from .choria.transport import ConnectError, connect, tls_context
-from .common.deps import MissingDependency, NatsError, require
+from ..choria.transport import ConnectError, connect, tls_context
+from ..common.deps import MissingDependency, NatsError, require
+from .listener import DEPARTURE_EVENTS, NodeEvent, NodeEventListener
 from .rpc import RpcClient, RpcError, reply_error
 
 DEFAULT_CALLERID = "zeroinit-inventory"
@@ -48,8 +44,6 @@ INVENTORY_BATCH = 64
 INVENTORY_IN_FLIGHT = 16
 # Nodes that appear while listening trickle in; gather them this long so they share a request.
 LATE_BATCH_DELAY = 0.05
-# A node that shut down, or was provisioned and left for its configured collective, is no longer waiting here.
-DEPARTURE_EVENTS = ("shutdown", "provisioned")
 # Alive events repeat on an interval: keep the newest few per node, not an unbounded history.
 EVENTS_KEPT = 10
 
@@ -163,7 +157,7 @@ class FleetDiscovery:
         self.warn = warn or (lambda _msg: None)
         self.nodes: dict[str, _Node] = {}
         self.rejected: set[str] = set()
-        self.undecodable = 0
+        self.listener = NodeEventListener(self._on_event, self._on_rejected)
         self.timings: dict[str, float] = {}
         self.latencies: dict[str, float] = {}  # identity -> seconds from its inventory request to the reply
         self._client: RpcClient | None = None
@@ -189,13 +183,7 @@ class FleetDiscovery:
         if self._closed:
             return None
         if not valid_identity(identity):
-            shown = repr(identity)[:80]
-            if shown not in self.rejected:
-                self.rejected.add(shown)
-                self.warn(
-                    f"ignoring node identity {shown} seen via {source}: not usable as a NATS subject token and host "
-                    f"name ({IDENTITY_RULE})"
-                )
+            self._reject(repr(identity)[:80], source)
             return None
         node = self.nodes.get(identity)
         if node is None:
@@ -212,40 +200,42 @@ class FleetDiscovery:
             self._enough.set()
         return node
 
+    def _reject(self, shown: str, source: str) -> None:
+        if shown not in self.rejected:
+            self.rejected.add(shown)
+            self.warn(
+                f"ignoring node identity {shown} seen via {source}: not usable as a NATS subject token and host "
+                f"name ({IDENTITY_RULE})"
+            )
+
     async def _on_pong(self, reply) -> None:
         if reply.body == DISCOVERY_PONG:
             self._seen(reply.senderid, "discovery")
 
-    async def _on_lifecycle(self, msg) -> None:
-        try:
-            event = parse_lifecycle_event(msg.data)
-        except ProtocolError:
-            self.undecodable += 1
-            return
-        if event.get("component") not in (None, LIFECYCLE_COMPONENT):
-            return
-        summary = {key: event[key] for key in ("type", "timestamp", "version", "id") if key in event}
-        identity = event["identity"]
-        if summary["type"] in DEPARTURE_EVENTS:
-            if self._closed or not valid_identity(identity):
+    def _on_event(self, event: NodeEvent) -> None:
+        if event.departure:
+            if self._closed:
                 return
             # Remembered even when the node is not known yet: its pong may still be waiting to be handled.
-            node = self.nodes.setdefault(identity, _Node())
+            node = self.nodes.setdefault(event.identity, _Node())
             node.departed = True
-            node.events = (node.events + [summary])[-EVENTS_KEPT:]
+            node.events = (node.events + [event.summary])[-EVENTS_KEPT:]
             return
-        node = self._seen(identity, "lifecycle", revive=True)
-        if node is not None:
-            node.events = (node.events + [summary])[-EVENTS_KEPT:]
+        node = self._seen(event.identity, event.source, revive=event.source == "lifecycle")
+        if node is None:
+            return
+        if event.summary is not None:
+            node.events = (node.events + [event.summary])[-EVENTS_KEPT:]
+        if event.facts is not None:
+            node.registration_facts = event.facts
 
-    async def _on_registration(self, msg) -> None:
-        parsed = parse_registration(msg.data)
-        if parsed is None:
-            self.undecodable += 1
-            return
-        node = self._seen(parsed[0], "registration")
-        if node is not None:
-            node.registration_facts = parsed[1]
+    def _on_rejected(self, shown: str, source: str, kind: str) -> None:
+        if kind not in DEPARTURE_EVENTS and not self._closed:
+            self._reject(shown, source)
+
+    @property
+    def undecodable(self) -> int:
+        return self.listener.undecodable
 
     # ----------------------------------------------------------------------------------- inventory
 
@@ -336,17 +326,13 @@ class FleetDiscovery:
             ) from None
         self._enough = asyncio.Event()
         self._slots = asyncio.Semaphore(INVENTORY_IN_FLIGHT)
-        subs = []
         try:
             self._client = RpcClient(
                 self.brokers, callerid=self.callerid, collective=self.collective, tls=ctx, connection=nc
             )
             await self._client.connect()
-            # Subscribe before the ping: a node that connects meanwhile is seen by its startup event.
-            subs.append(await nc.subscribe(lifecycle_subject("*"), cb=self._on_lifecycle))
-            subs.append(await nc.subscribe(REGISTRATION_SUBJECT, cb=self._on_registration))
-            subs.append(await nc.subscribe(REGISTRATION_SUBJECT + ".>", cb=self._on_registration))
-            await nc.flush()
+            # Listen before the ping: a node that connects meanwhile is seen by its startup event.
+            await self.listener.start(nc)
             await self._discover()
             self.timings["discovery"] = time.monotonic() - started
             self._inventory_started = True
@@ -369,9 +355,7 @@ class FleetDiscovery:
             self._closed = True
             for task in self._tasks:
                 task.cancel()
-            for sub in subs:
-                with contextlib.suppress(NatsError):
-                    await sub.unsubscribe()
+            await self.listener.stop()
             if self._client is not None:
                 await self._client.close()
             with contextlib.suppress(NatsError, asyncio.TimeoutError):

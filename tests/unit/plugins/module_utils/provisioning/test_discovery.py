@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from types import SimpleNamespace
 
+import pytest
+
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import events, protocol, subjects
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning import discovery
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import FleetDiscovery
+from tests.support.rules import BROKER_URLS, IDENTITIES
 
 
 def message(doc) -> SimpleNamespace:
@@ -36,7 +41,8 @@ def feed(steps, **options):
     async def go():
         run._enough = asyncio.Event()
         for handler, arg in steps:
-            await getattr(run, handler)(arg)
+            # pongs come from the RPC client, events and registration data through the listener
+            await getattr(run.listener if handler.startswith("on_") else run, handler)(arg)
         return run._enough.is_set()
 
     enough = asyncio.run(go())
@@ -48,10 +54,10 @@ def test_nodes_found_by_pong_event_or_registration_carry_how_they_were_found():
     run, warnings, _enough = feed(
         [
             ("_on_pong", pong("a.example.net")),
-            ("_on_lifecycle", event("startup", "b.example.net")),
-            ("_on_registration", message(registration)),
-            ("_on_registration", message(registration)),  # the same data on the per-node subject: one node
-            ("_on_lifecycle", event("startup", "a.example.net")),
+            ("on_lifecycle", event("startup", "b.example.net")),
+            ("on_registration", message(registration)),
+            ("on_registration", message(registration)),  # the same data on the per-node subject: one node
+            ("on_lifecycle", event("startup", "a.example.net")),
         ]
     )
     found = records(run)
@@ -69,20 +75,20 @@ def test_shutdown_and_provisioned_nodes_are_gone_until_they_come_back():
             ("_on_pong", pong("a.example.net")),
             ("_on_pong", pong("b.example.net")),
             ("_on_pong", pong("c.example.net")),
-            ("_on_lifecycle", event("shutdown", "a.example.net")),
-            ("_on_lifecycle", event("provisioned", "b.example.net")),
-            ("_on_lifecycle", event("shutdown", "a.example.net")),
-            ("_on_lifecycle", event("startup", "a.example.net")),  # restarted: waiting again
-            ("_on_lifecycle", event("shutdown", "stranger.example.net")),
+            ("on_lifecycle", event("shutdown", "a.example.net")),
+            ("on_lifecycle", event("provisioned", "b.example.net")),
+            ("on_lifecycle", event("shutdown", "a.example.net")),
+            ("on_lifecycle", event("startup", "a.example.net")),  # restarted: waiting again
+            ("on_lifecycle", event("shutdown", "stranger.example.net")),
             ("_on_pong", pong("stranger.example.net")),  # its pong, handled after its shutdown: still gone
-            ("_on_registration", message(events.registration_document("b.example.net", {}))),  # older data, late
+            ("on_registration", message(events.registration_document("b.example.net", {}))),  # older data, late
         ]
     )
     assert sorted(records(run)) == ["a.example.net", "c.example.net"]
 
 
 def test_events_of_other_components_are_not_provisioning_nodes():
-    run, _warnings, _enough = feed([("_on_lifecycle", event("startup", "member.example.net", component="server"))])
+    run, _warnings, _enough = feed([("on_lifecycle", event("startup", "member.example.net", component="server"))])
     assert records(run) == {}
 
 
@@ -91,9 +97,9 @@ def test_bad_identities_are_refused_once_with_a_warning():
         [
             ("_on_pong", pong("web.*")),
             ("_on_pong", pong("web.*")),
-            ("_on_lifecycle", event("startup", "a..b")),
-            ("_on_registration", message({"identity": "x y", "facts": {}})),
-            ("_on_registration", SimpleNamespace(data=b"\x00 not json")),
+            ("on_lifecycle", event("startup", "a..b")),
+            ("on_registration", message({"identity": "x y", "facts": {}})),
+            ("on_registration", SimpleNamespace(data=b"\x00 not json")),
         ]
     )
     assert records(run) == {}
@@ -108,7 +114,7 @@ def test_expect_counts_nodes_still_waiting():
         [
             ("_on_pong", pong("a.example.net")),
             ("_on_pong", pong("b.example.net")),
-            ("_on_lifecycle", event("shutdown", "a.example.net")),
+            ("on_lifecycle", event("shutdown", "a.example.net")),
             ("_on_pong", pong("c.example.net")),
         ],
         expect=3,
@@ -116,3 +122,37 @@ def test_expect_counts_nodes_still_waiting():
     assert enough is False  # a left: two are waiting
     _run, _warnings, enough = feed([("_on_pong", pong(n + ".example.net")) for n in "abc"], expect=3)
     assert enough is True
+
+
+@pytest.mark.parametrize("value,expected", BROKER_URLS)
+def test_discovery_reads_brokers_with_the_one_rule(value, expected):
+    if isinstance(expected, list):
+        assert discovery.FleetDiscovery(value).brokers == expected
+    else:
+        with pytest.raises(discovery.DiscoveryError, match=re.escape(expected)):
+            discovery.FleetDiscovery(value)
+
+
+@pytest.mark.parametrize("identity,valid", IDENTITIES)
+def test_identities_must_be_subject_tokens_and_host_names(identity, valid):
+    warnings = []
+    run = discovery.FleetDiscovery(["nats://127.0.0.1:4222"], warn=warnings.append)
+    assert (run._seen(identity, "discovery") is not None) is valid
+    assert len(warnings) == (0 if valid else 1)
+
+
+def test_settings_are_checked_naming_the_option():
+    with pytest.raises(discovery.DiscoveryError, match="discovery_timeout"):
+        discovery.check_settings(0, 0, None, 10)
+    with pytest.raises(discovery.DiscoveryError, match="listen"):
+        discovery.check_settings(2, -1, None, 10)
+    with pytest.raises(discovery.DiscoveryError, match="expect"):
+        discovery.check_settings(2, 0, 0, 10)
+    with pytest.raises(discovery.DiscoveryError, match="inventory_timeout"):
+        discovery.check_settings(2, 0, None, "soon")
+    discovery.check_settings(2, 0, 5, 10)
+
+
+def test_inventory_summary_keeps_everything_but_the_facts():
+    data = {"facts": {"a": 1}, "agents": ["rpcutil"], "version": "1", "collectives": ["provisioning"]}
+    assert discovery.inventory_summary(data) == {"agents": ["rpcutil"], "version": "1", "collectives": ["provisioning"]}
