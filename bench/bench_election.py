@@ -25,10 +25,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election import SETTLE_SECONDS
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member import SETTLE_SECONDS
 from tests.support.netns import TestNetwork
 
-ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election"
+ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member"
 GOODBYE_SECONDS = 0.25
 
 

@@ -1,6 +1,6 @@
 """Leader election over real mDNS between network-namespace hosts: one python-zeroconf process per member.
 
-Each member is ``python -m ...module_utils.election`` inside its host, started at one wall-clock instant
+Each member is ``python -m ...module_utils.election.member`` inside its host, started at one wall-clock instant
 (``--start-at``) so that "members starting together" really is together. Timeouts are a few seconds.
 """
 
@@ -19,7 +19,7 @@ from tests.support.netns import TestNetwork
 
 pytestmark = pytest.mark.netns
 
-ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election"
+ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member"
 SECRET = "correct horse battery staple"
 
 
