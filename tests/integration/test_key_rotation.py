@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import PublicKey
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh.keys import PublicKey
 from tests.support import netns
 from tests.support.ansible_run import run_playbook
 
