@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench_agent import machine, nats_floor
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import FleetDiscovery
 from tests.support.ansible_run import VENV_BIN, ansible_env
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet
 
 # Runs one command and reports its peak RSS: the wrapper's only child is the command.

@@ -26,10 +26,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import provision
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet
 
 TOKEN = "bench-token"

@@ -29,13 +29,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, tls_context
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient, RpcError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the embedded broker is a test fixture: tests/support/broker.py
+
+from tests.support.broker import EmbeddedBroker
+
 RUN = ROOT / "demo-run"
 BIN = pathlib.Path(sys.executable).parent
 NODES = int(os.environ.get("DEMO_NODES", "12"))

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import events as ev
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import filters
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol as p
@@ -19,6 +18,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transpor
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.journal import JOURNAL
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import certificate_matches_key
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA, discover, provision_node
 
 TOKEN = "s3cret"

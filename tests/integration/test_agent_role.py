@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support import netns
 from tests.support.ansible_run import run_playbook
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import discover
 
 pytestmark = pytest.mark.netns

@@ -13,7 +13,6 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, free_port
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol, subjects
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import (
@@ -22,6 +21,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.di
     discover_fleet,
 )
 from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, run_playbook
+from tests.support.broker import EmbeddedBroker, free_port
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 
 WEB = 30

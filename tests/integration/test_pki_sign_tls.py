@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import (
     ConnectError,
     connect,
@@ -25,6 +24,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import C
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 from tests.support.ansible_run import run_module
+from tests.support.broker import EmbeddedBroker
 
 BROKER = "broker.zeroinit.test"
 

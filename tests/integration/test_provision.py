@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
@@ -27,6 +26,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bu
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import SignerDecider
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import NodeFailure
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "fleet-token"

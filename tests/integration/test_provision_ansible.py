@@ -13,9 +13,9 @@ import sys
 import pytest
 from cryptography import x509
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from tests.support.ansible_run import ROOT, run_module, run_playbook
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "play-token"

