@@ -40,6 +40,7 @@ requirements:
 extends_documentation_fragment:
   - constructed
   - inventory_cache
+  - zeroinit.bootstrap.brokers
 options:
   plugin:
     description: Marks this file as a source for this plugin.
@@ -47,18 +48,8 @@ options:
     type: str
     choices: [zeroinit.bootstrap.provisioning]
   brokers:
-    description:
-      - Provisioning broker URLs (C(nats://host:port), C(tls://host:port)); C(host:port) means C(nats://host:port).
-      - The first one that accepts the connection is used.
-    type: list
-    elements: str
-    required: true
     env:
       - name: ZEROINIT_BROKERS
-  collective:
-    description: The collective the nodes wait in; Choria's provisioning mode uses C(provisioning).
-    type: str
-    default: provisioning
   callerid:
     description: The caller id the requests carry (C(choria=) is prepended when missing); replies come back on a
       subject derived from it.
@@ -85,15 +76,6 @@ options:
     description: Seconds to wait for the C(rpcutil#inventory) replies of a batch of nodes.
     type: float
     default: 10
-  tls_ca:
-    description: CA certificate (PEM) to verify a C(tls://) broker against.
-    type: path
-  tls_cert:
-    description: Client certificate (PEM) to present when the broker requires one.
-    type: path
-  tls_key:
-    description: Private key of O(tls_cert). Read on the controller only.
-    type: path
   flatten_facts:
     description:
       - Also set every top-level fact as a host variable of its own, named O(fact_prefix) plus the fact name.

@@ -19,6 +19,8 @@ author:
   - zeroinit.bootstrap contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - zeroinit.bootstrap.brokers
+  - zeroinit.bootstrap.signer.as_suboptions
 attributes:
   check_mode:
     support: full
@@ -52,19 +54,10 @@ options:
       - Listed nodes that do not answer are returned under RV(absent) (already provisioned, or down).
     type: list
     elements: str
-  brokers:
-    description: Broker URLs of the provisioning network, for example C(nats://10.0.0.1:4222).
-    type: list
-    elements: str
-    required: true
   token:
     description: The provisioning token the nodes were given.
     type: str
     default: ""
-  collective:
-    description: The collective to send requests in.
-    type: str
-    default: provisioning
   callerid:
     description: The caller id; a node locks itself to one caller during a provisioning round.
     type: str
@@ -120,79 +113,8 @@ options:
       - The built-in policy signer (the same CA and policy options as M(zeroinit.bootstrap.pki_sign)).
       - The CSR's CN must equal the node's identity and pass the policy before anything is signed.
       - The configuration sent is O(configuration) with C(identity) set and C(plugin.choria.server.provision=false).
+      - Not loaded in check mode (O(signer.create_ca) would write a CA).
     type: dict
-    suboptions:
-      ca_cert:
-        description: Path of the CA certificate (PEM); the first certificate in the file signs.
-        type: path
-        required: true
-      ca_key:
-        description: Path of the CA private key (PEM).
-        type: path
-        required: true
-      ca_passphrase:
-        description: Passphrase of O(signer.ca_key).
-        type: str
-      create_ca:
-        description: Create the CA when O(signer.ca_cert) and O(signer.ca_key) are both absent (never in check mode).
-        type: bool
-        default: false
-      ca_common_name:
-        description: Common name of a CA made by O(signer.create_ca).
-        type: str
-        default: zeroinit CA
-      ca_key_type:
-        description: Key type of a CA made by O(signer.create_ca).
-        type: str
-        choices: [ec, rsa, ed25519]
-        default: ec
-      ca_valid_days:
-        description: Validity of a CA made by O(signer.create_ca), in days.
-        type: int
-        default: 3650
-      allowed_sans:
-        description:
-          - Regular expressions every name in the certificate must match (C({identity}) stands for the identity).
-          - Default is the identity only.
-        type: list
-        elements: str
-      deny:
-        description: Regular expressions of names never signed, added to the built-in deny list.
-        type: list
-        elements: str
-        default: []
-      default_deny:
-        description: Apply the built-in deny list (wildcards, C(localhost), C(privileged), ...) as well.
-        type: bool
-        default: true
-      allowed_key_types:
-        description: Key types a CSR may carry.
-        type: list
-        elements: str
-        choices: [ec, rsa, ed25519, ed448]
-        default: [ec, rsa, ed25519]
-      min_rsa_bits:
-        description: Smallest RSA key accepted, in bits.
-        type: int
-        default: 2048
-      ec_curves:
-        description: Elliptic curves accepted for EC keys.
-        type: list
-        elements: str
-        default: [secp256r1, secp384r1]
-      valid_days:
-        description: Validity of issued certificates, in days.
-        type: int
-        default: 365
-      max_valid_days:
-        description: Longest validity the policy allows.
-        type: int
-        default: 365
-      profile:
-        description: What issued certificates are for (ExtendedKeyUsage).
-        type: str
-        choices: [server, client, both]
-        default: both
   configuration:
     description:
       - Base configuration (Choria C(key=value) settings) merged under what the helper or signer returns.
@@ -221,15 +143,6 @@ options:
     description: Fail the task when any node failed (O(action=provision)); the per-node outcome is returned either way.
     type: bool
     default: false
-  tls_ca:
-    description: CA file to verify the broker's TLS certificate.
-    type: path
-  tls_cert:
-    description: Client certificate for the broker.
-    type: path
-  tls_key:
-    description: Client key for the broker.
-    type: path
 requirements:
   - nats-py
   - cryptography (for O(signer))
