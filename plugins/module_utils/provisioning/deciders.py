@@ -22,6 +22,7 @@ from .helper import (
     HelperDecision,
     NodeFailure,
     certificate_problem,
+    check_configuration,
     helper_request,
     merge_configuration,
     run_helper,
@@ -57,6 +58,9 @@ class HelperDecider:
             self.ignored_fields[name] = self.ignored_fields.get(name, 0) + 1
         if not (decision.defer or decision.shutdown):
             decision.configuration = merge_configuration(self.base, decision.configuration)
+            # The loop guard before the certificate: a looping configuration is the failure a helper author
+            # needs to read first (the flow checks every decision again, whoever made it).
+            check_configuration(identity, decision.configuration)
             # A certificate for another key would leave the node unable to use it after restart.
             problem = certificate_problem(decision.certificate, csr.get("csr", ""))
             if problem:
