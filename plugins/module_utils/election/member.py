@@ -509,7 +509,7 @@ def elect(params: dict) -> dict:
     return dict(result.as_dict(), changed=False, interface=interface)
 
 
-def main(argv: list[str] | None = None) -> int:
+def member_command(argv: list[str] | None = None) -> int:
     """One election member from a shell; prints the result (or ``{"failed": true, "msg": ...}``) as JSON."""
     parser = argparse.ArgumentParser(description="zeroinit mDNS leader election (one member)")
     parser.add_argument("--expect", type=int, required=True)
@@ -542,4 +542,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(member_command())
