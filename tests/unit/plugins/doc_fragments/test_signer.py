@@ -1,8 +1,9 @@
 """The signer's options are documented once and specified once: both name the same options, types and defaults."""
 
-from ansible_collections.zeroinit.bootstrap.plugins.doc_fragments.signer import ModuleDocFragment
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import signer_argument_spec
-from tests.support.doc_spec import differences, documented
+from tests.support.doc_spec import differences, documented, load_plugin
+
+ModuleDocFragment = load_plugin("doc_fragments/signer.py").ModuleDocFragment
 
 
 def test_pki_sign_options_match_the_argument_spec():
@@ -28,8 +29,7 @@ def test_choria_provision_signer_suboptions_are_the_same_text():
 
 
 def test_the_module_composes_the_same_spec():
-    from ansible_collections.zeroinit.bootstrap.plugins.modules import choria_provision, pki_sign
-
+    choria_provision, pki_sign = load_plugin("modules/choria_provision.py"), load_plugin("modules/pki_sign.py")
     assert choria_provision.ARGUMENT_SPEC["signer"]["options"] == signer_argument_spec()
     spec = pki_sign.argument_spec()
     assert {name: spec[name] for name in signer_argument_spec()} == signer_argument_spec()
