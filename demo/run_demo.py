@@ -161,12 +161,12 @@ def main():
             f"provisioning broker: {provisioning.url}\nmembers' broker:     {members.url} (TLS, client certificates required)"
         )
 
-        say("2. A fleet of %d nodes boots in provisioning mode (one zeroinit-agent process)" % NODES)
+        say(f"2. A fleet of {NODES} nodes boots in provisioning mode (one zeroinit-agent process)")
         (RUN / "facts.json").write_text(json.dumps({"role": "worker", "site": "demo", "os": {"family": "Debian"}}))
         agent_conf = RUN / "agent.conf"
         agent_conf.write_text(f"plugin.zeroinit.agent.token = {TOKEN}\n")
         os.chmod(agent_conf, 0o600)
-        log = open(RUN / "agent.log", "wb")
+        log = open(RUN / "agent.log", "wb")  # noqa: SIM115 - the agent writes to it until it is stopped
         fleet = subprocess.Popen(
             [
                 str(BIN / "zeroinit-agent"),
@@ -189,13 +189,13 @@ def main():
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        print("agent pid %d, node state under %s" % (fleet.pid, RUN / "fleet"))
+        print(f"agent pid {fleet.pid}, node state under {RUN / 'fleet'}")
 
         say("3. Discovery: the inventory plugin finds them")
         # listen + expect: one run that waits for nodes still booting and stops as soon as all are known
         (RUN / "provisioning.yml").write_text(
-            "plugin: zeroinit.bootstrap.provisioning\nbrokers: [%s]\ndiscovery_timeout: 2\nlisten: 30\nexpect: %d\n"
-            "keyed_groups:\n  - key: zeroinit_facts.role\n    prefix: role\n" % (provisioning.url, NODES)
+            f"plugin: zeroinit.bootstrap.provisioning\nbrokers: [{provisioning.url}]\ndiscovery_timeout: 2\nlisten: 30\nexpect: {NODES}\n"
+            "keyed_groups:\n  - key: zeroinit_facts.role\n    prefix: role\n"
         )
         run([BIN / "ansible-inventory", "-i", RUN / "provisioning.yml", "--graph"])
 
@@ -224,13 +224,13 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/provision_fleet.yaml",
                 "-e",
-                "@%s" % (RUN / "provision-vars.json"),
+                f"@{RUN / 'provision-vars.json'}",
                 "-e",
-                "zeroinit_provision_expect=%d" % NODES,
+                f"zeroinit_provision_expect={NODES}",
             ]
         )
         if first.returncode != 0:
-            print("provisioning playbook failed (rc=%d)" % first.returncode)
+            print(f"provisioning playbook failed (rc={first.returncode})")
             return 1
 
         say("5. Summary")
@@ -260,8 +260,7 @@ def main():
             )
         ok = sum(1 for i in identities if answered.get(i))
         print(
-            "\n%d of %d nodes configured and answering ping in collective %r over TLS with their new certificates"
-            % (ok, len(identities), COLLECTIVE)
+            f"\n{ok} of {len(identities)} nodes configured and answering ping in collective {COLLECTIVE!r} over TLS with their new certificates"
         )
 
         say("6. Run it again: nothing is left in provisioning mode, so nothing changes")
@@ -272,7 +271,7 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/provision_fleet.yaml",
                 "-e",
-                "@%s" % (RUN / "provision-vars.json"),
+                f"@{RUN / 'provision-vars.json'}",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -299,7 +298,7 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/reprovision.yaml",
                 "-e",
-                "@%s" % (RUN / "reprovision-vars.json"),
+                f"@{RUN / 'reprovision-vars.json'}",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -313,7 +312,7 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/provision_fleet.yaml",
                 "-e",
-                "@%s" % (RUN / "provision-vars.json"),
+                f"@{RUN / 'provision-vars.json'}",
                 "-e",
                 "zeroinit_provision_expect=1",
                 "-e",

@@ -147,8 +147,7 @@ class ActionModule(ActionBase):
             out["verified"] = True
         elif revoke:
             warnings.append(
-                "verify=false: revoking %d key(s) on %s without proof that the new key logs in"
-                % (len(revoke), self._node)
+                f"verify=false: revoking {len(revoke)} key(s) on {self._node} without proof that the new key logs in"
             )
 
         # The add step returned the whole file: when no revoked key is in it, the revoke step is skipped.

@@ -122,7 +122,7 @@ def _as_suboptions(documentation: str, option: str, description: str) -> str:
     """The same options as the suboptions of ``option``, their O() references pointing inside it."""
     body = documentation.split("options:\n", 1)[1]
     names = re.findall(r"^  ([a-z_]+):$", body, re.M)
-    body = re.sub(r"O\((%s)\b" % "|".join(names), rf"O({option}.\1", body)
+    body = re.sub(rf"O\(({'|'.join(names)})\b", rf"O({option}.\1", body)
     return (
         f"options:\n  {option}:\n    description: {json.dumps(description)}\n    type: dict\n    suboptions:\n"
         + textwrap.indent(body, "    ")

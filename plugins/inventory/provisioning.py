@@ -276,8 +276,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except DiscoveryError as exc:
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
         self.display.v(
-            "zeroinit.bootstrap.provisioning: %d node(s) in collective %s via %s in %.1fs"
-            % (len(fleet), self.get_option("collective"), ", ".join(brokers), time.monotonic() - started)
+            f"zeroinit.bootstrap.provisioning: {len(fleet)} node(s) in collective {self.get_option('collective')} via {', '.join(brokers)} in {time.monotonic() - started:.1f}s"
         )
         return fleet
 
@@ -311,10 +310,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._add_host_to_composed_groups(self.get_option("groups"), hostvars, host, strict=strict)
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, host, strict=strict)
         if failed:
-            shown = ", ".join(failed[:10]) + (" and %d more" % (len(failed) - 10) if len(failed) > 10 else "")
+            shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
             self.display.warning(
-                "zeroinit.bootstrap.provisioning: %d node(s) answered discovery but not "
-                "rpcutil#inventory: %s (see their zeroinit_inventory_error)" % (len(failed), shown)
+                f"zeroinit.bootstrap.provisioning: {len(failed)} node(s) answered discovery but not "
+                f"rpcutil#inventory: {shown} (see their zeroinit_inventory_error)"
             )
 
     def parse(self, inventory, loader, path, cache=True):

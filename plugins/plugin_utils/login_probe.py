@@ -75,7 +75,7 @@ class LoginProbe:
             "-o",
             "KbdInteractiveAuthentication=no",
             "-o",
-            "ConnectTimeout=%d" % self.timeout,
+            f"ConnectTimeout={self.timeout}",
             "-o",
             "ConnectionAttempts=1",
             "-i",
@@ -97,13 +97,12 @@ class LoginProbe:
             proc = subprocess.run(
                 self.argv(target),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                capture_output=True,
                 timeout=self.timeout + 20,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return ProbeResult(False, "ssh did not finish within %d s" % (self.timeout + 20))
+            return ProbeResult(False, f"ssh did not finish within {self.timeout + 20} s")
         except OSError as exc:
             return ProbeResult(False, f"cannot run {target.ssh_executable}: {exc}")
         stderr = proc.stderr.decode("utf-8", "replace")
@@ -127,4 +126,4 @@ def _ssh_error(stderr: str, rc: int) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     plain = [line for line in lines if not line.startswith(("debug", "OpenSSH_", "Transferred:"))]
     message = "; ".join(plain[-3:]) if plain else (lines[-1] if lines else "")
-    return "ssh exited %d: %s" % (rc, message or "no output")
+    return f"ssh exited {rc}: {message or 'no output'}"

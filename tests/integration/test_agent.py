@@ -282,7 +282,9 @@ def test_restart_is_refused_when_provisioning_stays_on(nats_broker, ca, tmp_path
 
         async def run():
             async with RpcClient([nats_broker.url]) as client:
-                with pytest.raises(RuntimeError, match="refusing to restart .* plugin.choria.server.provision enabled"):
+                with pytest.raises(
+                    RuntimeError, match=r"refusing to restart .* plugin\.choria\.server\.provision enabled"
+                ):
                     await provision_node(
                         client,
                         identity,
@@ -359,7 +361,7 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
             assert not (state / JOURNAL).exists()
             cert, ca_pem, collective = on_disk()
             name = collective.upper()
-            assert (cert, ca_pem) == (sets[name]["certificate"], sets[name]["ca"]), "mixed set in trial %d" % trial
+            assert (cert, ca_pem) == (sets[name]["certificate"], sets[name]["ca"]), f"mixed set in trial {trial}"
             assert certificate_matches_key(cert.encode(), (state / "ssl" / "private.pem").read_bytes())
             seen.add((interrupted, name))
         assert not [n for n in os.listdir(state / "ssl") if n.endswith(".staged")]
@@ -375,7 +377,7 @@ def test_fleet_nodes_find_out_a_plain_host_port_broker_wants_tls(nats_broker, tl
     client_tls = tls_context(ca=client_files["ca"], cert=client_files["cert"], key=client_files["key"])
     configuration = {
         "plugin.choria.server.provision": "false",
-        "plugin.choria.middleware_hosts": "127.0.0.1:%d" % tls_broker.port,
+        "plugin.choria.middleware_hosts": f"127.0.0.1:{tls_broker.port}",
         "collectives": "lab",
     }
     with AgentFleet(nats_broker.url, 3, tmp_path / "state", prefix="tls") as fleet:

@@ -57,7 +57,7 @@ def role_task(result, suffix, host):
     for task in reversed(result.tasks()):
         if task["task"]["name"].endswith(suffix) and host in task["hosts"]:
             return task["hosts"][host]
-    raise AssertionError("no task ending %r for %s; rc=%d\n%s" % (suffix, host, result.rc, result.stderr[-2000:]))
+    raise AssertionError(f"no task ending {suffix!r} for {host}; rc={result.rc}\n{result.stderr[-2000:]}")
 
 
 def test_module_check_real_check_real(nats_broker, members, tmp_path):

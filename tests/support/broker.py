@@ -70,12 +70,12 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         scheme = "tls" if self.tls else "nats"
-        return "%s://%s:%d" % (scheme, self.host, self.port)
+        return f"{scheme}://{self.host}:{self.port}"
 
     def _config(self) -> str:
         lines = [
-            "listen: %s:%d" % (self.host, self.port),
-            "max_payload: %d" % self.max_payload,
+            f"listen: {self.host}:{self.port}",
+            f"max_payload: {self.max_payload}",
             "max_connections: 65536",
             'write_deadline: "10s"',
         ]
@@ -99,7 +99,7 @@ class EmbeddedBroker:
             handle.write(self._config())
         argv = [find_nats_server(), "-c", conf, "-l", self.log_path]
         if self.netns:
-            argv = ["ip", "netns", "exec", self.netns] + argv
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -113,9 +113,7 @@ class EmbeddedBroker:
                 return self
             time.sleep(0.05)
         self.stop()
-        raise BrokerError(
-            "nats-server did not accept connections on %s:%d within %.0fs" % (self.host, self.port, timeout)
-        )
+        raise BrokerError(f"nats-server did not accept connections on {self.host}:{self.port} within {timeout:.0f}s")
 
     def _ready(self) -> bool:
         if self.netns:

@@ -97,7 +97,7 @@ class AgentProcess:
     def identities(self) -> list[str]:
         if self.fleet:
             prefix = self.identity or "node"
-            return sorted("%s%d.%s" % (prefix, i, self.domain) for i in range(1, self.fleet + 1))
+            return sorted(f"{prefix}{i}.{self.domain}" for i in range(1, self.fleet + 1))
         return [self.identity]
 
     def node_dir(self, identity: str | None = None) -> pathlib.Path:
@@ -114,7 +114,7 @@ class AgentProcess:
         with open(conf, "w") as handle:
             handle.write(f"plugin.zeroinit.agent.token = {self.token}\n")
         os.chmod(conf, 0o600)
-        argv = agent_command() + ["--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
+        argv = [*agent_command(), "--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
         if self.facts is not None:
             facts = os.path.join(self._config_dir, "facts.json")
             with open(facts, "w") as handle:
@@ -135,7 +135,7 @@ class AgentProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env or {})
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the agent writes to it until stop() closes it
         self.process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -161,8 +161,7 @@ class AgentProcess:
         missing = sorted(set(self.identities) - set(seen))
         if missing or (self.process is not None and self.process.poll() is not None):
             raise RuntimeError(
-                "agent not ready: %d of %d nodes answered discovery (missing e.g. %s), exit %s\n%s"
-                % (len(seen), self.count, missing[:3], self.process.poll() if self.process else None, self.log_tail())
+                f"agent not ready: {len(seen)} of {self.count} nodes answered discovery (missing e.g. {missing[:3]}), exit {self.process.poll() if self.process else None}\n{self.log_tail()}"
             )
         return seen
 

@@ -37,7 +37,7 @@ class ScriptedClient:
     async def call(self, identity, agent, action, data=None, timeout=10.0, retries=0, step=""):
         self.sent.append((identity, action, dict(data or {})))
         if identity in self.silent:
-            raise RpcTimeout("%s: no reply from %s within %.1fs (%d attempts)" % (step, identity, timeout, retries + 1))
+            raise RpcTimeout(f"{step}: no reply from {identity} within {timeout:.1f}s ({retries + 1} attempts)")
         if (identity, action) in self.refuse:
             return Reply("r", identity, agent, rpc_reply_body(action, 1, self.refuse[(identity, action)]))
         data_out = {

@@ -33,7 +33,7 @@ def is_node_side(path: str) -> bool:
 
 def imports(path: pathlib.Path) -> list[tuple[int, str]]:
     """(line, imported module) for every import, relative ones resolved to ``ansible_collections...`` names."""
-    package = [PACKAGE] + list(path.relative_to(PLUGINS).parent.parts)
+    package = [PACKAGE, *list(path.relative_to(PLUGINS).parent.parts)]
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):

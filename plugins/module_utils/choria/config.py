@@ -48,11 +48,11 @@ def parse_config(text: str, source: str = "configuration") -> dict[str, str]:
         if not line or line.startswith("#") or line.startswith(";"):
             continue
         if "=" not in line:
-            raise ConfigError("%s line %d: expected 'key = value', got %r" % (source, number, line[:80]))
+            raise ConfigError(f"{source} line {number}: expected 'key = value', got {line[:80]!r}")
         key, value = line.split("=", 1)
         key = key.strip()
         if not _KEY_RE.match(key):
-            raise ConfigError("%s line %d: invalid key %r" % (source, number, key[:80]))
+            raise ConfigError(f"{source} line {number}: invalid key {key[:80]!r}")
         result[key] = value.strip()
     return result
 

@@ -83,6 +83,4 @@ def filter_matches(flt: Any, identity: str, agents, facts: dict, classes=()) -> 
             _fact_lookup(facts, str(fact.get("fact", ""))), str(fact.get("operator", "")), str(fact.get("value", ""))
         ):
             return False
-    if flt.get("compound"):
-        return False
-    return True
+    return not flt.get("compound")

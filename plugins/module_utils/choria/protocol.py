@@ -276,7 +276,7 @@ def parse_json_object(raw: Any, where: str) -> dict:
     """A JSON object from bytes or text, refused (ProtocolError naming ``where``) when too large or not one."""
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) > MAX_MESSAGE_BYTES:
-            raise ProtocolError("%s: message of %d bytes is larger than %d" % (where, len(raw), MAX_MESSAGE_BYTES))
+            raise ProtocolError(f"{where}: message of {len(raw)} bytes is larger than {MAX_MESSAGE_BYTES}")
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

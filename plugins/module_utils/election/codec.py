@@ -124,7 +124,7 @@ def encode_txt(announcement: Announcement, secret: str | None = None) -> dict[st
     chunk = 0
     while joined:
         cut = len(joined) if len(joined) <= TXT_CHUNK else joined.rindex(",", 0, TXT_CHUNK + 1)
-        props["m%d" % chunk] = joined[:cut]
+        props[f"m{chunk}"] = joined[:cut]
         joined = joined[cut + 1 :]
         chunk += 1
     if secret:
@@ -152,9 +152,9 @@ def decode_txt(
         state = props["s"]
         members = []
         for index in range(64):
-            if "m%d" % index not in props:
+            if f"m{index}" not in props:
                 break
-            members += props["m%d" % index].split(",")
+            members += props[f"m{index}"].split(",")
         members = tuple(str(ipaddress.IPv4Address(m)) for m in members)
         leader = str(ipaddress.IPv4Address(props["l"])) if props.get("l") else ""
         expect = int(props.get("e") or 0)
@@ -169,7 +169,7 @@ def decode_txt(
     if secret:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         if abs(now_ms - timestamp) > MAX_CLOCK_SKEW_MS:
-            raise InvalidAnnouncement("timestamp %+.0fs from this host's clock" % ((timestamp - now_ms) / 1000.0))
+            raise InvalidAnnouncement(f"timestamp {(timestamp - now_ms) / 1000.0:+.0f}s from this host's clock")
     return Announcement(
         cluster=cluster,
         election_id=election_id,

@@ -437,7 +437,7 @@ class LeaderElection:
             )
         elif len(seen) < self.expect:
             ever = self.peers.ever_seen()
-            msg = "%s: saw %d of %d expected members: %s" % (head, len(ever), self.expect, describe(ever))
+            msg = f"{head}: saw {len(ever)} of {self.expect} expected members: {describe(ever)}"
         else:
             try:
                 decision = decide(seen, self.expect)
@@ -448,13 +448,7 @@ class LeaderElection:
                 said = "announced members {}".format(", ".join(lead.members))
             else:
                 said = f"did not announce that it leads (state {lead.state})"
-            msg = "%s: saw all %d expected members (%s) but the leader %s %s" % (
-                head,
-                self.expect,
-                ", ".join(decision.members),
-                lead.address,
-                said,
-            )
+            msg = f"{head}: saw all {self.expect} expected members ({', '.join(decision.members)}) but the leader {lead.address} {said}"
         gone = self.peers.gone()
         if gone:
             msg += f"; of these withdrew: {describe(gone)}"

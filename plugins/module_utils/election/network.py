@@ -21,9 +21,9 @@ def parse_route_table(text: str) -> str | None:
         if len(fields) < 8:
             continue
         iface, destination, flags, metric, mask = fields[0], fields[1], int(fields[3], 16), int(fields[6]), fields[7]
-        if destination == "00000000" and mask == "00000000" and flags & 0x1:  # RTF_UP
-            if best is None or metric < best[0]:
-                best = (metric, iface)
+        default_route = destination == "00000000" and mask == "00000000" and flags & 0x1  # RTF_UP
+        if default_route and (best is None or metric < best[0]):
+            best = (metric, iface)
     return best[1] if best else None
 
 

@@ -54,7 +54,7 @@ class ElectionOutcome:
 
 def describe(members) -> str:
     members = sorted(members, key=lambda m: address_key(m.address))
-    return ", ".join("%s (id %d)" % (m.address, m.election_id) for m in members) or "none"
+    return ", ".join(f"{m.address} (id {m.election_id})" for m in members) or "none"
 
 
 def decide(members, expect: int) -> ElectionOutcome:
@@ -68,23 +68,20 @@ def decide(members, expect: int) -> ElectionOutcome:
     )
     if others:
         raise MismatchedExpect(
-            "members expect a different number of members: this host expects %d, %s"
-            % (expect, ", ".join("%s expects %d" % (m.address, m.expect) for m in others))
+            f"members expect a different number of members: this host expects {expect}, {', '.join(f'{m.address} expects {m.expect}' for m in others)}"
         )
     by_id: dict[int, Announcement] = {}
     for member in sorted(by_address.values(), key=lambda m: address_key(m.address)):
         other = by_id.get(member.election_id)
         if other is not None:
             raise DuplicateElectionId(
-                "duplicate election ID %d: announced by %s and by %s"
-                % (member.election_id, other.address, member.address)
+                f"duplicate election ID {member.election_id}: announced by {other.address} and by {member.address}"
             )
         by_id[member.election_id] = member
     addresses = tuple(sort_addresses(by_address))
     if len(addresses) > expect:
         raise TooManyMembers(
-            "more members than expected: %d seen, %d expected: %s"
-            % (len(addresses), expect, describe(by_address.values()))
+            f"more members than expected: {len(addresses)} seen, {expect} expected: {describe(by_address.values())}"
         )
     if len(addresses) < expect:
         return ElectionOutcome(False, None, addresses)

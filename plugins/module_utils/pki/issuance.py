@@ -135,8 +135,7 @@ class CertificateIssuance:
         dest, chain_dest = p.get("dest"), p.get("chain_dest")
         if dest and renew_before_days >= int(valid_days):
             raise PkiError(
-                "renew_before_days %d must be smaller than valid_days %s, or every run would re-issue"
-                % (renew_before_days, valid_days),
+                f"renew_before_days {renew_before_days} must be smaller than valid_days {valid_days}, or every run would re-issue",
                 field="renew_before_days",
             )
         csr_text = self._csr_text()

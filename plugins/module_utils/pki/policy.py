@@ -126,7 +126,7 @@ class CsrPolicy:
                     field="allowed_key_types",
                 )
         if self.max_valid_days < 1:
-            raise PkiError("max_valid_days must be at least 1, not %d" % self.max_valid_days, field="max_valid_days")
+            raise PkiError(f"max_valid_days must be at least 1, not {self.max_valid_days}", field="max_valid_days")
         self._deny = tuple(self._compile(p, "deny") for p in self.deny)
         # Patterns without {identity} are compiled once; the others per identity (cheap next to a signature).
         self._allow_static = tuple(
@@ -198,8 +198,10 @@ class CsrPolicy:
             raise PolicyError(
                 "cn_matches_identity",
                 len(cns),
-                "the CSR subject has %d CN attributes, expected exactly "
-                "one equal to the identity %r" % (len(cns), identity),
+                (
+                    f"the CSR subject has {len(cns)} CN attributes, expected exactly "
+                    f"one equal to the identity {identity!r}"
+                ),
             )
         cn = cns[0].value
         if cn != identity:
@@ -279,7 +281,7 @@ class CsrPolicy:
             raise PolicyError(
                 "key_types",
                 f"rsa-{detail}",
-                "RSA key of %s bits is smaller than min_rsa_bits %d" % (detail, self.min_rsa_bits),
+                f"RSA key of {detail} bits is smaller than min_rsa_bits {self.min_rsa_bits}",
             )
         if key_type == "ec" and detail not in self.ec_curves:
             raise PolicyError(
@@ -295,9 +297,9 @@ class CsrPolicy:
         except (TypeError, ValueError):
             raise PolicyError("valid_days", valid_days, f"valid_days {valid_days!r} is not a whole number") from None
         if days < 1:
-            raise PolicyError("valid_days", days, "valid_days must be at least 1, not %d" % days)
+            raise PolicyError("valid_days", days, f"valid_days must be at least 1, not {days}")
         if days > self.max_valid_days:
             raise PolicyError(
-                "max_valid_days", days, "valid_days %d is more than max_valid_days %d" % (days, self.max_valid_days)
+                "max_valid_days", days, f"valid_days {days} is more than max_valid_days {self.max_valid_days}"
             )
         return days

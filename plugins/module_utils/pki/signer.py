@@ -126,8 +126,7 @@ class Signer:
             raise PkiError(f"the CA certificate expired on {iso8601(ca_end)}", field="ca_cert")
         if not_after > ca_end:
             warnings.append(
-                "certificate for %s ends on %s with its CA, not after the %d days asked for"
-                % (facts.identity, iso8601(ca_end), facts.valid_days)
+                f"certificate for {facts.identity} ends on {iso8601(ca_end)} with its CA, not after the {facts.valid_days} days asked for"
             )
             not_after = ca_end
         return not_after, warnings
@@ -201,8 +200,7 @@ class Signer:
             return True, f"the existing certificate expired on {iso8601(not_after(cert))}"
         if not_after(cert) - now <= datetime.timedelta(days=int(renew_before_days)):
             return True, (
-                "the existing certificate ends on %s, within renew_before_days %d"
-                % (iso8601(not_after(cert)), int(renew_before_days))
+                f"the existing certificate ends on {iso8601(not_after(cert))}, within renew_before_days {int(renew_before_days)}"
             )
         cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         if identity is not None and cns != [identity]:

@@ -219,13 +219,13 @@ class FleetDiscovery:
             # Remembered even when the node is not known yet: its pong may still be waiting to be handled.
             node = self.nodes.setdefault(event.identity, _Node())
             node.departed = True
-            node.events = (node.events + [event.summary])[-EVENTS_KEPT:]
+            node.events = ([*node.events, event.summary])[-EVENTS_KEPT:]
             return
         node = self._seen(event.identity, event.source, revive=event.source == "lifecycle")
         if node is None:
             return
         if event.summary is not None:
-            node.events = (node.events + [event.summary])[-EVENTS_KEPT:]
+            node.events = ([*node.events, event.summary])[-EVENTS_KEPT:]
         if event.facts is not None:
             node.registration_facts = event.facts
 

@@ -70,7 +70,7 @@ def helper_argv(helper: Any) -> list[str]:
     resolved = program if os.sep in program else shutil.which(program)
     if not resolved or not os.path.isfile(resolved) or not os.access(resolved, os.X_OK):
         raise ValueError(f"helper program {program!r} is not an executable file")
-    return [resolved] + argv[1:]
+    return [resolved, *argv[1:]]
 
 
 def helper_request(identity: str, csr: dict | None, inventory: Any) -> dict:
@@ -97,7 +97,7 @@ def _tail(text: str) -> str:
 def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str) -> HelperDecision:
     """Judge a helper's output for one node. Raises NodeFailure with the helper's stderr in the text."""
     if returncode != 0:
-        raise NodeFailure("helper exited with status %d for %s; stderr: %s" % (returncode, identity, _tail(stderr)))
+        raise NodeFailure(f"helper exited with status {returncode} for {identity}; stderr: {_tail(stderr)}")
     text = (stdout or "").strip()
     if not text:
         raise NodeFailure(f"helper printed nothing for {identity}; stderr: {_tail(stderr)}")

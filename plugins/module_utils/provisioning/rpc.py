@@ -94,6 +94,7 @@ class RpcClient:
         self._waiters: dict[str, Callable[[Reply], None]] = {}
         self._sub = None
         self.undecodable = 0
+        self._callbacks: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> RpcClient:
         await self.connect()
@@ -192,7 +193,9 @@ class RpcClient:
             if on_reply is not None:
                 result = on_reply(reply)
                 if asyncio.iscoroutine(result):
-                    asyncio.ensure_future(result)
+                    task = asyncio.ensure_future(result)
+                    self._callbacks.add(task)  # referenced until done: the loop keeps only weak references
+                    task.add_done_callback(self._callbacks.discard)
             if wanted is not None and len(replies) >= wanted and not done.done():
                 done.set_result(None)
 
@@ -227,8 +230,7 @@ class RpcClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise RpcTimeout(
-            "%s: no reply from %s within %.1fs (%d attempt%s)"
-            % (step, identity, timeout, retries + 1, "" if retries == 0 else "s"),
+            f"{step}: no reply from {identity} within {timeout:.1f}s ({retries + 1} attempt{'' if retries == 0 else 's'})",
             identity=identity,
             step=step,
         )
@@ -252,10 +254,4 @@ class RpcClient:
 
 def reply_error(reply: Reply, step: str) -> str:
     """A human sentence for a failed mcorpc reply."""
-    return "%s refused by %s: %s (statuscode %d %s)" % (
-        step,
-        reply.senderid,
-        reply.statusmsg or "no message",
-        reply.statuscode,
-        StatusCode.NAMES.get(reply.statuscode, "?"),
-    )
+    return f"{step} refused by {reply.senderid}: {reply.statusmsg or 'no message'} (statuscode {reply.statuscode} {StatusCode.NAMES.get(reply.statuscode, '?')})"

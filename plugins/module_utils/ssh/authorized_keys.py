@@ -105,14 +105,14 @@ class AuthorizedKeys:
         # A file we add to always ends with a newline: sshd needs it before the next appended key.
         return "\n".join(line.text for line in self.lines) + ("\n" if self.trailing_newline else "")
 
-    def keys(self) -> list[PublicKey]:
+    def public_keys(self) -> list[PublicKey]:
         return [line.key for line in self.lines if line.key is not None]
 
     def contains(self, key: PublicKey) -> bool:
-        return any(k.same_key(key) for k in self.keys())
+        return any(k.same_key(key) for k in self.public_keys())
 
     def fingerprints(self) -> list[str]:
-        return [k.fingerprint for k in self.keys()]
+        return [k.fingerprint for k in self.public_keys()]
 
     def add(self, key: PublicKey) -> bool:
         """Append ``key`` unless the same key (any comment, any options) is already there."""

@@ -118,5 +118,5 @@ def parse_revoke(entries: list | None) -> list[RevokeSelector]:
         try:
             selectors.append(RevokeSelector.parse(entry))
         except SshKeyError as exc:
-            raise SshKeyError("revoke[%d]: %s" % (index, exc)) from None
+            raise SshKeyError(f"revoke[{index}]: {exc}") from None
     return selectors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import stat
 import subprocess
 import threading
@@ -24,7 +25,7 @@ def test_keypair_generated_once_0600_and_readable_by_ssh_keygen(tmp_path, kind, 
     assert stat.S_IMODE(os.stat(pair.path).st_mode) == 0o600
     derived = subprocess.run(["ssh-keygen", "-y", "-f", pair.path], check=True, capture_output=True, text=True)
     assert PublicKey.parse(derived.stdout).same_key(first.public_key)
-    assert open(pair.public_path).read() == first.public_key.line + "\n"
+    assert pathlib.Path(pair.public_path).read_text() == first.public_key.line + "\n"
     again = ControllerKeyPair(pair.path, kind, size).ensure()
     assert not again.generated and again.public_key.same_key(first.public_key)
 

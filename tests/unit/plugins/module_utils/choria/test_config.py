@@ -29,7 +29,7 @@ def test_later_lines_win_and_values_may_contain_equals():
 
 @pytest.mark.parametrize("line", ["just words", "bad key = 1", "= value"])
 def test_parse_names_the_bad_line(line):
-    with pytest.raises(nc.ConfigError, match="server.conf line 2"):
+    with pytest.raises(nc.ConfigError, match=r"server\.conf line 2"):
         nc.parse_config(f"ok = 1\n{line}\n", source="server.conf")
 
 

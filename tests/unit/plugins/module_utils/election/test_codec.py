@@ -66,7 +66,7 @@ def test_encode_decode_round_trip_with_secret():
 
 
 def test_long_member_lists_split_under_txt_limit():
-    members = tuple("10.0.%d.%d" % (i // 200, 100 + i % 100) for i in range(40))
+    members = tuple(f"10.0.{i // 200}.{100 + i % 100}" for i in range(40))
     props = encode_txt(ann("10.0.0.100", state=LEADER, leader="10.0.0.100", members=members))
     assert all(len("{}={}".format(*item)) <= 255 for item in props.items())
     assert len([k for k in props if k.startswith("m")]) > 1

@@ -99,7 +99,7 @@ def test_with_a_secret_only_a_signed_announcement_of_this_address_is_a_conflict(
 def test_ignored_announcements_kept_for_the_message_are_bounded():
     election = member(secret=SECRET)
     for index in range(100):
-        feed(election, ann("10.0.1.%d" % index))
+        feed(election, ann(f"10.0.1.{index}"))
     assert len(election.peers.ignored) == MAX_IGNORED_REPORTED
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.journal import recover_configure
 from tests.support.node_requests import provisioned_files
@@ -10,11 +11,11 @@ from tests.support.node_requests import provisioned_files
 def test_a_journal_left_by_a_killed_configure_is_rolled_forward(node, ca):
     provisioned_files(node, ca)
     paths = {"cert": node.ssl_path("certificate.pem"), "conf": node.server_conf}
-    old = {name: open(path, "rb").read() for name, path in paths.items()}
+    old = {name: pathlib.Path(path).read_bytes() for name, path in paths.items()}
     # What a process killed between two renames leaves: every file staged, the journal written, one renamed.
     new_conf = old["conf"].replace(b"collectives = ops", b"collectives = dev")
-    open(node.server_conf + ".staged", "wb").write(new_conf)
-    open(node.ssl_path("certificate.pem") + ".staged", "wb").write(old["cert"])
+    pathlib.Path(node.server_conf + ".staged").write_bytes(new_conf)
+    pathlib.Path(node.ssl_path("certificate.pem") + ".staged").write_bytes(old["cert"])
     with open(node.journal, "w") as handle:
         json.dump(
             [
@@ -24,9 +25,9 @@ def test_a_journal_left_by_a_killed_configure_is_rolled_forward(node, ca):
             handle,
         )
     assert recover_configure(node.node_dir) == "rolled forward"
-    assert open(node.server_conf, "rb").read() == new_conf
+    assert pathlib.Path(node.server_conf).read_bytes() == new_conf
     assert not os.path.exists(node.journal)
     # staged files without a journal are an unfinished staging: discarded, the old set stays
-    open(node.server_conf + ".staged", "wb").write(b"half")
+    pathlib.Path(node.server_conf + ".staged").write_bytes(b"half")
     assert recover_configure(node.node_dir) == "discarded"
-    assert open(node.server_conf, "rb").read() == new_conf
+    assert pathlib.Path(node.server_conf).read_bytes() == new_conf

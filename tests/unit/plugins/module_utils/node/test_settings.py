@@ -12,7 +12,7 @@ from tests.support.rules import BROKER_URLS
 def settings(tmp_path, text, *flags):
     conf = tmp_path / "agent.conf"
     conf.write_text(text)
-    return settings_from(parse_args(["--config", str(conf)] + list(flags)))
+    return settings_from(parse_args(["--config", str(conf), *list(flags)]))
 
 
 def test_config_file_then_flags(tmp_path):

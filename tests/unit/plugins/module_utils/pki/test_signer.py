@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import PolicyBuilder, Store
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
@@ -34,9 +34,9 @@ def test_issued_certificate_passes_rfc5280_path_validation(ca, signer, key):
 def test_server_profile_is_not_accepted_as_client_and_hostname_is_checked(ca, signer):
     cert = load(signer.sign(make_csr(), IDENTITY, profile="server").certificate)
     store = Store([ca.certificate])
-    with pytest.raises(Exception):
+    with pytest.raises(VerificationError):
         PolicyBuilder().store(store).build_client_verifier().verify(cert, [])
-    with pytest.raises(Exception):
+    with pytest.raises(VerificationError):
         PolicyBuilder().store(store).build_server_verifier(x509.DNSName("node2.example.net")).verify(cert, [])
 
 
@@ -90,7 +90,7 @@ def test_certificate_never_outlives_its_ca_and_a_warning_says_so():
 
 
 def test_signing_from_many_threads_gives_valid_distinct_certificates(ca, signer):
-    csrs = [make_csr("node%d.example.net" % i, key=ec.generate_private_key(ec.SECP256R1())) for i in range(40)]
+    csrs = [make_csr(f"node{i}.example.net", key=ec.generate_private_key(ec.SECP256R1())) for i in range(40)]
     issued: list[IssuedCertificate] = []
     errors = []
     lock = threading.Lock()
@@ -98,7 +98,7 @@ def test_signing_from_many_threads_gives_valid_distinct_certificates(ca, signer)
     def work(chunk):
         for i, csr in chunk:
             try:
-                result = signer.sign(csr, "node%d.example.net" % i)
+                result = signer.sign(csr, f"node{i}.example.net")
             except Exception as exc:  # collected and asserted below
                 errors.append(exc)
                 continue
@@ -115,7 +115,7 @@ def test_signing_from_many_threads_gives_valid_distinct_certificates(ca, signer)
     assert len({i.serial for i in issued}) == 40
     for result in issued:
         load(result.certificate).verify_directly_issued_by(ca.certificate)
-    assert sorted(i.subject for i in issued) == sorted("CN=node%d.example.net" % i for i in range(40))
+    assert sorted(i.subject for i in issued) == sorted(f"CN=node{i}.example.net" for i in range(40))
 
 
 def test_fresh_certificate_for_the_same_key_needs_no_renewal(signer):

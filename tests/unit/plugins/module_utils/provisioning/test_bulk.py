@@ -76,7 +76,7 @@ def test_listed_identities_limit_the_run_and_missing_ones_are_reported_absent():
 
 
 def test_expect_stops_taking_new_nodes_once_reached():
-    client = ScriptedClient(["n%02d" % i for i in range(20)])
+    client = ScriptedClient([f"n{i:02d}" for i in range(20)])
     out = run(settings(expect=5, workers=1), client)
     assert len(out["provisioned"]) == 5
 

@@ -59,7 +59,7 @@ def test_the_built_in_signer_turns_provisioning_off_and_names_the_node(tmp_path)
         "plugin.choria.server.provision": "false",
     }
     assert decision.ca == CertificateAuthority.load(ca["ca_cert"], ca["ca_key"]).chain_pem
-    with pytest.raises(NodeFailure, match="signer refused the CSR of node2.example.net"):
+    with pytest.raises(NodeFailure, match=r"signer refused the CSR of node2\.example\.net"):
         decide(decider, "node2.example.net", make_csr("node1.example.net"))
 
 

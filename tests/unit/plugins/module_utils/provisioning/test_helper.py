@@ -135,7 +135,7 @@ def test_run_helper_kills_a_helper_that_runs_too_long(tmp_path):
 
 def test_run_helper_reports_nonzero_exit_with_stderr(tmp_path):
     script = _script(tmp_path, "sys.stderr.write('no CA for you'); sys.exit(2)")
-    with pytest.raises(ph.NodeFailure, match="status 2.*no CA for you"):
+    with pytest.raises(ph.NodeFailure, match=r"status 2.*no CA for you"):
         asyncio.run(ph.run_helper([script], ph.helper_request("n5", None, {})))
     assert os.path.exists(script)
 

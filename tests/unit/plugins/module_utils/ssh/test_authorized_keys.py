@@ -33,7 +33,7 @@ def test_parse_keeps_unparseable_and_option_lines_verbatim(keys):
     )
     parsed = AuthorizedKeys.parse(content)
     assert parsed.render() == content
-    assert [k.comment for k in parsed.keys()] == ["other", "bootstrap"]
+    assert [k.comment for k in parsed.public_keys()] == ["other", "bootstrap"]
     assert parsed.lines[2].options.startswith('from="10.0.0.0/8"')
 
 

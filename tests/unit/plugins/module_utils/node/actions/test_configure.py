@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import pytest
 
@@ -14,16 +15,16 @@ from tests.support.node_requests import CONFIG, TOKEN, call, provisioned_files
 
 def test_configure_writes_certificate_ca_and_config_with_the_security_settings(node, ca):
     cert = provisioned_files(node, ca)
-    assert open(node.ssl_path("certificate.pem")).read() == cert
-    assert open(node.ssl_path("ca.pem")).read() == ca.pem
-    conf = parse_config(open(node.server_conf).read())
+    assert pathlib.Path(node.ssl_path("certificate.pem")).read_text() == cert
+    assert pathlib.Path(node.ssl_path("ca.pem")).read_text() == ca.pem
+    conf = parse_config(pathlib.Path(node.server_conf).read_text())
     assert conf["plugin.choria.server.provision"] == "false"
     assert conf["identity"] == "web1.example.net"
     assert conf["plugin.security.provider"] == "file"
     assert conf["plugin.security.file.key"] == node.ssl_path("private.pem")
     assert conf["plugin.security.file.certificate"] == node.ssl_path("certificate.pem")
     assert conf["plugin.security.file.ca"] == node.ssl_path("ca.pem")
-    assert certificate_matches_key(cert.encode(), open(node.ssl_path("private.pem"), "rb").read())
+    assert certificate_matches_key(cert.encode(), pathlib.Path(node.ssl_path("private.pem")).read_bytes())
     assert not os.path.exists(node.journal)
     assert not [n for n in os.listdir(node.ssldir) if n.endswith(".staged")]
 

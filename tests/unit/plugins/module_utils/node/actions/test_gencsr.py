@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import stat
 
 import pytest
@@ -21,7 +22,7 @@ def test_gencsr_makes_an_ec_key_0600_and_a_csr_with_the_requested_subject(node):
     assert code == 0
     key_path = node.ssl_path("private.pem")
     assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
-    key = serialization.load_pem_private_key(open(key_path, "rb").read(), None)
+    key = serialization.load_pem_private_key(pathlib.Path(key_path).read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
     csr = x509.load_pem_x509_csr(data["csr"].encode())
     assert csr.is_signature_valid
@@ -35,7 +36,7 @@ def test_gencsr_makes_an_ec_key_0600_and_a_csr_with_the_requested_subject(node):
         .decode()
     )
     assert data["ssldir"] == node.ssldir
-    assert open(node.ssl_path("csr.pem")).read() == data["csr"]
+    assert pathlib.Path(node.ssl_path("csr.pem")).read_text() == data["csr"]
     assert "PRIVATE" not in json.dumps(data)
 
 
