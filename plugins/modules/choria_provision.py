@@ -3,6 +3,8 @@
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 
 
+from __future__ import annotations
+
 DOCUMENTATION = r"""
 ---
 module: choria_provision

@@ -8,8 +8,18 @@ from __future__ import annotations
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import Reply, rpc_reply_body
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import HelperDecision, NodeFailure
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcTimeout
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def scripted_settings(**options) -> ProvisionSettings:
+    """Settings for runs against a ScriptedClient: short timeouts, no retries."""
+    base = dict(brokers=["nats://127.0.0.1:1"], token="tok", timeout=0.1, retries=0, discovery_timeout=0.1)
+    base.update(options)
+    return ProvisionSettings(**base)
+
+
 CSR = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
 
 

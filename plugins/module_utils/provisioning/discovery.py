@@ -367,19 +367,10 @@ class FleetDiscovery:
         }
 
 
-def discover_fleet(
-    brokers: Any,
-    collective: str = PROVISIONING_COLLECTIVE,
-    timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
-    listen: float = 0.0,
-    expect: int | None = None,
-    tls: dict | None = None,
-    callerid: str = DEFAULT_CALLERID,
-    inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
-    warn: Callable[[str], None] | None = None,
-) -> dict:
+def discover_fleet(brokers: Any, **options: Any) -> dict:
     """Discover the provisioning fleet from synchronous code: ``{identity: {"facts", "inventory", "events",
-    "sources"[, "inventory_error"]}}`` sorted by identity. ``tls`` is ``{"ca", "cert", "key"}`` (paths).
+    "sources"[, "inventory_error"]}}`` sorted by identity. ``options`` are FleetDiscovery's (``tls`` is
+    ``{"ca", "cert", "key"}``, paths).
 
     Raises DiscoveryError when the options are wrong or no broker can be reached.
     """
@@ -387,15 +378,4 @@ def discover_fleet(
         require("nats", "for discovery")
     except MissingDependency as exc:
         raise DiscoveryError(str(exc)) from None
-    run = FleetDiscovery(
-        brokers,
-        collective=collective,
-        timeout=timeout,
-        listen=listen,
-        expect=expect,
-        tls=tls,
-        callerid=callerid,
-        inventory_timeout=inventory_timeout,
-        warn=warn,
-    )
-    return asyncio.run(run.run())
+    return asyncio.run(FleetDiscovery(brokers, **options).run())

@@ -7,27 +7,20 @@ import pytest
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import single_action
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
     ProvisionError,
-    ProvisionSettings,
 )
-from tests.support.scripted import CERT, ScriptedClient
-
-
-def settings(**kw):
-    base = dict(brokers=["nats://127.0.0.1:1"], token="tok", timeout=0.1, retries=0, discovery_timeout=0.1)
-    base.update(kw)
-    return ProvisionSettings(**base)
+from tests.support.scripted import CERT, ScriptedClient, scripted_settings
 
 
 def test_single_configure_refuses_a_config_that_keeps_provisioning_on():
     with pytest.raises(ProvisionError, match="leaves provisioning on"):
         asyncio.run(
             single_action(
-                settings(configuration={"identity": "a"}), "configure", "a", {"certificate": CERT, "ca": CERT}
+                scripted_settings(configuration={"identity": "a"}), "configure", "a", {"certificate": CERT, "ca": CERT}
             )
         )
 
 
 def test_single_action_in_check_mode_only_pings():
     client = ScriptedClient(["a"])
-    out = asyncio.run(single_action(settings(check_mode=True), "restart", "a", client_factory=lambda: client))
+    out = asyncio.run(single_action(scripted_settings(check_mode=True), "restart", "a", client_factory=lambda: client))
     assert out["changed"] is True and [sent[1] for sent in client.sent] == ["ping"]
