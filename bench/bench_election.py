@@ -106,7 +106,8 @@ def main(argv: list[str]) -> int:
                 good = sum(r["ok"] for r in runs)
                 failures += rounds - good
                 print(
-                    f"{count:<6d} {label:<10} {statistics.median(times):7.2f} {max(times):7.2f} {rounds:7d}  {good}/{rounds:<3d} {max(r['late'] for r in runs):.2f}",
+                    f"{count:<6d} {label:<10} {statistics.median(times):7.2f} {max(times):7.2f} {rounds:7d} "
+                    f" {good}/{rounds:<3d} {max(r['late'] for r in runs):.2f}",
                     flush=True,
                 )
     finally:

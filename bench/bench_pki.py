@@ -67,7 +67,8 @@ def main() -> int:
     count = args.count or (500 if args.quick else 5000)
 
     print(
-        f"bench_pki: {count} CSRs per run; machine: {os.cpu_count() or 0} cores ({platform.machine()}), Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} (others share the cores)"
+        f"bench_pki: {count} CSRs per run; machine: {os.cpu_count() or 0} cores ({platform.machine()}), "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} (others share the cores)"
     )
     csrs = make_csrs(count, "ec")
     rsa_csrs = make_csrs(max(count // 10, 50), "rsa")
@@ -84,7 +85,8 @@ def main() -> int:
                 elapsed, lat = run(signer, batch, threads)
                 lat.sort()
                 print(
-                    f"{name:<10} {node_key:<10} {threads:<8d} {len(batch) / elapsed:12.0f} {statistics.median(lat) * 1000:10.3f} {lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:10.3f}"
+                    f"{name:<10} {node_key:<10} {threads:<8d} {len(batch) / elapsed:12.0f} {statistics.median(lat) * 1000:10.3f} "
+                    f"{lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:10.3f}"
                 )
     return 0
 

@@ -266,8 +266,11 @@ def main() -> int:
             row["ratio_to_floor"] = round(row["nodes_per_s"] / floor_nodes, 3)
             print(json.dumps(row))
             print(
-                f"signer path, {count} nodes: {row['seconds']:.1f} s total ({row['discovery_s']:.2f} s discovery), {row['nodes_per_s']:.0f} nodes/s, per node p50 {row['p50_ms']:.0f} ms "
-                f"p99 {row['p99_ms']:.0f} ms, provisioner {row['prov_cpu_s']:.2f} CPU s ({row['prov_cpu_ms_per_node']:.3f} ms/node) peak RSS {row['prov_peak_rss_mb']:.0f} MB, fleet {row['fleet_cpu_s']:.1f} CPU s peak RSS "
+                f"signer path, {count} nodes: {row['seconds']:.1f} s total ({row['discovery_s']:.2f} s "
+                f"discovery), {row['nodes_per_s']:.0f} nodes/s, per node p50 {row['p50_ms']:.0f} ms "
+                f"p99 {row['p99_ms']:.0f} ms, provisioner {row['prov_cpu_s']:.2f} CPU s ({row['prov_cpu_ms_per_node']:.3f} "
+                f"ms/node) peak RSS {row['prov_peak_rss_mb']:.0f} MB, fleet {row['fleet_cpu_s']:.1f} CPU "
+                "s peak RSS "
                 f"{row['fleet_peak_rss_mb']:.0f} MB, {row['ratio_to_floor']:.2f} of the floor, failed {row['failed']}"
             )
         if helper_nodes:
@@ -278,7 +281,9 @@ def main() -> int:
             print(json.dumps(row))
             print(
                 f"helper path (one policy_helper.py subprocess per node: Python + cryptography, signs), {helper_nodes} nodes: "
-                f"{row['seconds']:.1f} s, {row['nodes_per_s']:.0f} nodes/s (target >= 50), per node p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms, helper run p50 {row['steps']['decide']['p50_ms']:.0f} ms, "
+                f"{row['seconds']:.1f} s, {row['nodes_per_s']:.0f} nodes/s (target >= 50), per node p50 "
+                f"{row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms, helper run p50 {row['steps']['decide']['p50_ms']:.0f} "
+                "ms, "
                 f"failed {row['failed']}"
             )
             # The contract's own cost: a shell helper that answers at once (defer), so nodes stay in provisioning.
@@ -290,7 +295,8 @@ def main() -> int:
             print(json.dumps(row))
             print(
                 f"helper contract overhead (a /bin/sh helper answering defer at once), {helper_nodes} nodes: {row['seconds']:.1f} s, "
-                f"{row['decided_per_s']:.0f} decisions/s, helper run p50 {row['steps']['decide']['p50_ms']:.0f} ms p99 {row['steps']['decide']['p99_ms']:.0f} ms"
+                f"{row['decided_per_s']:.0f} decisions/s, helper run p50 {row['steps']['decide']['p50_ms']:.0f} "
+                f"ms p99 {row['steps']['decide']['p99_ms']:.0f} ms"
             )
         if per_host:
             row = bench_per_host(per_host, args.forks, workdir)

@@ -146,7 +146,8 @@ def main() -> int:
     rounds = [one_round(args.hosts, args.forks) for _index in range(1 if args.quick else 3)]
     logins = sorted(x for r in rounds for x in r["logins"])
     print(
-        f"machine: {os.cpu_count() or 0} cores (shared; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after), {args.hosts} hosts as network namespaces "
+        f"machine: {os.cpu_count() or 0} cores (shared; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+        f"after), {args.hosts} hosts as network namespaces "
         f"with sshd, forks={args.forks}, {len(rounds)} round(s)"
     )
     for key, label in (

@@ -276,7 +276,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except DiscoveryError as exc:
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
         self.display.v(
-            f"zeroinit.bootstrap.provisioning: {len(fleet)} node(s) in collective {self.get_option('collective')} via {', '.join(brokers)} in {time.monotonic() - started:.1f}s"
+            f"zeroinit.bootstrap.provisioning: {len(fleet)} node(s) in collective {self.get_option('collective')} "
+            f"via {', '.join(brokers)} in {time.monotonic() - started:.1f}s"
         )
         return fleet
 

@@ -161,7 +161,8 @@ class AgentProcess:
         missing = sorted(set(self.identities) - set(seen))
         if missing or (self.process is not None and self.process.poll() is not None):
             raise RuntimeError(
-                f"agent not ready: {len(seen)} of {self.count} nodes answered discovery (missing e.g. {missing[:3]}), exit {self.process.poll() if self.process else None}\n{self.log_tail()}"
+                f"agent not ready: {len(seen)} of {self.count} nodes answered discovery (missing e.g. "
+                f"{missing[:3]}), exit {self.process.poll() if self.process else None}\n{self.log_tail()}"
             )
         return seen
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import traceback
 
+# The imports below are this module's interface: other files import the libraries' names from here.
+# pylint: disable=unused-import
+
 
 class MissingDependency(ImportError):
     """A third-party library needed for what was asked is not installed; the text names its package."""

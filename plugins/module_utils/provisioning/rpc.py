@@ -254,4 +254,5 @@ class RpcClient:
 
 def reply_error(reply: Reply, step: str) -> str:
     """A human sentence for a failed mcorpc reply."""
-    return f"{step} refused by {reply.senderid}: {reply.statusmsg or 'no message'} (statuscode {reply.statuscode} {StatusCode.NAMES.get(reply.statuscode, '?')})"
+    status = f"statuscode {reply.statuscode} {StatusCode.NAMES.get(reply.statuscode, '?')}"
+    return f"{step} refused by {reply.senderid}: {reply.statusmsg or 'no message'} ({status})"
