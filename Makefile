@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 COLLECTIONS := $(VENV)/collections
 SANITY_ROOT ?= $(or $(TMPDIR),/tmp)/zeroinit-sanity-$(shell printf %s '$(CURDIR)' | md5sum | cut -c1-8)/ansible_collections/zeroinit/bootstrap
 PYTEST_ARGS ?=
+# The oldest Python modules, module_utils and the node agent run on, on targets (tests/config.yml).
+TARGET_PYTHON_MIN := 3.8
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
@@ -60,6 +62,7 @@ lint: venv
 	$(BIN)/ruff format --check --diff .
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --offline --profile production
+	$(BIN)/vermin --quiet --no-tips --violations --target=$(TARGET_PYTHON_MIN)- plugins/modules plugins/module_utils
 
 ## ansible-test needs the collection under ansible_collections/NS/NAME and a get-pip it can run offline.
 sanity: venv
