@@ -33,12 +33,13 @@ $(VENV)/.ready: requirements.txt tests/requirements.txt
 	chmod 0755 $(BIN)/zeroinit-agent
 	touch $@
 
-## System packages named in bindep.txt (sshd, ip), installed with apt-get when missing.
-system-deps:
-	@missing=$$(sed -e 's/#.*//' -e '/^\s*$$/d' bindep.txt | awk '{print $$1}' | while read -r p; do \
-		dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done); \
+## System packages of bindep.txt's default and test profiles for this platform (sshd, ip, ...), installed with
+## apt-get when missing. bindep prints the missing ones and exits 1 when there are any.
+system-deps: venv
+	@missing=$$($(BIN)/bindep --brief --file bindep.txt test); status=$$?; \
+	if [ $$status -gt 1 ]; then echo "bindep failed on bindep.txt (exit $$status)" >&2; exit $$status; fi; \
 	if [ -n "$$missing" ]; then \
-		echo "installing system packages: $$missing"; \
+		echo "installing system packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
