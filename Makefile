@@ -64,6 +64,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --offline --profile production
 	$(BIN)/vermin --quiet --no-tips --violations --target=$(TARGET_PYTHON_MIN)- plugins/modules plugins/module_utils
+	$(BIN)/antsibull-changelog lint
 
 ## ansible-test needs the collection under ansible_collections/NS/NAME and a get-pip it can run offline.
 sanity: venv
