@@ -15,7 +15,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_HOST_PATTERN_MISMATCH := ignore
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv system-deps demo test unit integration molecule lint sanity bench clean
+.PHONY: venv system-deps demo test unit integration molecule lint sanity bench build clean
 
 ## Set-up: a virtualenv from PyPI, this checkout linked in as the collection zeroinit.bootstrap,
 ## and the node agent as .venv/bin/zeroinit-agent.
@@ -78,5 +78,9 @@ sanity: venv
 bench: venv
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
+## The Galaxy tarball, zeroinit-bootstrap-<version>.tar.gz here (galaxy.yml's build_ignore says what stays out).
+build: venv
+	$(BIN)/ansible-galaxy collection build --force --output-path $(CURDIR)
+
 clean:
-	rm -rf $(VENV) .ansible tests/output
+	rm -rf $(VENV) .ansible tests/output zeroinit-bootstrap-*.tar.gz
