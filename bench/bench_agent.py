@@ -165,7 +165,8 @@ def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -
         % (result["p50"] * 1000, result["p99"] * 1000, result["configured"], result["arrived_s"], result["pinged"])
     )
     print(
-        f"  agent CPU {agent_cpu * 1000 / count:.2f} ms per node ({agent_cpu:.1f} s), driver CPU {driver_cpu * 1000 / count:.2f} ms per node; load average {load_average()} (a shared machine)"
+        f"  agent CPU {agent_cpu * 1000 / count:.2f} ms per node ({agent_cpu:.1f} s), "
+        f"driver CPU {driver_cpu * 1000 / count:.2f} ms per node; load average {load_average()} (a shared machine)"
     )
     print(
         "  agent RSS %.1f MiB before, %.1f MiB after; failures: %d %s"
