@@ -23,6 +23,7 @@ What :meth:`RequestVerifier.verify` checks, in this order; the first failure rai
 whose message names it (``code`` is a short tag for tests and statistics):
 
 ``unsigned``    ``signature``/``pubcert`` are ``insecure`` or empty: "request is unsigned (insecure)".
+``message``     (or ``signature``, ``pubcert``) that field is not a string.
 ``pubcert``     a string of at most :data:`MAX_PUBCERT_BYTES` bytes holding 1 to :data:`MAX_PUBCERT_CERTIFICATES`
                 PEM certificates that parse (the first is the signer's).
 ``certificate`` the signer's certificate is an end-entity certificate (not CA:TRUE), signed with neither MD5
@@ -471,9 +472,9 @@ class RequestVerifier:
         except Exception as exc:  # network input: a refusal, never a traceback, whatever cryptography raises
             raise RequestTrustError("pubcert", f"pubcert cannot be checked: {type(exc).__name__}: {exc}") from None
         if self._required_usage is not None and not leaf.has_required_usage:
+            which = "the provisioner" if self.policy.required_usage == PROVISIONER_USAGE_OID else "the required"
             raise RequestTrustError(
-                "usage",
-                f"certificate {leaf.subject} lacks the provisioner extended key usage {self.policy.required_usage}",
+                "usage", f"certificate {leaf.subject} lacks {which} extended key usage {self.policy.required_usage}"
             )
         if required_name is not None and required_name not in leaf.names:
             raise RequestTrustError(
