@@ -21,7 +21,8 @@ mis-anchored or have an unescaped ``.``, the two classic mistakes of identity re
 site, so a pattern is trusted input; it is still checked, and a malformed one refuses the token.
 
 Algorithms: EdDSA (Ed25519) and ES256 (EC P-256) only, and the one the key has: the header's ``alg`` must be it
-(``none``, HS*, RS* and any other are refused before PyJWT is asked). Verify keys load from a PEM public key, a
+(PyJWT is given that one algorithm, so ``none``, HS*, RS* and any other are refused before any signature
+check, and the refusal names the algorithm the token asked for). Verify keys load from a PEM public key, a
 PEM certificate, a file holding a hex Ed25519 public key, or that hex text itself, as Choria's
 ``jwt_verify_cert`` does; signing keys from a PEM private key or a hex Ed25519 seed file.
 
@@ -344,15 +345,6 @@ def verify_provisioning_jwt(
 
 def _decode(encoded: str, verify_key, algorithm: str) -> dict:
     try:
-        header = pyjwt.get_unverified_header(encoded)
-    except pyjwt.PyJWTError as exc:
-        raise ProvisioningJwtError("token", f"JWT does not parse: {exc}") from None
-    given = header.get("alg")
-    if given != algorithm:
-        raise ProvisioningJwtError(
-            "algorithm", f"JWT algorithm {str(given)[:20]!r} is not accepted: the site's key verifies {algorithm} only"
-        )
-    try:
         return pyjwt.decode(
             encoded,
             verify_key,
@@ -366,6 +358,11 @@ def _decode(encoded: str, verify_key, algorithm: str) -> dict:
                 "require": ["exp"],
             },
         )
+    except pyjwt.InvalidAlgorithmError:
+        given = pyjwt.get_unverified_header(encoded).get("alg")  # it parsed a moment ago
+        raise ProvisioningJwtError(
+            "algorithm", f"JWT algorithm {str(given)[:20]!r} is not accepted: the site's key verifies {algorithm} only"
+        ) from None
     except pyjwt.InvalidSignatureError:
         raise ProvisioningJwtError("signature", "JWT signature does not verify with the site's key") from None
     except pyjwt.MissingRequiredClaimError as exc:
