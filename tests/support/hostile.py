@@ -899,7 +899,7 @@ def _valid(ctx):
     rng, identity = ctx.rng, ctx.identity
     key = rng.choice(
         [
-            lambda: ctx.key(),
+            ctx.key,
             lambda: _curve_key(rng, ec.SECP384R1()),
             lambda: ed25519.Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)),
             lambda: _rsa_key(2048, ctx.seed),
