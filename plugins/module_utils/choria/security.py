@@ -249,6 +249,17 @@ def _weak_signature(cert) -> str | None:
     return None
 
 
+def _signature_or_extension_problem(cert) -> str | None:
+    """What disqualifies a certificate on a path whatever its role: a weak signature, an unknown critical extension."""
+    weak = _weak_signature(cert)
+    if weak:
+        return f"is signed with {weak}, which is too weak"
+    unprocessed = _unprocessed_critical(cert)
+    if unprocessed:
+        return f"carries the critical extension {unprocessed}, not supported"
+    return None
+
+
 def _spki_sha256(public_key) -> str:
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
@@ -558,14 +569,9 @@ class RequestVerifier:
                 "certificate",
                 f"certificate {subject} is a CA certificate; requests must be signed with an end-entity certificate",
             )
-        weak = _weak_signature(cert)
-        if weak:
-            raise RequestTrustError("certificate", f"certificate {subject} is signed with {weak}, which is too weak")
-        unprocessed = _unprocessed_critical(cert)
-        if unprocessed:
-            raise RequestTrustError(
-                "certificate", f"certificate {subject} carries the critical extension {unprocessed}, not supported"
-            )
+        problem = _signature_or_extension_problem(cert)
+        if problem:
+            raise RequestTrustError("certificate", f"certificate {subject} {problem}")
         usage = _extension(cert, x509.KeyUsage)
         if usage is not None and not usage.digital_signature:
             raise RequestTrustError(
@@ -697,14 +703,9 @@ class RequestVerifier:
             return RequestTrustError("chain", f"intermediate {subject} is not a CA that may sign certificates")
         if path_length is not None and below > path_length:
             return _path_length_refusal(subject, path_length, below)
-        weak = _weak_signature(cert)
-        if weak:
-            return RequestTrustError("chain", f"intermediate {subject} is signed with {weak}, which is too weak")
-        unprocessed = _unprocessed_critical(cert)
-        if unprocessed:
-            return RequestTrustError(
-                "chain", f"intermediate {subject} carries the critical extension {unprocessed}, not supported"
-            )
+        problem = _signature_or_extension_problem(cert)
+        if problem:
+            return RequestTrustError("chain", f"intermediate {subject} {problem}")
         try:
             self._check_time(subject, "intermediate", *_utc_bounds(cert), at)
         except RequestTrustError as refusal:

@@ -225,6 +225,12 @@ def _intermediate_not_a_ca(root):
     return signed(fake.issue(), fake.pem)
 
 
+def _intermediate_critical_unknown(root):
+    extension = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.2"), b"\x05\x00")
+    issuing = root.intermediate("odd issuing CA", extensions=((extension, True),))
+    return signed(issuing.issue(), issuing.pem)
+
+
 def _intermediate_expired(root):
     now = utcnow()
     issuing = root.intermediate("old issuing CA", not_before=now - 10 * DAY, not_after=now - DAY)
@@ -330,6 +336,7 @@ REFUSALS = [
     (_critical_unknown, "certificate", "carries the critical extension 1.3.6.1.4.1.55555.1"),
     (_no_digital_signature, "certificate", "KeyUsage lacks digitalSignature"),
     (_intermediate_not_a_ca, "chain", "intermediate CN=fake issuing CA is not a CA"),
+    (_intermediate_critical_unknown, "chain", "intermediate CN=odd issuing CA carries the critical extension 1.3.6"),
     (_intermediate_expired, "validity", "intermediate CN=old issuing CA expired at"),
     (_path_length, "chain", "CA CN=issuing CA pathlen 0 allows 0 intermediates below it, the path has 1"),
     (_too_many_intermediates, "chain", "needs more than 2 intermediates"),
