@@ -192,9 +192,15 @@ def _iso(stamp: float) -> str:
     return datetime.datetime.fromtimestamp(stamp, _UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """A name from a certificate, safe for a log line or a reply: control characters escaped, length capped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
 def _subject(cert) -> str:
     try:
-        return cert.subject.rfc4514_string() or "(empty subject)"
+        return _printable(cert.subject.rfc4514_string()) or "(empty subject)"
     except ValueError:
         return "(unreadable subject)"
 
@@ -490,7 +496,8 @@ class RequestVerifier:
         if required_name is not None and required_name not in leaf.names:
             raise RequestTrustError(
                 "name",
-                f"certificate {leaf.subject} is not for {required_name!r} (it names {', '.join(leaf.names) or 'nothing'})",
+                f"certificate {leaf.subject} is not for {required_name!r} "
+                f"(it names {_printable(', '.join(leaf.names)) or 'nothing'})",
             )
         self._check_signature(leaf, message, signature)
         return VerifiedSigner(
@@ -740,7 +747,7 @@ class RequestVerifier:
 
 def _issuer(cert) -> str:
     try:
-        return cert.issuer.rfc4514_string() or "(empty)"
+        return _printable(cert.issuer.rfc4514_string()) or "(empty)"
     except ValueError:
         return "(unreadable)"
 

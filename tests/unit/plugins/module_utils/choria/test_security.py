@@ -355,6 +355,16 @@ def test_refusals_name_the_reason(root, verifier, case, code, reason):
     assert reason in str(error)
 
 
+def test_names_from_a_certificate_cannot_forge_log_lines(root, verifier):
+    leaf = root.issue("evil\nINFO provisioned node1", usages=NODE, dns=("x" * 300,))
+    error = refusal(verifier, *signed(leaf))
+    assert "\n" not in str(error)
+    assert "certificate CN=evil\\nINFO provisioned node1 lacks the provisioner" in str(error)
+    renewal = refusal(RequestVerifier(root.pem, RENEWAL_POLICY), *signed(leaf), required_name="node1")
+    assert "\n" not in str(renewal)
+    assert len(str(renewal)) < 500
+
+
 def test_an_expired_or_future_ca_is_refused_naming_the_ca():
     now = utcnow()
     for window, words in (
