@@ -15,7 +15,7 @@ Claims, named as Choria's provisioning tokens name them (``choria-io/tokens`` ``
 holding this token may claim. Pattern syntax: a DNS-style glob, not a regular expression, because a pattern is
 written by people and compared with host names: labels separated by dots, each label either literal or holding one
 ``*`` that stands for zero or more of ``A-Z a-z 0-9 _ : -`` (never a dot, so ``*.example.net`` does not match
-``a.b.example.net``); compared without regard to case, as DNS names are. At most :data:`MAX_PATTERNS` patterns of
+``a.b.example.net``); compared without regard to case, as DNS names are. At most :data:`MAX_IDENTITY_PATTERNS` patterns of
 :data:`MAX_PATTERN_LENGTH` characters. A glob with one star per label matches in linear time and cannot be
 mis-anchored or have an unescaped ``.``, the two classic mistakes of identity regexes. The token is signed by the
 site, so a pattern is trusted input; it is still checked, and a malformed one refuses the token.
@@ -71,11 +71,11 @@ except ImportError:  # pragma: no cover
 
 PROVISIONING_PURPOSE = "choria_provisioning"
 IDENTITY_PATTERNS_KEY = "zeroinit_identity_patterns"
-DEFAULT_ISSUER = "zeroinit.bootstrap"
-DEFAULT_VALIDITY = 365 * 24 * 3600
-DEFAULT_LEEWAY = 60
+DEFAULT_JWT_ISSUER = "zeroinit.bootstrap"
+DEFAULT_JWT_VALIDITY = 365 * 24 * 3600
+DEFAULT_JWT_LEEWAY = 60
 MAX_JWT_CHARS = 8192
-MAX_PATTERNS = 16
+MAX_IDENTITY_PATTERNS = 16
 MAX_PATTERN_LENGTH = 253
 MAX_IDENTITY_LENGTH = 253
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -139,7 +139,7 @@ def _pattern_regex(pattern: str):
     return re.compile(r"\.".join(labels), re.IGNORECASE)
 
 
-def identity_matches(identity: str, patterns: Sequence[str]) -> bool:
+def identity_matches_patterns(identity: str, patterns: Sequence[str]) -> bool:
     """Whether ``identity`` matches one of the (valid) identity patterns."""
     return any(_pattern_regex(p).fullmatch(identity) for p in patterns)
 
@@ -148,8 +148,10 @@ def _patterns(value, code: str) -> tuple:
     patterns = [value] if isinstance(value, str) else value
     if not isinstance(patterns, (list, tuple)) or not patterns:
         raise ProvisioningJwtError(code, "identity patterns must be a non-empty list of strings")
-    if len(patterns) > MAX_PATTERNS:
-        raise ProvisioningJwtError(code, f"{len(patterns)} identity patterns; at most {MAX_PATTERNS} are accepted")
+    if len(patterns) > MAX_IDENTITY_PATTERNS:
+        raise ProvisioningJwtError(
+            code, f"{len(patterns)} identity patterns; at most {MAX_IDENTITY_PATTERNS} are accepted"
+        )
     for pattern in patterns:
         problem = identity_pattern_problem(pattern)
         if problem:
@@ -233,9 +235,9 @@ def issue_provisioning_jwt(
     token: str,
     broker_urls: Sequence[str],
     identity_patterns,
-    validity: int = DEFAULT_VALIDITY,
+    validity: int = DEFAULT_JWT_VALIDITY,
     secure: bool = True,
-    issuer: str = DEFAULT_ISSUER,
+    issuer: str = DEFAULT_JWT_ISSUER,
     organization: str | None = None,
     now: float | None = None,
 ) -> str:
@@ -283,7 +285,7 @@ def verify_provisioning_jwt(
     identity,
     expected_token: str | None = None,
     now: float | None = None,
-    leeway: int = DEFAULT_LEEWAY,
+    leeway: int = DEFAULT_JWT_LEEWAY,
 ) -> ProvisioningJwt:
     """The verified claims of a node's provisioning JWT, or :class:`ProvisioningJwtError` naming why not.
 
@@ -329,7 +331,7 @@ def verify_provisioning_jwt(
     patterns = _patterns(value, "claims")
     if not isinstance(identity, str) or not identity or len(identity) > MAX_IDENTITY_LENGTH:
         raise ProvisioningJwtError("identity", "the node's identity is not a string of 1 to 253 characters")
-    if not identity_matches(identity, patterns):
+    if not identity_matches_patterns(identity, patterns):
         raise ProvisioningJwtError(
             "identity", f"identity {identity!r} does not match the JWT's identity patterns {', '.join(patterns)}"
         )

@@ -103,7 +103,7 @@ MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
 DEFAULT_CLOCK_SKEW = 300
 DEFAULT_MAX_INTERMEDIATES = 2
-DEFAULT_CACHE_SIZE = 256
+DEFAULT_VERIFIER_CACHE_SIZE = 256
 
 _WEAK_HASHES = ("md5", "sha1")
 _UTC = datetime.timezone.utc
@@ -427,7 +427,7 @@ class RequestVerifier:
         self,
         ca_bundle_pem,
         policy: SignedRequestPolicy = PROVISIONER_POLICY,
-        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_size: int = DEFAULT_VERIFIER_CACHE_SIZE,
         clock=time.time,
     ):
         certificates = _parse_bundle(ca_bundle_pem)

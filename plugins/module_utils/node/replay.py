@@ -32,7 +32,7 @@ import threading
 from collections import deque
 
 DEFAULT_MAX_TTL = 300
-DEFAULT_CAPACITY = 4096
+DEFAULT_REPLAY_CAPACITY = 4096
 # Seconds an id is kept beyond its window: the window compares whole seconds of the node's clock.
 RETENTION_SLACK = 2
 
@@ -58,7 +58,9 @@ def request_window_refusal(request_time: int, ttl: int, now: float, max_ttl: int
 class ReplayGuard:
     """The ids of accepted requests, each until its window has closed; see the module doc for the policy."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, max_ttl: int = DEFAULT_MAX_TTL, slack: int = RETENTION_SLACK):
+    def __init__(
+        self, capacity: int = DEFAULT_REPLAY_CAPACITY, max_ttl: int = DEFAULT_MAX_TTL, slack: int = RETENTION_SLACK
+    ):
         if capacity < 1:
             raise ValueError(f"replay memory capacity must be at least 1, not {capacity}")
         self.capacity = capacity

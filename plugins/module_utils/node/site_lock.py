@@ -3,7 +3,7 @@
 """The one-way site lock: once a node committed a configuration, only its site may move it again.
 
 As Constellation's node lock: when ``configure`` commits, the node records the site it was configured under, and
-from then on :data:`LOCKED_ACTIONS` (``gencsr``, ``configure``, ``reprovision``: what changes the node's keys,
+from then on :data:`SITE_LOCKED_ACTIONS` (``gencsr``, ``configure``, ``reprovision``: what changes the node's keys,
 certificates or trust) are accepted only in a request signed by a provisioner of that site. A request with the
 token alone is refused, and so is one signed under another CA; each refusal says which. ``restart``, ``shutdown``
 and the read-only agents are not locked: they change no trust (``restart`` keeps its loop guard).
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from ..choria.security import TrustConfigError, ca_key_fingerprints
 
 LOCK_VERSION = 1
-LOCKED_ACTIONS = frozenset({"gencsr", "configure", "reprovision"})
+SITE_LOCKED_ACTIONS = frozenset({"gencsr", "configure", "reprovision"})
 MAX_LOCK_TEXT = 64 * 1024
 MAX_LOCK_KEYS = 64
 MAX_SITE_NAME = 253
@@ -100,7 +100,7 @@ class SiteLock:
         ``signer`` is the :class:`..choria.security.VerifiedSigner` of a request that verified, or None for a
         request without a signature (the token alone).
         """
-        if action not in LOCKED_ACTIONS:
+        if action not in SITE_LOCKED_ACTIONS:
             return None
         if signer is None:
             return (
@@ -179,7 +179,7 @@ def _keys(document: dict, name: str) -> tuple:
 
 def site_lock_refusal(lock_text, action: str, signer) -> str | None:
     """The judgement for one request from the lock file's text (None: the node is not locked)."""
-    if action not in LOCKED_ACTIONS or lock_text is None:
+    if action not in SITE_LOCKED_ACTIONS or lock_text is None:
         return None
     try:
         lock = SiteLock.load(lock_text)

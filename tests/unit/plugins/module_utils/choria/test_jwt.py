@@ -15,7 +15,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt impo
     IDENTITY_PATTERNS_KEY,
     MAX_JWT_CHARS,
     ProvisioningJwtError,
-    identity_matches,
+    identity_matches_patterns,
     identity_pattern_problem,
     issue_provisioning_jwt,
     jwt_algorithm,
@@ -229,7 +229,7 @@ def test_no_damage_to_a_token_gives_anything_but_a_refusal():
 )
 def test_identity_patterns_are_dns_globs_with_one_star_per_label(pattern, identity, matches):
     assert identity_pattern_problem(pattern) is None
-    assert identity_matches(identity, [pattern]) is matches
+    assert identity_matches_patterns(identity, [pattern]) is matches
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security
     ca_key_fingerprints,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.site_lock import (
-    LOCKED_ACTIONS,
+    SITE_LOCKED_ACTIONS,
     SiteLock,
     SiteLockError,
     site_lock_refusal,
@@ -111,7 +111,7 @@ def test_the_lock_pins_keys_so_a_reissued_ca_certificate_keeps_its_nodes(site):
 def test_an_unlocked_node_judges_nothing():
     anyone = Authority("anyone")
     for signer in (None, signer_under(anyone, anyone.pem)):
-        for action in sorted(LOCKED_ACTIONS):
+        for action in sorted(SITE_LOCKED_ACTIONS):
             assert site_lock_refusal(None, action, signer) is None
 
 
