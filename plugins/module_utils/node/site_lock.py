@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 from ..choria.security import TrustConfigError, ca_key_fingerprints
 
-LOCK_VERSION = 1
+SITE_LOCK_VERSION = 1
 SITE_LOCKED_ACTIONS = frozenset({"gencsr", "configure", "reprovision"})
-MAX_LOCK_TEXT = 64 * 1024
-MAX_LOCK_KEYS = 64
+MAX_SITE_LOCK_TEXT = 64 * 1024
+MAX_SITE_LOCK_KEYS = 64
 MAX_SITE_NAME = 253
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -117,7 +117,7 @@ class SiteLock:
     # -- on disk ------------------------------------------------------------------------------------------------------
     def dump(self) -> str:
         document = {
-            "version": LOCK_VERSION,
+            "version": SITE_LOCK_VERSION,
             "site": self.site,
             "site_ca_keys_sha256": list(self.site_ca_keys),
             "provisioning_ca_keys_sha256": list(self.provisioning_ca_keys),
@@ -132,17 +132,17 @@ class SiteLock:
         """The lock from its JSON text; SiteLockError naming what is wrong (an unreadable lock never unlocks)."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
-        if not isinstance(text, str) or len(text) > MAX_LOCK_TEXT:
-            raise SiteLockError(f"the site lock is not text of at most {MAX_LOCK_TEXT} characters")
+        if not isinstance(text, str) or len(text) > MAX_SITE_LOCK_TEXT:
+            raise SiteLockError(f"the site lock is not text of at most {MAX_SITE_LOCK_TEXT} characters")
         try:
             document = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise SiteLockError(f"the site lock is not JSON: {exc}") from None
         if not isinstance(document, dict):
             raise SiteLockError("the site lock is not a JSON object")
-        if document.get("version") != LOCK_VERSION:
+        if document.get("version") != SITE_LOCK_VERSION:
             raise SiteLockError(
-                f"site lock version {document.get('version')!r} is not supported (expected {LOCK_VERSION})"
+                f"site lock version {document.get('version')!r} is not supported (expected {SITE_LOCK_VERSION})"
             )
         site_keys = _keys(document, "site_ca_keys_sha256")
         provisioning_keys = _keys(document, "provisioning_ca_keys_sha256")
@@ -169,8 +169,8 @@ def _bundle_keys(pem, what: str) -> tuple:
 
 def _keys(document: dict, name: str) -> tuple:
     keys = document.get(name, [])
-    if not isinstance(keys, list) or len(keys) > MAX_LOCK_KEYS:
-        raise SiteLockError(f"the site lock's {name} is not a list of at most {MAX_LOCK_KEYS} keys")
+    if not isinstance(keys, list) or len(keys) > MAX_SITE_LOCK_KEYS:
+        raise SiteLockError(f"the site lock's {name} is not a list of at most {MAX_SITE_LOCK_KEYS} keys")
     for key in keys:
         if not isinstance(key, str) or not _KEY_RE.match(key):
             raise SiteLockError(f"the site lock's {name} holds {str(key)[:70]!r}, not a hex SHA-256")
