@@ -12,6 +12,7 @@ through a one-entry cache, so every verify parses the pubcert and searches its p
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import pathlib
@@ -22,7 +23,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding  # noqa: E402
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import (  # noqa: E402
     issue_provisioning_jwt,
@@ -91,6 +93,18 @@ def main() -> int:
     print("signing (RequestSigner.sign)")
     for name, signer in signers.items():
         row(f"{name} provisioner key", cpu_per_call(lambda signer=signer: signer.sign(MESSAGE), count))
+
+    print("floor: one bare signature verification with cryptography (what a cached verify cannot avoid)")
+    for name, leaf in leaves.items():
+        raw = base64.b64decode(signers[name].sign(MESSAGE).signature)
+        scheme = (padding.PKCS1v15(), hashes.SHA256()) if name.startswith("rsa") else (ec.ECDSA(hashes.SHA256()),)
+        public = leaf.cert.public_key()
+        row(
+            f"{name} signature",
+            cpu_per_call(
+                lambda public=public, raw=raw, scheme=scheme: public.verify(raw, MESSAGE.encode(), *scheme), count
+            ),
+        )
 
     print("verifying (RequestVerifier.verify), provisioner certificate issued by an EC P-256 CA")
     verifier = RequestVerifier(ec_ca.pem + rsa_ca.pem)
