@@ -163,12 +163,11 @@ def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -
     print(
         f"  per node p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms; all {result['configured']} "
         f"in their configured collective after {result['arrived_s']:.1f} s; {result['pinged']} answered "
-        ""
         "rpcutil#ping there"
     )
     print(
-        f"  agent CPU {agent_cpu * 1000 / count:.2f} ms per node ({agent_cpu:.1f} s), driver CPU {driver_cpu * 1000 / count:.2f} "
-        f"ms per node; load average {load_average()} (a shared machine)"
+        f"  agent CPU {agent_cpu * 1000 / count:.2f} ms per node ({agent_cpu:.1f} s), "
+        f"driver CPU {driver_cpu * 1000 / count:.2f} ms per node; load average {load_average()} (a shared machine)"
     )
     print(
         f"  agent RSS {peak_before / 1024:.1f} MiB before, {rss / 1024:.1f} MiB after; failures: {len(result['failures'])} {json.dumps(result['failures'][:3])}"

@@ -74,6 +74,7 @@ class AgentProcess:
         fleet: int = 0,
         connections: int | None = None,
         domain: str = DEFAULT_DOMAIN,
+        command: list[str] | None = None,
     ):
         self.broker_url = broker_url
         self.identity = identity
@@ -86,6 +87,8 @@ class AgentProcess:
         self.fleet = fleet
         self.connections = connections
         self.domain = domain
+        # The agent's command without arguments: the checkout's by default, an installed collection's when given.
+        self.agent_command = list(command) if command else agent_command()
         self.process: subprocess.Popen | None = None
         self.log_path = self.state_dir.parent / (f"{self.state_dir.name}-agent.log")
         self._log = None
@@ -114,7 +117,7 @@ class AgentProcess:
         with open(conf, "w") as handle:
             handle.write(f"plugin.zeroinit.agent.token = {self.token}\n")
         os.chmod(conf, 0o600)
-        argv = [*agent_command(), "--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
+        argv = [*self.agent_command, "--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
         if self.facts is not None:
             facts = os.path.join(self._config_dir, "facts.json")
             with open(facts, "w") as handle:
@@ -231,6 +234,7 @@ class AgentFleet(AgentProcess):
         env: dict | None = None,
         prefix: str | None = None,
         domain: str = DEFAULT_DOMAIN,
+        command: list[str] | None = None,
     ):
         super().__init__(
             broker_url,
@@ -243,6 +247,7 @@ class AgentFleet(AgentProcess):
             fleet=count,
             connections=connections,
             domain=domain,
+            command=command,
         )
 
     def start(self, timeout: float | None = None) -> AgentFleet:

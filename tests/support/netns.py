@@ -107,12 +107,13 @@ class TestNetwork:
     """A bridge with ``len(hosts)`` namespace hosts on ``subnet``; the machine itself is ``.1`` on the bridge."""
 
     __test__ = False  # a fixture class, not a pytest test class
-    name: str
+    name: str  # names the namespaces, veths and bridge: carries the checkout's ZEROINIT_NET_TAG
     subnet: str
     workdir: str
     bridge: str = ""
     hosts: list = field(default_factory=list)
     known_hosts: str = ""
+    label: str = ""  # names the hosts (inventory names, hostnames): the same in every checkout
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -128,7 +129,7 @@ class TestNetwork:
         tag = _tag(name)
         subnet = subnet or f"10.{200 + (sum(map(ord, tag)) % 50)}.{(sum(map(ord, tag[::-1])) % 250)}.0/24"
         workdir = workdir or tempfile.mkdtemp(prefix=f"zeroinit-net-{tag}-")
-        net = cls(name=tag, subnet=subnet, workdir=workdir, bridge=f"zbr{tag[:10]}")
+        net = cls(name=tag, subnet=subnet, workdir=workdir, bridge=f"zbr{tag[:10]}", label=_tag(name, prefix=""))
         net.teardown_leftovers()
         try:
             net._make_bridge()
@@ -152,7 +153,7 @@ class TestNetwork:
     def add_host(self, index: int) -> Host:
         network = ipaddress.IPv4Network(self.subnet)
         address = str(network.network_address + 10 + index)
-        hostname = f"{self.name}-h{index + 1}"
+        hostname = f"{self.label or self.name}-h{index + 1}"
         host = Host(
             name=hostname,
             address=address,
@@ -296,6 +297,7 @@ class TestNetwork:
     def save(self, path: str) -> None:
         doc = {
             "name": self.name,
+            "label": self.label,
             "subnet": self.subnet,
             "workdir": self.workdir,
             "bridge": self.bridge,
@@ -348,8 +350,9 @@ class TestNetwork:
 NET_TAG_ENV = "ZEROINIT_NET_TAG"
 
 
-def _tag(name: str) -> str:
-    tag = "".join(c for c in (os.environ.get(NET_TAG_ENV, "")[:2] + name).lower() if c.isalnum())[:10]
+def _tag(name: str, prefix: str | None = None) -> str:
+    prefix = os.environ.get(NET_TAG_ENV, "")[:2] if prefix is None else prefix
+    tag = "".join(c for c in (prefix + name).lower() if c.isalnum())[:10]
     if not tag:
         raise ValueError(f"network name {name!r} has no letters or digits")
     return tag
