@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 
@@ -11,7 +10,6 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.codec 
     FOLLOWER,
     LEADER,
     MAX_CLOCK_SKEW_MS,
-    Announcement,
     InvalidAnnouncement,
     canonical,
     decode_txt,
@@ -23,16 +21,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.codec 
     validate_cluster,
     verify_announcement,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.outcome import (
-    address_key,
-)
-
-SECRET = "s3cret"
-
-
-def ann(address: str, election_id: int | None = None, **kw) -> Announcement:
-    kw.setdefault("timestamp", int(time.time() * 1000))
-    return Announcement("prod", address_key(address) if election_id is None else election_id, address, **kw)
+from tests.support.election import SECRET, ann
 
 
 def test_sign_and_verify_cover_every_field():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 
@@ -20,16 +19,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member
     MAX_IGNORED_REPORTED,
     LeaderElection,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.outcome import (
-    address_key,
-)
-
-SECRET = "s3cret"
-
-
-def ann(address: str, election_id: int | None = None, **kw) -> Announcement:
-    kw.setdefault("timestamp", int(time.time() * 1000))
-    return Announcement("prod", address_key(address) if election_id is None else election_id, address, **kw)
+from tests.support.election import SECRET, ann
 
 
 def member(address="10.0.0.2", expect=3, secret=None, **kw) -> LeaderElection:

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.codec import (
-    Announcement,
-)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.network import (
     interface_address,
     parse_route_table,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.outcome import (
     ElectionError,
-    address_key,
 )
-
-SECRET = "s3cret"
-
-
-def ann(address: str, election_id: int | None = None, **kw) -> Announcement:
-    kw.setdefault("timestamp", int(time.time() * 1000))
-    return Announcement("prod", address_key(address) if election_id is None else election_id, address, **kw)
-
 
 ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0

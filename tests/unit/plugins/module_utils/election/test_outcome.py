@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.codec import (
-    Announcement,
-)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.outcome import (
     DuplicateElectionId,
     MismatchedExpect,
     TooManyMembers,
-    address_key,
     decide,
     sort_addresses,
 )
-
-SECRET = "s3cret"
-
-
-def ann(address: str, election_id: int | None = None, **kw) -> Announcement:
-    kw.setdefault("timestamp", int(time.time() * 1000))
-    return Announcement("prod", address_key(address) if election_id is None else election_id, address, **kw)
+from tests.support.election import ann
 
 
 def test_decide_waits_until_expected_count():
