@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: venv system-deps demo test unit integration molecule lint sanity bench build clean
 
 ## Set-up: a virtualenv from PyPI, this checkout linked in as the collection zeroinit.bootstrap,
-## and the node agent as .venv/bin/zeroinit-agent.
+## and the node agent as .venv/bin/zeroinit-agent (runs module_utils/node/__main__.py).
 venv: $(VENV)/.ready
 
 $(VENV)/.ready: requirements.txt tests/requirements.txt
@@ -28,7 +28,7 @@ $(VENV)/.ready: requirements.txt tests/requirements.txt
 	mkdir -p $(COLLECTIONS)/ansible_collections/zeroinit
 	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/zeroinit/bootstrap
 	echo "$(COLLECTIONS)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zeroinit_bootstrap.pth"
-	printf '#!%s\nimport sys\nfrom ansible_collections.zeroinit.bootstrap.plugins.module_utils.agent import main\nsys.exit(main())\n' \
+	printf '#!%s\nimport runpy\nrunpy.run_module("ansible_collections.zeroinit.bootstrap.plugins.module_utils.node", run_name="__main__")\n' \
 		"$(BIN)/python" > $(BIN)/zeroinit-agent
 	chmod 0755 $(BIN)/zeroinit-agent
 	touch $@

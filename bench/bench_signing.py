@@ -23,18 +23,18 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding  # noqa: E402
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import (  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import (
     issue_provisioning_jwt,
     verify_provisioning_jwt,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import (  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import (
     RequestSigner,
     RequestVerifier,
 )
-from tests.support.certificates import Authority, rsa_key  # noqa: E402
+from tests.support.certificates import Authority, rsa_key
 
 MESSAGE = json.dumps(
     {

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The collection's encoder: the one import that follows the protocol module when it moves.
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import Request, encode_request
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import Request, encode_request
 from tests.support.certificates import PROVISIONER, sha1_resigned
 
 WRONG_TOKEN = "hostile-wrong-token"
@@ -628,7 +628,7 @@ def _huge_reply_subject_header(ctx):
 
 
 def _huge_reply_subject_nats(ctx):
-    layers, reply = _safe_base(ctx)
+    layers, _reply = _safe_base(ctx)
     huge = "provisioning.reply." + "r" * (NATS_MAX_SUBJECT - 20)
     layers.transport["headers"]["reply-to"] = huge
     return _message(layers, huge)

@@ -32,13 +32,13 @@ SSHD = "/usr/sbin/sshd"
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True)
 
 
 def _alive(pid: int) -> bool:
     """True for a running process; a zombie answers kill(0) but is not running."""
     try:
-        with open("/proc/%d/stat" % pid) as handle:
+        with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
@@ -71,7 +71,7 @@ class Host:
 
     def nsenter(self, argv: list[str]) -> list[str]:
         """``argv`` prefixed to run inside this host (network, mounts, hostname)."""
-        return ["nsenter", "-t", str(self.holder_pid), "-n", "-m", "-u", "--"] + list(argv)
+        return ["nsenter", "-t", str(self.holder_pid), "-n", "-m", "-u", "--", *list(argv)]
 
     def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("stdin", subprocess.DEVNULL)
@@ -127,7 +127,7 @@ class TestNetwork:
         authorized_keys: str = "",
     ) -> TestNetwork:
         tag = _tag(name)
-        subnet = subnet or "10.%d.%d.0/24" % (200 + (sum(map(ord, tag)) % 50), sum(map(ord, tag[::-1])) % 250)
+        subnet = subnet or f"10.{200 + (sum(map(ord, tag)) % 50)}.{(sum(map(ord, tag[::-1])) % 250)}.0/24"
         workdir = workdir or tempfile.mkdtemp(prefix=f"zeroinit-net-{tag}-")
         net = cls(name=tag, subnet=subnet, workdir=workdir, bridge=f"zbr{tag[:10]}", label=_tag(name, prefix=""))
         net.teardown_leftovers()
@@ -147,7 +147,7 @@ class TestNetwork:
     def _make_bridge(self) -> None:
         network = ipaddress.IPv4Network(self.subnet)
         sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
-        sh("ip", "addr", "add", "%s/%d" % (network.network_address + 1, network.prefixlen), "dev", self.bridge)
+        sh("ip", "addr", "add", f"{network.network_address + 1}/{network.prefixlen}", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
 
     def add_host(self, index: int) -> Host:
@@ -157,8 +157,8 @@ class TestNetwork:
         host = Host(
             name=hostname,
             address=address,
-            netns="zns-%s-%d" % (self.name, index + 1),
-            veth="zv%s%d" % (self.name[:8], index + 1),
+            netns=f"zns-{self.name}-{index + 1}",
+            veth=f"zv{self.name[:8]}{index + 1}",
             root=os.path.join(self.workdir, hostname),
         )
         os.makedirs(host.root, exist_ok=True)
@@ -168,7 +168,7 @@ class TestNetwork:
         sh("ip", "link", "set", host.veth + "p", "netns", host.netns)
         ns = ["ip", "-n", host.netns]
         sh(*ns, "link", "set", host.veth + "p", "name", "eth0")
-        sh(*ns, "addr", "add", "%s/%d" % (address, network.prefixlen), "dev", "eth0")
+        sh(*ns, "addr", "add", f"{address}/{network.prefixlen}", "dev", "eth0")
         sh(*ns, "link", "set", "lo", "up")
         sh(*ns, "link", "set", "eth0", "up")
         sh(*ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
@@ -224,7 +224,7 @@ class TestNetwork:
                 "\n".join(
                     [
                         f"ListenAddress {host.address}",
-                        "Port %d" % host.ssh_port,
+                        f"Port {host.ssh_port}",
                         f"HostKey {key}",
                         f"PidFile {pidfile}",
                         "UsePAM no",
@@ -250,8 +250,7 @@ class TestNetwork:
         if started.returncode != 0:
             with open(log, errors="replace") as handle:
                 raise RuntimeError(
-                    "sshd on %s (%s) did not start (exit %d): %s %s"
-                    % (host.name, host.address, started.returncode, started.stderr.strip(), handle.read()[-2000:])
+                    f"sshd on {host.name} ({host.address}) did not start (exit {started.returncode}): {started.stderr.strip()} {handle.read()[-2000:]}"
                 )
         # sshd creates the pid file before it writes the number: wait for the number.
         _wait_for(lambda: _read_pid(pidfile), 5, f"sshd on {host.name} did not start")

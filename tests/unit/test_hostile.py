@@ -11,8 +11,9 @@ import json
 import pytest
 from cryptography import x509
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import PkiError, policy_from_params
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import ProtocolError, decode_request
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import ProtocolError, decode_request
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import policy_from_params
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 from tests.support.hostile import (
     CSR_CLASS_NAMES,
     CSR_POLICY,

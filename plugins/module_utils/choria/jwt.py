@@ -43,31 +43,23 @@ import math
 import os
 import re
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
-try:
-    import jwt as pyjwt
-
-    HAS_PYJWT = True
-    PYJWT_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported when a token is issued or verified
-    HAS_PYJWT = False
-    PYJWT_IMPORT_ERROR = traceback.format_exc()
-
-try:
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+from ..common.deps import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    HAS_JWT,
+    JWT_IMPORT_ERROR,
+    UnsupportedAlgorithm,
+    ec,
+    ed25519,
+    serialization,
+    x509,
+)
+from ..common.deps import jwt as pyjwt
+from .subjects import IDENTITY_RULE, valid_identity
 
 PROVISIONING_PURPOSE = "choria_provisioning"
 IDENTITY_PATTERNS_KEY = "zeroinit_identity_patterns"
@@ -77,7 +69,6 @@ DEFAULT_JWT_LEEWAY = 60
 MAX_JWT_CHARS = 8192
 MAX_IDENTITY_PATTERNS = 16
 MAX_PATTERN_LENGTH = 253
-MAX_IDENTITY_LENGTH = 253
 MAX_KEY_FILE_BYTES = 64 * 1024
 
 _IDENTITY_CHARACTERS = "A-Za-z0-9_:-"
@@ -108,8 +99,8 @@ class ProvisioningJwt:
 
 
 def _require_libraries() -> None:
-    if not HAS_PYJWT:
-        raise ProvisioningJwtError("key", f"the Python library 'PyJWT' is required: {PYJWT_IMPORT_ERROR}")
+    if not HAS_JWT:
+        raise ProvisioningJwtError("key", f"the Python library 'PyJWT' is required: {JWT_IMPORT_ERROR}")
     if not HAS_CRYPTOGRAPHY:
         raise ProvisioningJwtError("key", f"the Python library 'cryptography' is required: {CRYPTOGRAPHY_IMPORT_ERROR}")
 
@@ -329,8 +320,12 @@ def verify_provisioning_jwt(
             "claims", f"the JWT carries no identity pattern (extensions.{IDENTITY_PATTERNS_KEY})"
         )
     patterns = _patterns(value, "claims")
-    if not isinstance(identity, str) or not identity or len(identity) > MAX_IDENTITY_LENGTH:
-        raise ProvisioningJwtError("identity", "the node's identity is not a string of 1 to 253 characters")
+    if not valid_identity(identity):
+        raise ProvisioningJwtError(
+            "identity",
+            f"the node's identity {str(identity)[:80]!r} is not a string of 1 to 253 characters that follows the "
+            f"identity rule ({IDENTITY_RULE})",
+        )
     if not identity_matches_patterns(identity, patterns):
         raise ProvisioningJwtError(
             "identity", f"identity {identity!r} does not match the JWT's identity patterns {', '.join(patterns)}"

@@ -65,23 +65,26 @@ import datetime
 import hashlib
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-try:
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
-
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported when a signer or verifier is made
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+from ..common.deps import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    ExtendedKeyUsageOID,
+    ExtensionOID,
+    InvalidSignature,
+    NameOID,
+    UnsupportedAlgorithm,
+    ec,
+    hashes,
+    padding,
+    rsa,
+    serialization,
+    x509,
+)
+from ..pki.x509 import certificate_matches_key, public_key_sha256
 
 # The provisioner extended key usage: an OID under the UUID arc 2.25 (ITU-T X.667), made for this purpose from
 # the random UUID e7781b89-e0ef-4c27-89fd-d4c772f4d889. Why an own OID: a provisioner may reconfigure nodes, so
@@ -266,11 +269,6 @@ def _signature_or_extension_problem(cert) -> str | None:
     return None
 
 
-def _spki_sha256(public_key) -> str:
-    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
-
-
 def _ca_constraints(cert) -> tuple[bool, int | None, bool]:
     """(is a CA, path length limit, may sign certificates) of a would-be issuer."""
     constraints = _extension(cert, x509.BasicConstraints)
@@ -364,7 +362,7 @@ class RequestSigner:
             raise TrustConfigError(
                 f"the signing key is {type(key).__name__}; signed requests use RSA (as Choria) or EC P-256 keys"
             )
-        if _spki_sha256(certificates[0].public_key()) != _spki_sha256(key.public_key()):
+        if not certificate_matches_key(certificates[0], key):
             raise TrustConfigError("the signing key does not belong to the signing certificate (different public keys)")
         self._key = key
         self._rsa = isinstance(key, rsa.RSAPrivateKey)
@@ -414,7 +412,7 @@ def _parse_bundle(ca_bundle_pem) -> list:
 
 def ca_key_fingerprints(ca_bundle_pem) -> tuple:
     """Hex SHA-256 of each bundle certificate's public key (what :attr:`VerifiedSigner.ca_key_sha256` reports)."""
-    return tuple(_spki_sha256(cert.public_key()) for cert in _parse_bundle(ca_bundle_pem))
+    return tuple(public_key_sha256(cert.public_key()) for cert in _parse_bundle(ca_bundle_pem))
 
 
 class RequestVerifier:
@@ -447,7 +445,9 @@ class RequestVerifier:
             if unprocessed:
                 raise TrustConfigError(f"{where} carries the critical extension {unprocessed}, which is not supported")
             not_before, not_after = _utc_bounds(cert)
-            anchor = _Anchor(cert, _subject(cert), _spki_sha256(cert.public_key()), not_before, not_after, path_length)
+            anchor = _Anchor(
+                cert, _subject(cert), public_key_sha256(cert.public_key()), not_before, not_after, path_length
+            )
             self._anchors.setdefault(cert.subject.public_bytes(), []).append(anchor)
         self.ca_key_sha256s = tuple(a.key_sha256 for anchors in self._anchors.values() for a in anchors)
         self._cache: OrderedDict[bytes, _CachedPubcert] = OrderedDict()

@@ -56,7 +56,7 @@ def main():
         refuse(f"CSR common name {[a.value for a in cns]} is not the identity {identity}")
     key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
-        refuse("CSR of %s has an RSA key of %d bits; at least 2048 are required" % (identity, key.key_size))
+        refuse(f"CSR of {identity} has an RSA key of {key.key_size} bits; at least 2048 are required")
 
     with open(args.ca_cert, "rb") as handle:
         ca_pem = handle.read()

@@ -484,7 +484,7 @@ def test_the_cache_is_bounded(root):
 
 def test_a_bundle_must_hold_only_cas_that_may_sign(root):
     leaf = root.issue()
-    with pytest.raises(TrustConfigError, match="bundle certificate 2 .* is not a CA certificate"):
+    with pytest.raises(TrustConfigError, match=r"bundle certificate 2 .* is not a CA certificate"):
         RequestVerifier(root.pem + leaf.pem)
     no_sign = Authority("no-sign CA", key_cert_sign=False)
     with pytest.raises(TrustConfigError, match="is not a CA certificate that may sign"):
