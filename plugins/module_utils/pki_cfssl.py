@@ -85,6 +85,7 @@ _CFSSL_EKU_NAMES = frozenset(
     )
 )
 _CFSSL_CA_USAGES = frozenset(("cert sign", "crl sign"))
+_URL_PATH = re.compile(r"[A-Za-z0-9._~%/-]*")
 # Go's time.ParseDuration units; microseconds may be spelled with the micro sign or the Greek mu.
 _GO_DURATION_UNITS = {
     "ns": 1e-9,
@@ -236,6 +237,10 @@ class CfsslClient:
             self.port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
             raise PkiError(f"cfssl_url {self.url!r}: {exc}", field="cfssl_url") from None
+        if not _URL_PATH.fullmatch(parts.path):
+            raise PkiError(
+                f"cfssl_url {self.url!r}: the path may only hold letters, digits and . _ ~ % / -", field="cfssl_url"
+            )
         self.scheme, self.host, self.path = parts.scheme, parts.hostname, parts.path
         self.timeout = float(timeout)
         if not self.timeout > 0:
@@ -342,6 +347,7 @@ class CfsslClient:
                     endpoint=endpoint,
                 )
             chunks.append(chunk)
+        response.close()  # read1 does not mark a Content-Length body finished, and the next request needs that
         if response.will_close:
             self._drop(connection)
         elif connection.sock is not None:
