@@ -716,6 +716,12 @@ class CfsslSigner:
     def close(self) -> None:
         self.client.close()
 
+    def __enter__(self) -> CfsslSigner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _check_profile(profile: str) -> None:
     if profile not in _PROFILE_EKU_NAMES:

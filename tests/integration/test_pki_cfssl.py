@@ -92,9 +92,14 @@ def cfssl(tmp_path_factory):
 
 @pytest.fixture
 def signer(cfssl):
-    signer = cfssl_signer_from_params(params(cfssl), policy())
-    yield signer
-    signer.close()
+    with cfssl_signer_from_params(params(cfssl), policy()) as signer:
+        yield signer
+
+
+def sign_once(signer_params: dict, signer_policy: CsrPolicy | None = None, csr: str | None = None, **kwargs):
+    """A signer started for one signature and closed after it, as one pki_sign run uses it."""
+    with cfssl_signer_from_params(signer_params, signer_policy or policy()) as signer:
+        return signer.sign(csr or node_csr()[1], IDENTITY, **dict(dict(valid_days=POLICY_DAYS), **kwargs))
 
 
 # ------------------------------------------------------------------------------------------------- signing
@@ -120,23 +125,13 @@ def test_node_csr_is_signed_by_the_cfssl_ca_and_carries_the_node_key(cfssl, sign
 
 
 def test_sans_are_the_ones_the_policy_allowed(cfssl):
-    allowing = cfssl_signer_from_params(
-        params(cfssl), policy(allowed_sans=["{identity}", r"[a-z]+\.{identity}", r"10\.20\.\d+\.\d+"])
-    )
-    try:
-        _key, csr = node_csr(dns=["api.node1.example.net"], ips=["10.20.0.7"])
-        issued = allowing.sign(csr, IDENTITY, valid_days=POLICY_DAYS)
-    finally:
-        allowing.close()
+    allowing = policy(allowed_sans=["{identity}", r"[a-z]+\.{identity}", r"10\.20\.\d+\.\d+"])
+    issued = sign_once(params(cfssl), allowing, node_csr(dns=["api.node1.example.net"], ips=["10.20.0.7"])[1])
     assert sorted(issued.subject_alt_names) == ["DNS:api.node1.example.net", f"DNS:{IDENTITY}", "IP:10.20.0.7"]
 
 
 def test_shorter_profile_than_valid_days_is_signed_with_a_warning(cfssl):
-    signer = cfssl_signer_from_params(params(cfssl), policy(max_valid_days=365))
-    try:
-        issued = signer.sign(node_csr()[1], IDENTITY, valid_days=90)
-    finally:
-        signer.close()
+    issued = sign_once(params(cfssl), policy(max_valid_days=365), valid_days=90)
     assert len(issued.warnings) == 1
     assert "the CFSSL profile 'node' issues 30 days, not the 90 days of valid_days" in issued.warnings[0]
 
@@ -155,13 +150,9 @@ def test_many_threads_share_one_signer(cfssl, signer):
 
 
 def test_wrong_auth_key_is_refused_with_cfssl_error(cfssl):
-    wrong = cfssl_signer_from_params(params(cfssl, cfssl_auth_key="ab" * 16), policy())  # info needs no key
     signed_before = cfssl.signed_count()
-    try:
-        with pytest.raises(CfsslError) as info:
-            wrong.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
-    finally:
-        wrong.close()
+    with pytest.raises(CfsslError) as info:
+        sign_once(params(cfssl, cfssl_auth_key="ab" * 16))  # info needs no key: the signer starts
     assert info.value.code == 400 and info.value.field == "cfssl_auth_key"
     assert str(info.value).startswith(f"CFSSL at {cfssl.url} refused authsign: CFSSL error 400: invalid token")
     assert "ab" * 16 not in str(info.value)
@@ -210,11 +201,7 @@ def test_profile_whose_usages_do_not_fit_is_refused_before_the_request(cfssl, si
 
 
 def test_server_profile_signs_server_certificates(cfssl):
-    signer = cfssl_signer_from_params(params(cfssl, cfssl_profile="server"), policy())
-    try:
-        cert = load(signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS, profile="server").certificate)
-    finally:
-        signer.close()
+    cert = load(sign_once(params(cfssl, cfssl_profile="server"), profile="server").certificate)
     store = Store([load(cfssl.ca_pem)])
     PolicyBuilder().store(store).build_server_verifier(x509.DNSName(IDENTITY)).verify(cert, [])
     with pytest.raises(Exception, match="EKU"):
@@ -252,14 +239,11 @@ def test_ed25519_csr_is_refused_by_cfssl_1_2_with_its_error(cfssl, signer):
 
 def test_stopped_server_gives_a_connection_error_naming_the_url(tmp_path):
     with CfsslServer(tmp_path / "cfssl") as server:
-        signer = cfssl_signer_from_params(params(server), policy())
-        signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)  # a kept-alive connection to a live server
-        server.stop()
-        try:
+        with cfssl_signer_from_params(params(server), policy()) as signer:
+            signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)  # a kept-alive connection to a live server
+            server.stop()
             with pytest.raises(PkiError) as info:
                 signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
-        finally:
-            signer.close()
         assert str(info.value) == f"cannot reach CFSSL at {server.url} (authsign): Connection refused"
         assert info.value.field == "cfssl_url"
         with pytest.raises(PkiError, match=f"cannot reach CFSSL at {server.url} \\(info\\): Connection refused"):
@@ -271,12 +255,10 @@ def test_stopped_server_gives_a_connection_error_naming_the_url(tmp_path):
 
 def test_pinned_ca_is_accepted_and_silences_the_plain_http_warning(cfssl, tmp_path, signer):
     assert any("plain http and cfssl_ca_cert is not set" in w for w in signer.ca.warnings)
-    pinned = cfssl_signer_from_params(params(cfssl, cfssl_ca_cert=str(cfssl.ca_path)), policy())
-    pinned.close()
-    assert (
-        pinned.ca.warnings == []
-        and pinned.ca.chain_pem == load(cfssl.ca_pem).public_bytes(serialization.Encoding.PEM).decode()
-    )
+    with cfssl_signer_from_params(params(cfssl, cfssl_ca_cert=str(cfssl.ca_path)), policy()) as pinned:
+        issued = pinned.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
+    assert pinned.ca.warnings == []
+    assert load(issued.ca) == load(cfssl.ca_pem)
 
 
 def test_server_signing_with_another_ca_than_the_pinned_one_is_refused(cfssl, tmp_path):
@@ -292,12 +274,9 @@ def test_server_signing_with_another_ca_than_the_pinned_one_is_refused(cfssl, tm
 
 def test_https_with_the_ca_bundle_signs_and_without_it_is_refused(tmp_path):
     with CfsslServer(tmp_path / "cfssl", tls=True) as server:
-        signer = cfssl_signer_from_params(params(server), policy())
-        try:
+        with cfssl_signer_from_params(params(server), policy()) as signer:
             issued = signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
-            assert signer.ca.warnings == []
-        finally:
-            signer.close()
+        assert signer.ca.warnings == []
         assert load(issued.certificate).issuer == load(server.ca_pem).subject
         with pytest.raises(PkiError) as info:
             cfssl_signer_from_params(params(server, cfssl_ca_bundle=None), policy())
@@ -418,10 +397,8 @@ def hostile(cfssl):
         yield proxy
 
 
-def hostile_signer(proxy: HostileProxy, **overrides):
-    return cfssl_signer_from_params(
-        dict(cfssl_url=proxy.url, cfssl_auth_key=proxy.upstream.auth_key, cfssl_profile="node", **overrides), policy()
-    )
+def hostile_params(proxy: HostileProxy, **overrides) -> dict:
+    return dict(cfssl_url=proxy.url, cfssl_auth_key=proxy.upstream.auth_key, cfssl_profile="node", **overrides)
 
 
 OTHER_KEY_CSR = node_csr()[1]
@@ -462,14 +439,10 @@ OTHER_KEY_CSR = node_csr()[1]
     ],
 )
 def test_certificate_the_policy_did_not_grant_is_refused(cfssl, hostile, rewrite, reason):
-    signer = hostile_signer(hostile)
     hostile.rewrite = rewrite
     signed_before = cfssl.signed_count()
-    try:
-        with pytest.raises(CfsslError) as info:
-            signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
-    finally:
-        signer.close()
+    with pytest.raises(CfsslError) as info:
+        sign_once(hostile_params(hostile))
     assert str(info.value).startswith(
         f"CFSSL at {hostile.url} answered authsign for {IDENTITY} with a certificate that "
     )
@@ -479,15 +452,11 @@ def test_certificate_the_policy_did_not_grant_is_refused(cfssl, hostile, rewrite
 
 def test_certificate_from_another_ca_is_refused(cfssl, hostile, tmp_path):
     with CfsslServer(tmp_path / "other", ca_name="another CA") as other:
-        signer = hostile_signer(hostile)  # info from the real CA
-        hostile.upstream, hostile.rewrite = other, lambda request: request  # re-authenticated with other's key
-        try:
-            with pytest.raises(
-                CfsslError, match="was not signed by the CA 'CN=zeroinit test CFSSL CA' \\(issuer 'CN=another CA'\\)"
-            ):
+        with cfssl_signer_from_params(hostile_params(hostile), policy()) as signer:  # info from the real CA
+            hostile.upstream, hostile.rewrite = other, lambda request: request  # re-authenticated with other's key
+            with pytest.raises(CfsslError) as info:
                 signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
-        finally:
-            signer.close()
+    assert "was not signed by the CA 'CN=zeroinit test CFSSL CA' (issuer 'CN=another CA')" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -544,11 +513,7 @@ def test_certificate_from_another_ca_is_refused(cfssl, hostile, tmp_path):
 def test_hostile_answer_is_refused_with_a_message(cfssl, hostile, endpoint, reply, reason):
     hostile.reply = (endpoint, reply)
     with pytest.raises(PkiError) as info:
-        signer = hostile_signer(hostile, cfssl_timeout=1.0)
-        try:
-            signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
-        finally:
-            signer.close()
+        sign_once(hostile_params(hostile, cfssl_timeout=1.0))
     assert reason in str(info.value) and hostile.url in str(info.value)
 
 
@@ -562,4 +527,4 @@ def test_info_answered_with_a_leaf_certificate_is_refused(cfssl, hostile, signer
     }
     hostile.reply = ("info", answer(200, json.dumps(document).encode()))
     with pytest.raises(CfsslError, match="answered info with 'CN=node1.example.net', which is not a CA certificate"):
-        hostile_signer(hostile)
+        cfssl_signer_from_params(hostile_params(hostile), policy())

@@ -216,18 +216,16 @@ class CfsslServer:
             return ""
         return data[-size:].decode("utf-8", "replace")
 
-    def authsign_count(self) -> int:
-        """How many authsign requests reached the server (its access log has one line per answered request)."""
+    def _log_count(self, text: str) -> int:
         try:
-            text = self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace").count(text)
         except OSError:
             return 0
-        return text.count('"POST /api/v1/cfssl/authsign"')
+
+    def authsign_count(self) -> int:
+        """How many authsign requests reached the server (its access log has one line per answered request)."""
+        return self._log_count('"POST /api/v1/cfssl/authsign"')
 
     def signed_count(self) -> int:
         """How many certificates the server signed."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return 0
-        return text.count("signed certificate with serial number")
+        return self._log_count("signed certificate with serial number")
