@@ -705,13 +705,21 @@ class CfsslSigner:
             )
 
     def _validity_warnings(self, facts, not_after: datetime.datetime) -> list[str]:
+        warnings = []
         asked = int(facts.valid_days)
         if self.expiry < datetime.timedelta(days=asked):
-            return [
+            warnings.append(
                 f"certificate for {facts.identity} ends on {not_after:%Y-%m-%dT%H:%M:%SZ}: the CFSSL profile "
-                f"{self._profile_name()} issues {self.expiry.total_seconds() / 86400:g} days, not the {asked} days of valid_days"
-            ]
-        return []
+                f"{self._profile_name()} issues {self.expiry.total_seconds() / 86400:g} days, not the {asked} days of "
+                "valid_days"
+            )
+        if not_after > self.ca.not_after:
+            # CFSSL does not cut a certificate at its CA's end, as the built-in signer does: it stops verifying then.
+            warnings.append(
+                f"certificate for {facts.identity} ends on {not_after:%Y-%m-%dT%H:%M:%SZ}, after its CA "
+                f"(CFSSL at {self.client.url}) on {self.ca.not_after:%Y-%m-%dT%H:%M:%SZ}: it verifies only until then"
+            )
+        return warnings
 
     def close(self) -> None:
         self.client.close()

@@ -136,6 +136,17 @@ def test_shorter_profile_than_valid_days_is_signed_with_a_warning(cfssl):
     assert "the CFSSL profile 'node' issues 30 days, not the 90 days of valid_days" in issued.warnings[0]
 
 
+def test_certificate_outliving_its_ca_is_signed_with_a_warning(tmp_path):
+    with CfsslServer(tmp_path / "cfssl", ca_expiry="240h") as server:
+        issued = sign_once(params(server))
+    ca_end = load(server.ca_pem).not_valid_after_utc
+    assert issued.not_after > ca_end
+    assert issued.warnings == (
+        f"certificate for {IDENTITY} ends on {issued.not_after_iso}, after its CA (CFSSL at {server.url}) on "
+        f"{ca_end:%Y-%m-%dT%H:%M:%SZ}: it verifies only until then",
+    )
+
+
 def test_many_threads_share_one_signer(cfssl, signer):
     csrs = [node_csr(identity=f"node{i}.example.net") for i in range(24)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:

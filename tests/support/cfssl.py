@@ -73,12 +73,17 @@ class CfsslServer:
     """``cfssl serve`` on 127.0.0.1 and a free port, with a CA made for it; ``tls`` serves https."""
 
     def __init__(
-        self, workdir: str | os.PathLike | None = None, tls: bool = False, ca_name: str = "zeroinit test CFSSL CA"
+        self,
+        workdir: str | os.PathLike | None = None,
+        tls: bool = False,
+        ca_name: str = "zeroinit test CFSSL CA",
+        ca_expiry: str = "87600h",
     ):
         self._own_workdir = workdir is None
         self.workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="zeroinit-cfssl-"))
         self.tls = tls
         self.ca_name = ca_name
+        self.ca_expiry = ca_expiry
         self.auth_key = secrets.token_hex(16)
         self.port = 0
         self.process: subprocess.Popen | None = None
@@ -114,7 +119,8 @@ class CfsslServer:
 
     def _prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._gencert(["-initca"], {"CN": self.ca_name, "key": {"algo": "ecdsa", "size": 256}}, "ca")
+        ca_request = {"CN": self.ca_name, "key": {"algo": "ecdsa", "size": 256}, "ca": {"expiry": self.ca_expiry}}
+        self._gencert(["-initca"], ca_request, "ca")
         self.config_path.write_text(json.dumps(signing_config(self.auth_key), indent=2))
         if self.tls:
             # The TLS server certificate comes from its own CA, so a test can tell the two trust anchors apart.
