@@ -7,7 +7,7 @@
     with CfsslServer(tmp_path / "cfssl", tls=True) as server:   # https, server certificate from a separate TLS CA
         server.url, server.tls_ca_path
 
-The CA is made with ``cfssl gencert -initca``; the signing config has profiles that need the ``primary`` auth key
+The CA is made with ``cfssl gencert -initca`` (``ca_expiry``, ten years unless told); the signing config has profiles that need the ``primary`` auth key
 (a ``standard`` HMAC key, hex): the default (a year, server + client auth), ``node`` (30 days, server + client),
 ``server``, ``client``, and two a node must never get, for tests of a server that misbehaves: ``intermediate``
 (CA:TRUE) and ``long`` (ten years). ``stop()`` (also on exit) terminates the server and waits for it; the log
