@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import math
 import re
 import socket
 import ssl
@@ -243,8 +244,8 @@ class CfsslClient:
             )
         self.scheme, self.host, self.path = parts.scheme, parts.hostname, parts.path
         self.timeout = float(timeout)
-        if not self.timeout > 0:
-            raise PkiError(f"cfssl_timeout must be more than 0 seconds, not {timeout}", field="cfssl_timeout")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise PkiError(f"cfssl_timeout must be a number of seconds above 0, not {timeout}", field="cfssl_timeout")
         self._key = parse_auth_key(auth_key)
         self._tls = None
         if self.scheme == "https":

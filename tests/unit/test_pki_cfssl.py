@@ -186,7 +186,7 @@ def test_ca_bundle_that_does_not_exist_is_refused(tmp_path):
     assert info.value.field == "cfssl_ca_bundle" and "missing.pem" in str(info.value)
 
 
-@pytest.mark.parametrize("timeout", [0, -1])
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
 def test_timeout_must_be_positive(timeout):
     with pytest.raises(PkiError) as info:
         CfsslClient("https://ca.example.net", KEY, timeout=timeout)
