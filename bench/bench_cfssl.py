@@ -23,16 +23,14 @@ import tempfile
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, ".venv", "collections"))
-from bench_agent import cpu_seconds, machine  # noqa: E402  (this directory is on sys.path when run as a script)
-from bench_pki import make_csrs, run  # noqa: E402
+from bench_agent import cpu_seconds, machine
+from bench_pki import make_csrs, run
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (  # noqa: E402
-    CertificateAuthority,
-    CsrPolicy,
-    Signer,
-)
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki_cfssl import cfssl_signer_from_params  # noqa: E402
-from tests.support.cfssl import CfsslServer  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.cfssl import cfssl_signer_from_params
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
+from tests.support.cfssl import CfsslServer
 
 
 def own_cpu_seconds() -> float:
@@ -72,15 +70,15 @@ def main() -> int:
     csrs = make_csrs(count, "ec")
     builtin = Signer(CertificateAuthority.create("bench EC CA", "ec"), CsrPolicy())
     print(
-        "%-22s %-8s %12s %10s %10s %16s %16s"
-        % ("signer", "threads", "certs/s", "p50 ms", "p99 ms", "client CPU ms", "server CPU ms")
+        f"{'signer':<22} {'threads':<8} {'certs/s':>12} {'p50 ms':>10} {'p99 ms':>10} {'client CPU ms':>16}"
+        f" {'server CPU ms':>16}"
     )
 
     def show(name: str, threads: int, figures: dict) -> None:
-        server = "%16.2f" % figures["server_ms"] if figures["server_ms"] else "%16s" % "-"
+        server = f"{figures['server_ms']:16.2f}" if figures["server_ms"] else f"{'-':>16}"
         print(
-            "%-22s %-8d %12.0f %10.2f %10.2f %16.2f %s"
-            % (name, threads, figures["rate"], figures["p50"], figures["p99"], figures["client_ms"], server)
+            f"{name:<22} {threads:<8d} {figures['rate']:12.0f} {figures['p50']:10.2f} {figures['p99']:10.2f}"
+            f" {figures['client_ms']:16.2f} {server}"
         )
 
     with tempfile.TemporaryDirectory(prefix="bench-cfssl-") as workdir, CfsslServer(workdir, tls=args.tls) as server:

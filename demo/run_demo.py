@@ -54,7 +54,7 @@ def say(text):
 def leaf_certificate(ca, common_name, path_prefix, server):
     """A certificate for the demo's own broker (server) or operator (client), signed by the demo CA."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

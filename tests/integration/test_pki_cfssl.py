@@ -15,6 +15,7 @@ import concurrent.futures
 import http.server
 import ipaddress
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -27,13 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import free_port
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CsrPolicy, PkiError, PolicyError
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki_cfssl import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.cfssl import (
     CfsslError,
     authenticated_request,
     cfssl_signer_from_params,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy, PolicyError
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
+from tests.support.broker import free_port
 from tests.support.cfssl import CfsslServer
 
 IDENTITY = "node1.example.net"
@@ -273,9 +275,8 @@ def test_pinned_ca_is_accepted_and_silences_the_plain_http_warning(cfssl, tmp_pa
 
 
 def test_server_signing_with_another_ca_than_the_pinned_one_is_refused(cfssl, tmp_path):
-    with CfsslServer(tmp_path / "other", ca_name="another CA") as other:
-        with pytest.raises(PkiError) as info:
-            cfssl_signer_from_params(params(other, cfssl_ca_cert=str(cfssl.ca_path)), policy())
+    with CfsslServer(tmp_path / "other", ca_name="another CA") as other, pytest.raises(PkiError) as info:
+        cfssl_signer_from_params(params(other, cfssl_ca_cert=str(cfssl.ca_path)), policy())
     assert info.value.field == "cfssl_ca_cert"
     assert "signs with the CA 'CN=another CA'" in str(info.value) and "which is not in cfssl_ca_cert" in str(info.value)
 
@@ -462,11 +463,13 @@ def test_certificate_the_policy_did_not_grant_is_refused(cfssl, hostile, rewrite
 
 
 def test_certificate_from_another_ca_is_refused(cfssl, hostile, tmp_path):
-    with CfsslServer(tmp_path / "other", ca_name="another CA") as other:
-        with cfssl_signer_from_params(hostile_params(hostile), policy()) as signer:  # info from the real CA
-            hostile.upstream, hostile.rewrite = other, lambda request: request  # re-authenticated with other's key
-            with pytest.raises(CfsslError) as info:
-                signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
+    with (
+        CfsslServer(tmp_path / "other", ca_name="another CA") as other,
+        cfssl_signer_from_params(hostile_params(hostile), policy()) as signer,  # info from the real CA
+    ):
+        hostile.upstream, hostile.rewrite = other, lambda request: request  # re-authenticated with other's key
+        with pytest.raises(CfsslError) as info:
+            signer.sign(node_csr()[1], IDENTITY, valid_days=POLICY_DAYS)
     assert "was not signed by the CA 'CN=zeroinit test CFSSL CA' (issuer 'CN=another CA')" in str(info.value)
 
 
@@ -537,5 +540,7 @@ def test_info_answered_with_a_leaf_certificate_is_refused(cfssl, hostile, signer
         "messages": [],
     }
     hostile.reply = ("info", answer(200, json.dumps(document).encode()))
-    with pytest.raises(CfsslError, match="answered info with 'CN=node1.example.net', which is not a CA certificate"):
+    with pytest.raises(
+        CfsslError, match=re.escape("answered info with 'CN=node1.example.net', which is not a CA certificate")
+    ):
         cfssl_signer_from_params(hostile_params(hostile), policy())

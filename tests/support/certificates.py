@@ -28,14 +28,14 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security
 PROVISIONER = (PROVISIONER_USAGE, ExtendedKeyUsageOID.CLIENT_AUTH)
 NODE = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(UTC).replace(microsecond=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rsa_key(bits: int = 2048):
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 

@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import free_port
+from tests.support.broker import free_port
 
 AUTH_KEY_NAME = "primary"
 NODE_USAGES = ["digital signature", "key encipherment", "server auth", "client auth"]

@@ -364,7 +364,7 @@ class TestCA:
 def _utcnow():
     import datetime
 
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _days(count: int):

@@ -63,7 +63,7 @@ def main():
     with open(args.ca_key, "rb") as handle:
         ca_key = serialization.load_pem_private_key(handle.read(), password=None)
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))

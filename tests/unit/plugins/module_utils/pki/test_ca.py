@@ -118,7 +118,7 @@ def test_intermediate_ca_from_a_chain_file_in_any_order(tmp_path):
     """The CA file may hold root and intermediate (root first, as some tools write it); certificates chain to the root."""
     root_key = ec.generate_private_key(ec.SECP384R1())
     root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
     root = (
         x509.CertificateBuilder()
@@ -196,7 +196,7 @@ def test_concurrent_creation_makes_one_ca_that_every_process_uses(tmp_path):
 def test_ca_certificate_without_key_cert_sign_is_refused():
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl-only CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

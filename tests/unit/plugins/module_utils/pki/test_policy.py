@@ -183,7 +183,7 @@ def test_garbage_is_a_pki_error_naming_csr(signer):
     ids=["ec-p256", "ec-p384", "rsa-2048", "ed25519"],
 )
 def test_issued_certificate_is_built_by_policy_and_chains_to_the_ca(ca, signer, key):
-    before = datetime.datetime.now(datetime.timezone.utc)
+    before = datetime.datetime.now(datetime.UTC)
     issued = signer.sign(make_csr(key=key), IDENTITY, valid_days=30, profile="both")
     cert = load(issued.certificate)
     cert.verify_directly_issued_by(ca.certificate)  # raises unless the CA key signed it

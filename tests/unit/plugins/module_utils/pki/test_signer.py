@@ -151,7 +151,7 @@ def test_renewal_is_needed_for_another_key_another_ca_identity_sans_or_profile(c
 
 
 def test_expired_and_garbage_certificates_need_renewal(ca, signer):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     expired = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, IDENTITY)]))

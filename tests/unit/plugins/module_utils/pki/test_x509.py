@@ -22,7 +22,7 @@ NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1.example.net")])
 
 
 def certificate(key, issuer_key=None, issuer_name=NAME):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     signing = issuer_key or KEYS["ec-other"]
     return (
         x509.CertificateBuilder()

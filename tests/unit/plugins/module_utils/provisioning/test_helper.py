@@ -149,7 +149,7 @@ def test_helper_certificate_must_parse_and_carry_the_csr_key():
 
     key, csr_pem = key_and_csr()
     other_key, other_csr = key_and_csr()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))

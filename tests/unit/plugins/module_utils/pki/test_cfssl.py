@@ -9,8 +9,7 @@ import pathlib
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import PkiError
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki_cfssl import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.cfssl import (
     CFSSL_SIGNER_OPTIONS,
     CfsslClient,
     CfsslError,
@@ -20,8 +19,9 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki_cfssl impor
     parse_envelope,
     parse_go_duration,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 
-CFSSL_DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cfssl"
+CFSSL_DATA = pathlib.Path(__file__).resolve().parents[5] / "data" / "cfssl"
 CFSSL_TEST_KEY = "0123456789ABCDEF0123456789ABCDEF"  # the key of CFSSL's auth/auth_test.go
 KEY = "00112233445566778899aabbccddeeff"
 

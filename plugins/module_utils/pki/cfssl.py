@@ -44,23 +44,23 @@ import socket
 import ssl
 import threading
 import time
-import traceback
 import urllib.parse
 from typing import Sequence
 
-from .pki import IssuedCertificate, PkiError, PolicyError
-
-try:
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError:
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+from ..common.deps import (
+    HAS_CRYPTOGRAPHY,
+    LIBRARIES,
+    ExtendedKeyUsageOID,
+    InvalidSignature,
+    NameOID,
+    UnsupportedAlgorithm,
+    hashes,
+    serialization,
+    x509,
+)
+from .policy import PolicyError
+from .signer import IssuedCertificate
+from .x509 import PkiError
 
 CFSSL_API_PATH = "/api/v1/cfssl/"
 CFSSL_MAX_RESPONSE_BYTES = 1024 * 1024  # a certificate or CA answer is a few KiB; anything near this is not CFSSL
@@ -500,7 +500,7 @@ class CfsslSigner:
         pinned_ca_pem: str | None = None,
     ):
         if not HAS_CRYPTOGRAPHY:
-            raise PkiError(f"the Python library 'cryptography' is required: {CRYPTOGRAPHY_IMPORT_ERROR}")
+            raise PkiError(f"the Python library 'cryptography' is required: {LIBRARIES['cryptography'][1]}")
         self.client = client
         self.policy = policy
         self.cfssl_profile = cfssl_profile or ""
