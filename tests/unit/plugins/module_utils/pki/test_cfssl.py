@@ -21,7 +21,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.cfssl impor
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 
-CFSSL_DATA = pathlib.Path(__file__).resolve().parents[5] / "data" / "cfssl"
+CFSSL_DATA = pathlib.Path(__file__).resolve().parents[4] / "data" / "cfssl"
 CFSSL_TEST_KEY = "0123456789ABCDEF0123456789ABCDEF"  # the key of CFSSL's auth/auth_test.go
 KEY = "00112233445566778899aabbccddeeff"
 
