@@ -114,6 +114,15 @@ class Request:
     time: int = field(default_factory=now)
     filter: dict = field(default_factory=empty_filter)
     reply_to: str = ""
+    # The secure request's fields as received: the exact ``message`` string a signature covers, the
+    # ``signature`` (base64) and the signer's ``pubcert`` (PEM); both are ``insecure`` on an unsigned request.
+    secure_message: str = field(default="", repr=False)
+    signature: str = field(default=INSECURE, repr=False)
+    pubcert: str = field(default=INSECURE, repr=False)
+
+    @property
+    def signed(self) -> bool:
+        return self.signature != INSECURE or self.pubcert != INSECURE
 
     @property
     def action(self) -> str:
@@ -194,13 +203,11 @@ def request_document(req: Request) -> dict:
     }
 
 
-def secure_request_document(req: Request) -> dict:
-    return {
-        "protocol": SECURE_REQUEST,
-        "message": _dumps(request_document(req)),
-        "signature": INSECURE,
-        "pubcert": INSECURE,
-    }
+def secure_request_document(req: Request, signer=None) -> dict:
+    """The ``choria:secure:request:1`` document; with ``signer`` (``choria.security.RequestSigner``) it is signed."""
+    message = _dumps(request_document(req))
+    signature, pubcert = (INSECURE, INSECURE) if signer is None else signer.sign(message)
+    return {"protocol": SECURE_REQUEST, "message": message, "signature": signature, "pubcert": pubcert}
 
 
 def reply_document(rep: Reply) -> dict:
@@ -255,11 +262,20 @@ def _transport_bytes(secure_text: str, reply_to: str | None, sender: str) -> byt
     return _TRANSPORT_HEAD + base64.b64encode(secure_text.encode("utf-8")) + headers + tail
 
 
-def encode_request(req: Request) -> bytes:
-    """Serialise a request; ``req.reply_to`` defaults to Choria's reply subject for the caller."""
+def encode_request(req: Request, signer=None) -> bytes:
+    """Serialise a request; ``req.reply_to`` defaults to Choria's reply subject for the caller.
+
+    With ``signer`` (a ``choria.security.RequestSigner``) the secure request carries the signature over its
+    ``message`` and the signer's ``pubcert``, as go-choria's x509 security does; without, both say ``insecure``.
+    """
     reply_to = req.reply_to or reply_subject(req.callerid, req.requestid, req.collective)
-    secure = _SECURE_REQUEST_HEAD + _json_string(_dumps(request_document(req))) + _SECURE_REQUEST_TAIL
-    return _transport_bytes(secure, reply_to, req.senderid)
+    message = _dumps(request_document(req))
+    if signer is None:
+        tail = _SECURE_REQUEST_TAIL
+    else:
+        signature, pubcert = signer.sign(message)
+        tail = f',"signature":{_json_string(signature)},"pubcert":{_json_string(pubcert)}}}'
+    return _transport_bytes(_SECURE_REQUEST_HEAD + _json_string(message) + tail, reply_to, req.senderid)
 
 
 def encode_reply(rep: Reply) -> bytes:
@@ -350,7 +366,9 @@ def _unwrap_transport(raw: Any, secure_protocol: str) -> tuple[dict, dict]:
 def decode_request(raw: Any) -> Request:
     """Parse a transport message carrying a request. Raises ProtocolError naming what is wrong."""
     headers, secure = _unwrap_transport(raw, SECURE_REQUEST)
-    message = _string_field(secure, "message", "secure request")
+    message = secure_message = _string_field(secure, "message", "secure request")
+    signature = secure.get("signature") if isinstance(secure.get("signature"), str) else ""
+    pubcert = secure.get("pubcert") if isinstance(secure.get("pubcert"), str) else ""
     if not message.lstrip().startswith("{"):
         # Older clients base64 the request inside the secure request.
         message = _b64_text(message.strip()) or message
@@ -381,6 +399,9 @@ def decode_request(raw: Any) -> Request:
         time=env["time"],
         filter=flt,
         reply_to=reply_to,
+        secure_message=secure_message,
+        signature=signature,
+        pubcert=pubcert,
     )
 
 

@@ -83,12 +83,14 @@ class RpcClient:
         tls: ssl.SSLContext | None = None,
         ttl: int = DEFAULT_TTL,
         connection=None,
+        signer=None,
     ):
         self.brokers = list(brokers)
         self.callerid = caller_id(callerid)
         self.collective = collective
         self.tls = tls
         self.ttl = ttl
+        self.signer = signer  # choria.security.RequestSigner: sign every request (Choria's x509 security)
         self.nc = connection
         self._own_connection = connection is None
         self._waiters: dict[str, Callable[[Reply], None]] = {}
@@ -150,7 +152,7 @@ class RpcClient:
 
     async def publish_request(self, req: Request, identities: list[str] | None = None) -> None:
         """Node-directed when ``identities`` are given (one publish each), else broadcast to the agent."""
-        payload = encode_request(req)
+        payload = encode_request(req, self.signer)
         if identities:
             for identity in identities:
                 await self.nc.publish(node_subject(identity, self.collective), payload)

@@ -149,3 +149,35 @@ def test_fast_encoders_equal_the_layered_documents(text):
     layered = p._dumps(p.transport_document(p.secure_reply_document(rep), None, rep.senderid))
     assert p.encode_reply(rep) == layered.encode("utf-8")
     assert p.decode_reply(p.encode_reply(rep)).statusmsg == text
+
+
+@pytest.mark.parametrize("key", ["ec", "rsa"])
+def test_signed_request_validates_decodes_and_verifies(choria_reference, key):
+    """A signed request is still protocol v1, and what the node decodes is exactly what the signature covers."""
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import (
+        RequestSigner,
+        RequestTrustError,
+        RequestVerifier,
+    )
+    from tests.support.certificates import Authority, ec_key, rsa_key
+
+    authority = Authority("provisioning CA")
+    leaf = authority.issue("prov1.example.net", key=ec_key() if key == "ec" else rsa_key())
+    signer = RequestSigner(leaf.pem, leaf.key_pem)
+    req = sample_request()
+    transport = json.loads(p.encode_request(req, signer))
+    validate(choria_reference, "transport", transport)
+    secure = json.loads(base64.b64decode(transport["data"]))
+    validate(choria_reference, "secure_request", secure)
+    assert secure["pubcert"] == leaf.pem
+    assert secure == p.secure_request_document(req, signer) | {"signature": secure["signature"]}
+
+    got = p.decode_request(p.encode_request(req, signer))
+    assert got.signed and got.pubcert == leaf.pem and got.secure_message == secure["message"]
+    verifier = RequestVerifier(authority.pem)
+    assert verifier.verify(got.secure_message, got.signature, got.pubcert).subject == "CN=prov1.example.net"
+
+    tampered = p.decode_request(p.encode_request(sample_request(requestid=req.requestid, ttl=req.ttl + 1), None))
+    assert not tampered.signed
+    with pytest.raises(RequestTrustError, match="signature does not verify"):
+        verifier.verify(tampered.secure_message, got.signature, got.pubcert)
