@@ -194,8 +194,19 @@ class ClaimStore:
         if problem:
             raise JetStreamUnavailable(problem)
         js = nc.jetstream(timeout=timeout)
-        kv, ttl = await _open_bucket(js, claims_bucket_name(site), ttl, replicas)
-        store = cls(js, kv, site, instance, ttl, observer)
+        bucket = claims_bucket_name(site)
+        description = "zeroinit-provisioner: which instance works which node"
+        kv = await open_bucket(js, bucket, description, ttl, memory=True, replicas=replicas)
+        in_force = (await kv.status()).ttl or ttl
+        if abs(in_force - ttl) > 0.001:
+            log.warning(
+                "claims bucket %s keeps values %gs (claim_ttl of the instance that created it), not %gs; using %gs",
+                bucket,
+                in_force,
+                ttl,
+                in_force,
+            )
+        store = cls(js, kv, site, instance, in_force, observer)
         await store.announce()
         return store
 
@@ -408,41 +419,31 @@ def parse_claim_value(data: Optional[bytes]) -> tuple:
     return (holder if isinstance(holder, str) and holder else "?"), (DONE if state == DONE else WORKING)
 
 
-async def _open_bucket(js: Any, bucket: str, ttl: float, replicas: Optional[int]) -> tuple:
-    """(kv, ttl in force): the existing bucket (its max age wins), or a new one."""
+async def open_bucket(
+    js: Any, bucket: str, description: str, ttl: Optional[float], memory: bool, replicas: Optional[int] = None
+) -> Any:
+    """The key-value bucket ``bucket`` (history 1), created if absent: ``replicas`` None tries three replicas,
+    then one (a single server or a cluster of fewer than three). An existing bucket is used as it is."""
     try:
-        kv = await js.key_value(bucket)
+        return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        kv = None
-    if kv is None:
-        for count in (replicas,) if replicas else (3, 1):
-            config = KeyValueConfig(
-                bucket=bucket,
-                description="zeroinit-provisioner: which instance works which node",
-                history=1,
-                ttl=ttl,
-                storage=StorageType.MEMORY,
-                replicas=count,
-                max_value_size=MAX_VALUE_SIZE,
-            )
-            try:
-                kv = await js.create_key_value(config)
-                break
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == 10058:  # created meanwhile by another instance with another configuration
-                    kv = await js.key_value(bucket)
-                    break
-                if replicas or count == 1:
-                    raise ClaimError(f"cannot create the claims bucket {bucket}: {exc.description or exc}") from None
-                log.info("claims bucket %s: %d replicas refused (%s); trying one", bucket, count, exc.description)
-    status = await kv.status()
-    in_force = status.ttl or ttl
-    if abs(in_force - ttl) > 0.001:
-        log.warning(
-            "claims bucket %s keeps values %gs (claim_ttl of the instance that created it), not %gs; using %gs",
-            bucket,
-            in_force,
-            ttl,
-            in_force,
+        pass
+    for count in (replicas,) if replicas else (3, 1):
+        config = KeyValueConfig(
+            bucket=bucket,
+            description=description,
+            history=1,
+            ttl=ttl,
+            storage=StorageType.MEMORY if memory else StorageType.FILE,
+            replicas=count,
+            max_value_size=MAX_VALUE_SIZE,
         )
-    return kv, in_force
+        try:
+            return await js.create_key_value(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == 10058:  # created meanwhile by another instance, with another configuration
+                return await js.key_value(bucket)
+            if replicas or count == 1:
+                raise ClaimError(f"cannot create the bucket {bucket}: {exc.description or exc}") from None
+            log.info("bucket %s: %d replicas refused (%s); trying one", bucket, count, exc.description)
+    raise ClaimError(f"cannot create the bucket {bucket}")  # pragma: no cover - the loop returns or raises
