@@ -101,10 +101,11 @@ OWN_SERIES = (
         (),
         "How many control messages were refused (bad signature, too old, replayed, malformed)",
     ),
+    # Not "instance": Prometheus gives that label to the scrape target and would rename ours exported_instance.
     (
-        "zeroinit_provisioner_instance",
+        "zeroinit_provisioner_info",
         "gauge",
-        ("instance", "mode"),
+        ("provisioner", "mode"),
         "This instance: 1, labelled with its name and mode",
     ),
 )
@@ -163,7 +164,7 @@ class ServiceMetrics:
 
     def set_instance(self, instance: str, mode: str) -> None:
         """Label this instance's name and mode (``cluster`` with JetStream claims, ``single`` without)."""
-        family = self._families["zeroinit_provisioner_instance"]
+        family = self._families["zeroinit_provisioner_info"]
         family.clear()
         family.labels(self.site, instance, mode).set(1)
 

@@ -80,7 +80,7 @@ def test_counters_carry_choria_names_without_total_or_created():
     assert "_total" not in text
     assert "_created" not in text
     assert 'choria_provisioner_paused{site="dc1"} 1.0\n' in text
-    assert 'zeroinit_provisioner_instance{instance="prov-a",mode="cluster",site="dc1"} 1.0\n' in text
+    assert 'zeroinit_provisioner_info{mode="cluster",provisioner="prov-a",site="dc1"} 1.0\n' in text
 
 
 def test_every_own_series_has_the_site_label_and_names_lists_what_is_rendered():
