@@ -67,9 +67,15 @@ def test_cluster_serves_jetstream_from_every_server_and_survives_a_killed_server
         survivor = cluster.urls[(leader_index + 1) % 3]
 
         async def read(url):
+            """The value, read as a client would: again while the bucket's own replicas elect a new leader."""
             nc = await nats.connect(url)
             try:
-                return (await (await nc.jetstream().key_value("cluster_check")).get("greeting")).value
+                for _ in range(30):
+                    try:
+                        return (await (await nc.jetstream(timeout=1).key_value("cluster_check")).get("greeting")).value
+                    except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                        await asyncio.sleep(0.5)
+                raise AssertionError("the R3 bucket stayed unreadable for 45s after one server died")
             finally:
                 await nc.close()
 

@@ -297,16 +297,20 @@ class EmbeddedCluster:
         return leader if leader in running else ""
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Every running server healthy (JetStream current) and one meta leader agreed by all."""
+        """One meta leader agreed by every running server, then every running server healthy (``/healthz``:
+        JetStream current, its streams with a leader). In that order: right after a server dies the others
+        still report it as leader and themselves healthy."""
         deadline = time.monotonic() + timeout
-        for server in self.servers:
-            if server.process is not None and self.jetstream:
-                server.wait_jetstream(max(1.0, deadline - time.monotonic()))
-        while self.jetstream and not self.meta_leader():
+        if not self.jetstream:
+            return
+        while not self.meta_leader():
             if time.monotonic() > deadline:
                 logs = "\n".join(f"{s.server_name}: {s._log_tail(800)}" for s in self.servers)
                 raise BrokerError(f"no JetStream meta leader agreed within {timeout:.0f}s\n{logs}")
             time.sleep(0.1)
+        for server in self.servers:
+            if server.process is not None:
+                server.wait_jetstream(max(1.0, deadline - time.monotonic()))
 
     def kill(self, index: int) -> None:
         self.servers[index].kill()

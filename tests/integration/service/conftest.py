@@ -17,3 +17,10 @@ def plain_broker():
     """A nats-server without JetStream."""
     with EmbeddedBroker() as broker:
         yield broker
+
+
+@pytest.fixture
+def jetstream_broker():
+    """A single nats-server with JetStream."""
+    with EmbeddedBroker(jetstream=True) as broker:
+        yield broker

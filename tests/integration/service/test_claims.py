@@ -223,8 +223,10 @@ def test_existing_bucket_ttl_wins_with_a_warning(cluster, caplog):
 
 
 def test_claims_survive_the_loss_of_a_server(cluster):
-    """Three replicas: SIGKILL the server the holder is connected to; it reconnects and keeps its claim."""
-    ttl = 4.0
+    """Three replicas: SIGKILL the server the holder is connected to; it reconnects and keeps its claim.
+
+    The claim must outlive the failover (new stream leader, reconnect), hence a longer ttl than elsewhere."""
+    ttl = 8.0
 
     async def main():
         a_nc = await nats.connect(servers=cluster.urls, dont_randomize=True, reconnect_time_wait=0.2)
@@ -235,7 +237,7 @@ def test_claims_survive_the_loss_of_a_server(cluster):
             renewer = asyncio.ensure_future(a.run())
             claim = await a.acquire("n1")
             await asyncio.get_running_loop().run_in_executor(None, cluster.kill, 0)
-            await asyncio.sleep(2.5 * ttl)
+            await asyncio.sleep(1.5 * ttl)  # past the ttl: the claim lives only if renewals went on
             answer = await b.acquire("n1")
             renewer.cancel()
             return claim, answer
@@ -264,3 +266,31 @@ def test_without_jetstream_open_says_why(plain_broker):
 
     reason, error = run(main())
     assert reason == error == "the broker has no JetStream (nothing answers $JS.API.INFO)"
+
+
+def test_bucket_lost_with_its_server_is_made_again_and_unreachable_is_a_claim_error(jetstream_broker):
+    """Memory storage does not outlive a server restart: the next acquire makes the bucket again."""
+    broker = jetstream_broker
+
+    async def main():
+        nc = await nats.connect(broker.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+        try:
+            store = await cl.ClaimStore.open(nc, "restart", "prov-a", 30, replicas=1)
+            before = await store.acquire("n1")
+            await asyncio.get_running_loop().run_in_executor(None, broker.kill)
+            with pytest.raises(cl.ClaimError, match="claims bucket zeroinit_claims_restart unreachable"):
+                await store.acquire("n2")
+            await asyncio.get_running_loop().run_in_executor(None, broker.start)
+            for _ in range(100):
+                if nc.is_connected:
+                    break
+                await asyncio.sleep(0.1)
+            after = await store.acquire("n2")
+            return before, after, store
+        finally:
+            await nc.close()
+
+    before, after, store = run(main())
+    assert isinstance(before, cl.Claim) and isinstance(after, cl.Claim)
+    assert before.lost.is_set(), "claims held in the lost bucket are reported lost"
+    assert store.held == 1

@@ -62,6 +62,7 @@ MIN_RECHECK = 0.2
 MAX_VALUE_SIZE = 1024
 RENEW_CONCURRENCY = 256
 WATCHED_LIMIT = 100_000
+BUCKET_DESCRIPTION = "zeroinit-provisioner: which instance works which node"
 KEY_PATTERN = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # JetStream KV keys; no leading or trailing dot
 
 log = logging.getLogger("zeroinit.provisioner.claims")
@@ -163,6 +164,7 @@ class ClaimStore:
         self.bucket = claims_bucket_name(site)
         self.stream = f"KV_{self.bucket}"
         self.observer = observer or ClaimObserver()
+        self.replicas: Optional[int] = None
         self.clock_offset = 0.0  # server time minus local time, from this instance's presence key
         self.takeovers_total = 0
         self.lost_total = 0
@@ -195,8 +197,7 @@ class ClaimStore:
             raise JetStreamUnavailable(problem)
         js = nc.jetstream(timeout=timeout)
         bucket = claims_bucket_name(site)
-        description = "zeroinit-provisioner: which instance works which node"
-        kv = await open_bucket(js, bucket, description, ttl, memory=True, replicas=replicas)
+        kv = await open_bucket(js, bucket, BUCKET_DESCRIPTION, ttl, memory=True, replicas=replicas)
         in_force = (await kv.status()).ttl or ttl
         if abs(in_force - ttl) > 0.001:
             log.warning(
@@ -207,6 +208,7 @@ class ClaimStore:
                 in_force,
             )
         store = cls(js, kv, site, instance, in_force, observer)
+        store.replicas = replicas
         await store.announce()
         return store
 
@@ -230,10 +232,33 @@ class ClaimStore:
         return self._held.get(identity)
 
     async def acquire(self, identity: str) -> Any:
-        """Claim ``identity``: a ``Claim`` if this instance now holds it, a ``ClaimHeld`` if another does."""
+        """Claim ``identity``: a ``Claim`` if this instance now holds it, a ``ClaimHeld`` if another does.
+
+        ``ClaimError`` when the bucket cannot be reached (the daemon tries the node again later). A bucket that
+        is gone (memory storage does not outlive a restart of all its servers) is made again, once.
+        """
         if identity in self._held:
             raise ValueError(f"{identity} is already claimed by this instance")
         key = claim_key(identity)
+        try:
+            try:
+                return await self._acquire(identity, key)
+            except nats.js.errors.NoStreamResponseError:
+                await self._recreate()
+                return await self._acquire(identity, key)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise ClaimError(f"claims bucket {self.bucket} unreachable: {exc or type(exc).__name__}") from None
+
+    async def _recreate(self) -> None:
+        log.warning("claims bucket %s is gone; making it again (the claims held are lost)", self.bucket)
+        for claim in list(self._held.values()):
+            self._lose(claim, "the claims bucket was lost")
+        self.kv = await open_bucket(
+            self.js, self.bucket, BUCKET_DESCRIPTION, self.ttl, memory=True, replicas=self.replicas
+        )
+        await self.announce()
+
+    async def _acquire(self, identity: str, key: str) -> Any:
         for _ in range(3):
             expired_from = ""
             if identity in self._watched:
