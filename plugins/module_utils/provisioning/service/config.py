@@ -33,7 +33,7 @@ try:  # PyYAML comes with ansible-core; guarded so module_utils import without i
 
     HAS_YAML = True
     YAML_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported by load_config
+except ImportError:  # pragma: no cover - reported by load_service_config
     HAS_YAML = False
     YAML_IMPORT_ERROR = traceback.format_exc()
 
@@ -43,7 +43,7 @@ REQUIRED = object()
 SITE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Goes into every request's senderid, the claim values and the JSON log lines.
 INSTANCE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal")
+SERVICE_LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal")
 SECRET_WORDS = ("passphrase", "password", "secret", "token")
 
 
@@ -144,7 +144,7 @@ CONFIG_KEYS = (
         maximum=65535,
     ),
     ConfigKey("monitor_address", "address", "127.0.0.1", "Address `/metrics` and `/healthz` listen on."),
-    ConfigKey("loglevel", "choice", "info", "Log level.", choria=True, choices=LOG_LEVELS),
+    ConfigKey("loglevel", "choice", "info", "Log level.", choria=True, choices=SERVICE_LOG_LEVELS),
     ConfigKey("logfile", "string", "", "Log file; empty logs to standard error.", choria=True),
     ConfigKey(
         "claim_ttl",
@@ -352,7 +352,7 @@ if HAS_YAML:
     _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def load_config(path: str, hooks: Optional[ConfigHooks] = None) -> ServiceConfig:
+def load_service_config(path: str, hooks: Optional[ConfigHooks] = None) -> ServiceConfig:
     """Read and check the YAML file at ``path``; ``ServiceConfigError`` names every problem."""
     if not HAS_YAML:
         raise ServiceConfigError(path, [f"PyYAML is required to read the configuration: {YAML_IMPORT_ERROR}"])
@@ -365,10 +365,10 @@ def load_config(path: str, hooks: Optional[ConfigHooks] = None) -> ServiceConfig
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ServiceConfigError(path, [f"not valid YAML: {exc}"]) from None
-    return parse_config(data, source=path, hooks=hooks)
+    return parse_service_config(data, source=path, hooks=hooks)
 
 
-def parse_config(data: Any, source: str = "(inline)", hooks: Optional[ConfigHooks] = None) -> ServiceConfig:
+def parse_service_config(data: Any, source: str = "(inline)", hooks: Optional[ConfigHooks] = None) -> ServiceConfig:
     """Check an already parsed document against ``CONFIG_KEYS``; ``ServiceConfigError`` names every problem."""
     hooks = hooks or ConfigHooks()
     problems: list = []

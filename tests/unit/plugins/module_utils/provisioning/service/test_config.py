@@ -14,7 +14,7 @@ MINIMAL = "site: dc1\nbrokers: [nats://127.0.0.1:4222]\ntoken: s3cret\nhelper: /
 def load(tmp_path, text, hooks=None):
     path = tmp_path / "provisioner.yaml"
     path.write_text(text)
-    return cf.load_config(str(path), hooks=hooks)
+    return cf.load_service_config(str(path), hooks=hooks)
 
 
 def problems(tmp_path, text, hooks=None):
@@ -201,11 +201,11 @@ def test_tls_key_needs_a_certificate(tmp_path, ca_files):
 
 def test_unreadable_file_and_missing_file(tmp_path):
     with pytest.raises(cf.ServiceConfigError, match="cannot read the file"):
-        cf.load_config(str(tmp_path / "absent.yaml"))
+        cf.load_service_config(str(tmp_path / "absent.yaml"))
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(cf.ServiceConfigError, match="cannot read the file"):
-        cf.load_config(str(path))
+        cf.load_service_config(str(path))
 
 
 def test_hooks_run_on_checked_values_and_their_errors_name_the_key(tmp_path):
