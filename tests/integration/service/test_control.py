@@ -119,6 +119,7 @@ def test_status_pause_resume_reach_every_instance_on_every_server(cluster):
     assert (status[0]["busy_workers"], status[0]["queue"]) == (1, 1)
     assert [a["instance"] for a in paused] == ["prov-a", "prov-b", "prov-c"]
     assert all(a["ok"] and a["result"] == {"paused": True} for a in paused)
+    print(f"\npause reached the instances after {', '.join(f'{d * 1000:.0f} ms' for d in delays)}")
     assert max(delays) < 1.0, f"every instance paused within a second: {delays}"
     assert taken_while_paused == [False, False, False]
     assert gauges == [True, True, True], "choria_provisioner_paused is 1 on every instance"

@@ -259,10 +259,10 @@ class ClaimStore:
         await self.announce()
 
     async def _acquire(self, identity: str, key: str) -> Any:
-        for _ in range(3):
+        for _ in range(4):
             expired_from = ""
             if identity in self._watched:
-                # Seen held before: read first, so an expiry (a takeover) is told from a release.
+                # Seen held: read first, so an expiry (a takeover) is told from a release.
                 record, released = await self._lookup(key)
                 if record is not None:
                     answer = await self._held_by(identity, key, record)
@@ -273,11 +273,7 @@ class ClaimStore:
             try:
                 revision = await self.kv.create(key, self._value(WORKING))
             except nats.js.errors.KeyWrongLastSequenceError:
-                record, _released = await self._lookup(key)
-                if record is not None:
-                    answer = await self._held_by(identity, key, record)
-                    if answer is not None:
-                        return answer
+                self._watched.setdefault(identity, "")  # held: the next round reads who holds it
                 continue
             except nats.js.errors.KeyNotFoundError:
                 continue  # nats-py's create re-reads after a refusal; the value expired in between: try again
