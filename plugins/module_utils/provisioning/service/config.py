@@ -13,6 +13,10 @@ Checks: an unknown key, a wrong type or a value out of bounds is refused with th
 booleans (``true``/``false`` and YAML 1.1's unquoted ``yes``/``no``/``on``/``off``, which ``yaml.safe_load``
 turns into booleans) are accepted for boolean keys; a quoted string is not. A key written twice is refused
 rather than silently taking the last value.
+
+``monitor_address`` defaults to 127.0.0.1, where Choria listens on every interface: ``/metrics`` and ``/healthz``
+have no authentication, and the service runs on the provisioning network, next to nodes nobody has vetted yet.
+Set it to an address Prometheus can reach (or ``0.0.0.0``) deliberately.
 """
 
 from __future__ import annotations
@@ -143,7 +147,12 @@ CONFIG_KEYS = (
         minimum=0,
         maximum=65535,
     ),
-    ConfigKey("monitor_address", "address", "127.0.0.1", "Address `/metrics` and `/healthz` listen on."),
+    ConfigKey(
+        "monitor_address",
+        "address",
+        "127.0.0.1",
+        "Address `/metrics` and `/healthz` listen on; loopback by default, as they have no authentication.",
+    ),
     ConfigKey("loglevel", "choice", "info", "Log level.", choria=True, choices=SERVICE_LOG_LEVELS),
     ConfigKey("logfile", "string", "", "Log file; empty logs to standard error.", choria=True),
     ConfigKey(
