@@ -70,7 +70,7 @@ def test_cluster_serves_jetstream_from_every_server_and_survives_a_killed_server
             """The value, read as a client would: again while the bucket's own replicas elect a new leader."""
             nc = await nats.connect(url)
             try:
-                for _ in range(30):
+                for _round in range(30):
                     try:
                         return (await (await nc.jetstream(timeout=1).key_value("cluster_check")).get("greeting")).value
                     except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):

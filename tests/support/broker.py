@@ -10,6 +10,7 @@ and returns once the JetStream meta leader is elected.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -19,8 +20,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 
 class BrokerError(RuntimeError):
@@ -170,14 +169,15 @@ class EmbeddedBroker:
         """GET the monitoring endpoint ``path``: (HTTP status, decoded JSON body; {} when it is not JSON)."""
         if not self.monitor_port:
             raise BrokerError("this server has no monitoring endpoint (start it with jetstream=True)")
-        url = f"http://127.0.0.1:{self.monitor_port}{path}"
+        connection = http.client.HTTPConnection("127.0.0.1", self.monitor_port, timeout=timeout)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                status, body = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read()
-        except OSError:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            status, body = response.status, response.read()
+        except (OSError, http.client.HTTPException):
             return 0, {}
+        finally:
+            connection.close()
         try:
             return status, json.loads(body)
         except ValueError:
@@ -255,7 +255,7 @@ class EmbeddedCluster:
         self._own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="zeroinit-nats-cluster-")
         self.jetstream = jetstream
-        route_ports = [free_port() for _ in range(size)]
+        route_ports = [free_port() for _index in range(size)]
         routes = [f"nats-route://127.0.0.1:{port}" for port in route_ports]
         self.servers = []
         for index, route_port in enumerate(route_ports):

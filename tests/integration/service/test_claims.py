@@ -281,7 +281,7 @@ def test_bucket_lost_with_its_server_is_made_again_and_unreachable_is_a_claim_er
             with pytest.raises(cl.ClaimError, match="claims bucket zeroinit_claims_restart unreachable"):
                 await store.acquire("n2")
             await asyncio.get_running_loop().run_in_executor(None, broker.start)
-            for _ in range(100):
+            for _round in range(100):
                 if nc.is_connected:
                     break
                 await asyncio.sleep(0.1)

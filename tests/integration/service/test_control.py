@@ -155,7 +155,7 @@ def test_strangers_replays_and_garbage_get_nothing_and_the_servers_keep_answerin
 
             await stranger.subscribe(inbox, cb=answer)
             await stranger.publish(ct.control_subject(site), captured[-1], reply=inbox)
-            for _ in range(200):
+            for _round in range(200):
                 await stranger.publish(ct.control_subject(site), os.urandom(64), reply=inbox)
             await stranger.publish(ct.control_subject(site), b"{" * 5000, reply=inbox)
             await stranger.flush()

@@ -259,7 +259,7 @@ class ClaimStore:
         await self.announce()
 
     async def _acquire(self, identity: str, key: str) -> Any:
-        for _ in range(4):
+        for _round in range(4):
             expired_from = ""
             if identity in self._watched:
                 # Seen held: read first, so an expiry (a takeover) is told from a release.

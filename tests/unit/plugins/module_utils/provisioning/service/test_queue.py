@@ -65,7 +65,7 @@ def test_unknown_source_is_a_programming_error():
 def test_workers_take_at_most_what_is_there_and_wake_on_add():
     async def main():
         queue = wq.WorkQueue()
-        takers = [asyncio.ensure_future(queue.take()) for _ in range(3)]
+        takers = [asyncio.ensure_future(queue.take()) for _round in range(3)]
         await asyncio.sleep(0.01)
         assert not any(t.done() for t in takers)
         queue.add("a", "startup")
@@ -182,7 +182,7 @@ def test_postpone_does_not_count_an_attempt():
         clock = FakeClock()
         queue = wq.WorkQueue(clock=clock, retry_limit=2)
         queue.add("n1", "startup")
-        for _ in range(5):
+        for _round in range(5):
             queue.postpone(await queue.take(), 3.0, "claimed by prov-b")
             assert queue.snapshot()["deferred_nodes"][0]["attempts"] == 0
             clock.now += 3
@@ -227,12 +227,12 @@ def test_stale_nodes_leave_but_not_while_worked_or_while_seen():
         queue = wq.WorkQueue(clock=clock, stale_after=90, observer=recorder, base_delay=1000)
         for name in ("quiet", "chatty", "worked", "deferred"):
             queue.add(name, "discovery")
-        taken = [await queue.take() for _ in range(4)]
+        taken = [await queue.take() for _round in range(4)]
         by_name = {e.identity: e for e in taken}
         queue.postpone(by_name["quiet"], 0, "")
         queue.postpone(by_name["chatty"], 0, "")
         queue.defer(by_name["deferred"], "later")
-        for _ in range(3):
+        for _round in range(3):
             clock.now += 30
             queue.add("chatty", "discovery")
             queue.tick()
@@ -273,7 +273,7 @@ def test_pause_stops_handing_out_at_once_and_resume_continues_from_the_queue():
         in_flight = await queue.take()
         queue.pause()
         assert queue.snapshot()["paused"]
-        takers = [asyncio.ensure_future(queue.take()) for _ in range(2)]
+        takers = [asyncio.ensure_future(queue.take()) for _round in range(2)]
         await asyncio.sleep(0.05)
         assert not any(t.done() for t in takers), "nothing starts while paused"
         queue.add("d", "startup")
@@ -305,7 +305,7 @@ def test_many_nodes_many_workers_each_node_worked_once():
                     worked.append(entry.identity)
                     queue.complete(entry)
 
-        workers = [asyncio.ensure_future(worker()) for _ in range(20)]
+        workers = [asyncio.ensure_future(worker()) for _round in range(20)]
         for index in range(500):
             queue.add(f"node{index}", "discovery")
             queue.add(f"node{index}", "startup")
@@ -327,7 +327,7 @@ def test_snapshot_is_bounded():
         queue = wq.WorkQueue(clock=clock)
         for index in range(300):
             queue.add(f"n{index:03}", "discovery")
-        for _ in range(250):
+        for _round in range(250):
             entry = await queue.take()
             queue.defer(entry, "x" * 1000)
         return queue.snapshot(limit=100)
