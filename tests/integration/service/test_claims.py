@@ -278,7 +278,7 @@ def test_bucket_lost_with_its_server_is_made_again_and_unreachable_is_a_claim_er
             store = await cl.ClaimStore.open(nc, "restart", "prov-a", 30, replicas=1)
             before = await store.acquire("n1")
             await asyncio.get_running_loop().run_in_executor(None, broker.kill)
-            with pytest.raises(cl.ClaimError, match="claims bucket zeroinit_claims_restart unreachable"):
+            with pytest.raises(cl.BucketError, match="claims bucket zeroinit_claims_restart unreachable"):
                 await store.acquire("n2")
             await asyncio.get_running_loop().run_in_executor(None, broker.start)
             for _round in range(100):
@@ -294,3 +294,26 @@ def test_bucket_lost_with_its_server_is_made_again_and_unreachable_is_a_claim_er
     assert isinstance(before, cl.Claim) and isinstance(after, cl.Claim)
     assert before.lost.is_set(), "claims held in the lost bucket are reported lost"
     assert store.held == 1
+
+
+def test_finishing_or_releasing_a_claim_taken_over_meanwhile_reports_it_lost(cluster):
+    ttl = 3.0
+
+    async def main():
+        connections, (a, b) = await stores(cluster.urls, "late", ttl)
+        try:
+            first = await a.acquire("n1")
+            second = await a.acquire("n2")
+            await b.acquire("n1")
+            await b.acquire("n2")
+            await asyncio.sleep(ttl + cl.EXPIRY_MARGIN)  # a never renewed: both expire, b takes them
+            assert isinstance(await b.acquire("n1"), cl.Claim)
+            assert isinstance(await b.acquire("n2"), cl.Claim)
+            return await a.release(first), await a.finish(second), first, second, a
+        finally:
+            await close(connections)
+
+    released, finished, first, second, a = run(main())
+    assert (released, finished) == (False, False)
+    assert first.lost.is_set() and second.lost.is_set()
+    assert a.lost_total == 2 and a.held == 0

@@ -63,16 +63,17 @@ MAX_VALUE_SIZE = 1024
 RENEW_CONCURRENCY = 256
 WATCHED_LIMIT = 100_000
 BUCKET_DESCRIPTION = "zeroinit-provisioner: which instance works which node"
+WRONG_REVISION = (10071, 10164)  # JetStream's "wrong last sequence" error codes
 KEY_PATTERN = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # JetStream KV keys; no leading or trailing dot
 
 log = logging.getLogger("zeroinit.provisioner.claims")
 
 
-class ClaimError(RuntimeError):
-    """The claims bucket cannot be used (created, opened or written)."""
+class BucketError(RuntimeError):
+    """A key-value bucket of the service (claims, site state) cannot be used: created, opened, read or written."""
 
 
-class JetStreamUnavailable(ClaimError):
+class JetStreamUnavailable(BucketError):
     """The broker has no JetStream for this account: the service must run as a single instance."""
 
 
@@ -191,14 +192,17 @@ class ClaimStore:
         age wins over ``ttl`` (instances of a site must agree; the first one set it), with a warning.
         """
         if not HAS_NATS:
-            raise ClaimError(f"nats-py is required for claims: {NATS_IMPORT_ERROR}")
+            raise BucketError(f"nats-py is required for claims: {NATS_IMPORT_ERROR}")
         problem = await probe_jetstream(nc, timeout)
         if problem:
             raise JetStreamUnavailable(problem)
         js = nc.jetstream(timeout=timeout)
         bucket = claims_bucket_name(site)
-        kv = await open_bucket(js, bucket, BUCKET_DESCRIPTION, ttl, memory=True, replicas=replicas)
-        in_force = (await kv.status()).ttl or ttl
+        try:
+            kv = await open_bucket(js, bucket, BUCKET_DESCRIPTION, ttl, memory=True, replicas=replicas)
+            in_force = (await kv.status()).ttl or ttl
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise BucketError(f"cannot open the claims bucket {bucket}: {exc or type(exc).__name__}") from None
         if abs(in_force - ttl) > 0.001:
             log.warning(
                 "claims bucket %s keeps values %gs (claim_ttl of the instance that created it), not %gs; using %gs",
@@ -209,7 +213,10 @@ class ClaimStore:
             )
         store = cls(js, kv, site, instance, in_force, observer)
         store.replicas = replicas
-        await store.announce()
+        try:
+            await store.announce()
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise BucketError(f"cannot write to the claims bucket {bucket}: {exc or type(exc).__name__}") from None
         return store
 
     async def announce(self) -> None:
@@ -234,7 +241,7 @@ class ClaimStore:
     async def acquire(self, identity: str) -> Any:
         """Claim ``identity``: a ``Claim`` if this instance now holds it, a ``ClaimHeld`` if another does.
 
-        ``ClaimError`` when the bucket cannot be reached (the daemon tries the node again later). A bucket that
+        ``BucketError`` when the bucket cannot be reached (the daemon tries the node again later). A bucket that
         is gone (memory storage does not outlive a restart of all its servers) is made again, once.
         """
         if identity in self._held:
@@ -247,7 +254,7 @@ class ClaimStore:
                 await self._recreate()
                 return await self._acquire(identity, key)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise ClaimError(f"claims bucket {self.bucket} unreachable: {exc or type(exc).__name__}") from None
+            raise BucketError(f"claims bucket {self.bucket} unreachable: {exc or type(exc).__name__}") from None
 
     async def _recreate(self) -> None:
         log.warning("claims bucket %s is gone; making it again (the claims held are lost)", self.bucket)
@@ -343,6 +350,12 @@ class ClaimStore:
             except nats.js.errors.KeyWrongLastSequenceError:
                 self._lose(claim, "another write replaced the claim before it was closed")
                 return False
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in WRONG_REVISION:
+                    raise BucketError(f"could not close the claim on {claim.identity}: {exc}") from None
+                # nats-py's delete(last=) reports a wrong revision as a plain APIError, not KeyWrongLastSequenceError
+                self._lose(claim, "another write replaced the claim before it was released")
+                return False
             except (nats.errors.Error, asyncio.TimeoutError) as exc:
                 log.warning("could not %s the claim on %s: %s", "finish" if done else "release", claim.identity, exc)
                 return False
@@ -354,7 +367,10 @@ class ClaimStore:
         """Renew every held claim each ttl/3 until cancelled."""
         while True:
             await asyncio.sleep(self.ttl / 3.0)
-            await self.renew_all()
+            try:
+                await self.renew_all()
+            except Exception:  # the loop must outlive any one failure, or every claim would expire
+                log.exception("renewing the claims failed; trying again in %gs", self.ttl / 3.0)
 
     async def renew_all(self) -> None:
         claims = list(self._held.values())
@@ -465,6 +481,6 @@ async def open_bucket(
             if exc.err_code == 10058:  # created meanwhile by another instance, with another configuration
                 return await js.key_value(bucket)
             if replicas or count == 1:
-                raise ClaimError(f"cannot create the bucket {bucket}: {exc.description or exc}") from None
+                raise BucketError(f"cannot create the bucket {bucket}: {exc.description or exc}") from None
             log.info("bucket %s: %d replicas refused (%s); trying one", bucket, count, exc.description)
-    raise ClaimError(f"cannot create the bucket {bucket}")  # pragma: no cover - the loop returns or raises
+    raise BucketError(f"cannot create the bucket {bucket}")  # pragma: no cover - the loop returns or raises

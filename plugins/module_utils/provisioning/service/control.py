@@ -40,7 +40,7 @@ import re
 import time
 from typing import Any, Callable, Optional
 
-from .claims import ClaimError, open_bucket
+from .claims import BucketError, open_bucket
 
 try:
     import nats.errors
@@ -336,7 +336,11 @@ class PauseRecord:
     @classmethod
     async def open(cls, js: Any, site: str, replicas: Optional[int] = None) -> PauseRecord:
         description = "zeroinit-provisioner: site state (paused)"
-        return cls(await open_bucket(js, state_bucket_name(site), description, None, memory=False, replicas=replicas))
+        bucket = state_bucket_name(site)
+        try:
+            return cls(await open_bucket(js, bucket, description, None, memory=False, replicas=replicas))
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise BucketError(f"cannot open the state bucket {bucket}: {exc or type(exc).__name__}") from None
 
     async def load(self) -> bool:
         """The stored flag (False when never set or unreadable)."""
@@ -344,6 +348,8 @@ class PauseRecord:
             entry = await self.kv.get(PAUSE_KEY)
         except nats.js.errors.KeyNotFoundError:
             return False
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise BucketError(f"could not read the paused flag: {exc or type(exc).__name__}") from None
         try:
             doc = json.loads(entry.value or b"{}")
         except (ValueError, RecursionError):
@@ -355,4 +361,4 @@ class PauseRecord:
         try:
             await self.kv.put(PAUSE_KEY, value)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise ClaimError(f"could not store paused={paused}: {exc}") from None
+            raise BucketError(f"could not store paused={paused}: {exc}") from None

@@ -169,7 +169,7 @@ class WorkQueue:
 
     async def take(self) -> QueueEntry:
         """The next node to work; waits while the queue is empty or paused. The caller must end it (see below)."""
-        self._promote_due(self._clock())
+        self._dispatch()  # due entries go to the workers already waiting first
         if not self._paused and not self._waiters:
             entry = self._pop_ready()
             if entry is not None:

@@ -336,3 +336,24 @@ def test_snapshot_is_bounded():
     assert (snapshot["queue"], snapshot["deferred"], snapshot["entries"]) == (50, 250, 300)
     assert len(snapshot["deferred_nodes"]) == 100
     assert all(len(node["reason"]) == 200 for node in snapshot["deferred_nodes"])
+
+
+def test_a_due_entry_goes_to_the_worker_waiting_longest():
+    async def main():
+        clock = FakeClock()
+        queue = wq.WorkQueue(clock=clock, base_delay=10, rand=lambda: 0.5)
+        queue.add("n1", "startup")
+        queue.defer(await queue.take(), "later")
+        first = asyncio.ensure_future(queue.take())
+        await asyncio.sleep(0)
+        clock.now += 10  # due, though no timer fired under the fake clock
+        second = asyncio.ensure_future(queue.take())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        served = (first.done(), second.done())
+        second.cancel()
+        return served, (await first).identity
+
+    served, identity = run(main())
+    assert served == (True, False)
+    assert identity == "n1"
