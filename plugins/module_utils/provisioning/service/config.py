@@ -321,6 +321,11 @@ class ServiceConfig:
     retry_limit: int = 10
     retry_max_delay: float = 300.0
 
+    @property
+    def stale_after(self) -> float:
+        """A queued node not seen for three discovery intervals leaves the queue."""
+        return 3 * self.interval
+
     def redacted(self) -> dict:
         """The configuration as a dict fit for a log line: secrets replaced, the signer's secret options too."""
         doc = dataclasses.asdict(self)

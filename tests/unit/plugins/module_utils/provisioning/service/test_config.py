@@ -66,6 +66,7 @@ instance: prov-a
 """
     config = load(tmp_path, text)
     assert config.interval == 30.0
+    assert config.stale_after == 90.0
     assert config.claim_ttl == 60.0
     assert config.features_pki is True
     assert config.signer["valid_days"] == 30
