@@ -222,33 +222,40 @@ def test_existing_bucket_ttl_wins_with_a_warning(cluster, caplog):
     assert "keeps values 10s (claim_ttl of the instance that created it), not 20s; using 10s" in caplog.text
 
 
-def test_claims_survive_the_loss_of_a_server(cluster):
-    """Three replicas: SIGKILL the server the holder is connected to; it reconnects and keeps its claim.
-
-    The claim must outlive the failover (new stream leader, reconnect), hence a longer ttl than elsewhere."""
-    ttl = 8.0
+def test_holder_whose_server_dies_reconnects_and_keeps_its_claim(cluster):
+    """SIGKILL the server the holder is connected to (not the bucket's leader: a raft election's length
+    depends on the machine's load, not on this code): it reconnects to another and its renewals go on."""
+    ttl = 4.0
 
     async def main():
-        a_nc = await nats.connect(servers=cluster.urls, dont_randomize=True, reconnect_time_wait=0.2)
-        b_nc = await nats.connect(cluster.urls[2], reconnect_time_wait=0.2)
+        b_nc = await nats.connect(servers=cluster.urls, reconnect_time_wait=0.2)
+        b = await cl.ClaimStore.open(b_nc, "failover", "prov-b", ttl)
+        leader = (await b.js.stream_info(b.stream)).cluster.leader
+        victim = next(i for i, server in enumerate(cluster.servers) if server.server_name != leader)
+        servers = [cluster.urls[victim]] + [url for i, url in enumerate(cluster.urls) if i != victim]
+        a_nc = await nats.connect(servers=servers, dont_randomize=True, reconnect_time_wait=0.2)
         try:
             a = await cl.ClaimStore.open(a_nc, "failover", "prov-a", ttl)
-            b = await cl.ClaimStore.open(b_nc, "failover", "prov-b", ttl)
+            assert a_nc.connected_url.port == cluster.servers[victim].port
             renewer = asyncio.ensure_future(a.run())
             claim = await a.acquire("n1")
-            await asyncio.get_running_loop().run_in_executor(None, cluster.kill, 0)
+            await asyncio.get_running_loop().run_in_executor(None, cluster.kill, victim)
             await asyncio.sleep(1.5 * ttl)  # past the ttl: the claim lives only if renewals went on
             answer = await b.acquire("n1")
             renewer.cancel()
-            return claim, answer
+            return claim, answer, a_nc.connected_url.port, victim
         finally:
             await a_nc.close()
             await b_nc.close()
 
+    victim = None
     try:
-        claim, answer = run(main())
+        claim, answer, port, victim = run(main())
     finally:
-        cluster.restart(0)
+        for index, server in enumerate(cluster.servers):
+            if server.process is None:
+                cluster.restart(index)
+    assert port != cluster.servers[victim].port, "the holder moved to another server"
     assert not claim.lost.is_set(), "renewal went on through another server"
     assert isinstance(answer, cl.ClaimHeld) and answer.holder == "prov-a"
 

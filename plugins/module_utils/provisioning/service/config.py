@@ -159,8 +159,10 @@ CONFIG_KEYS = (
         "claim_ttl",
         "duration",
         30.0,
-        "Seconds a node's claim outlives its holder; another instance takes the node over within `claim_ttl` + 1 s.",
-        minimum=3,
+        "Seconds a node's claim outlives its holder; another instance takes the node over within `claim_ttl` + 1 s. "
+        "Keep it well above the time the claims bucket needs to elect a new leader when a server dies (5-7 s "
+        "measured on a loaded 2-core machine), or claims are lost in that failover.",
+        minimum=5,
         maximum=3600,
     ),
     ConfigKey(
