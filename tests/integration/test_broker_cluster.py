@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.js.api import KeyValueConfig, StorageType
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import (
+from tests.support.broker import (
     BrokerError,
     EmbeddedBroker,
     EmbeddedCluster,
@@ -91,10 +91,9 @@ def test_single_broker_with_and_without_jetstream():
     with EmbeddedBroker(jetstream=True) as broker:
         assert broker.jetstream_health() == ""
         assert asyncio.run(account_info(broker.url)).api.level >= 1
-    with EmbeddedBroker() as broker:
-        # nats-py turns the JetStream API's "no responders" into ServiceUnavailableError.
-        with pytest.raises(nats.js.errors.ServiceUnavailableError):
-            asyncio.run(account_info(broker.url))
+    # nats-py turns the JetStream API's "no responders" into ServiceUnavailableError.
+    with EmbeddedBroker() as broker, pytest.raises(nats.js.errors.ServiceUnavailableError):
+        asyncio.run(account_info(broker.url))
 
 
 def test_cluster_start_failure_names_the_server_and_stops_the_others(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, EmbeddedCluster
+from tests.support.broker import EmbeddedBroker, EmbeddedCluster
 
 
 @pytest.fixture(scope="module")

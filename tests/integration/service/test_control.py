@@ -78,7 +78,7 @@ def client(nc, site, token=TOKEN, sender="ops"):
 
 
 def paused_gauge(instance):
-    return 'choria_provisioner_paused{site="%s"} 1.0' % instance.metrics.site in instance.metrics.render().decode()
+    return f'choria_provisioner_paused{{site="{instance.metrics.site}"}} 1.0' in instance.metrics.render().decode()
 
 
 def test_status_pause_resume_reach_every_instance_on_every_server(cluster):

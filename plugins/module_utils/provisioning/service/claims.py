@@ -37,20 +37,10 @@ import json
 import logging
 import re
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-try:
-    import nats.errors
-    import nats.js.errors
-    from nats.js.api import KeyValueConfig, StorageType
-
-    HAS_NATS = True
-    NATS_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported by the daemon
-    HAS_NATS = False
-    NATS_IMPORT_ERROR = traceback.format_exc()
+from ...common.deps import NatsError, nats, require
 
 CLAIM_PREFIX = "node."
 PRESENCE_PREFIX = "instance."
@@ -191,8 +181,7 @@ class ClaimStore:
         ``replicas`` None: three, or one when the servers are not a cluster of three. An existing bucket's max
         age wins over ``ttl`` (instances of a site must agree; the first one set it), with a warning.
         """
-        if not HAS_NATS:
-            raise BucketError(f"nats-py is required for claims: {NATS_IMPORT_ERROR}")
+        require("nats", "for the provisioner's claims")
         problem = await probe_jetstream(nc, timeout)
         if problem:
             raise JetStreamUnavailable(problem)
@@ -201,7 +190,7 @@ class ClaimStore:
         try:
             kv = await open_bucket(js, bucket, BUCKET_DESCRIPTION, ttl, memory=True, replicas=replicas)
             in_force = (await kv.status()).ttl or ttl
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"cannot open the claims bucket {bucket}: {exc or type(exc).__name__}") from None
         if abs(in_force - ttl) > 0.001:
             log.warning(
@@ -215,7 +204,7 @@ class ClaimStore:
         store.replicas = replicas
         try:
             await store.announce()
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"cannot write to the claims bucket {bucket}: {exc or type(exc).__name__}") from None
         return store
 
@@ -253,7 +242,7 @@ class ClaimStore:
             except nats.js.errors.NoStreamResponseError:
                 await self._recreate()
                 return await self._acquire(identity, key)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"claims bucket {self.bucket} unreachable: {exc or type(exc).__name__}") from None
 
     async def _recreate(self) -> None:
@@ -356,7 +345,7 @@ class ClaimStore:
                 # nats-py's delete(last=) reports a wrong revision as a plain APIError, not KeyWrongLastSequenceError
                 self._lose(claim, "another write replaced the claim before it was released")
                 return False
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (NatsError, asyncio.TimeoutError) as exc:
                 log.warning("could not %s the claim on %s: %s", "finish" if done else "release", claim.identity, exc)
                 return False
         return True
@@ -378,7 +367,7 @@ class ClaimStore:
             await asyncio.gather(*(self._renew(claim) for claim in claims[start : start + RENEW_CONCURRENCY]))
         try:
             await self.announce()
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError) as exc:
             log.debug("presence key not written: %s", exc)
 
     async def _renew(self, claim: Claim) -> None:
@@ -390,7 +379,7 @@ class ClaimStore:
                 claim.renewed = time.monotonic()
             except nats.js.errors.KeyWrongLastSequenceError:
                 self._lose(claim, "the claim expired or was taken before it was renewed")
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (NatsError, asyncio.TimeoutError) as exc:
                 if time.monotonic() - claim.renewed >= self.ttl:
                     self._lose(claim, f"not renewed for {self.ttl:g}s ({exc})")
                 else:
@@ -466,12 +455,12 @@ async def open_bucket(
     except nats.js.errors.BucketNotFoundError:
         pass
     for count in (replicas,) if replicas else (3, 1):
-        config = KeyValueConfig(
+        config = nats.js.api.KeyValueConfig(
             bucket=bucket,
             description=description,
             history=1,
             ttl=ttl,
-            storage=StorageType.MEMORY if memory else StorageType.FILE,
+            storage=nats.js.api.StorageType.MEMORY if memory else nats.js.api.StorageType.FILE,
             replicas=count,
             max_value_size=MAX_VALUE_SIZE,
         )

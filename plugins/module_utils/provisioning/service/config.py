@@ -28,18 +28,10 @@ import math
 import os
 import re
 import socket
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-try:  # PyYAML comes with ansible-core; guarded so module_utils import without it (ansible-test sanity)
-    import yaml
-
-    HAS_YAML = True
-    YAML_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported by load_service_config
-    HAS_YAML = False
-    YAML_IMPORT_ERROR = traceback.format_exc()
+from ...common.deps import HAS_YAML, YAML_IMPORT_ERROR, yaml
 
 REQUIRED = object()
 # KV bucket names allow [A-Za-z0-9_-]; a NATS subject token must not hold '.', '*', '>' or spaces. A site name

@@ -40,13 +40,8 @@ import re
 import time
 from typing import Any, Callable, Optional
 
+from ...common.deps import NatsError, nats
 from .claims import BucketError, open_bucket
-
-try:
-    import nats.errors
-    import nats.js.errors
-except ImportError:  # pragma: no cover - reported by the daemon (claims.HAS_NATS)
-    pass
 
 VERSION = 1
 WINDOW = 30.0  # seconds a message's time may differ from ours
@@ -55,7 +50,7 @@ MAX_REPLY = 256 * 1024
 NONCE_LIMIT = 10_000
 DEFAULT_GATHER = 1.0  # seconds to collect answers
 OPERATIONS = ("status", "pause", "resume", "hello")
-REQUEST, REPLY = "request", "reply"
+CONTROL_REQUEST, CONTROL_REPLY = "request", "reply"
 PAUSE_KEY = "paused"
 STATUS_KEYS = ("instance", "paused", "busy_workers", "queue", "provisioned", "claims")
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
@@ -145,7 +140,7 @@ class ControlCodec:
         nonce = inner.get("nonce")
         if not isinstance(nonce, str) or not _NONCE.match(nonce):
             raise ControlRejected("no nonce")
-        if kind == REQUEST:
+        if kind == CONTROL_REQUEST:
             self._remember(nonce, now)
         return inner
 
@@ -206,12 +201,12 @@ class ControlServer:
             subscription, self._subscription = self._subscription, None
             try:
                 await subscription.unsubscribe()
-            except nats.errors.Error:
+            except NatsError:
                 pass
 
     async def _on_message(self, msg: Any) -> None:
         try:
-            request = self.codec.open(msg.data, REQUEST, MAX_REQUEST)
+            request = self.codec.open(msg.data, CONTROL_REQUEST, MAX_REQUEST)
         except ControlRejected as exc:
             self._reject(str(exc))
             return
@@ -231,14 +226,14 @@ class ControlServer:
             body.update(ok=True, result=result)
         except Exception as exc:  # one failing handler must not end the subscription; the client sees why
             body.update(ok=False, error=str(exc)[:500])
-        data, _nonce = self.codec.seal(REPLY, body)
+        data, _nonce = self.codec.seal(CONTROL_REPLY, body)
         if len(data) > MAX_REPLY:
             body.pop("result", None)
             body.update(ok=False, error=f"answer too large ({len(data)} bytes)")
-            data, _nonce = self.codec.seal(REPLY, body)
+            data, _nonce = self.codec.seal(CONTROL_REPLY, body)
         try:
             await msg.respond(data)
-        except nats.errors.Error as exc:
+        except NatsError as exc:
             log.warning("could not answer a %s request: %s", op, exc)
 
     def _reject(self, reason: str) -> None:
@@ -267,11 +262,11 @@ class ControlClient:
             raise ValueError(f"unknown operation {op!r}; expected one of {', '.join(OPERATIONS)}")
         inbox = self.nc.new_inbox()
         answers: dict = {}
-        data, nonce = self.codec.seal(REQUEST, {"op": op, "sender": self.sender})
+        data, nonce = self.codec.seal(CONTROL_REQUEST, {"op": op, "sender": self.sender})
 
         async def collect(msg: Any) -> None:
             try:
-                reply = self.codec.open(msg.data, REPLY, MAX_REPLY)
+                reply = self.codec.open(msg.data, CONTROL_REPLY, MAX_REPLY)
             except ControlRejected as exc:
                 log.debug("ignored an answer: %s", exc)
                 return
@@ -339,7 +334,7 @@ class PauseRecord:
         bucket = state_bucket_name(site)
         try:
             return cls(await open_bucket(js, bucket, description, None, memory=False, replicas=replicas))
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"cannot open the state bucket {bucket}: {exc or type(exc).__name__}") from None
 
     async def load(self) -> bool:
@@ -348,7 +343,7 @@ class PauseRecord:
             entry = await self.kv.get(PAUSE_KEY)
         except nats.js.errors.KeyNotFoundError:
             return False
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"could not read the paused flag: {exc or type(exc).__name__}") from None
         try:
             doc = json.loads(entry.value or b"{}")
@@ -360,5 +355,5 @@ class PauseRecord:
         value = json.dumps({"paused": paused, "by": by[:128], "time": round(time.time(), 3)}).encode()
         try:
             await self.kv.put(PAUSE_KEY, value)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"could not store paused={paused}: {exc}") from None

@@ -16,22 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
+from ...common.deps import prometheus_client, require
 from .claims import ClaimObserver
 from .queue import DISCOVERY, QueueObserver
-
-try:
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
-    from prometheus_client.utils import floatToGoString
-
-    HAS_PROMETHEUS = True
-    PROMETHEUS_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported by the daemon
-    HAS_PROMETHEUS = False
-    PROMETHEUS_IMPORT_ERROR = traceback.format_exc()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("zeroinit.provisioner.metrics")
@@ -115,13 +105,16 @@ class ServiceMetrics:
     """All series of one instance, each already labelled with the site (``metrics.provisioned.inc()``)."""
 
     def __init__(self, site: str):
-        if not HAS_PROMETHEUS:
-            raise RuntimeError(f"prometheus_client is required for the service's metrics: {PROMETHEUS_IMPORT_ERROR}")
+        require("prometheus_client", "for the provisioner's metrics")
         self.site = site
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
         self._families: dict = {}
         for name, kind, extra, help_text in CHORIA_SERIES + OWN_SERIES:
-            cls = {"counter": Counter, "gauge": Gauge, "summary": Summary}[kind]
+            cls = {
+                "counter": prometheus_client.Counter,
+                "gauge": prometheus_client.Gauge,
+                "summary": prometheus_client.Summary,
+            }[kind]
             self._families[name] = cls(name, help_text, ("site", *extra), registry=self.registry)
         short = {}
         for name, _kind, extra, _help in CHORIA_SERIES + OWN_SERIES:
@@ -236,7 +229,7 @@ def render_text(registry: Any) -> bytes:
             sample_name = name if family.type == "counter" and sample.name == f"{name}_total" else sample.name
             labels = ",".join(f'{key}="{_escape_label(value)}"' for key, value in sorted(sample.labels.items()))
             labels = f"{{{labels}}}" if labels else ""
-            lines.append(f"{sample_name}{labels} {floatToGoString(sample.value)}")
+            lines.append(f"{sample_name}{labels} {prometheus_client.utils.floatToGoString(sample.value)}")
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 

@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple, Optional
 DISCOVERY = "discovery"
 EVENT_SOURCES = ("startup", "alive", "registration")
 SOURCES = (DISCOVERY, *EVENT_SOURCES)
-READY, DEFERRED, BUSY = "ready", "deferred", "busy"
+_READY, _DEFERRED, _BUSY = "ready", "deferred", "busy"
 LOG_EVERY = 10.0  # seconds between two "queue full" warnings
 
 log = logging.getLogger("zeroinit.provisioner.queue")
@@ -49,7 +49,7 @@ class QueueEntry:
         self.first_seen = now
         self.last_seen = now
         self.attempts = 0
-        self.state = READY
+        self.state = _READY
         self.ready_at = now
         self.reason = ""
         self.ticket = 0  # bumped on every re-queue, so stale references in the ready list and heap are skipped
@@ -187,7 +187,7 @@ class WorkQueue:
     def _give_back(self, entry: QueueEntry) -> None:
         """An entry handed to a waiter that was cancelled before it ran: first in line again."""
         self.busy -= 1
-        entry.state = READY
+        entry.state = _READY
         entry.ticket += 1
         self._ready.appendleft((entry.identity, entry.ticket))
         self.waiting += 1
@@ -253,7 +253,7 @@ class WorkQueue:
         self._dispatch()
 
     def _require_busy(self, entry: QueueEntry) -> None:
-        if entry.state != BUSY or self._entries.get(entry.identity) is not entry:
+        if entry.state != _BUSY or self._entries.get(entry.identity) is not entry:
             raise ValueError(f"{entry.identity} is not being worked ({entry.state or 'gone'}); it was ended twice")
 
     def _remember_done(self, identity: str) -> None:
@@ -285,7 +285,7 @@ class WorkQueue:
         now = self._clock()
         for entry in list(self._entries.values()):
             idle = now - entry.last_seen
-            if entry.state != BUSY and idle > self.stale_after:
+            if entry.state != _BUSY and idle > self.stale_after:
                 self._evict(entry, idle)
         while self._done:
             identity, until = next(iter(self._done.items()))
@@ -295,9 +295,9 @@ class WorkQueue:
         self._dispatch()
 
     def _evict(self, entry: QueueEntry, idle: float) -> None:
-        if entry.state == READY:
+        if entry.state == _READY:
             self.waiting -= 1
-        elif entry.state == DEFERRED:
+        elif entry.state == _DEFERRED:
             self.deferred -= 1
         entry.state = ""
         del self._entries[entry.identity]
@@ -313,8 +313,8 @@ class WorkQueue:
     def snapshot(self, limit: int = 100) -> dict:
         """For ``status``: counts, and up to ``limit`` deferred nodes (soonest first) and busy nodes."""
         now = self._clock()
-        deferred = sorted((e for e in self._entries.values() if e.state == DEFERRED), key=lambda e: e.ready_at)
-        busy = sorted(e.identity for e in self._entries.values() if e.state == BUSY)
+        deferred = sorted((e for e in self._entries.values() if e.state == _DEFERRED), key=lambda e: e.ready_at)
+        busy = sorted(e.identity for e in self._entries.values() if e.state == _BUSY)
         return {
             "paused": self._paused,
             "queue": self.waiting,
@@ -338,13 +338,13 @@ class WorkQueue:
     # Internals ----------------------------------------------------------------------------------------------------
 
     def _push_ready(self, entry: QueueEntry) -> None:
-        entry.state = READY
+        entry.state = _READY
         entry.ticket += 1
         self._ready.append((entry.identity, entry.ticket))
         self.waiting += 1
 
     def _push_deferred(self, entry: QueueEntry, ready_at: float) -> None:
-        entry.state = DEFERRED
+        entry.state = _DEFERRED
         entry.ticket += 1
         entry.ready_at = ready_at
         self._sequence += 1
@@ -360,18 +360,18 @@ class WorkQueue:
     def _pop_ready(self) -> Optional[QueueEntry]:
         while self._ready:
             identity, ticket = self._ready.popleft()
-            entry = self._current(identity, ticket, READY)
+            entry = self._current(identity, ticket, _READY)
             if entry is not None:
                 self.waiting -= 1
                 self.busy += 1
-                entry.state = BUSY
+                entry.state = _BUSY
                 return entry
         return None
 
     def _promote_due(self, now: float) -> None:
         while self._deferred and self._deferred[0][0] <= now:
             _ready_at, _sequence, identity, ticket = heapq.heappop(self._deferred)
-            entry = self._current(identity, ticket, DEFERRED)
+            entry = self._current(identity, ticket, _DEFERRED)
             if entry is not None:
                 self.deferred -= 1
                 self._push_ready(entry)
@@ -391,7 +391,7 @@ class WorkQueue:
 
     def _schedule_timer(self) -> None:
         """Wake up when the soonest deferred entry is due, if anyone is waiting for work."""
-        while self._deferred and self._current(self._deferred[0][2], self._deferred[0][3], DEFERRED) is None:
+        while self._deferred and self._current(self._deferred[0][2], self._deferred[0][3], _DEFERRED) is None:
             heapq.heappop(self._deferred)  # drop stale heap references so the timer aims at a real entry
         if not self._deferred or not self._waiters:
             return

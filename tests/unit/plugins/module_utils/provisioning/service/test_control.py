@@ -26,8 +26,8 @@ def codec(site="dc1", token="tok", clock=None):
 def test_round_trip_and_the_inner_document():
     clock = FakeClock()
     sender, receiver = codec(clock=clock), codec(clock=clock)
-    data, nonce = sender.seal(ct.REQUEST, {"op": "pause", "sender": "ops"})
-    inner = receiver.open(data, ct.REQUEST, ct.MAX_REQUEST)
+    data, nonce = sender.seal(ct.CONTROL_REQUEST, {"op": "pause", "sender": "ops"})
+    inner = receiver.open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
     assert inner == {
         "op": "pause",
         "sender": "ops",
@@ -36,8 +36,8 @@ def test_round_trip_and_the_inner_document():
         "time": clock.now,
         "nonce": nonce,
     }
-    reply = receiver.seal(ct.REPLY, {"op": "pause", "request": nonce, "ok": True})[0]
-    assert sender.open(reply, ct.REPLY, ct.MAX_REPLY)["request"] == nonce
+    reply = receiver.seal(ct.CONTROL_REPLY, {"op": "pause", "request": nonce, "ok": True})[0]
+    assert sender.open(reply, ct.CONTROL_REPLY, ct.MAX_REPLY)["request"] == nonce
 
 
 def test_keys_differ_by_site_by_token_and_control_key_wins():
@@ -62,55 +62,55 @@ def test_keys_differ_by_site_by_token_and_control_key_wins():
 )
 def test_foreign_messages_are_refused(make, reason):
     clock = FakeClock()
-    data = make(clock).seal(ct.REQUEST, {"op": "status"})[0]
+    data = make(clock).seal(ct.CONTROL_REQUEST, {"op": "status"})[0]
     with pytest.raises(ct.ControlRejected, match=reason):
-        codec(clock=clock).open(data, ct.REQUEST, ct.MAX_REQUEST)
+        codec(clock=clock).open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
 
 
 def test_a_reply_is_not_a_request():
     clock = FakeClock()
-    data = codec(clock=clock).seal(ct.REPLY, {"op": "pause"})[0]
+    data = codec(clock=clock).seal(ct.CONTROL_REPLY, {"op": "pause"})[0]
     with pytest.raises(ct.ControlRejected, match="a 'reply' where a request was expected"):
-        codec(clock=clock).open(data, ct.REQUEST, ct.MAX_REQUEST)
+        codec(clock=clock).open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
 
 
 @pytest.mark.parametrize("shift", [-31, 31, 3600])
 def test_stale_or_future_messages_are_refused(shift):
     clock = FakeClock()
-    data = codec(clock=clock).seal(ct.REQUEST, {"op": "pause"})[0]
+    data = codec(clock=clock).seal(ct.CONTROL_REQUEST, {"op": "pause"})[0]
     clock.now += shift
     with pytest.raises(ct.ControlRejected, match="outside 30s"):
-        codec(clock=clock).open(data, ct.REQUEST, ct.MAX_REQUEST)
+        codec(clock=clock).open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
 
 
 def test_a_captured_request_cannot_be_replayed():
     clock = FakeClock()
     receiver = codec(clock=clock)
-    data = codec(clock=clock).seal(ct.REQUEST, {"op": "pause"})[0]
-    receiver.open(data, ct.REQUEST, ct.MAX_REQUEST)
+    data = codec(clock=clock).seal(ct.CONTROL_REQUEST, {"op": "pause"})[0]
+    receiver.open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
     clock.now += 20
     with pytest.raises(ct.ControlRejected, match="replayed"):
-        receiver.open(data, ct.REQUEST, ct.MAX_REQUEST)
+        receiver.open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
     clock.now += 20  # past the window: refused for its age, the nonce may be forgotten
     with pytest.raises(ct.ControlRejected, match="outside"):
-        receiver.open(data, ct.REQUEST, ct.MAX_REQUEST)
+        receiver.open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
 
 
 def test_nonce_memory_is_bounded():
     clock = FakeClock()
     receiver, sender = codec(clock=clock), codec(clock=clock)
     for _round in range(ct.NONCE_LIMIT + 50):
-        receiver.open(sender.seal(ct.REQUEST, {"op": "status"})[0], ct.REQUEST, ct.MAX_REQUEST)
+        receiver.open(sender.seal(ct.CONTROL_REQUEST, {"op": "status"})[0], ct.CONTROL_REQUEST, ct.MAX_REQUEST)
     assert len(receiver._nonces) <= ct.NONCE_LIMIT
 
 
 def test_tampering_with_the_signed_text_is_refused():
     clock = FakeClock()
-    data = codec(clock=clock).seal(ct.REQUEST, {"op": "status"})[0]
+    data = codec(clock=clock).seal(ct.CONTROL_REQUEST, {"op": "status"})[0]
     outer = json.loads(data)
     outer["msg"] = outer["msg"].replace("status", "pause")
     with pytest.raises(ct.ControlRejected, match="bad signature"):
-        codec(clock=clock).open(json.dumps(outer).encode(), ct.REQUEST, ct.MAX_REQUEST)
+        codec(clock=clock).open(json.dumps(outer).encode(), ct.CONTROL_REQUEST, ct.MAX_REQUEST)
 
 
 def signed(inner_text, key=None):
@@ -144,13 +144,13 @@ HOSTILE = [
 @pytest.mark.parametrize("data", HOSTILE)
 def test_hostile_bytes_are_refused_never_raised(data):
     with pytest.raises(ct.ControlRejected):
-        codec().open(data, ct.REQUEST, ct.MAX_REQUEST)
+        codec().open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
 
 
 def test_random_bytes_are_refused_never_raised():
     rng = random.Random(7)
     receiver = codec()
-    valid = codec().seal(ct.REQUEST, {"op": "status"})[0]
+    valid = codec().seal(ct.CONTROL_REQUEST, {"op": "status"})[0]
     for _round in range(3000):
         if rng.random() < 0.5:
             data = os.urandom(rng.randrange(0, 200))
@@ -160,7 +160,7 @@ def test_random_bytes_are_refused_never_raised():
                 mutable[rng.randrange(len(mutable))] = rng.randrange(256)
             data = bytes(mutable)
         try:
-            receiver.open(data, ct.REQUEST, ct.MAX_REQUEST)
+            receiver.open(data, ct.CONTROL_REQUEST, ct.MAX_REQUEST)
         except ct.ControlRejected:
             pass
 

@@ -10,7 +10,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.se
     ServiceMetrics,
 )
 
-DASHBOARD = pathlib.Path(__file__).resolve().parents[4] / "roles/provisioner/files/grafana/zeroinit-provisioner.json"
+DASHBOARD = pathlib.Path(__file__).resolve().parents[2] / "docs/grafana/zeroinit-provisioner.json"
 SERIES = re.compile(r"\b((?:choria|zeroinit)_provisioner_[a-z_]+)\b")
 # Labels the service puts on its series, plus the scrape target's label Prometheus adds.
 LABELS = {"site", "rpc", "provisioner", "mode", "instance"}
