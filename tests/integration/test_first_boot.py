@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import stat
 import subprocess
 import time
@@ -29,18 +30,25 @@ RECORD = "/var/lib/zeroinit/first_boot.json"
 MARKER = "/srv/next_marker"
 SECRET = "first boot test secret"
 
-# The next playbook: refuses to run until told it is fixed, then marks every member with what it was given.
+# The next playbook: refuses to run until told it is fixed; then the collection's own bootstrap.yaml against the
+# written inventory (it must find the new key and change nothing), and a mark on every member with what it was given.
 NEXT_PLAYBOOK = """
-- name: What the leader runs next
-  hosts: masters
+- name: Refuse until fixed
+  hosts: localhost
   gather_facts: false
   tasks:
     - name: Refuse until fixed
       ansible.builtin.assert:
         that: fixed | bool
         fail_msg: next playbook refuses to run, not fixed yet
-      run_once: true
 
+- name: The masters as a controller would bootstrap them
+  ansible.builtin.import_playbook: zeroinit.bootstrap.bootstrap
+
+- name: Mark every member
+  hosts: masters
+  gather_facts: false
+  tasks:
     - name: Mark the member
       ansible.builtin.copy:
         dest: /srv/next_marker
@@ -148,12 +156,15 @@ def test_leader_stops_before_next_playbook_until_every_member_rotated_then_resum
     with open(leader.path("/var/lib/zeroinit/known_hosts")) as handle:
         assert len(handle.read().splitlines()) == 3
 
-    # 3. Fixed: the rotation changes nothing, the next playbook runs with its variables, the record says done.
+    # 3. Fixed: the rotation changes nothing, the next playbook runs with its variables (bootstrap.yaml inside it
+    # logs in with the new key and changes no authorized_keys), the record says done.
+    rotated = {host.name: pathlib.Path(host.path("/root/.ssh/authorized_keys")).read_text() for host in net.hosts}
     settings["first_boot_next_vars"] = {"fixed": True, "marker": "fixed"}
     third_run = boot([leader], settings)[leader.name]
     assert third_run.rc == 0, output(third_run)
     for host in net.hosts:
         assert third_run.result(ROTATE, host.address)["changed"] is False
+        assert pathlib.Path(host.path("/root/.ssh/authorized_keys")).read_text() == rotated[host.name]
         with open(host.path(MARKER)) as handle:
             assert handle.read() == "fixed {} {}\n".format(leader.address, ",".join(addresses))
         assert not os.path.exists(host.path(NEW_KEY)) or host is leader
