@@ -139,6 +139,19 @@ def test_leader_stops_before_next_playbook_until_every_member_rotated_then_resum
     for host in net.hosts:
         assert net.login(host, bootstrap).returncode == 0, f"bootstrap key no longer logs in to {host.name}"
 
+    # Check mode on the leader previews the rotation it would resume, and writes nothing anywhere.
+    recorded = read_record(leader)
+    checked = boot([leader], settings, check=True)[leader.name]
+    assert checked.rc == 0, output(checked)
+    for host in net.hosts:
+        preview = checked.result(ROTATE, host.address)
+        assert preview["changed"] and preview["generated"] and preview["added"], preview
+        assert net.login(host, bootstrap).returncode == 0
+    assert checked.result(ROLE + "Say what check mode would run")["msg"].startswith(f"would run {next_playbook}")
+    assert not os.path.exists(leader.path(NEW_KEY))
+    assert read_record(leader) == recorded and recorded["status"] == "elected"
+    assert "inventory.yml" not in os.listdir(leader.path("/var/lib/zeroinit"))
+
     # 2. Run again on the leader alone: no election; every member rotated; the next playbook's failure is its own.
     second_run = boot([leader], settings)[leader.name]
     assert second_run.rc != 0
