@@ -6,9 +6,9 @@ Each round builds fresh masters (sshd trusting a bootstrap key, its key pair in 
 point inside every one of them, as its first-boot hook would, either all together or one every 2 s (masters
 booting one after the other). Measured from the LAST master's start: until the followers returned (the
 election), and until every master returned (the leader also made the key, rotated every member and ran the next
-playbook, a one-task play writing a file on every member). The floor, measured in the same run on the same
-masters: every master running a one-task play with a local connection at once, i.e. what starting Ansible costs
-here.
+playbook, molecule/first_boot/next.yml: one task writing a file on every member). The floor, measured in the same
+run on the same masters: every master running a one-task play with a local connection at once, i.e. what starting
+Ansible costs here.
 """
 
 from __future__ import annotations
@@ -30,17 +30,8 @@ sys.path.insert(0, str(ROOT))
 from tests.support.ansible_run import run_playbook  # noqa: E402
 from tests.support.netns import TestNetwork  # noqa: E402
 
-NEXT_PLAYBOOK = """
-- name: What the leader runs next
-  hosts: masters
-  gather_facts: false
-  tasks:
-    - name: Mark the member
-      ansible.builtin.copy:
-        dest: /srv/next_marker
-        content: "{{ zeroinit_leader }}\\n"
-        mode: "0644"
-"""
+# The molecule scenario's next playbook: a marker with the leader's name on every member.
+NEXT_PLAYBOOK = ROOT / "molecule" / "first_boot" / "next.yml"
 
 FLOOR = """
 - name: Floor
@@ -95,7 +86,7 @@ def one_round(count: int, stagger: float, tmp: pathlib.Path, cluster: str) -> di
                 "first_boot_cluster": cluster,
                 "first_boot_secret": "bench",
                 "first_boot_timeout": 120,
-                "first_boot_next_playbook": str(tmp / "next.yml"),
+                "first_boot_next_playbook": str(NEXT_PLAYBOOK),
             },
             stagger,
         )
@@ -133,7 +124,6 @@ def main(argv: list[str]) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="zeroinit-bench-fb-") as tmp:
         tmp_path = pathlib.Path(tmp)
-        (tmp_path / "next.yml").write_text(NEXT_PLAYBOOK)
         for count in sizes:
             for label, stagger in patterns:
                 runs = [

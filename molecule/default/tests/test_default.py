@@ -5,9 +5,11 @@ also proves the new key logs in there. ZMOL_DIR is molecule's ephemeral director
 """
 
 import os
-import subprocess
+
+from tests.support.netns import TestNetwork
 
 ZMOL_DIR = os.environ["ZMOL_DIR"]
+NET = TestNetwork.load(os.path.join(ZMOL_DIR, "netns.json"))
 
 
 def read(name):
@@ -30,33 +32,7 @@ def test_authorized_keys_holds_new_key_and_unrelated_lines_only(host):
 
 
 def test_sshd_refuses_the_bootstrap_key(host):
-    proc = subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            "UserKnownHostsFile={}".format(os.path.join(ZMOL_DIR, "known_hosts")),
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-i",
-            os.path.join(ZMOL_DIR, "bootstrap_ed25519"),
-            f"root@{host.backend.hostname}",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    spec = next(h for h in NET.hosts if h.address == host.backend.hostname)
+    proc = NET.login(spec, os.path.join(ZMOL_DIR, "bootstrap_ed25519"))
     assert proc.returncode == 255
     assert "Permission denied (publickey)" in proc.stderr
