@@ -17,9 +17,14 @@ def read(name):
         return handle.read()
 
 
+def spec_of(host):
+    """The namespace host testinfra is connected to (its name carries ZEROINIT_NET_TAG)."""
+    return next(h for h in NET.hosts if h.address == host.backend.hostname)
+
+
 def test_new_key_logs_in_as_root(host):
     assert host.run("id -u").stdout.strip() == "0"
-    assert host.run("hostname").stdout.strip().startswith("zmol-h")
+    assert host.run("hostname").stdout.strip() == spec_of(host).name
 
 
 def test_authorized_keys_holds_new_key_and_unrelated_lines_only(host):
@@ -32,7 +37,6 @@ def test_authorized_keys_holds_new_key_and_unrelated_lines_only(host):
 
 
 def test_sshd_refuses_the_bootstrap_key(host):
-    spec = next(h for h in NET.hosts if h.address == host.backend.hostname)
-    proc = NET.login(spec, os.path.join(ZMOL_DIR, "bootstrap_ed25519"))
+    proc = NET.login(spec_of(host), os.path.join(ZMOL_DIR, "bootstrap_ed25519"))
     assert proc.returncode == 255
     assert "Permission denied (publickey)" in proc.stderr
