@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 COLLECTIONS := $(VENV)/collections
 SANITY_ROOT ?= $(or $(TMPDIR),/tmp)/zeroinit-sanity-$(shell printf %s '$(CURDIR)' | md5sum | cut -c1-8)/ansible_collections/zeroinit/bootstrap
 PYTEST_ARGS ?=
+# The oldest Python modules, module_utils and the node agent run on, on targets (tests/config.yml).
+TARGET_PYTHON_MIN := 3.8
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
@@ -13,10 +15,10 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_HOST_PATTERN_MISMATCH := ignore
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv system-deps demo test unit integration molecule lint sanity bench clean
+.PHONY: venv system-deps demo test unit integration molecule lint sanity bench build clean
 
 ## Set-up: a virtualenv from PyPI, this checkout linked in as the collection zeroinit.bootstrap,
-## and the node agent as .venv/bin/zeroinit-agent.
+## and the node agent as .venv/bin/zeroinit-agent (runs module_utils/node/__main__.py).
 venv: $(VENV)/.ready
 
 $(VENV)/.ready: requirements.txt tests/requirements.txt
@@ -26,17 +28,18 @@ $(VENV)/.ready: requirements.txt tests/requirements.txt
 	mkdir -p $(COLLECTIONS)/ansible_collections/zeroinit
 	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/zeroinit/bootstrap
 	echo "$(COLLECTIONS)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zeroinit_bootstrap.pth"
-	printf '#!%s\nimport sys\nfrom ansible_collections.zeroinit.bootstrap.plugins.module_utils.agent import main\nsys.exit(main())\n' \
+	printf '#!%s\nimport runpy\nrunpy.run_module("ansible_collections.zeroinit.bootstrap.plugins.module_utils.node", run_name="__main__")\n' \
 		"$(BIN)/python" > $(BIN)/zeroinit-agent
 	chmod 0755 $(BIN)/zeroinit-agent
 	touch $@
 
-## System packages named in bindep.txt (sshd, ip), installed with apt-get when missing.
-system-deps:
-	@missing=$$(sed -e 's/#.*//' -e '/^\s*$$/d' bindep.txt | awk '{print $$1}' | while read -r p; do \
-		dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done); \
+## System packages of bindep.txt's default and test profiles for this platform (sshd, ip, ...), installed with
+## apt-get when missing. bindep prints the missing ones and exits 1 when there are any.
+system-deps: venv
+	@missing=$$($(BIN)/bindep --brief --file bindep.txt test); status=$$?; \
+	if [ $$status -gt 1 ]; then echo "bindep failed on bindep.txt (exit $$status)" >&2; exit $$status; fi; \
 	if [ -n "$$missing" ]; then \
-		echo "installing system packages: $$missing"; \
+		echo "installing system packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
@@ -60,6 +63,8 @@ lint: venv
 	$(BIN)/ruff format --check --diff .
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --offline --profile production
+	$(BIN)/vermin --quiet --no-tips --violations --target=$(TARGET_PYTHON_MIN)- plugins/modules plugins/module_utils
+	$(BIN)/antsibull-changelog lint
 
 ## ansible-test needs the collection under ansible_collections/NS/NAME and a get-pip it can run offline.
 sanity: venv
@@ -73,5 +78,9 @@ sanity: venv
 bench: venv
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
+## The Galaxy tarball, zeroinit-bootstrap-<version>.tar.gz here (galaxy.yml's build_ignore says what stays out).
+build: venv
+	$(BIN)/ansible-galaxy collection build --force --output-path $(CURDIR)
+
 clean:
-	rm -rf $(VENV) .ansible tests/output
+	rm -rf $(VENV) .ansible tests/output zeroinit-bootstrap-*.tar.gz

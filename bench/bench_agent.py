@@ -26,13 +26,14 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, connect  # noqa: E402
-from tests.support.fleet import AgentFleet, TestCA, provision_node  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
+from tests.support.broker import EmbeddedBroker
+from tests.support.fleet import AgentFleet, TestCA, provision_node
 
 
 def rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as handle:
+    with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
@@ -41,7 +42,7 @@ def rss_kib(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process: a figure the other load on a shared machine does not inflate much."""
-    with open("/proc/%d/stat" % pid) as handle:
+    with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -58,22 +59,22 @@ def machine() -> str:
             model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
     except OSError:
         pass
-    return "%d cores (%s), Python %s" % (os.cpu_count() or 0, model or "?", sys.version.split()[0])
+    return f"{os.cpu_count() or 0} cores ({model or '?'}), Python {sys.version.split()[0]}"
 
 
 def scale(broker: EmbeddedBroker, sizes: list[int], workdir: str) -> None:
     with AgentFleet(broker.url, 1, os.path.join(workdir, "base")) as base:
         baseline = rss_kib(base.process.pid)
-    print("baseline: one-node agent process RSS %.1f MiB" % (baseline / 1024))
-    print("%8s %14s %12s %14s" % ("nodes", "ready (s)", "RSS (MiB)", "KiB per node"))
+    print(f"baseline: one-node agent process RSS {baseline / 1024:.1f} MiB")
+    print(f"{'nodes':>8} {'ready (s)':>14} {'RSS (MiB)':>12} {'KiB per node':>14}")
     for size in sizes:
-        state = os.path.join(workdir, "scale-%d" % size)
+        state = os.path.join(workdir, f"scale-{size}")
         started = time.monotonic()
         with AgentFleet(broker.url, size, state, facts={"role": "bench"}) as fleet:
             ready = time.monotonic() - started
             rss = rss_kib(fleet.process.pid)
         shutil.rmtree(state, ignore_errors=True)
-        print("%8d %14.2f %12.1f %14.1f" % (size, ready, rss / 1024, (rss - baseline) / size))
+        print(f"{size:8d} {ready:14.2f} {rss / 1024:12.1f} {(rss - baseline) / size:14.1f}")
 
 
 async def nats_floor(url: str, count: int = 5000) -> float:
@@ -147,7 +148,7 @@ async def provision_round(url: str, identities: list[str], inflight: int) -> dic
 
 
 def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -> None:
-    state = os.path.join(workdir, "provision-%d" % count)
+    state = os.path.join(workdir, f"provision-{count}")
     with AgentFleet(broker.url, count, state) as fleet:
         peak_before = rss_kib(fleet.process.pid)
         cpu_before, driver_before = cpu_seconds(fleet.process.pid), time.process_time()
@@ -156,20 +157,20 @@ def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -
         agent_cpu, driver_cpu = cpu_seconds(fleet.process.pid) - cpu_before, time.process_time() - driver_before
     shutil.rmtree(state, ignore_errors=True)
     print(
-        "provisioned %d nodes (inventory, gencsr EC P-256, configure, restart; %d in flight): %.1f s, %.0f nodes/s"
-        % (count, inflight, result["provisioned_s"], count / result["provisioned_s"])
+        f"provisioned {count} nodes (inventory, gencsr EC P-256, configure, restart; {inflight} in flight): "
+        f"{result['provisioned_s']:.1f} s, {count / result['provisioned_s']:.0f} nodes/s"
     )
     print(
-        "  per node p50 %.0f ms, p99 %.0f ms; all %d in their configured collective after %.1f s; %d answered "
+        f"  per node p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms; all {result['configured']} "
+        f"in their configured collective after {result['arrived_s']:.1f} s; {result['pinged']} answered "
         "rpcutil#ping there"
-        % (result["p50"] * 1000, result["p99"] * 1000, result["configured"], result["arrived_s"], result["pinged"])
     )
     print(
-        f"  agent CPU {agent_cpu * 1000 / count:.2f} ms per node ({agent_cpu:.1f} s), driver CPU {driver_cpu * 1000 / count:.2f} ms per node; load average {load_average()} (a shared machine)"
+        f"  agent CPU {agent_cpu * 1000 / count:.2f} ms per node ({agent_cpu:.1f} s), "
+        f"driver CPU {driver_cpu * 1000 / count:.2f} ms per node; load average {load_average()} (a shared machine)"
     )
     print(
-        "  agent RSS %.1f MiB before, %.1f MiB after; failures: %d %s"
-        % (peak_before / 1024, rss / 1024, len(result["failures"]), json.dumps(result["failures"][:3]))
+        f"  agent RSS {peak_before / 1024:.1f} MiB before, {rss / 1024:.1f} MiB after; failures: {len(result['failures'])} {json.dumps(result['failures'][:3])}"
     )
 
 

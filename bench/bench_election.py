@@ -25,10 +25,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election import SETTLE_SECONDS  # noqa: E402
-from tests.support.netns import TestNetwork  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member import SETTLE_SECONDS
+from tests.support.netns import TestNetwork
 
-ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election"
+ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member"
 GOODBYE_SECONDS = 0.25
 
 
@@ -89,8 +89,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     sizes, rounds = ((3, 5), 2) if args.quick else ((3, 5, 7), 5)
     print(
-        "machine: %s, %d cores (shared), Python %s; hosts are network namespaces on one bridge"
-        % (platform.machine(), os.cpu_count() or 0, platform.python_version())
+        f"machine: {platform.machine()}, {os.cpu_count() or 0} cores (shared), Python {platform.python_version()}; hosts are network namespaces on one bridge"
     )
     print(
         f"floor by design: settle {SETTLE_SECONDS:.2f} s + leader goodbye {GOODBYE_SECONDS:.2f} s = {SETTLE_SECONDS + GOODBYE_SECONDS:.2f} s"
@@ -99,27 +98,16 @@ def main(argv: list[str]) -> int:
     failures = 0
     try:
         print("load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
-        print(
-            "%-6s %-10s %7s %7s %7s  %-5s %s" % ("hosts", "start", "p50 s", "max s", "rounds", "ok", "late start max s")
-        )
+        print(f"{'hosts':<6} {'start':<10} {'p50 s':>7} {'max s':>7} {'rounds':>7}  {'ok':<5} {'late start max s'}")
         for count in sizes:
             for label, stagger in (("together", 0.0), ("staggered", 0.3)):
-                runs = [one_round(net, count, stagger, "bench%d%s" % (count, label[0])) for _round in range(rounds)]
+                runs = [one_round(net, count, stagger, f"bench{count}{label[0]}") for _round in range(rounds)]
                 times = [r["converge"] for r in runs]
                 good = sum(r["ok"] for r in runs)
                 failures += rounds - good
                 print(
-                    "%-6d %-10s %7.2f %7.2f %7d  %d/%-3d %.2f"
-                    % (
-                        count,
-                        label,
-                        statistics.median(times),
-                        max(times),
-                        rounds,
-                        good,
-                        rounds,
-                        max(r["late"] for r in runs),
-                    ),
+                    f"{count:<6d} {label:<10} {statistics.median(times):7.2f} {max(times):7.2f} {rounds:7d} "
+                    f" {good}/{rounds:<3d} {max(r['late'] for r in runs):.2f}",
                     flush=True,
                 )
     finally:

@@ -29,12 +29,12 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_agent import machine, nats_floor  # noqa: E402
+from bench_agent import machine, nats_floor
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import FleetDiscovery  # noqa: E402
-from tests.support.ansible_run import VENV_BIN, ansible_env  # noqa: E402
-from tests.support.fleet import AgentFleet  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import FleetDiscovery
+from tests.support.ansible_run import VENV_BIN, ansible_env
+from tests.support.broker import EmbeddedBroker
+from tests.support.fleet import AgentFleet
 
 # Runs one command and reports its peak RSS: the wrapper's only child is the command.
 PEAK_RSS = (
@@ -45,7 +45,7 @@ PEAK_RSS = (
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
-    return ordered[max(0, int(round(len(ordered) * fraction)) - 1)] if ordered else 0.0
+    return ordered[max(0, round(len(ordered) * fraction) - 1)] if ordered else 0.0
 
 
 def in_process(url: str, size: int, expect: int | None) -> tuple[float, int, list[float]]:
@@ -55,7 +55,7 @@ def in_process(url: str, size: int, expect: int | None) -> tuple[float, int, lis
     elapsed = time.monotonic() - started
     failed = sum(1 for record in fleet.values() if "inventory_error" in record)
     if len(fleet) != size or failed:
-        print("  WARNING: %d of %d nodes found, %d without inventory" % (len(fleet), size, failed))
+        print(f"  WARNING: {len(fleet)} of {size} nodes found, {failed} without inventory")
     return elapsed, len(fleet), list(run.latencies.values())
 
 
@@ -102,34 +102,25 @@ def main() -> int:
                 with AgentFleet(
                     broker.url,
                     size,
-                    os.path.join(workdir, "fleet-%d" % size),
+                    os.path.join(workdir, f"fleet-{size}"),
                     facts={"role": "bench", "os": {"family": "Debian"}},
                 ) as _fleet:
                     quick, found, latencies = in_process(broker.url, size, expect=size)
                     default, found_default, _latencies = in_process(broker.url, size, expect=None)
                     wall, peak_mib, rc = cli(broker.url, size, workdir)
-                print("%d nodes:" % size)
+                print(f"{size} nodes:")
                 print(
-                    "  discover_fleet expect=N: %d found and inventoried in %.2f s = %.0f nodes/s; inventory round "
-                    "trip per node p50 %.0f ms, p99 %.0f ms"
-                    % (
-                        found,
-                        quick,
-                        found / quick,
-                        percentile(latencies, 0.5) * 1000,
-                        percentile(latencies, 0.99) * 1000,
-                    )
+                    f"  discover_fleet expect=N: {found} found and inventoried in {quick:.2f} s = {found / quick:.0f} nodes/s; inventory round "
+                    f"trip per node p50 {percentile(latencies, 0.5) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms"
                 )
-                print("  discover_fleet default (2 s discovery timeout): %d in %.2f s" % (found_default, default))
+                print(f"  discover_fleet default (2 s discovery timeout): {found_default} in {default:.2f} s")
                 print(
-                    "  ansible-inventory --list (expect=N, one keyed group): %.2f s wall, peak RSS %.0f MiB, rc %d"
-                    % (wall, peak_mib, rc)
+                    f"  ansible-inventory --list (expect=N, one keyed group): {wall:.2f} s wall, peak RSS {peak_mib:.0f} MiB, rc {rc}"
                 )
                 print(
-                    "  inventory rate vs floor: %.0f%% of raw request/reply round trips/s"
-                    % (100.0 * found / quick / floor)
+                    f"  inventory rate vs floor: {100.0 * found / quick / floor:.0f}% of raw request/reply round trips/s"
                 )
-                shutil.rmtree(os.path.join(workdir, "fleet-%d" % size), ignore_errors=True)
+                shutil.rmtree(os.path.join(workdir, f"fleet-{size}"), ignore_errors=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

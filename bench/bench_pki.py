@@ -22,17 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".venv", "collections"))
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
-    CertificateAuthority,
-    CsrPolicy,
-    Signer,
-)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 
 
 def make_csrs(count: int, node_key: str) -> list[tuple[str, str]]:
     out = []
     for i in range(count):
-        identity = "node%05d.bench.example.net" % i
+        identity = f"node{i:05d}.bench.example.net"
         key = ec.generate_private_key(ec.SECP256R1()) if node_key == "ec" else rsa.generate_private_key(65537, 2048)
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -69,8 +67,8 @@ def main() -> int:
     count = args.count or (500 if args.quick else 5000)
 
     print(
-        "bench_pki: %d CSRs per run; machine: %d cores (%s), Python %s, load average %.1f (others share the cores)"
-        % (count, os.cpu_count() or 0, platform.machine(), platform.python_version(), os.getloadavg()[0])
+        f"bench_pki: {count} CSRs per run; machine: {os.cpu_count() or 0} cores ({platform.machine()}), "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} (others share the cores)"
     )
     csrs = make_csrs(count, "ec")
     rsa_csrs = make_csrs(max(count // 10, 50), "rsa")
@@ -79,7 +77,7 @@ def main() -> int:
         ("rsa", CertificateAuthority.create("bench RSA CA", "rsa")),
         ("ed25519", CertificateAuthority.create("bench Ed25519 CA", "ed25519")),
     ]
-    print("%-10s %-10s %-8s %12s %10s %10s" % ("CA key", "node key", "threads", "certs/s", "p50 ms", "p99 ms"))
+    print(f"{'CA key':<10} {'node key':<10} {'threads':<8} {'certs/s':>12} {'p50 ms':>10} {'p99 ms':>10}")
     for name, ca in cas:
         signer = Signer(ca, CsrPolicy())
         for node_key, batch in (("ec-p256", csrs), ("rsa-2048", rsa_csrs)):
@@ -87,15 +85,8 @@ def main() -> int:
                 elapsed, lat = run(signer, batch, threads)
                 lat.sort()
                 print(
-                    "%-10s %-10s %-8d %12.0f %10.3f %10.3f"
-                    % (
-                        name,
-                        node_key,
-                        threads,
-                        len(batch) / elapsed,
-                        statistics.median(lat) * 1000,
-                        lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
-                    )
+                    f"{name:<10} {node_key:<10} {threads:<8d} {len(batch) / elapsed:12.0f} {statistics.median(lat) * 1000:10.3f} "
+                    f"{lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:10.3f}"
                 )
     return 0
 

@@ -26,10 +26,11 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker  # noqa: E402
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect  # noqa: E402
-from tests.support.fleet import AgentFleet  # noqa: E402
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import provision
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+from tests.support.broker import EmbeddedBroker
+from tests.support.fleet import AgentFleet
 
 TOKEN = "bench-token"
 RESPONDER = r"""
@@ -50,12 +51,12 @@ asyncio.run(main())
 
 def proc_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds, peak RSS bytes) of a live process from /proc."""
-    with open("/proc/%d/stat" % pid) as handle:
+    with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
     hwm = 0
-    with open("/proc/%d/status" % pid) as handle:
+    with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) * 1024
@@ -94,9 +95,9 @@ async def _floor(url: str, count: int, in_flight: int) -> float:
 
 def child_run(args) -> None:
     """Runs in its own process so its CPU and peak RSS are the provisioner's alone."""
-    settings = pv.ProvisionSettings(**json.loads(args.child))
+    settings = ProvisionSettings(**json.loads(args.child))
     before = resource.getrusage(resource.RUSAGE_SELF)
-    out = pv.provision(settings)
+    out = provision(settings)
     after = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     out["peak_rss"] = after.ru_maxrss * 1024
@@ -111,7 +112,7 @@ def run_provisioner(settings: dict) -> dict:
 
 
 def make_ca(workdir: str) -> tuple[str, str]:
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
     cert, key = os.path.join(workdir, "ca.pem"), os.path.join(workdir, "ca.key")
     CertificateAuthority.load_or_create(cert, key)
@@ -136,7 +137,7 @@ def write_helper(workdir: str, ca_cert: str, ca_key: str) -> list[str]:
 
 def bench_size(count: int, workers: int, connections: int, workdir: str, helper: list | None = None) -> dict:
     ca_cert, ca_key = make_ca(workdir)
-    state = os.path.join(workdir, "fleet-%d" % count)
+    state = os.path.join(workdir, f"fleet-{count}")
     with EmbeddedBroker() as broker, EmbeddedBroker() as members:
         # Nodes are pointed at a second broker: a restart really moves them off the provisioning network.
         configuration = {
@@ -188,7 +189,7 @@ def bench_per_host(count: int, forks: int, workdir: str) -> dict:
     from tests.support.ansible_run import run_playbook
 
     ca_cert, ca_key = make_ca(workdir)
-    state = os.path.join(workdir, "per-host-%d" % count)
+    state = os.path.join(workdir, f"per-host-{count}")
     with EmbeddedBroker() as broker, EmbeddedBroker() as members:
         inventory = os.path.join(workdir, "bench.provisioning.yml")
         with open(inventory, "w") as handle:
@@ -249,8 +250,7 @@ def main() -> int:
     helper_nodes = args.helper_nodes if args.helper_nodes is not None else (50 if args.quick else 300)
     per_host = args.per_host if args.per_host is not None else (10 if args.quick else 200)
     print(
-        "bench_provision: machine %s, %d CPU cores, Python %s"
-        % (os.uname().machine, os.cpu_count() or 0, sys.version.split()[0])
+        f"bench_provision: machine {os.uname().machine}, {os.cpu_count() or 0} CPU cores, Python {sys.version.split()[0]}"
     )
     workdir = tempfile.mkdtemp(prefix="zeroinit-bench-prov-")
     try:
@@ -266,24 +266,12 @@ def main() -> int:
             row["ratio_to_floor"] = round(row["nodes_per_s"] / floor_nodes, 3)
             print(json.dumps(row))
             print(
-                "signer path, %d nodes: %.1f s total (%.2f s discovery), %.0f nodes/s, per node p50 %.0f ms "
-                "p99 %.0f ms, provisioner %.2f CPU s (%.3f ms/node) peak RSS %.0f MB, fleet %.1f CPU s peak RSS "
-                "%.0f MB, %.2f of the floor, failed %d"
-                % (
-                    count,
-                    row["seconds"],
-                    row["discovery_s"],
-                    row["nodes_per_s"],
-                    row["p50_ms"],
-                    row["p99_ms"],
-                    row["prov_cpu_s"],
-                    row["prov_cpu_ms_per_node"],
-                    row["prov_peak_rss_mb"],
-                    row["fleet_cpu_s"],
-                    row["fleet_peak_rss_mb"],
-                    row["ratio_to_floor"],
-                    row["failed"],
-                )
+                f"signer path, {count} nodes: {row['seconds']:.1f} s total ({row['discovery_s']:.2f} s "
+                f"discovery), {row['nodes_per_s']:.0f} nodes/s, per node p50 {row['p50_ms']:.0f} ms "
+                f"p99 {row['p99_ms']:.0f} ms, provisioner {row['prov_cpu_s']:.2f} CPU s ({row['prov_cpu_ms_per_node']:.3f} "
+                f"ms/node) peak RSS {row['prov_peak_rss_mb']:.0f} MB, fleet {row['fleet_cpu_s']:.1f} CPU "
+                "s peak RSS "
+                f"{row['fleet_peak_rss_mb']:.0f} MB, {row['ratio_to_floor']:.2f} of the floor, failed {row['failed']}"
             )
         if helper_nodes:
             ca_cert, ca_key = make_ca(workdir)
@@ -292,18 +280,11 @@ def main() -> int:
             )
             print(json.dumps(row))
             print(
-                "helper path (one policy_helper.py subprocess per node: Python + cryptography, signs), %d nodes: "
-                "%.1f s, %.0f nodes/s (target >= 50), per node p50 %.0f ms p99 %.0f ms, helper run p50 %.0f ms, "
-                "failed %d"
-                % (
-                    helper_nodes,
-                    row["seconds"],
-                    row["nodes_per_s"],
-                    row["p50_ms"],
-                    row["p99_ms"],
-                    row["steps"]["decide"]["p50_ms"],
-                    row["failed"],
-                )
+                f"helper path (one policy_helper.py subprocess per node: Python + cryptography, signs), {helper_nodes} nodes: "
+                f"{row['seconds']:.1f} s, {row['nodes_per_s']:.0f} nodes/s (target >= 50), per node p50 "
+                f"{row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms, helper run p50 {row['steps']['decide']['p50_ms']:.0f} "
+                "ms, "
+                f"failed {row['failed']}"
             )
             # The contract's own cost: a shell helper that answers at once (defer), so nodes stay in provisioning.
             trivial = os.path.join(workdir, "defer_helper.sh")
@@ -313,23 +294,16 @@ def main() -> int:
             row = bench_size(helper_nodes, args.workers, args.connections, workdir, helper=[trivial])
             print(json.dumps(row))
             print(
-                "helper contract overhead (a /bin/sh helper answering defer at once), %d nodes: %.1f s, "
-                "%.0f decisions/s, helper run p50 %.0f ms p99 %.0f ms"
-                % (
-                    helper_nodes,
-                    row["seconds"],
-                    row["decided_per_s"],
-                    row["steps"]["decide"]["p50_ms"],
-                    row["steps"]["decide"]["p99_ms"],
-                )
+                f"helper contract overhead (a /bin/sh helper answering defer at once), {helper_nodes} nodes: {row['seconds']:.1f} s, "
+                f"{row['decided_per_s']:.0f} decisions/s, helper run p50 {row['steps']['decide']['p50_ms']:.0f} "
+                f"ms p99 {row['steps']['decide']['p99_ms']:.0f} ms"
             )
         if per_host:
             row = bench_per_host(per_host, args.forks, workdir)
             print(json.dumps(row))
             print(
-                "per-host path (playbooks/provision.yaml, inventory plugin, %d forks), %d hosts: %.1f s "
-                "(target <= 120 s for 200), %d ok, rc %d"
-                % (row["forks"], per_host, row["seconds"], row["hosts_ok"], row["rc"])
+                f"per-host path (playbooks/provision.yaml, inventory plugin, {row['forks']} forks), {per_host} hosts: {row['seconds']:.1f} s "
+                f"(target <= 120 s for 200), {row['hosts_ok']} ok, rc {row['rc']}"
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

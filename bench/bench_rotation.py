@@ -22,8 +22,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.support.ansible_run import run_playbook  # noqa: E402
-from tests.support.netns import TestNetwork  # noqa: E402
+from tests.support.ansible_run import run_playbook
+from tests.support.netns import TestNetwork
 
 PING = """
 - name: Floor
@@ -146,9 +146,9 @@ def main() -> int:
     rounds = [one_round(args.hosts, args.forks) for _index in range(1 if args.quick else 3)]
     logins = sorted(x for r in rounds for x in r["logins"])
     print(
-        "machine: %d cores (shared; 1-min load average %.1f before, %.1f after), %s hosts as network namespaces "
-        "with sshd, forks=%d, %d round(s)"
-        % (os.cpu_count() or 0, load_before, os.getloadavg()[0], args.hosts, args.forks, len(rounds))
+        f"machine: {os.cpu_count() or 0} cores (shared; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+        f"after), {args.hosts} hosts as network namespaces "
+        f"with sshd, forks={args.forks}, {len(rounds)} round(s)"
     )
     for key, label in (
         ("floor", "floor: ansible.builtin.ping play"),
@@ -158,16 +158,13 @@ def main() -> int:
     ):
         values = [r[key] for r in rounds]
         print(
-            "%-44s median %6.2f s   min %6.2f s   max %6.2f s"
-            % (label, statistics.median(values), min(values), max(values))
+            f"{label:<44} median {statistics.median(values):6.2f} s   min {min(values):6.2f} s   max {max(values):6.2f} s"
         )
     p50 = logins[len(logins) // 2]
     p99 = logins[min(len(logins) - 1, int(len(logins) * 0.99))]
-    print(
-        "%-44s p50 %6.3f s   p99 %6.3f s   (n=%d)" % ("single fresh ssh login with the new key", p50, p99, len(logins))
-    )
+    print(f"{'single fresh ssh login with the new key':<44} p50 {p50:6.3f} s   p99 {p99:6.3f} s   (n={len(logins)})")
     target = statistics.median(r["rotate"] for r in rounds)
-    print("target rotation of %d hosts <= 15 s: %s" % (args.hosts, "met" if target <= 15 else "NOT met"))
+    print(f"target rotation of {args.hosts} hosts <= 15 s: {'met' if target <= 15 else 'NOT met'}")
     return 0
 
 

@@ -16,11 +16,11 @@ import sys
 
 def main(argv):
     here = pathlib.Path(__file__).resolve().parent
-    print("machine: %s, %d cores, Python %s" % (platform.machine(), os.cpu_count() or 0, platform.python_version()))
+    print(f"machine: {platform.machine()}, {os.cpu_count() or 0} cores, Python {platform.python_version()}")
     failed = []
     for bench in sorted(here.glob("bench_*.py")):
         print("\n=== {} {}".format(bench.name, " ".join(argv)), flush=True)
-        if subprocess.run([sys.executable, str(bench)] + argv, check=False).returncode != 0:
+        if subprocess.run([sys.executable, str(bench), *argv], check=False).returncode != 0:
             failed.append(bench.name)
     if failed:
         print("\nfailed: {}".format(", ".join(failed)))

@@ -29,12 +29,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import parse_config
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, RpcError, tls_context
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, tls_context
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient, RpcError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the embedded broker is a test fixture: tests/support/broker.py
+
+from tests.support.broker import EmbeddedBroker
+
 RUN = ROOT / "demo-run"
 BIN = pathlib.Path(sys.executable).parent
 NODES = int(os.environ.get("DEMO_NODES", "12"))
@@ -50,7 +54,7 @@ def say(text):
 def leaf_certificate(ca, common_name, path_prefix, server):
     """A certificate for the demo's own broker (server) or operator (client), signed by the demo CA."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -157,12 +161,12 @@ def main():
             f"provisioning broker: {provisioning.url}\nmembers' broker:     {members.url} (TLS, client certificates required)"
         )
 
-        say("2. A fleet of %d nodes boots in provisioning mode (one zeroinit-agent process)" % NODES)
+        say(f"2. A fleet of {NODES} nodes boots in provisioning mode (one zeroinit-agent process)")
         (RUN / "facts.json").write_text(json.dumps({"role": "worker", "site": "demo", "os": {"family": "Debian"}}))
         agent_conf = RUN / "agent.conf"
         agent_conf.write_text(f"plugin.zeroinit.agent.token = {TOKEN}\n")
         os.chmod(agent_conf, 0o600)
-        log = open(RUN / "agent.log", "wb")
+        log = open(RUN / "agent.log", "wb")  # noqa: SIM115 - the agent writes to it until it is stopped
         fleet = subprocess.Popen(
             [
                 str(BIN / "zeroinit-agent"),
@@ -185,13 +189,13 @@ def main():
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        print("agent pid %d, node state under %s" % (fleet.pid, RUN / "fleet"))
+        print(f"agent pid {fleet.pid}, node state under {RUN / 'fleet'}")
 
         say("3. Discovery: the inventory plugin finds them")
         # listen + expect: one run that waits for nodes still booting and stops as soon as all are known
         (RUN / "provisioning.yml").write_text(
-            "plugin: zeroinit.bootstrap.provisioning\nbrokers: [%s]\ndiscovery_timeout: 2\nlisten: 30\nexpect: %d\n"
-            "keyed_groups:\n  - key: zeroinit_facts.role\n    prefix: role\n" % (provisioning.url, NODES)
+            f"plugin: zeroinit.bootstrap.provisioning\nbrokers: [{provisioning.url}]\ndiscovery_timeout: 2\nlisten: 30\nexpect: {NODES}\n"
+            "keyed_groups:\n  - key: zeroinit_facts.role\n    prefix: role\n"
         )
         run([BIN / "ansible-inventory", "-i", RUN / "provisioning.yml", "--graph"])
 
@@ -220,13 +224,13 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/provision_fleet.yaml",
                 "-e",
-                "@%s" % (RUN / "provision-vars.json"),
+                f"@{RUN / 'provision-vars.json'}",
                 "-e",
-                "zeroinit_provision_expect=%d" % NODES,
+                f"zeroinit_provision_expect={NODES}",
             ]
         )
         if first.returncode != 0:
-            print("provisioning playbook failed (rc=%d)" % first.returncode)
+            print(f"provisioning playbook failed (rc={first.returncode})")
             return 1
 
         say("5. Summary")
@@ -236,7 +240,7 @@ def main():
             answered = asyncio.run(
                 ping_members(members.url, identities, str(RUN / "ca" / "ca.pem"), operator_cert, operator_key)
             )
-        except RpcError as exc:
+        except (ConnectError, RpcError) as exc:
             print(f"could not ask the members: {exc}")
             answered = {}
         row = "%-28s %-13s %-12s %-5s %-6s %s"
@@ -256,8 +260,7 @@ def main():
             )
         ok = sum(1 for i in identities if answered.get(i))
         print(
-            "\n%d of %d nodes configured and answering ping in collective %r over TLS with their new certificates"
-            % (ok, len(identities), COLLECTIVE)
+            f"\n{ok} of {len(identities)} nodes configured and answering ping in collective {COLLECTIVE!r} over TLS with their new certificates"
         )
 
         say("6. Run it again: nothing is left in provisioning mode, so nothing changes")
@@ -268,7 +271,7 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/provision_fleet.yaml",
                 "-e",
-                "@%s" % (RUN / "provision-vars.json"),
+                f"@{RUN / 'provision-vars.json'}",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -295,7 +298,7 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/reprovision.yaml",
                 "-e",
-                "@%s" % (RUN / "reprovision-vars.json"),
+                f"@{RUN / 'reprovision-vars.json'}",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -309,7 +312,7 @@ def main():
                 "inventory/hosts.yml",
                 "playbooks/provision_fleet.yaml",
                 "-e",
-                "@%s" % (RUN / "provision-vars.json"),
+                f"@{RUN / 'provision-vars.json'}",
                 "-e",
                 "zeroinit_provision_expect=1",
                 "-e",

@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
+from tests.support.broker import EmbeddedBroker
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -14,17 +14,17 @@ import socket
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh.authorized_keys import (
     AuthorizedKeyLine,
     AuthorizedKeys,
-    ControllerKeyPair,
-    LoginProbe,
-    LoginTarget,
-    SshKeyError,
     default_user,
-    parse_revoke,
-    public_key_of_private_key_file,
     rotation_options,
+)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh.keys import SshKeyError, parse_revoke
+from ansible_collections.zeroinit.bootstrap.plugins.plugin_utils.login_probe import LoginProbe, LoginTarget
+from ansible_collections.zeroinit.bootstrap.plugins.plugin_utils.ssh_keypair import (
+    ControllerKeyPair,
+    public_key_of_private_key_file,
 )
 
 MODULE = "zeroinit.bootstrap.ssh_key_rotate"
@@ -147,8 +147,7 @@ class ActionModule(ActionBase):
             out["verified"] = True
         elif revoke:
             warnings.append(
-                "verify=false: revoking %d key(s) on %s without proof that the new key logs in"
-                % (len(revoke), self._node)
+                f"verify=false: revoking {len(revoke)} key(s) on {self._node} without proof that the new key logs in"
             )
 
         # The add step returned the whole file: when no revoked key is in it, the revoke step is skipped.

@@ -40,6 +40,7 @@ requirements:
 extends_documentation_fragment:
   - constructed
   - inventory_cache
+  - zeroinit.bootstrap.brokers
 options:
   plugin:
     description: Marks this file as a source for this plugin.
@@ -47,18 +48,8 @@ options:
     type: str
     choices: [zeroinit.bootstrap.provisioning]
   brokers:
-    description:
-      - Provisioning broker URLs (C(nats://host:port), C(tls://host:port)); C(host:port) means C(nats://host:port).
-      - The first one that accepts the connection is used.
-    type: list
-    elements: str
-    required: true
     env:
       - name: ZEROINIT_BROKERS
-  collective:
-    description: The collective the nodes wait in; Choria's provisioning mode uses C(provisioning).
-    type: str
-    default: provisioning
   callerid:
     description: The caller id the requests carry (C(choria=) is prepended when missing); replies come back on a
       subject derived from it.
@@ -85,15 +76,6 @@ options:
     description: Seconds to wait for the C(rpcutil#inventory) replies of a batch of nodes.
     type: float
     default: 10
-  tls_ca:
-    description: CA certificate (PEM) to verify a C(tls://) broker against.
-    type: path
-  tls_cert:
-    description: Client certificate (PEM) to present when the broker requires one.
-    type: path
-  tls_key:
-    description: Private key of O(tls_cert). Read on the controller only.
-    type: path
   flatten_facts:
     description:
       - Also set every top-level fact as a host variable of its own, named O(fact_prefix) plus the fact name.
@@ -153,12 +135,12 @@ from ansible.utils.unsafe_proxy import wrap_var
 from ansible.utils.vars import isidentifier
 from ansible.vars.reserved import is_reserved_name
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.brokers import BrokerUrlError, normalize_brokers
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.subjects import valid_identity
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import (
     DEFAULT_CALLERID,
     DiscoveryError,
     discover_fleet,
-    normalize_brokers,
-    valid_node_identity,
 )
 
 PROVISIONING_GROUP = "provisioning"
@@ -273,7 +255,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def _brokers(self):
         try:
             return normalize_brokers(self.get_option("brokers") or [])
-        except DiscoveryError as exc:
+        except BrokerUrlError as exc:
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
 
     def _query(self, brokers):
@@ -294,8 +276,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except DiscoveryError as exc:
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
         self.display.v(
-            "zeroinit.bootstrap.provisioning: %d node(s) in collective %s via %s in %.1fs"
-            % (len(fleet), self.get_option("collective"), ", ".join(brokers), time.monotonic() - started)
+            f"zeroinit.bootstrap.provisioning: {len(fleet)} node(s) in collective {self.get_option('collective')} "
+            f"via {', '.join(brokers)} in {time.monotonic() - started:.1f}s"
         )
         return fleet
 
@@ -308,7 +290,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         failed = []
         for identity in sorted(fleet):
             record = fleet[identity]
-            if not valid_node_identity(identity) or not isinstance(record, dict):
+            if not valid_identity(identity) or not isinstance(record, dict):
                 self.display.warning(
                     f"zeroinit.bootstrap.provisioning: skipping node {identity!r}: not usable as a host name"
                 )
@@ -329,10 +311,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._add_host_to_composed_groups(self.get_option("groups"), hostvars, host, strict=strict)
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, host, strict=strict)
         if failed:
-            shown = ", ".join(failed[:10]) + (" and %d more" % (len(failed) - 10) if len(failed) > 10 else "")
+            shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
             self.display.warning(
-                "zeroinit.bootstrap.provisioning: %d node(s) answered discovery but not "
-                "rpcutil#inventory: %s (see their zeroinit_inventory_error)" % (len(failed), shown)
+                f"zeroinit.bootstrap.provisioning: {len(failed)} node(s) answered discovery but not "
+                f"rpcutil#inventory: {shown} (see their zeroinit_inventory_error)"
             )
 
     def parse(self, inventory, loader, path, cache=True):

@@ -3,6 +3,8 @@
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 
 
+from __future__ import annotations
+
 DOCUMENTATION = r"""
 ---
 module: choria_provision
@@ -19,6 +21,8 @@ author:
   - zeroinit.bootstrap contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - zeroinit.bootstrap.brokers
+  - zeroinit.bootstrap.signer.as_suboptions
 attributes:
   check_mode:
     support: full
@@ -52,19 +56,10 @@ options:
       - Listed nodes that do not answer are returned under RV(absent) (already provisioned, or down).
     type: list
     elements: str
-  brokers:
-    description: Broker URLs of the provisioning network, for example C(nats://10.0.0.1:4222).
-    type: list
-    elements: str
-    required: true
   token:
     description: The provisioning token the nodes were given.
     type: str
     default: ""
-  collective:
-    description: The collective to send requests in.
-    type: str
-    default: provisioning
   callerid:
     description: The caller id; a node locks itself to one caller during a provisioning round.
     type: str
@@ -120,79 +115,8 @@ options:
       - The built-in policy signer (the same CA and policy options as M(zeroinit.bootstrap.pki_sign)).
       - The CSR's CN must equal the node's identity and pass the policy before anything is signed.
       - The configuration sent is O(configuration) with C(identity) set and C(plugin.choria.server.provision=false).
+      - Not loaded in check mode (O(signer.create_ca) would write a CA).
     type: dict
-    suboptions:
-      ca_cert:
-        description: Path of the CA certificate (PEM); the first certificate in the file signs.
-        type: path
-        required: true
-      ca_key:
-        description: Path of the CA private key (PEM).
-        type: path
-        required: true
-      ca_passphrase:
-        description: Passphrase of O(signer.ca_key).
-        type: str
-      create_ca:
-        description: Create the CA when O(signer.ca_cert) and O(signer.ca_key) are both absent (never in check mode).
-        type: bool
-        default: false
-      ca_common_name:
-        description: Common name of a CA made by O(signer.create_ca).
-        type: str
-        default: zeroinit CA
-      ca_key_type:
-        description: Key type of a CA made by O(signer.create_ca).
-        type: str
-        choices: [ec, rsa, ed25519]
-        default: ec
-      ca_valid_days:
-        description: Validity of a CA made by O(signer.create_ca), in days.
-        type: int
-        default: 3650
-      allowed_sans:
-        description:
-          - Regular expressions every name in the certificate must match (C({identity}) stands for the identity).
-          - Default is the identity only.
-        type: list
-        elements: str
-      deny:
-        description: Regular expressions of names never signed, added to the built-in deny list.
-        type: list
-        elements: str
-        default: []
-      default_deny:
-        description: Apply the built-in deny list (wildcards, C(localhost), C(privileged), ...) as well.
-        type: bool
-        default: true
-      allowed_key_types:
-        description: Key types a CSR may carry.
-        type: list
-        elements: str
-        choices: [ec, rsa, ed25519, ed448]
-        default: [ec, rsa, ed25519]
-      min_rsa_bits:
-        description: Smallest RSA key accepted, in bits.
-        type: int
-        default: 2048
-      ec_curves:
-        description: Elliptic curves accepted for EC keys.
-        type: list
-        elements: str
-        default: [secp256r1, secp384r1]
-      valid_days:
-        description: Validity of issued certificates, in days.
-        type: int
-        default: 365
-      max_valid_days:
-        description: Longest validity the policy allows.
-        type: int
-        default: 365
-      profile:
-        description: What issued certificates are for (ExtendedKeyUsage).
-        type: str
-        choices: [server, client, both]
-        default: both
   configuration:
     description:
       - Base configuration (Choria C(key=value) settings) merged under what the helper or signer returns.
@@ -221,15 +145,6 @@ options:
     description: Fail the task when any node failed (O(action=provision)); the per-node outcome is returned either way.
     type: bool
     default: false
-  tls_ca:
-    description: CA file to verify the broker's TLS certificate.
-    type: path
-  tls_cert:
-    description: Client certificate for the broker.
-    type: path
-  tls_key:
-    description: Client key for the broker.
-    type: path
 requirements:
   - nats-py
   - cryptography (for O(signer))
@@ -320,30 +235,23 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
-    signer_argument_spec,
+    HAS_NATS,
+    NATS_IMPORT_ERROR,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioner import (
-    ProvisionError,
-    ProvisionSettings,
-    provision,
-    run_action,
-)
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import HAS_NATS, NATS_IMPORT_ERROR
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import signer_argument_spec
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import SINGLE_ACTIONS
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import broker_argument_spec
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.task import TaskFailure, run_task
 
 ARGUMENT_SPEC = dict(
-    action=dict(
-        type="str",
-        default="provision",
-        choices=["provision", "inventory", "gencsr", "configure", "restart", "reprovision", "shutdown"],
-    ),
+    broker_argument_spec(),
+    action=dict(type="str", default="provision", choices=["provision", *SINGLE_ACTIONS]),
     identity=dict(type="str"),
     identities=dict(type="list", elements="str"),
-    brokers=dict(type="list", elements="str", required=True),
     token=dict(type="str", default="", no_log=True),
-    collective=dict(type="str", default="provisioning"),
     callerid=dict(type="str", default="zeroinit-provisioner"),
     timeout=dict(type="float", default=10),
     retries=dict(type="int", default=2),
@@ -363,9 +271,6 @@ ARGUMENT_SPEC = dict(
     csr_subject=dict(type="dict", default={}),
     key_type=dict(type="str", default="ec", choices=["ec", "rsa"]),
     fail_on_node_error=dict(type="bool", default=False),
-    tls_ca=dict(type="path"),
-    tls_cert=dict(type="path"),
-    tls_key=dict(type="path", no_log=False),
 )
 
 
@@ -388,80 +293,17 @@ def main():
         module.fail_json(msg=missing_required_lib("nats-py"), exception=NATS_IMPORT_ERROR)
     if module.params["signer"] and not HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-    p = module.params
-    for name in ("timeout", "helper_timeout", "discovery_timeout"):
-        if p[name] <= 0:
-            module.fail_json(msg=f"{name} must be greater than 0, not {p[name]}")
-    for name in ("workers",):
-        if p[name] < 1:
-            module.fail_json(msg=f"{name} must be at least 1, not {p[name]}")
-    for name in ("retries", "splay", "helper_concurrency"):
-        if p[name] < 0:
-            module.fail_json(msg=f"{name} must not be negative, not {p[name]}")
-    if p["expect"] is not None and p["expect"] < 1:
-        module.fail_json(msg="expect must be at least 1, not {}".format(p["expect"]))
-    bad = sorted(str(k) for k, v in p["configuration"].items() if isinstance(v, (dict, list)))
-    if bad:
-        module.fail_json(
-            msg="configuration: values must be scalars (Choria key=value settings); not: {}".format(", ".join(bad))
-        )
-    configuration = {str(k): _setting(v) for k, v in p["configuration"].items()}
-    settings = ProvisionSettings(
-        brokers=p["brokers"],
-        token=p["token"],
-        collective=p["collective"],
-        callerid=p["callerid"],
-        timeout=p["timeout"],
-        retries=p["retries"],
-        workers=p["workers"],
-        wait=p["wait"],
-        expect=p["expect"],
-        discovery_timeout=p["discovery_timeout"],
-        splay=p["splay"],
-        identities=p["identities"],
-        helper=p["helper"],
-        helper_timeout=p["helper_timeout"],
-        helper_concurrency=p["helper_concurrency"],
-        signer=p["signer"],
-        configuration=configuration,
-        csr_subject=p["csr_subject"],
-        key_type=p["key_type"],
-        tls_ca=p["tls_ca"],
-        tls_cert=p["tls_cert"],
-        tls_key=p["tls_key"],
-        check_mode=module.check_mode,
-    )
     try:
-        if p["action"] == "provision":
-            result = provision(settings)
-        else:
-            result = run_action(
-                settings,
-                p["action"],
-                p["identity"],
-                {"certificate": p["certificate"], "ca": p["ca"], "ssldir": p["ssldir"]},
-            )
-    except ProvisionError as exc:
-        where = " (node {})".format(p["identity"]) if p["identity"] else ""
-        module.fail_json(msg=f"{exc}{where}")
+        result, warnings = run_task(module.params, module.check_mode)
+    except TaskFailure as exc:
+        for warning in exc.result.pop("warnings", []):
+            module.warn(warning)
+        module.fail_json(msg=exc.msg, **exc.result)
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg=f"choria_provision failed: {exc}", exception=traceback.format_exc())
-    if "failed" in result:
-        result["failed_nodes"] = result.pop("failed")
-    warnings = result.pop("warnings", [])
     for warning in warnings:
         module.warn(warning)
-    if p["action"] == "provision" and p["fail_on_node_error"] and result["failed_nodes"]:
-        names = ", ".join(sorted(result["failed_nodes"]))
-        module.fail_json(msg="%d node(s) failed: %s" % (len(result["failed_nodes"]), names), **result)
     module.exit_json(**result)
-
-
-def _setting(value):
-    """Choria settings are strings; YAML booleans become Choria's ``true``/``false``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
 
 
 if __name__ == "__main__":

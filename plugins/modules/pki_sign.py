@@ -18,7 +18,7 @@ description:
     BasicConstraints CA:FALSE (critical), KeyUsage and ExtendedKeyUsage from O(profile), subject and authority key
     identifiers and a random 128-bit serial. It is valid from five minutes ago (clock skew), and never beyond the
     end of the CA certificate (a warning says so when that shortens it).
-  - The same signer (C(plugins/module_utils/pki.py)) is used in-process by the bulk provisioner.
+  - The same signer (C(plugins/module_utils/pki/)) is used in-process by the bulk provisioner.
   - With O(dest), the module is idempotent. A certificate already at O(dest) is kept (C(changed=false)) when
     it was issued by this CA (its signature verifies), certifies the CSR's public key, names the identity and the
     requested SANs, matches O(profile), and does not end within O(renew_before_days). Otherwise a new one replaces
@@ -27,6 +27,7 @@ author:
   - zeroinit.bootstrap contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - zeroinit.bootstrap.signer
 attributes:
   check_mode:
     support: full
@@ -56,104 +57,6 @@ options:
       - The node's identity (its host name). The CSR's CN must equal it; it is always the first DNS SAN.
     type: str
     required: true
-  ca_cert:
-    description:
-      - Path of the CA certificate (PEM). When the file holds a chain, the first certificate is the signing CA and
-        the whole chain is returned in RV(ca).
-    type: path
-    required: true
-  ca_key:
-    description:
-      - Path of the CA private key (PEM, PKCS#8 or traditional). It must match O(ca_cert); a key that does not is
-        refused. Created with mode C(0600) when O(create_ca) makes the CA.
-    type: path
-    required: true
-  ca_passphrase:
-    description:
-      - Passphrase of O(ca_key). When O(create_ca) makes the CA, the new key is encrypted with it.
-    type: str
-  create_ca:
-    description:
-      - Create the CA (key C(0600), self-signed certificate C(0644), each written atomically) when O(ca_cert) and
-        O(ca_key) are both absent. When only the key exists, a certificate is made for it. A certificate without its
-        key is an error, as it may already be trusted.
-    type: bool
-    default: false
-  ca_common_name:
-    description:
-      - Common name of a CA made by O(create_ca).
-    type: str
-    default: zeroinit CA
-  ca_key_type:
-    description:
-      - Key type of a CA made by O(create_ca). V(ec) is ECDSA P-256, V(rsa) is RSA 3072 bits.
-    type: str
-    choices: [ec, rsa, ed25519]
-    default: ec
-  ca_valid_days:
-    description:
-      - Validity of a CA made by O(create_ca), in days.
-    type: int
-    default: 3650
-  allowed_sans:
-    description:
-      - Regular expressions; every name the certificate would carry (the identity and each requested DNS or IP SAN,
-        lower-cased) must fully match one of them.
-      - C({identity}) in a pattern stands for the escaped identity, for example C(^[a-z0-9-]+\.{identity}$).
-      - When not set, only the identity itself is allowed, so a node cannot obtain a certificate that names another
-        node.
-    type: list
-    elements: str
-  deny:
-    description:
-      - Regular expressions; a name (lower-cased) in which one of them is found is refused. Added to the built-in
-        list unless O(default_deny=false).
-    type: list
-    elements: str
-    default: []
-  default_deny:
-    description:
-      - Apply the built-in deny list as well as O(deny). It refuses wildcards (C(*)), names ending C(.choria) or
-        C(.mcollective) and names containing a C(privileged) label (Choria treats such certificates as clients and
-        privileged users), C(localhost), names whose first label is C(root), C(admin) or C(administrator), and the
-        loopback and unspecified addresses.
-    type: bool
-    default: true
-  allowed_key_types:
-    description:
-      - Key types a CSR may carry.
-    type: list
-    elements: str
-    choices: [ec, rsa, ed25519, ed448]
-    default: [ec, rsa, ed25519]
-  min_rsa_bits:
-    description:
-      - Smallest RSA key accepted, in bits.
-    type: int
-    default: 2048
-  ec_curves:
-    description:
-      - Elliptic curves accepted for EC keys (names as OpenSSL spells them).
-    type: list
-    elements: str
-    default: [secp256r1, secp384r1]
-  valid_days:
-    description:
-      - Validity of the issued certificate, in days.
-    type: int
-    default: 365
-  max_valid_days:
-    description:
-      - Longest validity the policy allows; a larger O(valid_days) is refused.
-    type: int
-    default: 365
-  profile:
-    description:
-      - What the certificate is for. V(server) gives ExtendedKeyUsage serverAuth, V(client) clientAuth, V(both) both.
-        KeyUsage is digitalSignature, plus keyEncipherment for RSA keys.
-    type: str
-    choices: [server, client, both]
-    default: both
   dest:
     description:
       - Write the certificate to this path (mode C(0644), atomically) and keep it while it stays valid; see the
@@ -258,14 +161,16 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
+)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
     CertificateIssuance,
-    PkiError,
-    PolicyError,
     signer_argument_spec,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import PolicyError
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 
 
 def argument_spec() -> dict:

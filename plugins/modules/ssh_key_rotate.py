@@ -201,11 +201,11 @@ attributes_ok:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import (
-    SshKeyError,
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh.authorized_keys import (
     rotation_options,
     target_step,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh.keys import SshKeyError
 
 # The user's options (shared with the action plugin) and the steps the action plugin orders.
 ARGUMENT_SPEC = dict(

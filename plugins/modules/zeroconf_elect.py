@@ -20,7 +20,7 @@ description:
     expected, on two members announcing the same election ID, and on members configured with a different O(expect).
   - "Multicast is sent and received only on O(interface): the election never leaks to other networks."
   - All members must run the task in parallel (enough forks, no C(serial) splitting them).
-  - The logic is in C(plugins/module_utils/election.py); C(python -m) that module runs one member from a shell.
+  - The logic is in C(plugins/module_utils/election/); C(python -m) its C(member) module runs one member from a shell.
 author:
   - zeroinit.bootstrap contributors (!UNKNOWN)
 requirements:
@@ -148,19 +148,10 @@ elapsed:
   sample: 0.62
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election import (
-    HAS_ZEROCONF,
-    ZEROCONF_IMPORT_ERROR,
-    ElectionError,
-    LeaderElection,
-    address_key,
-    default_interface,
-    interface_address,
-)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import HAS_ZEROCONF, ZEROCONF_IMPORT_ERROR
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member import MemberFailure, elect
 
 
 def argument_spec() -> dict:
@@ -178,37 +169,10 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_ZEROCONF:
         module.fail_json(msg=missing_required_lib("zeroconf"), exception=ZEROCONF_IMPORT_ERROR)
-    params = module.params
-    if params["expect"] < 1:
-        module.fail_json(msg="expect must be at least 1, got %d" % params["expect"])
-    if params["timeout"] <= 0:
-        module.fail_json(msg="timeout must be positive, got {:g}".format(params["timeout"]))
-    if params["election_id"] is not None and params["election_id"] < 0:
-        module.fail_json(msg="election_id must not be negative, got %d" % params["election_id"])
-    started = time.monotonic()
     try:
-        interface = params["interface"] or default_interface()
-        address = interface_address(interface)
-    except (ElectionError, OSError) as exc:
-        module.fail_json(msg=f"interface: {exc}")
-    election_id = params["election_id"] if params["election_id"] is not None else address_key(address)
-    partial = dict(
-        changed=False, address=address, cluster=params["cluster"], election_id=election_id, interface=interface
-    )
-    try:
-        election = LeaderElection(
-            address, params["expect"], params["cluster"], params["timeout"], params["secret"], election_id
-        )
-    except ValueError as exc:
-        module.fail_json(msg=str(exc), **partial)
-    try:
-        # The election writes nothing on the host: check mode runs it too, and nothing is ever changed.
-        result = election.run()
-    except ElectionError as exc:
-        module.fail_json(msg=str(exc), elapsed=round(time.monotonic() - started, 3), **partial)
-    out = result.as_dict()
-    out.update(changed=False, interface=interface)
-    module.exit_json(**out)
+        module.exit_json(**elect(module.params))
+    except MemberFailure as exc:
+        module.fail_json(msg=exc.msg, **exc.result)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@ import time
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol as p
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_actions import JOURNAL, certificate_matches_key
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import parse_config
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient, connect, tls_context
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import events as ev
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import filters
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol as p
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import subjects as sj
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect, tls_context
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.journal import JOURNAL
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import certificate_matches_key
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA, discover, provision_node
 
 TOKEN = "s3cret"
@@ -59,8 +64,8 @@ def test_fleet_answers_discovery_and_inventory(fleet, module_broker):
             replies = await client.request(
                 "rpcutil", p.rpc_request_body("rpcutil", "inventory"), timeout=10, expect=FLEET
             )
-            matching = await client.discover(timeout=3, expect=1, flt=p.identity_filter([fleet.identities[7]]))
-            fact_flt = p.empty_filter()
+            matching = await client.discover(timeout=3, expect=1, flt=filters.identity_filter([fleet.identities[7]]))
+            fact_flt = filters.empty_filter()
             fact_flt["fact"] = [{"fact": "rack.row", "operator": "==", "value": "4"}]
             by_fact = await client.discover(timeout=5, expect=FLEET, flt=fact_flt)
             return found, replies, matching, by_fact
@@ -98,8 +103,8 @@ def test_stale_request_is_refused_with_its_skew(fleet, module_broker):
         ttl=60,
         time=int(time.time()) - 3600,
     )
-    req.reply_to = p.reply_subject(req.callerid, req.requestid)
-    reply = asyncio.run(raw_request(module_broker.url, req, p.node_subject(identity)))
+    req.reply_to = sj.reply_subject(req.callerid, req.requestid)
+    reply = asyncio.run(raw_request(module_broker.url, req, sj.node_subject(identity)))
     assert reply.statuscode == p.StatusCode.ABORTED
     assert "request expired" in reply.statusmsg and "3600s" in reply.statusmsg
     assert not (fleet.node_dir(identity) / "ssl" / "private.pem").exists()
@@ -121,8 +126,8 @@ def test_garbage_is_ignored_and_the_agent_keeps_serving(fleet, module_broker):
         b"\xff\xfe" * 100,
         b"ping",
     ]
-    subjects = [p.node_subject(identity)] + [
-        p.broadcast_subject(a) for a in ("discovery", "rpcutil", "choria_provision")
+    subjects = [sj.node_subject(identity)] + [
+        sj.broadcast_subject(a) for a in ("discovery", "rpcutil", "choria_provision")
     ]
 
     async def run():
@@ -132,7 +137,7 @@ def test_garbage_is_ignored_and_the_agent_keeps_serving(fleet, module_broker):
                 for payload in payloads:
                     await nc.publish(subject, payload)
             # a valid request on the wrong agent's broadcast subject is ignored too
-            await nc.publish(p.broadcast_subject("choria_provision"), p.encode_request(good))
+            await nc.publish(sj.broadcast_subject("choria_provision"), p.encode_request(good))
             await nc.flush()
         finally:
             await nc.close()
@@ -190,13 +195,13 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
         nc = await connect([nats_broker.url], name="listener")
 
         async def on_event(msg):
-            events.append(p.parse_lifecycle_event(msg.data))
+            events.append(ev.parse_lifecycle_event(msg.data))
 
         async def on_registration(msg):
             registrations.append(json.loads(msg.data))
 
-        await nc.subscribe(p.LIFECYCLE_SUBJECT_WILDCARD, cb=on_event)
-        await nc.subscribe(p.REGISTRATION_SUBJECT, cb=on_registration)
+        await nc.subscribe(sj.LIFECYCLE_SUBJECT_WILDCARD, cb=on_event)
+        await nc.subscribe(sj.REGISTRATION_SUBJECT, cb=on_registration)
         await nc.flush()
         agent.launch()  # after subscribing, so the startup event is seen
         assert await discover(nats_broker.url, [identity], 30) == [identity]
@@ -209,13 +214,13 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
                 ping = await ops.call(identity, "rpcutil", "ping", timeout=10)
                 inventory = await ops.call(identity, "rpcutil", "inventory", timeout=10)
                 refused = await ops.call(identity, "choria_provision", "gencsr", {"token": TOKEN}, timeout=10)
-                gone = await client.discover(timeout=2, expect=1, flt=p.identity_filter([identity]))
+                gone = await client.discover(timeout=2, expect=1, flt=filters.identity_filter([identity]))
                 files_configured = snapshot(agent.node_dir())
                 # the one-way lock survives a process restart: the node comes back configured
                 assert agent.stop() == 0
                 agent.launch()
                 again = await discover(tls_broker.url, [identity], 30, collective="ops", tls=client_tls)
-                gone += await client.discover(timeout=2, expect=1, flt=p.identity_filter([identity]))
+                gone += await client.discover(timeout=2, expect=1, flt=filters.identity_filter([identity]))
                 assert again == [identity]
                 reprovision = await ops.call(identity, "choria_provision", "reprovision", {"token": TOKEN}, timeout=10)
             back = await discover(nats_broker.url, [identity], 30)
@@ -277,7 +282,9 @@ def test_restart_is_refused_when_provisioning_stays_on(nats_broker, ca, tmp_path
 
         async def run():
             async with RpcClient([nats_broker.url]) as client:
-                with pytest.raises(RuntimeError, match="refusing to restart .* plugin.choria.server.provision enabled"):
+                with pytest.raises(
+                    RuntimeError, match=r"refusing to restart .* plugin\.choria\.server\.provision enabled"
+                ):
                     await provision_node(
                         client,
                         identity,
@@ -354,7 +361,7 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
             assert not (state / JOURNAL).exists()
             cert, ca_pem, collective = on_disk()
             name = collective.upper()
-            assert (cert, ca_pem) == (sets[name]["certificate"], sets[name]["ca"]), "mixed set in trial %d" % trial
+            assert (cert, ca_pem) == (sets[name]["certificate"], sets[name]["ca"]), f"mixed set in trial {trial}"
             assert certificate_matches_key(cert.encode(), (state / "ssl" / "private.pem").read_bytes())
             seen.add((interrupted, name))
         assert not [n for n in os.listdir(state / "ssl") if n.endswith(".staged")]
@@ -370,7 +377,7 @@ def test_fleet_nodes_find_out_a_plain_host_port_broker_wants_tls(nats_broker, tl
     client_tls = tls_context(ca=client_files["ca"], cert=client_files["cert"], key=client_files["key"])
     configuration = {
         "plugin.choria.server.provision": "false",
-        "plugin.choria.middleware_hosts": "127.0.0.1:%d" % tls_broker.port,
+        "plugin.choria.middleware_hosts": f"127.0.0.1:{tls_broker.port}",
         "collectives": "lab",
     }
     with AgentFleet(nats_broker.url, 3, tmp_path / "state", prefix="tls") as fleet:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support import netns
 from tests.support.ansible_run import run_playbook
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import discover
 
 pytestmark = pytest.mark.netns
@@ -69,7 +70,7 @@ def explain(result, host) -> str:
 
 
 def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(worker):
-    net, host, broker, inventory = worker
+    _net, host, broker, inventory = worker
     identity = f"{host.name}.lab"
     first = run_playbook(PLAY, inventory=inventory, extra_vars={"broker_url": broker.url})
     assert first.rc == 0, explain(first, host)
@@ -88,15 +89,15 @@ def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(
     # the files are the host's own (bind-mounted per host), the token file is private
     conf = host.path("/etc/zeroinit/agent.conf")
     assert oct(__import__("os").stat(conf).st_mode & 0o777) == "0o600"
-    assert "plugin.zeroinit.agent.token = role-test-token" in open(conf).read()
+    assert "plugin.zeroinit.agent.token = role-test-token" in pathlib.Path(conf).read_text()
     status = host.run(["/opt/zeroinit/agent/zeroinit-agentctl", "status"], check=False)
     assert status.returncode == 0 and "running" in status.stdout
-    pid_before = open(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read()
+    pid_before = pathlib.Path(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read_text()
 
     second = run_playbook(PLAY, inventory=inventory, extra_vars={"broker_url": broker.url})
     assert second.rc == 0, explain(second, host)
     assert second.changed(host.name) == 0, explain(second, host)
-    assert open(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read() == pid_before
+    assert pathlib.Path(host.path("/var/lib/zeroinit/zeroinit-agent.pid")).read_text() == pid_before
     assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(second, host)
 
     # a changed setting restarts the agent, which then reports the new facts

@@ -1,6 +1,6 @@
 """Leader election over real mDNS between network-namespace hosts: one python-zeroconf process per member.
 
-Each member is ``python -m ...module_utils.election`` inside its host, started at one wall-clock instant
+Each member is ``python -m ...module_utils.election.member`` inside its host, started at one wall-clock instant
 (``--start-at``) so that "members starting together" really is together. Timeouts are a few seconds.
 """
 
@@ -19,7 +19,7 @@ from tests.support.netns import TestNetwork
 
 pytestmark = pytest.mark.netns
 
-ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election"
+ELECTION = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.election.member"
 SECRET = "correct horse battery staple"
 
 
@@ -136,7 +136,7 @@ def test_a_late_member_completes_the_election(net):
     early = [Member(h, 3, soon(), timeout=8) for h in hosts[1:]]
     time.sleep(2.0)
     late = Member(hosts[0], 3, soon(0.5), timeout=8)
-    results = run_all(early + [late])
+    results = run_all([*early, late])
     assert_one_agreed_leader(results, hosts[0].address, [h.address for h in hosts])
 
 
@@ -156,7 +156,7 @@ def test_a_stranger_with_a_lower_address_cannot_win(net, stranger_secret):
     start = soon()
     members = [Member(h, 3, start, secret=SECRET) for h in legit]
     stranger = Member(net.hosts[0], 3, start, secret=stranger_secret, timeout=3)
-    results = run_all(members + [stranger])
+    results = run_all([*members, stranger])
     assert_one_agreed_leader(results[:3], legit[0].address, [h.address for h in legit])
     assert all(net.hosts[0].address not in r["members"] for r in results[:3])
     # The stranger gets no result either: with a wrong secret it is alone; unsigned, it sees the members but

@@ -13,15 +13,15 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import protocol
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker, free_port
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.discovery import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol, subjects
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import (
     DiscoveryError,
     FleetDiscovery,
     discover_fleet,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect
 from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, run_playbook
+from tests.support.broker import EmbeddedBroker, free_port
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 
 WEB = 30
@@ -34,9 +34,10 @@ DB_FACTS = {"role": "db", "os": {"family": "RedHat"}}
 def fleets(module_broker, tmp_path_factory):
     """Two agent processes on one broker: 30 web nodes and 5 db nodes, each node with its own identity fact."""
     state = tmp_path_factory.mktemp("inventory-fleet")
-    with AgentFleet(module_broker.url, WEB, state / "web", facts=WEB_FACTS, prefix="web") as web:
-        with AgentFleet(module_broker.url, DB, state / "db", facts=DB_FACTS, prefix="db") as db:
-            yield web, db
+    web_fleet = AgentFleet(module_broker.url, WEB, state / "web", facts=WEB_FACTS, prefix="web")
+    db_fleet = AgentFleet(module_broker.url, DB, state / "db", facts=DB_FACTS, prefix="db")
+    with web_fleet as web, db_fleet as db:
+        yield web, db
 
 
 def write_config(directory, brokers, name="provisioning.yml", **options) -> str:
@@ -64,8 +65,7 @@ def ansible_inventory(path, *args, env=None, timeout=120) -> subprocess.Complete
         [str(VENV_BIN / "ansible-inventory"), "-i", path, *args],
         cwd=str(ROOT),
         env=ansible_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
@@ -220,8 +220,8 @@ class ListingInBackground:
     async def _start(self, pong_from: str | None) -> None:
         nc = await connect([self.broker_url], name="test-watch")
         try:
-            pings = await nc.subscribe(protocol.broadcast_subject("discovery"))
-            replies = await nc.subscribe(protocol.reply_inbox_prefix("choria=zeroinit-inventory") + ".>")
+            pings = await nc.subscribe(subjects.broadcast_subject("discovery"))
+            replies = await nc.subscribe(subjects.reply_inbox_prefix("choria=zeroinit-inventory") + ".>")
             await nc.flush()
             self.proc = subprocess.Popen(
                 [str(VENV_BIN / "ansible-inventory"), "-i", self.path, "--list"],
@@ -273,7 +273,7 @@ def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_pa
         finally:
             late.stop()
             background.stop()
-    assert all_hosts(listing) == sorted(early.identities + ["late1.fleet.example.net"])
+    assert all_hosts(listing) == sorted([*early.identities, "late1.fleet.example.net"])
     late_vars = listing["_meta"]["hostvars"]["late1.fleet.example.net"]
     # It was not there for the ping: it was found by its startup event / registration data, then inventoried.
     assert set(late_vars["zeroinit_discovered_by"]) & {"lifecycle", "registration"}
@@ -330,7 +330,7 @@ def test_a_node_that_hangs_after_discovery_is_listed_with_its_inventory_error(na
             if hung.process is not None:
                 os.kill(hung.process.pid, signal.SIGCONT)
             hung.stop()
-    assert sorted(found) == sorted(healthy.identities + [hung.identity])
+    assert sorted(found) == sorted([*healthy.identities, hung.identity])
     assert found[hung.identity]["inventory_error"] == "rpcutil#inventory: no reply within 1.0s"
     assert found[hung.identity]["sources"] == ["discovery"]
     for identity in healthy.identities:
@@ -338,7 +338,7 @@ def test_a_node_that_hangs_after_discovery_is_listed_with_its_inventory_error(na
 
 
 def test_unreachable_broker_is_a_clear_error_naming_it(tmp_path):
-    url = "nats://127.0.0.1:%d" % free_port()
+    url = f"nats://127.0.0.1:{free_port()}"
     path = write_config(tmp_path, [url])
     proc = ansible_inventory(path, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
     assert proc.returncode != 0
@@ -348,7 +348,7 @@ def test_unreachable_broker_is_a_clear_error_naming_it(tmp_path):
 def test_brokers_from_the_environment(fleets, module_broker, tmp_path):
     web, db = fleets
     path = tmp_path / "provisioning.yml"
-    path.write_text("plugin: zeroinit.bootstrap.provisioning\nexpect: %d\ndiscovery_timeout: 10\n" % (WEB + DB))
+    path.write_text(f"plugin: zeroinit.bootstrap.provisioning\nexpect: {WEB + DB}\ndiscovery_timeout: 10\n")
     listing = inventory_list(str(path), env={"ZEROINIT_BROKERS": module_broker.url})
     assert all_hosts(listing) == sorted(web.identities + db.identities)
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import stat
 import subprocess
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh_keys import PublicKey
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.ssh.keys import PublicKey
 from tests.support import netns
 from tests.support.ansible_run import run_playbook
 
@@ -75,7 +76,7 @@ ROTATE = """
 
 def authorized_keys(host) -> tuple[str, int]:
     path = host.path("/root/.ssh/authorized_keys")
-    return open(path).read(), stat.S_IMODE(os.lstat(path).st_mode)
+    return pathlib.Path(path).read_text(), stat.S_IMODE(os.lstat(path).st_mode)
 
 
 def test_check_real_check_real(fleet):
@@ -97,7 +98,7 @@ def test_check_real_check_real(fleet):
 
     real = run_playbook(ROTATE, fleet["inventory"], extra, diff=True)
     assert real.rc == 0, real.stdout[-3000:]
-    new_pub = open(fleet["new"] + ".pub").read().strip()
+    new_pub = pathlib.Path(fleet["new"] + ".pub").read_text().strip()
     assert stat.S_IMODE(os.stat(fleet["new"]).st_mode) == 0o600
     fingerprints = set()
     for host in net.hosts:
@@ -153,7 +154,7 @@ def test_host_whose_sshd_stops_keeps_bootstrap_key_others_rotate(fleet):
     assert failed["msg"].endswith("the new key was removed again and the old keys were left in place")
     assert authorized_keys(victim)[0] == fleet["initial"]
 
-    new_pub = open(fleet["new"] + ".pub").read().strip()
+    new_pub = pathlib.Path(fleet["new"] + ".pub").read_text().strip()
     for host in (net.hosts[0], net.hosts[2]):
         out = res.result("rotate", host.name)
         assert out["verified"] and out["revoked"] == [PublicKey.parse(fleet["bootstrap_pub"]).fingerprint]
@@ -213,7 +214,7 @@ def test_symlinked_authorized_keys_is_refused_on_the_host(fleet):
     )
     out = res.result("rotate", host.name)
     assert out.get("failed") and "symbolic link" in out["msg"] and host.name in out["msg"]
-    assert os.path.islink(link) and open(real).read() == fleet["initial"]
+    assert os.path.islink(link) and pathlib.Path(real).read_text() == fleet["initial"]
     assert net.login(host, fleet["bootstrap"], "hostname").stdout.strip() == host.name
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import stat
 
 import pytest
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from tests.support.ansible_run import run_module, run_playbook
 
 MODULE = "zeroinit.bootstrap.pki_sign"
@@ -152,7 +153,7 @@ def test_new_key_or_other_ca_replaces_the_certificate(pki_dir):
     moved = four_runs(other)
     assert [r["changed"] for r in moved] == [True, True, False, False]
     assert "not issued by this CA" in moved[0]["msg"]
-    issuer = x509.load_pem_x509_certificate(open(dest, "rb").read()).issuer.rfc4514_string()
+    issuer = x509.load_pem_x509_certificate(pathlib.Path(dest).read_bytes()).issuer.rfc4514_string()
     assert issuer == "CN=permanent CA"
 
 
@@ -227,7 +228,7 @@ def test_missing_ca_without_create_ca_and_bad_options_name_the_field(pki_dir):
 
 def test_parallel_hosts_sharing_one_new_ca_all_get_certificates_from_it(pki_dir):
     """The csr_signing pattern: one task per node, all creating/using one CA directory, in parallel forks."""
-    hosts = ["node%d.example.net" % i for i in range(4)]
+    hosts = [f"node{i}.example.net" for i in range(4)]
     inventory = pki_dir / "hosts.yml"
     inventory.write_text(
         "all:\n  hosts:\n{}".format("".join(f"    {h}:\n      ansible_connection: local\n" for h in hosts))

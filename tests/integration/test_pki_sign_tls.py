@@ -15,10 +15,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority, CsrPolicy, Signer
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcError, connect, tls_context
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import (
+    ConnectError,
+    connect,
+    tls_context,
+)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 from tests.support.ansible_run import run_module
+from tests.support.broker import EmbeddedBroker
 
 BROKER = "broker.zeroinit.test"
 
@@ -102,7 +108,7 @@ def test_node_certificate_from_the_signer_is_accepted_by_a_verifying_broker(tls_
 def test_server_only_certificate_is_refused_as_a_client(tls_broker, tmp_path):
     broker, ca = tls_broker
     cert, key = write_client(tmp_path, Signer(ca, CsrPolicy()), "node2.zeroinit.test", profile="server")
-    with pytest.raises(RpcError):
+    with pytest.raises(ConnectError):
         asyncio.run(round_trip(broker.url, ca.cert_path, cert, key))
     assert "incompatible key usage" in broker_log(broker)
 
@@ -111,6 +117,6 @@ def test_certificate_from_another_ca_is_refused(tls_broker, tmp_path):
     broker, ca = tls_broker
     stranger = CertificateAuthority.create("stranger CA")
     cert, key = write_client(tmp_path, Signer(stranger, CsrPolicy()), "node3.zeroinit.test")
-    with pytest.raises(RpcError):
+    with pytest.raises(ConnectError):
         asyncio.run(round_trip(broker.url, ca.cert_path, cert, key))
     assert "certificate signed by unknown authority" in broker_log(broker)

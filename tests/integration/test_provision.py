@@ -19,12 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils import provisioner as pv
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import parse_config
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provision_helper import NodeFailure
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import BulkRun, provision
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import SignerDecider
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import NodeFailure
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "fleet-token"
@@ -58,7 +60,7 @@ def member_config(members, collective="members"):
 def settings(broker, **kw):
     base = dict(brokers=[broker.url], token=TOKEN, timeout=5.0, retries=1, discovery_timeout=1.5)
     base.update(kw)
-    return pv.ProvisionSettings(**base)
+    return ProvisionSettings(**base)
 
 
 def snapshot(fleet) -> dict:
@@ -148,7 +150,7 @@ def test_signer_run_makes_every_node_a_member_and_no_key_crosses_the_bus(nats_br
     with AgentFleet(nats_broker.url, 6, tmp_path / "fleet", token=TOKEN) as fleet:
         config = member_config(members)
         with BusCapture(nats_broker.url) as bus:
-            out = pv.provision(settings(nats_broker, signer=ca, configuration=config, expect=6))
+            out = provision(settings(nats_broker, signer=ca, configuration=config, expect=6))
         assert out["changed"] is True and out["failed"] == {}
         assert out["provisioned"] == fleet.identities
         assert out["counts"]["provisioned"] == 6 and out["timings"]["node"]["count"] == 6
@@ -173,7 +175,7 @@ def test_signer_run_makes_every_node_a_member_and_no_key_crosses_the_bus(nats_br
             assert not any(secret in layer for secret in secrets)
 
         # Second run: every node left provisioning mode, nothing to do.
-        again = pv.provision(settings(nats_broker, signer=ca, configuration=config))
+        again = provision(settings(nats_broker, signer=ca, configuration=config))
         assert again["changed"] is False and again["counts"]["discovered"] == 0
 
 
@@ -197,7 +199,7 @@ def test_helper_defers_nodes_and_a_later_run_provisions_them(nats_broker, member
             "--defer-file",
             str(hold),
         ]
-        first = pv.provision(settings(nats_broker, helper=helper, configuration={"loglevel": "info"}))
+        first = provision(settings(nats_broker, helper=helper, configuration={"loglevel": "info"}))
         assert first["provisioned"] == fleet.identities[2:]
         assert first["deferred"] == {i: f"{i} is on the hold list" for i in held}
         assert in_provisioning(nats_broker, held) == held
@@ -209,7 +211,7 @@ def test_helper_defers_nodes_and_a_later_run_provisions_them(nats_broker, member
             assert_member(fleet, identity, ca["ca_cert"], dict(decided, identity=identity))
 
         hold.write_text("")
-        second = pv.provision(settings(nats_broker, helper=helper, configuration={"loglevel": "info"}))
+        second = provision(settings(nats_broker, helper=helper, configuration={"loglevel": "info"}))
         assert second["provisioned"] == held and second["deferred"] == {}
         for identity in held:
             assert_member(fleet, identity, ca["ca_cert"], dict(decided, identity=identity))
@@ -230,7 +232,7 @@ def test_each_helper_failure_fails_only_that_node_before_configure(nats_broker, 
     with AgentFleet(nats_broker.url, 2, tmp_path / "fleet", token=TOKEN) as fleet:
         before = {i: sorted(p.name for p in (pathlib.Path(fleet.node_dir(i))).rglob("*")) for i in fleet.identities}
         helper = [sys.executable, str(HELPERS / "broken_helper.py"), mode]
-        out = pv.provision(settings(nats_broker, helper=helper, helper_timeout=1.0))
+        out = provision(settings(nats_broker, helper=helper, helper_timeout=1.0))
         assert out["provisioned"] == [] and sorted(out["failed"]) == fleet.identities
         for identity in fleet.identities:
             error = out["failed"][identity]
@@ -249,18 +251,18 @@ def test_policy_refusals_fail_the_node_with_the_rule_and_leave_it_in_provisionin
         liar, denied, small_key, good = fleet.identities
         config = member_config(members)
         # A node that asks for a certificate naming another node (its gencsr CN is someone else's).
-        out = pv.provision(
+        out = provision(
             settings(nats_broker, signer=ca, configuration=config, identities=[liar], csr_subject={"cn": good})
         )
         assert liar in out["failed"] and f"signer refused the CSR of {liar}" in out["failed"][liar]
         assert good in out["failed"][liar]
         # A deny-listed name.
         signer = dict(ca, deny=["^{}$".format(denied.replace(".", r"\."))])
-        out = pv.provision(settings(nats_broker, signer=signer, configuration=config, identities=[denied]))
+        out = provision(settings(nats_broker, signer=signer, configuration=config, identities=[denied]))
         assert "deny" in out["failed"][denied]
         # An RSA key smaller than the policy's minimum (the node makes RSA-2048; the policy wants 3072).
         signer = dict(ca, min_rsa_bits=3072)
-        out = pv.provision(
+        out = provision(
             settings(nats_broker, signer=signer, configuration=config, identities=[small_key], key_type="rsa")
         )
         assert "2048" in out["failed"][small_key] and "3072" in out["failed"][small_key]
@@ -268,7 +270,7 @@ def test_policy_refusals_fail_the_node_with_the_rule_and_leave_it_in_provisionin
             assert not (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "certificate.pem").exists()
         assert in_provisioning(nats_broker, [liar, denied, small_key]) == sorted([liar, denied, small_key])
         # The refusals touched nobody else: the last node provisions normally afterwards.
-        out = pv.provision(settings(nats_broker, signer=ca, configuration=config))
+        out = provision(settings(nats_broker, signer=ca, configuration=config))
         assert good in out["provisioned"]
         assert_member(
             fleet, good, ca["ca_cert"], dict(config, identity=good, **{"plugin.choria.server.provision": "false"})
@@ -282,17 +284,16 @@ def test_rsa_1024_csr_is_refused_by_the_signer_before_anything_is_signed(ca, tmp
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak.example.net")]))
         .sign(key, __import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256())
     )
-    signer = pv.PolicySigner(ca, {})
+    signer = SignerDecider(ca, {})
     with pytest.raises(NodeFailure) as err:
-        signer.decide(
-            "weak.example.net", {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "ssldir": "/x"}
-        )
+        csr_data = {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "ssldir": "/x"}
+        asyncio.run(signer.decide("weak.example.net", {}, csr_data))
     assert "1024" in str(err.value) and "weak.example.net" in str(err.value)
 
 
 def test_wrong_token_is_refused_by_every_node(nats_broker, ca, tmp_path):
     with AgentFleet(nats_broker.url, 3, tmp_path / "fleet", token=TOKEN) as fleet:
-        out = pv.provision(settings(nats_broker, signer=ca, token="not-the-token"))
+        out = provision(settings(nats_broker, signer=ca, token="not-the-token"))
         assert out["provisioned"] == [] and sorted(out["failed"]) == fleet.identities
         for error in out["failed"].values():
             assert error.startswith("gencsr refused by") and "incorrect provisioning token" in error
@@ -303,7 +304,7 @@ def test_wrong_token_is_refused_by_every_node(nats_broker, ca, tmp_path):
 def test_check_mode_changes_nothing_on_any_node(nats_broker, ca, tmp_path):
     with AgentFleet(nats_broker.url, 3, tmp_path / "fleet", token=TOKEN) as fleet:
         before = snapshot(fleet)
-        out = pv.provision(settings(nats_broker, signer=ca, check_mode=True))
+        out = provision(settings(nats_broker, signer=ca, check_mode=True))
         assert out["would_provision"] == fleet.identities and out["provisioned"] == []
         assert snapshot(fleet) == before
         assert in_provisioning(nats_broker, fleet.identities) == fleet.identities
@@ -317,10 +318,10 @@ def test_a_node_that_boots_during_the_wait_window_is_provisioned(nats_broker, me
         async def run():
             # Start the late node a moment after the provisioner began listening.
             loop = asyncio.get_running_loop()
-            provisioner = pv.ChoriaProvisioner(
-                settings(nats_broker, signer=None, configuration=config, wait=20, expect=3), pv.PolicySigner(ca, config)
+            provisioner = BulkRun(
+                settings(nats_broker, signer=None, configuration=config, wait=20, expect=3), SignerDecider(ca, config)
             )
-            task = asyncio.ensure_future(provisioner.provision())
+            task = asyncio.ensure_future(provisioner.run())
             await asyncio.sleep(1.0)
             await loop.run_in_executor(None, late.launch)
             return await task

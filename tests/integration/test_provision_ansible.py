@@ -13,9 +13,9 @@ import sys
 import pytest
 from cryptography import x509
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.broker import EmbeddedBroker
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node_config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from tests.support.ansible_run import ROOT, run_module, run_playbook
+from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "play-token"
@@ -57,7 +57,7 @@ def role_task(result, suffix, host):
     for task in reversed(result.tasks()):
         if task["task"]["name"].endswith(suffix) and host in task["hosts"]:
             return task["hosts"][host]
-    raise AssertionError("no task ending %r for %s; rc=%d\n%s" % (suffix, host, result.rc, result.stderr[-2000:]))
+    raise AssertionError(f"no task ending {suffix!r} for {host}; rc={result.rc}\n{result.stderr[-2000:]}")
 
 
 def test_module_check_real_check_real(nats_broker, members, tmp_path):
@@ -136,7 +136,7 @@ def test_single_node_actions_and_bad_input(nats_broker, tmp_path):
 
 
 def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, members, tmp_path):
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
     ca_cert, ca_key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
     CertificateAuthority.load_or_create(ca_cert, ca_key)
@@ -201,7 +201,7 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
     """Hosts come from the provisioning inventory plugin; once provisioned, they are no longer found."""
     ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
     (tmp_path / "pki").mkdir()
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki import CertificateAuthority
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
     CertificateAuthority.load_or_create(ca_cert, ca_key)
     extra = {

@@ -23,7 +23,7 @@ def pip_version():
     from ansible_test._internal.python_requirements import get_venv_packages
 
     class AnyPython:
-        version = "%d.%d" % sys.version_info[:2]
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
     return get_venv_packages(AnyPython())["pip"]
 

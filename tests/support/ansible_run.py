@@ -63,12 +63,8 @@ class PlayResult:
     def result(self, task_name: str, host: str = "localhost") -> dict:
         """The result of the last task called ``task_name`` on ``host``."""
         matches = [t["hosts"][host] for t in self.tasks(task_name) if host in t.get("hosts", {})]
-        assert matches, "no task %r ran on %s; rc=%d\n%s\n%s" % (
-            task_name,
-            host,
-            self.rc,
-            self.stdout[-3000:],
-            self.stderr[-3000:],
+        assert matches, (
+            f"no task {task_name!r} ran on {host}; rc={self.rc}\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}"
         )
         return matches[-1]
 
@@ -137,9 +133,8 @@ def run_playbook(
             (wrap or []) + argv,
             cwd=str(ROOT),
             env=ansible_env(env),
-            stdout=subprocess.PIPE,
+            capture_output=True,
             check=False,
-            stderr=subprocess.PIPE,
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,

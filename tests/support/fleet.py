@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.protocol import identity_filter
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import RpcClient
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.filters import identity_filter
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 AGENT = ROOT / ".venv" / "bin" / "zeroinit-agent"
@@ -35,7 +35,7 @@ def agent_command() -> list[str]:
     """The agent's command: the venv's ``zeroinit-agent``, or this Python running the module."""
     if AGENT.exists():
         return [str(AGENT)]
-    return [sys.executable, "-m", "ansible_collections.zeroinit.bootstrap.plugins.module_utils.agent"]
+    return [sys.executable, "-m", "ansible_collections.zeroinit.bootstrap.plugins.module_utils.node"]
 
 
 async def discover(
@@ -74,6 +74,7 @@ class AgentProcess:
         fleet: int = 0,
         connections: int | None = None,
         domain: str = DEFAULT_DOMAIN,
+        command: list[str] | None = None,
     ):
         self.broker_url = broker_url
         self.identity = identity
@@ -86,6 +87,8 @@ class AgentProcess:
         self.fleet = fleet
         self.connections = connections
         self.domain = domain
+        # The agent's command without arguments: the checkout's by default, an installed collection's when given.
+        self.agent_command = list(command) if command else agent_command()
         self.process: subprocess.Popen | None = None
         self.log_path = self.state_dir.parent / (f"{self.state_dir.name}-agent.log")
         self._log = None
@@ -97,7 +100,7 @@ class AgentProcess:
     def identities(self) -> list[str]:
         if self.fleet:
             prefix = self.identity or "node"
-            return sorted("%s%d.%s" % (prefix, i, self.domain) for i in range(1, self.fleet + 1))
+            return sorted(f"{prefix}{i}.{self.domain}" for i in range(1, self.fleet + 1))
         return [self.identity]
 
     def node_dir(self, identity: str | None = None) -> pathlib.Path:
@@ -114,7 +117,7 @@ class AgentProcess:
         with open(conf, "w") as handle:
             handle.write(f"plugin.zeroinit.agent.token = {self.token}\n")
         os.chmod(conf, 0o600)
-        argv = agent_command() + ["--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
+        argv = [*self.agent_command, "--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
         if self.facts is not None:
             facts = os.path.join(self._config_dir, "facts.json")
             with open(facts, "w") as handle:
@@ -135,7 +138,7 @@ class AgentProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env or {})
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the agent writes to it until stop() closes it
         self.process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -161,8 +164,8 @@ class AgentProcess:
         missing = sorted(set(self.identities) - set(seen))
         if missing or (self.process is not None and self.process.poll() is not None):
             raise RuntimeError(
-                "agent not ready: %d of %d nodes answered discovery (missing e.g. %s), exit %s\n%s"
-                % (len(seen), self.count, missing[:3], self.process.poll() if self.process else None, self.log_tail())
+                f"agent not ready: {len(seen)} of {self.count} nodes answered discovery (missing e.g. "
+                f"{missing[:3]}), exit {self.process.poll() if self.process else None}\n{self.log_tail()}"
             )
         return seen
 
@@ -231,6 +234,7 @@ class AgentFleet(AgentProcess):
         env: dict | None = None,
         prefix: str | None = None,
         domain: str = DEFAULT_DOMAIN,
+        command: list[str] | None = None,
     ):
         super().__init__(
             broker_url,
@@ -243,6 +247,7 @@ class AgentFleet(AgentProcess):
             fleet=count,
             connections=connections,
             domain=domain,
+            command=command,
         )
 
     def start(self, timeout: float | None = None) -> AgentFleet:
@@ -359,7 +364,7 @@ class TestCA:
 def _utcnow():
     import datetime
 
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _days(count: int):
@@ -385,7 +390,7 @@ async def provision_node(
     A minimal stand-in for the collection's provisioner so the agent's tests and benchmark do not depend on it.
     Returns {step: Reply}; raises RuntimeError naming the step that was refused.
     """
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.rpc import reply_error
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import reply_error
 
     replies = {}
     replies["inventory"] = await client.call(identity, "rpcutil", "inventory", timeout=timeout)

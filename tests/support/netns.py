@@ -32,13 +32,13 @@ SSHD = "/usr/sbin/sshd"
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True)
 
 
 def _alive(pid: int) -> bool:
     """True for a running process; a zombie answers kill(0) but is not running."""
     try:
-        with open("/proc/%d/stat" % pid) as handle:
+        with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
@@ -71,7 +71,7 @@ class Host:
 
     def nsenter(self, argv: list[str]) -> list[str]:
         """``argv`` prefixed to run inside this host (network, mounts, hostname)."""
-        return ["nsenter", "-t", str(self.holder_pid), "-n", "-m", "-u", "--"] + list(argv)
+        return ["nsenter", "-t", str(self.holder_pid), "-n", "-m", "-u", "--", *list(argv)]
 
     def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("stdin", subprocess.DEVNULL)
@@ -107,12 +107,13 @@ class TestNetwork:
     """A bridge with ``len(hosts)`` namespace hosts on ``subnet``; the machine itself is ``.1`` on the bridge."""
 
     __test__ = False  # a fixture class, not a pytest test class
-    name: str
+    name: str  # names the namespaces, veths and bridge: carries the checkout's ZEROINIT_NET_TAG
     subnet: str
     workdir: str
     bridge: str = ""
     hosts: list = field(default_factory=list)
     known_hosts: str = ""
+    label: str = ""  # names the hosts (inventory names, hostnames): the same in every checkout
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -126,9 +127,9 @@ class TestNetwork:
         authorized_keys: str = "",
     ) -> TestNetwork:
         tag = _tag(name)
-        subnet = subnet or "10.%d.%d.0/24" % (200 + (sum(map(ord, tag)) % 50), sum(map(ord, tag[::-1])) % 250)
+        subnet = subnet or f"10.{200 + (sum(map(ord, tag)) % 50)}.{(sum(map(ord, tag[::-1])) % 250)}.0/24"
         workdir = workdir or tempfile.mkdtemp(prefix=f"zeroinit-net-{tag}-")
-        net = cls(name=tag, subnet=subnet, workdir=workdir, bridge=f"zbr{tag[:10]}")
+        net = cls(name=tag, subnet=subnet, workdir=workdir, bridge=f"zbr{tag[:10]}", label=_tag(name, prefix=""))
         net.teardown_leftovers()
         try:
             net._make_bridge()
@@ -146,18 +147,18 @@ class TestNetwork:
     def _make_bridge(self) -> None:
         network = ipaddress.IPv4Network(self.subnet)
         sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
-        sh("ip", "addr", "add", "%s/%d" % (network.network_address + 1, network.prefixlen), "dev", self.bridge)
+        sh("ip", "addr", "add", f"{network.network_address + 1}/{network.prefixlen}", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
 
     def add_host(self, index: int) -> Host:
         network = ipaddress.IPv4Network(self.subnet)
         address = str(network.network_address + 10 + index)
-        hostname = "%s-h%d" % (self.name, index + 1)
+        hostname = f"{self.label or self.name}-h{index + 1}"
         host = Host(
             name=hostname,
             address=address,
-            netns="zns-%s-%d" % (self.name, index + 1),
-            veth="zv%s%d" % (self.name[:8], index + 1),
+            netns=f"zns-{self.name}-{index + 1}",
+            veth=f"zv{self.name[:8]}{index + 1}",
             root=os.path.join(self.workdir, hostname),
         )
         os.makedirs(host.root, exist_ok=True)
@@ -167,7 +168,7 @@ class TestNetwork:
         sh("ip", "link", "set", host.veth + "p", "netns", host.netns)
         ns = ["ip", "-n", host.netns]
         sh(*ns, "link", "set", host.veth + "p", "name", "eth0")
-        sh(*ns, "addr", "add", "%s/%d" % (address, network.prefixlen), "dev", "eth0")
+        sh(*ns, "addr", "add", f"{address}/{network.prefixlen}", "dev", "eth0")
         sh(*ns, "link", "set", "lo", "up")
         sh(*ns, "link", "set", "eth0", "up")
         sh(*ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
@@ -223,7 +224,7 @@ class TestNetwork:
                 "\n".join(
                     [
                         f"ListenAddress {host.address}",
-                        "Port %d" % host.ssh_port,
+                        f"Port {host.ssh_port}",
                         f"HostKey {key}",
                         f"PidFile {pidfile}",
                         "UsePAM no",
@@ -249,8 +250,7 @@ class TestNetwork:
         if started.returncode != 0:
             with open(log, errors="replace") as handle:
                 raise RuntimeError(
-                    "sshd on %s (%s) did not start (exit %d): %s %s"
-                    % (host.name, host.address, started.returncode, started.stderr.strip(), handle.read()[-2000:])
+                    f"sshd on {host.name} ({host.address}) did not start (exit {started.returncode}): {started.stderr.strip()} {handle.read()[-2000:]}"
                 )
         # sshd creates the pid file before it writes the number: wait for the number.
         _wait_for(lambda: _read_pid(pidfile), 5, f"sshd on {host.name} did not start")
@@ -330,6 +330,7 @@ class TestNetwork:
     def save(self, path: str) -> None:
         doc = {
             "name": self.name,
+            "label": self.label,
             "subnet": self.subnet,
             "workdir": self.workdir,
             "bridge": self.bridge,
@@ -382,8 +383,9 @@ class TestNetwork:
 NET_TAG_ENV = "ZEROINIT_NET_TAG"
 
 
-def _tag(name: str) -> str:
-    tag = "".join(c for c in (os.environ.get(NET_TAG_ENV, "")[:2] + name).lower() if c.isalnum())[:10]
+def _tag(name: str, prefix: str | None = None) -> str:
+    prefix = os.environ.get(NET_TAG_ENV, "")[:2] if prefix is None else prefix
+    tag = "".join(c for c in (prefix + name).lower() if c.isalnum())[:10]
     if not tag:
         raise ValueError(f"network name {name!r} has no letters or digits")
     return tag

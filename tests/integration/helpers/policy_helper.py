@@ -56,14 +56,14 @@ def main():
         refuse(f"CSR common name {[a.value for a in cns]} is not the identity {identity}")
     key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
-        refuse("CSR of %s has an RSA key of %d bits; at least 2048 are required" % (identity, key.key_size))
+        refuse(f"CSR of {identity} has an RSA key of {key.key_size} bits; at least 2048 are required")
 
     with open(args.ca_cert, "rb") as handle:
         ca_pem = handle.read()
     with open(args.ca_key, "rb") as handle:
         ca_key = serialization.load_pem_private_key(handle.read(), password=None)
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))

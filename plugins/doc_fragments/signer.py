@@ -1,0 +1,137 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""The built-in signer's options, written once: zeroinit.bootstrap.pki_sign's options, and the suboptions of
+zeroinit.bootstrap.choria_provision's ``signer`` (``zeroinit.bootstrap.signer.as_suboptions``).
+
+The argument spec is ``signer_argument_spec()`` in ``plugins/module_utils/pki/issuance.py``; a unit test checks
+that both name the same options with the same types, choices and defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  ca_cert:
+    description:
+      - Path of the CA certificate (PEM). When the file holds a chain, the first certificate is the signing CA and
+        the whole chain is the CA bundle given with every certificate.
+    type: path
+    required: true
+  ca_key:
+    description:
+      - Path of the CA private key (PEM, PKCS#8 or traditional). It must match O(ca_cert); a key that does not is
+        refused. Created with mode C(0600) when O(create_ca) makes the CA.
+    type: path
+    required: true
+  ca_passphrase:
+    description:
+      - Passphrase of O(ca_key). When O(create_ca) makes the CA, the new key is encrypted with it.
+    type: str
+  create_ca:
+    description:
+      - Create the CA (key C(0600), self-signed certificate C(0644), each written atomically) when O(ca_cert) and
+        O(ca_key) are both absent. When only the key exists, a certificate is made for it. A certificate without its
+        key is an error, as it may already be trusted.
+    type: bool
+    default: false
+  ca_common_name:
+    description:
+      - Common name of a CA made by O(create_ca).
+    type: str
+    default: zeroinit CA
+  ca_key_type:
+    description:
+      - Key type of a CA made by O(create_ca). V(ec) is ECDSA P-256, V(rsa) is RSA 3072 bits.
+    type: str
+    choices: [ec, rsa, ed25519]
+    default: ec
+  ca_valid_days:
+    description:
+      - Validity of a CA made by O(create_ca), in days.
+    type: int
+    default: 3650
+  allowed_sans:
+    description:
+      - Regular expressions; every name the certificate would carry (the identity and each requested DNS or IP SAN,
+        lower-cased) must fully match one of them.
+      - C({identity}) in a pattern stands for the escaped identity, for example C(^[a-z0-9-]+\.{identity}$).
+      - When not set, only the identity itself is allowed, so a node cannot obtain a certificate that names another
+        node.
+    type: list
+    elements: str
+  deny:
+    description:
+      - Regular expressions; a name (lower-cased) in which one of them is found is refused. Added to the built-in
+        list unless O(default_deny=false).
+    type: list
+    elements: str
+    default: []
+  default_deny:
+    description:
+      - Apply the built-in deny list as well as O(deny). It refuses wildcards (C(*)), names ending C(.choria) or
+        C(.mcollective) and names containing a C(privileged) label (Choria treats such certificates as clients and
+        privileged users), C(localhost), names whose first label is C(root), C(admin) or C(administrator), and the
+        loopback and unspecified addresses.
+    type: bool
+    default: true
+  allowed_key_types:
+    description:
+      - Key types a CSR may carry.
+    type: list
+    elements: str
+    choices: [ec, rsa, ed25519, ed448]
+    default: [ec, rsa, ed25519]
+  min_rsa_bits:
+    description:
+      - Smallest RSA key accepted, in bits.
+    type: int
+    default: 2048
+  ec_curves:
+    description:
+      - Elliptic curves accepted for EC keys (names as OpenSSL spells them).
+    type: list
+    elements: str
+    default: [secp256r1, secp384r1]
+  valid_days:
+    description:
+      - Validity of the issued certificate, in days.
+    type: int
+    default: 365
+  max_valid_days:
+    description:
+      - Longest validity the policy allows; a larger O(valid_days) is refused.
+    type: int
+    default: 365
+  profile:
+    description:
+      - What the certificate is for. V(server) gives ExtendedKeyUsage serverAuth, V(client) clientAuth, V(both) both.
+        KeyUsage is digitalSignature, plus keyEncipherment for RSA keys.
+    type: str
+    choices: [server, client, both]
+    default: both
+"""
+
+
+def _as_suboptions(documentation: str, option: str, description: str) -> str:
+    """The same options as the suboptions of ``option``, their O() references pointing inside it."""
+    body = documentation.split("options:\n", 1)[1]
+    names = re.findall(r"^  ([a-z_]+):$", body, re.M)
+    body = re.sub(rf"O\(({'|'.join(names)})\b", rf"O({option}.\1", body)
+    return (
+        f"options:\n  {option}:\n    description: {json.dumps(description)}\n    type: dict\n    suboptions:\n"
+        + textwrap.indent(body, "    ")
+    )
+
+
+# ansible-doc reads fragment attributes from the imported class, so one text can serve both shapes.
+ModuleDocFragment.AS_SUBOPTIONS = _as_suboptions(
+    ModuleDocFragment.DOCUMENTATION,
+    "signer",
+    "The built-in policy signer: a CA in files and the policy CSRs must pass.",
+)

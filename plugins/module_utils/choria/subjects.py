@@ -1,0 +1,72 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""NATS subjects of a Choria network, and the identity rule that makes a name usable in them.
+
+Subjects as go-choria names them: node-directed ``<collective>.node.<identity>``, broadcast
+``<collective>.broadcast.agent.<agent>``, replies ``<collective>.reply.<md5hex(callerid)>.<requestid>``,
+lifecycle events ``choria.lifecycle.event.<type>.<component>`` and provisioning registration data
+``choria.provisioning_data`` (older servers) and ``choria.provisioning_data.<identity>`` (newer ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+PROVISIONING_COLLECTIVE = "provisioning"
+LIFECYCLE_COMPONENT = "provision_mode_server"
+REGISTRATION_SUBJECT = "choria.provisioning_data"
+# Newer Choria servers publish registration data per node as well; we publish both (cheap).
+REGISTRATION_SUBJECT_PER_NODE = "choria.provisioning_data.{identity}"
+LIFECYCLE_SUBJECT_WILDCARD = "choria.lifecycle.event.>"
+MAX_IDENTITY_LENGTH = 253
+IDENTITY_RULE = "dot-separated labels of letters, digits, '_' and '-', no label starting or ending with '-'"
+
+# A DNS-style label of letters, digits, "_" and "-" (not first or last), at most 63 characters.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_IDENTITY_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def valid_identity(identity: Any) -> bool:
+    """THE identity rule: a name usable as a NATS subject token, an Ansible host name and a certificate CN.
+
+    Labels of letters, digits, ``_`` and ``-`` (a label neither starts nor ends with ``-``, at most 63
+    characters) joined by single dots, at most 253 characters in all. So no wildcard (``*``, ``>``), no space,
+    no ``:`` (Ansible reads ``host:port``) and no empty label (``a..b`` or a trailing dot make an invalid subject).
+    """
+    return (
+        isinstance(identity, str)
+        and len(identity) <= MAX_IDENTITY_LENGTH
+        and _IDENTITY_RE.fullmatch(identity) is not None
+    )
+
+
+def _md5hex(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()  # nosec - subject naming, as Choria does
+
+
+def node_subject(identity: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
+    return f"{collective}.node.{identity}"
+
+
+def broadcast_subject(agent: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
+    return f"{collective}.broadcast.agent.{agent}"
+
+
+def reply_subject(callerid: str, requestid: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
+    return f"{collective}.reply.{_md5hex(callerid)}.{requestid}"
+
+
+def reply_inbox_prefix(callerid: str, collective: str = PROVISIONING_COLLECTIVE) -> str:
+    """The subject prefix under which every reply to ``callerid`` arrives (subscribe to ``prefix + '.>'``)."""
+    return f"{collective}.reply.{_md5hex(callerid)}"
+
+
+def lifecycle_subject(event_type: str, component: str = LIFECYCLE_COMPONENT) -> str:
+    return f"choria.lifecycle.event.{event_type}.{component}"
+
+
+def registration_subject(identity: str) -> str:
+    """The per-node registration subject newer Choria servers publish on."""
+    return REGISTRATION_SUBJECT_PER_NODE.format(identity=identity)

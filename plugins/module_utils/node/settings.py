@@ -1,0 +1,150 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""The agent's settings: a Choria-style ``key = value`` file (``--config``), overridden by command-line flags.
+
+Agent configuration (``--config``, ``key = value``; flags override):
+
+    identity                                  the node's identity (fleet mode: the identity prefix)
+    plugin.zeroinit.agent.brokers             provisioning broker URLs, comma separated
+    plugin.zeroinit.agent.token               provisioning token (never logged)
+    plugin.zeroinit.agent.facts               facts file (a JSON object)
+    plugin.zeroinit.agent.state_dir           where server.conf and ssl/ live (fleet: one directory per node)
+    plugin.zeroinit.agent.registration_interval  seconds between registration publications (0: only at start)
+    plugin.zeroinit.agent.splay_max           upper bound for restart's splay, seconds
+    plugin.zeroinit.agent.fsync               true/false: fsync written files (default true; false with --fleet)
+    loglevel                                  debug, info, warning, error
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+
+from ..choria.brokers import BrokerUrlError, normalize_brokers
+from ..choria.config import (
+    AGENT_BROKERS_KEY,
+    AGENT_FACTS_KEY,
+    AGENT_FSYNC_KEY,
+    AGENT_LOGLEVEL_KEY,
+    AGENT_REGISTRATION_INTERVAL_KEY,
+    AGENT_SPLAY_MAX_KEY,
+    AGENT_STATE_DIR_KEY,
+    AGENT_TOKEN_KEY,
+    IDENTITY_KEY,
+    ConfigError,
+    as_bool,
+    as_list,
+    load_config,
+)
+from .state import DEFAULT_SPLAY_MAX
+
+DEFAULT_STATE_DIR = "/var/lib/zeroinit/agent"
+DEFAULT_DOMAIN = "fleet.example.net"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class AgentSettings:
+    brokers: list[str] = field(default_factory=list)
+    identity: str = ""
+    facts_file: str = ""
+    token: str = field(default="", repr=False)
+    state_dir: str = DEFAULT_STATE_DIR
+    fleet: int = 0
+    domain: str = DEFAULT_DOMAIN
+    connections: int = 1
+    registration_interval: float = 60.0
+    splay_max: float = DEFAULT_SPLAY_MAX
+    log_level: str = "info"
+    workers: int = 8
+    fsync: bool | None = None  # None: on for one node, off for a simulated fleet
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="zeroinit-agent",
+        description="The node agent: a Choria-protocol-v1 server in provisioning mode, and after ``restart`` a configured member.",
+    )
+    parser.add_argument("--config", help="agent configuration file (key = value); flags override it")
+    parser.add_argument("--broker", action="append", dest="brokers", help="provisioning broker URL (repeatable)")
+    parser.add_argument("--identity", help="node identity; with --fleet the identity prefix (default node)")
+    parser.add_argument("--facts", help="facts file: a JSON object")
+    parser.add_argument("--token", help="provisioning token (prefer the config file: argv is visible to others)")
+    parser.add_argument("--state-dir", help=f"state directory (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--fleet", type=int, help="serve N simulated nodes from this process")
+    parser.add_argument("--domain", help=f"fleet identities are <prefix><i>.<domain> (default {DEFAULT_DOMAIN})")
+    parser.add_argument("--connections", type=int, help="NATS connections the fleet is multiplexed over (default 1)")
+    parser.add_argument("--registration-interval", type=float, help="seconds between registrations (0: only at start)")
+    parser.add_argument(
+        "--splay-max", type=float, help=f"upper bound for restart's splay (default {DEFAULT_SPLAY_MAX:.0f}s)"
+    )
+    parser.add_argument("--workers", type=int, help="threads for key generation and file writes (default 8)")
+    parser.add_argument(
+        "--fsync",
+        choices=("on", "off"),
+        help="fsync keys, certificates and configuration (default: on for one node, off with --fleet, "
+        "whose simulated nodes share one disk; renames keep every file set consistent either way)",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> AgentSettings:
+    """Settings from the config file, overridden by flags."""
+    s = AgentSettings()
+    if args.config:
+        conf = load_config(args.config)
+        s.brokers = as_list(conf.get(AGENT_BROKERS_KEY))
+        s.identity = conf.get(IDENTITY_KEY, "")
+        s.facts_file = conf.get(AGENT_FACTS_KEY, "")
+        s.token = conf.get(AGENT_TOKEN_KEY, "")
+        s.state_dir = conf.get(AGENT_STATE_DIR_KEY) or s.state_dir
+        s.log_level = conf.get(AGENT_LOGLEVEL_KEY) or s.log_level
+        if conf.get(AGENT_FSYNC_KEY):
+            s.fsync = as_bool(conf[AGENT_FSYNC_KEY])
+        for key, attr in (
+            (AGENT_REGISTRATION_INTERVAL_KEY, "registration_interval"),
+            (AGENT_SPLAY_MAX_KEY, "splay_max"),
+        ):
+            if conf.get(key):
+                try:
+                    setattr(s, attr, float(conf[key]))
+                except ValueError:
+                    raise ConfigError(f"{args.config}: {key} must be a number, got {conf[key]!r}") from None
+    for attr, value in (
+        ("brokers", args.brokers),
+        ("identity", args.identity),
+        ("facts_file", args.facts),
+        ("token", args.token),
+        ("state_dir", args.state_dir),
+        ("fleet", args.fleet),
+        ("domain", args.domain),
+        ("connections", args.connections),
+        ("registration_interval", args.registration_interval),
+        ("splay_max", args.splay_max),
+        ("workers", args.workers),
+        ("log_level", args.log_level),
+        ("fsync", None if args.fsync is None else args.fsync == "on"),
+    ):
+        if value is not None:
+            setattr(s, attr, value)
+    try:
+        s.brokers = normalize_brokers(s.brokers, allow_empty=True)
+    except BrokerUrlError as exc:
+        raise ConfigError(f"--broker / {AGENT_BROKERS_KEY}: {exc}") from None
+    if s.fleet < 0 or s.connections < 1:
+        raise ConfigError("--fleet must be >= 0 and --connections >= 1")
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log level must be debug, info, warning or error, got {s.log_level!r}")
+    return s
+
+
+def load_facts(path: str) -> dict:
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        facts = json.load(handle)
+    if not isinstance(facts, dict):
+        raise ConfigError(f"facts file {path} must hold a JSON object")
+    return facts

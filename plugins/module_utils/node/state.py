@@ -1,0 +1,131 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""One node's state: identity, mode, configuration and files. No networking and no request handling here.
+
+Node directory layout::
+
+    <node dir>/server.conf            the node's Choria configuration (provisioning on, or the configured one)
+    <node dir>/ssl/private.pem        made by gencsr, 0600, never leaves the node
+    <node dir>/ssl/csr.pem            the last CSR
+    <node dir>/ssl/certificate.pem    from configure
+    <node dir>/ssl/ca.pem             from configure
+    <node dir>/ssl/previous/          the certificate files a reprovision set aside
+    <node dir>/.configure.journal     present only while configure renames its staged files
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..choria.config import MIDDLEWARE_KEY, ConfigError, collectives, parse_config, provisioning_enabled
+from ..choria.protocol import PROVISION_AGENT
+from ..choria.subjects import PROVISIONING_COLLECTIVE
+from ..common.files import read_text
+from .journal import JOURNAL, recover_configure
+from .lock import LOCK_SECONDS, ProvisioningLock
+
+AGENT_VERSION = "1.0.0"
+AGENTS_PROVISIONING = (PROVISION_AGENT, "discovery", "rpcutil")
+# A configured node answers rpcutil and discovery, and choria_provision only for ``reprovision``.
+AGENTS_CONFIGURED = (PROVISION_AGENT, "discovery", "rpcutil")
+
+MODE_PROVISIONING = "provisioning"
+MODE_CONFIGURED = "configured"
+DEFAULT_SPLAY_MAX = 10.0
+
+
+class NodeState:
+    """A node's identity, mode, configuration, lock and file locations, as the daemon and the actions share them."""
+
+    __slots__ = (
+        "config",
+        "durable",
+        "identity",
+        "link",
+        "lock",
+        "mode",
+        "node_dir",
+        "shared_facts",
+        "splay_max",
+        "ssldir",
+        "stopped",
+        "token",
+    )
+
+    def __init__(
+        self,
+        identity: str,
+        node_dir: str,
+        token: str,
+        shared_facts: dict | None = None,
+        splay_max: float = DEFAULT_SPLAY_MAX,
+        lock_seconds: float = LOCK_SECONDS,
+        durable: bool = True,
+    ):
+        self.identity = identity
+        self.node_dir = os.path.abspath(node_dir)
+        self.ssldir = os.path.join(self.node_dir, "ssl")
+        self.token = token or ""
+        self.shared_facts = shared_facts if shared_facts is not None else {}
+        self.splay_max = splay_max
+        self.lock = ProvisioningLock(lock_seconds)
+        self.mode = MODE_PROVISIONING
+        self.config: dict[str, str] = {}
+        self.link = None  # set by the daemon: the connection this node is served on
+        self.stopped = False
+        self.durable = durable  # fsync files and directories (off for simulated fleets sharing one disk)
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"NodeState({self.identity}, {self.mode})"
+
+    @property
+    def server_conf(self) -> str:
+        return os.path.join(self.node_dir, "server.conf")
+
+    @property
+    def journal(self) -> str:
+        return os.path.join(self.node_dir, JOURNAL)
+
+    def ssl_path(self, name: str) -> str:
+        return os.path.join(self.ssldir, name)
+
+    @property
+    def facts(self) -> dict:
+        facts = dict(self.shared_facts)
+        facts["identity"] = self.identity
+        return facts
+
+    @property
+    def agents(self) -> tuple:
+        return AGENTS_PROVISIONING if self.mode == MODE_PROVISIONING else AGENTS_CONFIGURED
+
+    @property
+    def collectives(self) -> tuple[list[str], str]:
+        if self.mode == MODE_PROVISIONING:
+            return [PROVISIONING_COLLECTIVE], PROVISIONING_COLLECTIVE
+        return collectives(self.config)
+
+    def read_server_conf(self) -> dict[str, str] | None:
+        """server.conf as parsed (None when there is none); ConfigError naming the line when it does not parse."""
+        text = read_text(self.server_conf)
+        return None if text is None else parse_config(text, source=self.server_conf)
+
+    def load(self, recover: bool = True) -> None:
+        """Read the node's state from disk: finish an interrupted configure (at process start), pick the mode.
+
+        A server.conf that turns provisioning off makes the node start configured: the one-way lock
+        survives process restarts until ``reprovision``.
+        """
+        if not os.path.isdir(self.ssldir):
+            os.makedirs(self.ssldir, mode=0o700, exist_ok=True)
+        if recover:
+            recover_configure(self.node_dir)
+        try:
+            self.config = self.read_server_conf() or {}
+        except ConfigError:
+            self.config = {}
+        self.mode = (
+            MODE_PROVISIONING
+            if provisioning_enabled(self.config) or not self.config.get(MIDDLEWARE_KEY)
+            else MODE_CONFIGURED
+        )

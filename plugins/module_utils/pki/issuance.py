@@ -1,0 +1,236 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""The built-in signer's options (one argument spec for pki_sign and choria_provision's ``signer``), the CA, policy
+and signer built from them, and the whole flow of the ``pki_sign`` module.
+
+The options are documented once, in ``plugins/doc_fragments/signer.py``; a unit test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ..common.files import atomic_write
+from .ca import CA_KEY_TYPES, DEFAULT_CA_COMMON_NAME, DEFAULT_CA_VALID_DAYS, CertificateAuthority, require_directory
+from .policy import (
+    DEFAULT_EC_CURVES,
+    DEFAULT_KEY_TYPES,
+    DEFAULT_MAX_VALID_DAYS,
+    DEFAULT_MIN_RSA_BITS,
+    DEFAULT_VALID_DAYS,
+    KEY_TYPES,
+    CsrPolicy,
+)
+from .signer import PROFILES, IssuedCertificate, Signer, extended_key_usage
+from .x509 import EKU_NAMES, PkiError, certificate_properties, iso8601, load_certificates, public_key_sha256
+
+
+def signer_argument_spec() -> dict:
+    """Options of the built-in signer (CA files, CA creation, policy): pki_sign's, and reusable as sub-options."""
+    return dict(
+        ca_cert=dict(type="path", required=True),
+        ca_key=dict(type="path", required=True),
+        ca_passphrase=dict(type="str", no_log=True),
+        create_ca=dict(type="bool", default=False),
+        ca_common_name=dict(type="str", default=DEFAULT_CA_COMMON_NAME),
+        ca_key_type=dict(type="str", default="ec", choices=list(CA_KEY_TYPES)),
+        ca_valid_days=dict(type="int", default=DEFAULT_CA_VALID_DAYS),
+        allowed_sans=dict(type="list", elements="str"),
+        deny=dict(type="list", elements="str", default=[]),
+        default_deny=dict(type="bool", default=True),
+        allowed_key_types=dict(type="list", elements="str", default=list(DEFAULT_KEY_TYPES), choices=list(KEY_TYPES)),
+        min_rsa_bits=dict(type="int", default=DEFAULT_MIN_RSA_BITS),
+        ec_curves=dict(type="list", elements="str", default=list(DEFAULT_EC_CURVES)),
+        valid_days=dict(type="int", default=DEFAULT_VALID_DAYS),
+        max_valid_days=dict(type="int", default=DEFAULT_MAX_VALID_DAYS),
+        profile=dict(type="str", default="both", choices=list(PROFILES)),
+    )
+
+
+def policy_from_params(params: dict) -> CsrPolicy:
+    """A CsrPolicy from options shaped like :func:`signer_argument_spec` (missing ones take the defaults)."""
+    return CsrPolicy(
+        allowed_sans=params.get("allowed_sans"),
+        deny=params.get("deny") or (),
+        default_deny=params.get("default_deny", True) is not False,
+        key_types=params.get("allowed_key_types") or DEFAULT_KEY_TYPES,
+        min_rsa_bits=params.get("min_rsa_bits") or DEFAULT_MIN_RSA_BITS,
+        ec_curves=params.get("ec_curves") or DEFAULT_EC_CURVES,
+        max_valid_days=params.get("max_valid_days") or DEFAULT_MAX_VALID_DAYS,
+    )
+
+
+def ca_from_params(params: dict, check_mode: bool = False) -> tuple[CertificateAuthority, bool]:
+    """(CA, created) from options shaped like :func:`signer_argument_spec`; creates it only with ``create_ca``."""
+    cert_path, key_path = params["ca_cert"], params["ca_key"]
+    if params.get("create_ca"):
+        return CertificateAuthority.load_or_create(
+            cert_path,
+            key_path,
+            params.get("ca_passphrase"),
+            common_name=params.get("ca_common_name") or DEFAULT_CA_COMMON_NAME,
+            key_type=params.get("ca_key_type") or "ec",
+            valid_days=params.get("ca_valid_days") or DEFAULT_CA_VALID_DAYS,
+            check_mode=check_mode,
+        )
+    for option, path in (("ca_cert", cert_path), ("ca_key", key_path)):
+        if not os.path.lexists(path):
+            raise PkiError(f"{option} {path} does not exist (set create_ca to create the CA)", field=option)
+    return CertificateAuthority.load(cert_path, key_path, params.get("ca_passphrase")), False
+
+
+def signer_from_params(params: dict, check_mode: bool = False) -> tuple[Signer, bool]:
+    """(Signer, CA created) from options shaped like :func:`signer_argument_spec`."""
+    policy = policy_from_params(params)
+    ca, created = ca_from_params(params, check_mode)
+    return Signer(ca, policy), created
+
+
+CERTIFICATE_MODE = 0o644
+
+
+class CertificateIssuance:
+    """One CSR signed for one identity, optionally kept at ``dest``; the whole flow of the ``pki_sign`` module.
+
+    Load (or create) the CA → check the CSR against the policy → compare with what ``dest`` holds → sign → write.
+    Check mode is handled here only: everything is computed, nothing is written (not even a new CA).
+    """
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def _csr_text(self) -> str:
+        if self.params.get("csr"):
+            return self.params["csr"]
+        path = self.params.get("csr_path")
+        if not path:
+            raise PkiError("one of csr or csr_path is required", field="csr")
+        try:
+            with open(path, encoding="ascii") as handle:
+                return handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PkiError(
+                "csr_path {} cannot be read: {}".format(path, getattr(exc, "strerror", None) or exc), field="csr_path"
+            ) from exc
+
+    @staticmethod
+    def _existing(path: str | None, option: str) -> str | None:
+        if not path or not os.path.lexists(path):
+            return None
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise PkiError(f"{option} {path} exists and is not a regular file; refusing to replace it", field=option)
+        try:
+            with open(path, encoding="ascii", errors="replace") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise PkiError(f"{option} {path} cannot be read: {exc.strerror or exc}", field=option) from exc
+
+    def run(self, check_mode: bool = False) -> dict:
+        p = self.params
+        identity = p["identity"]
+        profile = p.get("profile") or "both"
+        valid_days = p.get("valid_days") or DEFAULT_VALID_DAYS
+        renew_before_days = int(p.get("renew_before_days", 30))
+        dest, chain_dest = p.get("dest"), p.get("chain_dest")
+        if dest and renew_before_days >= int(valid_days):
+            raise PkiError(
+                f"renew_before_days {renew_before_days} must be smaller than valid_days {valid_days}, or every run would re-issue",
+                field="renew_before_days",
+            )
+        csr_text = self._csr_text()
+        for option, path in (("dest", dest), ("chain_dest", chain_dest)):
+            if path:
+                require_directory(path, option)
+        existing = self._existing(dest, "dest")
+        existing_chain = self._existing(chain_dest, "chain_dest")
+        policy = policy_from_params(p)
+        facts = policy.evaluate(csr_text, identity, valid_days)  # refusals surface in check mode too
+        ca, ca_created = ca_from_params(p, check_mode)
+        signer = Signer(ca, policy)
+        warnings = list(ca.warnings)
+
+        before = {}
+        keep, reason = False, "no certificate at dest" if dest else "no dest: a certificate is issued on every run"
+        if existing is not None:
+            try:
+                before = certificate_properties(load_certificates(existing, "dest")[0])
+            except PkiError:
+                before = {"state": "not a PEM certificate"}
+            need, reason = signer.needs_renewal(
+                existing, facts.csr, renew_before_days, identity=identity, profile=profile
+            )
+            keep = not need
+
+        changed = ca_created
+        if keep:
+            issued = IssuedCertificate.from_certificate(load_certificates(existing)[0], ca.chain_pem)
+            if stat.S_IMODE(os.stat(dest).st_mode) != CERTIFICATE_MODE:
+                changed = True
+                if not check_mode:
+                    os.chmod(dest, CERTIFICATE_MODE)
+            after = dict(before)
+        elif check_mode:
+            changed = True
+            issued = None
+            not_after, plan_warnings = signer.plan(facts)
+            warnings.extend(plan_warnings)
+            after = {
+                "subject": f"CN={identity}",
+                "issuer": ca.subject.rfc4514_string(),
+                "subject_alt_names": facts.subject_alt_names,
+                "serial": "(assigned when signed)",
+                "not_before": "(when signed)",
+                "not_after": iso8601(not_after),
+                "extended_key_usage": sorted(EKU_NAMES[oid] for oid in extended_key_usage(profile)),
+                "public_key": (f"{facts.key_type} {facts.key_detail}").strip(),
+                "public_key_sha256": public_key_sha256(facts.public_key),
+            }
+        else:
+            changed = True
+            issued = signer.issue(facts, profile)
+            warnings.extend(issued.warnings)
+            after = issued.properties()
+            if dest:
+                self._write(dest, issued.certificate, "dest")
+
+        if chain_dest and existing_chain != ca.chain_pem:
+            changed = True
+            if not check_mode:
+                self._write(chain_dest, ca.chain_pem, "chain_dest")
+
+        result = {
+            "changed": changed,
+            "ca_created": ca_created,
+            "certificate": issued.certificate if issued else None,
+            "ca": ca.chain_pem,
+            "serial": issued.serial_hex if issued else None,
+            "not_after": issued.not_after_iso if issued else after.get("not_after"),
+            "dest": dest,
+            "chain_dest": chain_dest,
+            "msg": (f"kept: {reason}") if keep else (f"issued: {reason}"),
+            "warnings": warnings,
+            "diff": {
+                "before_header": dest or "certificate",
+                "after_header": dest or "certificate",
+                "before": before,
+                "after": after,
+            },
+        }
+        if ca_created:
+            result["diff"]["before"] = dict(before, ca="absent")
+            result["diff"]["after"] = dict(after, ca=ca.subject.rfc4514_string())
+        return result
+
+    @staticmethod
+    def _write(path: str, data: str, option: str) -> None:
+        require_directory(path, option)
+        owner = group = None
+        if os.path.isfile(path) and not os.path.islink(path) and os.geteuid() == 0:
+            # Replacing a file keeps its owner and group (a service may read its certificate as another user).
+            info = os.stat(path)
+            owner, group = info.st_uid, info.st_gid
+        try:
+            atomic_write(path, data, mode=CERTIFICATE_MODE, owner=owner, group=group)
+        except OSError as exc:
+            raise PkiError(f"{option} {path} cannot be written: {exc}", field=option) from exc

@@ -1,0 +1,240 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""The signer: issues node certificates from a CA under a policy, and judges certificates it issued before.
+
+The certificate is built from the policy's facts, never copied from the CSR (see ``policy.py``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..common.deps import ExtendedKeyUsageOID, NameOID, UnsupportedAlgorithm, serialization, x509
+from .ca import CLOCK_SKEW, CertificateAuthority, random_serial
+from .policy import DEFAULT_VALID_DAYS, CsrFacts, CsrPolicy, PolicyError
+from .x509 import (
+    PkiError,
+    certificate_matches_key,
+    certificate_properties,
+    is_issued_by,
+    iso8601,
+    load_certificates,
+    load_csr,
+    not_after,
+    not_before,
+    public_key_sha256,
+    to_bytes,
+    utc_now,
+)
+
+PROFILES = ("server", "client", "both")
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate the signer issued (or found valid at a destination), with its parsed properties."""
+
+    certificate: str
+    ca: str
+    serial: int
+    not_after: datetime.datetime
+    public_key_sha256: str
+    not_before: datetime.datetime | None = None
+    subject: str = ""
+    issuer: str = ""
+    subject_alt_names: tuple = ()
+    warnings: tuple = field(default_factory=tuple)
+
+    @property
+    def serial_hex(self) -> str:
+        return f"{self.serial:x}"
+
+    @property
+    def not_after_iso(self) -> str:
+        return iso8601(self.not_after)
+
+    def properties(self) -> dict:
+        """Non-secret parsed properties (see :func:`certificate_properties`) for diffs and reports."""
+        return certificate_properties(x509.load_pem_x509_certificate(self.certificate.encode("ascii")))
+
+    @classmethod
+    def from_certificate(cls, cert, ca_pem: str, warnings: Sequence[str] = ()) -> IssuedCertificate:
+        props = certificate_properties(cert)
+        return cls(
+            certificate=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            ca=ca_pem,
+            serial=cert.serial_number,
+            not_after=not_after(cert),
+            not_before=not_before(cert),
+            public_key_sha256=props["public_key_sha256"],
+            subject=props["subject"],
+            issuer=props["issuer"],
+            subject_alt_names=tuple(props["subject_alt_names"]),
+            warnings=tuple(warnings),
+        )
+
+
+def _key_usage(profile: str, key_type: str):
+    # keyEncipherment only for RSA: TLS RSA key transport; EC and EdDSA keys only sign.
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_type == "rsa",
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def extended_key_usage(profile: str):
+    usages = []
+    if profile in ("server", "both"):
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if profile in ("client", "both"):
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    return x509.ExtendedKeyUsage(usages)
+
+
+class Signer:
+    """Issues node certificates from a CA under a policy. Thread-safe: it holds only read-only state."""
+
+    def __init__(self, ca: CertificateAuthority, policy: CsrPolicy | None = None):
+        self.ca = ca
+        self.policy = policy if policy is not None else CsrPolicy()
+
+    def sign(
+        self, csr, identity: str, valid_days: int = DEFAULT_VALID_DAYS, profile: str = "both"
+    ) -> IssuedCertificate:
+        """Check ``csr`` against the policy for ``identity`` and issue a certificate (PolicyError / PkiError)."""
+        if profile not in PROFILES:
+            raise PkiError("profile must be one of {}, not {!r}".format(", ".join(PROFILES), profile), field="profile")
+        facts = self.policy.evaluate(csr, identity, valid_days)
+        return self.issue(facts, profile)
+
+    def plan(self, facts: CsrFacts, now: datetime.datetime | None = None) -> tuple[datetime.datetime, list[str]]:
+        """(not_after, warnings) a certificate issued now for ``facts`` would get."""
+        now = now or utc_now()
+        not_after = now + datetime.timedelta(days=facts.valid_days)
+        warnings = []
+        ca_end = self.ca.not_after
+        if ca_end <= now:
+            raise PkiError(f"the CA certificate expired on {iso8601(ca_end)}", field="ca_cert")
+        if not_after > ca_end:
+            warnings.append(
+                f"certificate for {facts.identity} ends on {iso8601(ca_end)} with its CA, not after the {facts.valid_days} days asked for"
+            )
+            not_after = ca_end
+        return not_after, warnings
+
+    def issue(self, facts: CsrFacts, profile: str = "both") -> IssuedCertificate:
+        """Issue a certificate for facts the policy already established (see :meth:`CsrPolicy.evaluate`)."""
+        now = utc_now()
+        not_after, warnings = self.plan(facts, now)
+        names = [x509.DNSName(n) for n in facts.dns_names] + [x509.IPAddress(a) for a in facts.ip_addresses]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, facts.identity)]))
+            .issuer_name(self.ca.subject)
+            .public_key(facts.public_key)
+            .serial_number(random_serial())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(profile, facts.key_type), critical=True)
+            .add_extension(extended_key_usage(profile), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(facts.public_key), critical=False)
+            .add_extension(self.ca.authority_key_identifier, critical=False)
+            .sign(self.ca.private_key, self.ca.signature_hash)
+        )
+        # Built from what is already known rather than by re-parsing the certificate: a fifth of the cost per CSR.
+        return IssuedCertificate(
+            certificate=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            ca=self.ca.chain_pem,
+            serial=cert.serial_number,
+            not_after=not_after,
+            not_before=now - CLOCK_SKEW,
+            public_key_sha256=public_key_sha256(facts.public_key),
+            subject=f"CN={facts.identity}",
+            issuer=self.ca.issuer_string,
+            subject_alt_names=tuple(facts.subject_alt_names),
+            warnings=tuple(warnings),
+        )
+
+    def verify_issued(self, cert) -> bool:
+        """True when ``cert`` was signed by this CA's key and names it as issuer."""
+        return is_issued_by(cert, self.ca.certificate)
+
+    def needs_renewal(
+        self,
+        cert_pem,
+        csr_or_public_key_pem,
+        renew_before_days: int = 30,
+        identity: str | None = None,
+        profile: str | None = None,
+    ) -> tuple[bool, str]:
+        """Whether an existing certificate must be replaced, and why (for idempotent ``dest`` handling).
+
+        Kept only when it parses, was issued by this CA (signature verifies), certifies the same public key as the
+        CSR (or public key), is already valid and does not end within ``renew_before_days``. With ``identity`` its CN
+        must equal it; with a CSR its SANs must be the ones the CSR would get now; with ``profile`` its EKU must match.
+        """
+        try:
+            cert = load_certificates(cert_pem, "existing certificate")[0]
+        except PkiError as exc:
+            return True, str(exc)
+        if not self.verify_issued(cert):
+            return True, f"the existing certificate was not issued by this CA (issuer {cert.issuer.rfc4514_string()})"
+        wanted_key, csr = self._wanted_public_key(csr_or_public_key_pem)
+        if not certificate_matches_key(cert, wanted_key):
+            return True, "the existing certificate is for a different public key than the CSR"
+        now = utc_now()
+        if not_before(cert) > now:
+            return True, f"the existing certificate is not valid before {iso8601(not_before(cert))}"
+        if not_after(cert) <= now:
+            return True, f"the existing certificate expired on {iso8601(not_after(cert))}"
+        if not_after(cert) - now <= datetime.timedelta(days=int(renew_before_days)):
+            return True, (
+                f"the existing certificate ends on {iso8601(not_after(cert))}, within renew_before_days {int(renew_before_days)}"
+            )
+        cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if identity is not None and cns != [identity]:
+            return True, f"the existing certificate is for CN {cns}, not the identity {identity!r}"
+        if csr is not None and identity is not None:
+            try:
+                dns_names, ips = CsrPolicy.requested_names(csr, identity)
+            except PolicyError as exc:
+                return True, str(exc)
+            wanted = sorted([f"DNS:{n.lower()}" for n in dns_names] + [f"IP:{a}" for a in ips])
+            have = sorted(
+                "DNS:" + s[4:].lower() if s.startswith("DNS:") else s
+                for s in certificate_properties(cert)["subject_alt_names"]
+            )
+            if wanted != have:
+                return True, f"the existing certificate names {have}, the CSR asks for {wanted}"
+        if profile is not None:
+            try:
+                have_eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+            except x509.ExtensionNotFound:
+                have_eku = set()
+            if have_eku != set(extended_key_usage(profile)):
+                return True, f"the existing certificate's extended key usage does not match profile {profile!r}"
+        return False, f"the existing certificate is valid until {iso8601(not_after(cert))}"
+
+    @staticmethod
+    def _wanted_public_key(csr_or_public_key_pem):
+        if isinstance(csr_or_public_key_pem, x509.CertificateSigningRequest):
+            return csr_or_public_key_pem.public_key(), csr_or_public_key_pem
+        data = to_bytes(csr_or_public_key_pem)
+        if b"CERTIFICATE REQUEST" in data:
+            csr = load_csr(data)
+            return csr.public_key(), csr
+        try:
+            return serialization.load_pem_public_key(data), None
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise PkiError(f"neither a CSR nor a public key: {exc}", field="csr") from exc

@@ -1,0 +1,136 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Who decides for a node in the provisioning flow: a helper program (Choria's contract) or the built-in signer.
+
+A decider has ``async decide(identity, inventory, csr) -> HelperDecision``, ``turn()`` (an async context that
+bounds concurrent decisions) and ``warnings()`` for the run's report. The flow checks every decision's
+configuration against the loop guard, whoever made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+from ..choria.config import IDENTITY_KEY, PROVISION_KEY
+from ..pki.issuance import signer_from_params
+from ..pki.policy import DEFAULT_VALID_DAYS, PolicyError
+from ..pki.x509 import PkiError
+from .helper import (
+    DEFAULT_HELPER_TIMEOUT,
+    HelperDecision,
+    NodeFailure,
+    certificate_problem,
+    check_configuration,
+    helper_request,
+    merge_configuration,
+    run_helper,
+)
+from .settings import ProvisionError, ProvisionSettings
+
+
+class HelperDecider:
+    """A helper program per node, at most ``concurrency`` at once; its configuration goes over the base one."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        base_configuration: dict | None = None,
+        timeout: float = DEFAULT_HELPER_TIMEOUT,
+        concurrency: int = 4,
+    ):
+        self.argv = argv
+        self.base = dict(base_configuration or {})
+        self.timeout = timeout
+        self.concurrency = max(1, concurrency)
+        self.ignored_fields: dict[str, int] = {}
+        self._slots: asyncio.Semaphore | None = None
+
+    def turn(self) -> asyncio.Semaphore:
+        if self._slots is None:  # made in the running loop
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._slots
+
+    async def decide(self, identity: str, inventory: dict, csr: dict) -> HelperDecision:
+        decision = await run_helper(self.argv, helper_request(identity, csr, inventory), timeout=self.timeout)
+        for name in decision.ignored:
+            self.ignored_fields[name] = self.ignored_fields.get(name, 0) + 1
+        if not (decision.defer or decision.shutdown):
+            decision.configuration = merge_configuration(self.base, decision.configuration)
+            # The loop guard before the certificate: a looping configuration is the failure a helper author
+            # needs to read first (the flow checks every decision again, whoever made it).
+            check_configuration(identity, decision.configuration)
+            # A certificate for another key would leave the node unable to use it after restart.
+            problem = certificate_problem(decision.certificate, csr.get("csr", ""))
+            if problem:
+                raise NodeFailure(f"helper answer for {identity} refused: {problem}")
+        return decision
+
+    def warnings(self) -> list[str]:
+        return [
+            f"helper returned the Choria field {name!r} for {count} node(s); this provisioner ignores it"
+            for name, count in sorted(self.ignored_fields.items())
+        ]
+
+
+class SignerDecider:
+    """The built-in decision: the collection's signer with a CA and a ``CsrPolicy``.
+
+    Configuration = the base configuration, ``identity`` set to the node and provisioning forced off.
+    """
+
+    def __init__(self, signer_options: dict, base_configuration: dict | None = None):
+        self.valid_days = signer_options.get("valid_days") or DEFAULT_VALID_DAYS
+        self.profile = signer_options.get("profile") or "both"
+        self.base = dict(base_configuration or {})
+        try:
+            self.signer, self.ca_created = signer_from_params(signer_options)
+        except KeyError as exc:
+            raise ProvisionError(f"signer: option {exc} is required") from None
+        except (PkiError, OSError, ValueError, TypeError) as exc:
+            raise ProvisionError(f"signer: {exc}") from None
+        self.ca = self.signer.ca
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager:
+        return _NO_LIMIT  # signing is sub-millisecond and inline
+
+    async def decide(self, identity: str, inventory: dict, csr: dict) -> HelperDecision:
+        try:
+            issued = self.signer.sign(csr.get("csr", ""), identity, valid_days=self.valid_days, profile=self.profile)
+        except PolicyError as exc:
+            raise NodeFailure(f"signer refused the CSR of {identity}: {exc}") from None
+        except PkiError as exc:
+            raise NodeFailure(f"signer could not sign the CSR of {identity}: {exc}") from None
+        configuration = dict(self.base)
+        configuration[IDENTITY_KEY] = identity
+        configuration[PROVISION_KEY] = "false"
+        return HelperDecision(
+            certificate=issued.certificate,
+            ca=issued.ca,
+            ssldir=csr.get("ssldir", ""),
+            configuration=configuration,
+            msg=f"signed serial {issued.serial_hex}",
+        )
+
+    def warnings(self) -> list[str]:
+        return list(getattr(self.ca, "warnings", []) or [])
+
+
+class _NoLimit(contextlib.AbstractAsyncContextManager):
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+
+_NO_LIMIT = _NoLimit()
+
+
+def decider_for(settings: ProvisionSettings) -> HelperDecider | SignerDecider | None:
+    """The decider the settings ask for; None without one, and no signer in check mode (loading with create_ca
+    would write a CA)."""
+    if settings.helper_argv is not None:
+        concurrency = settings.helper_concurrency or max(2, min(settings.workers, 4 * (os.cpu_count() or 1)))
+        return HelperDecider(settings.helper_argv, settings.configuration, settings.helper_timeout, concurrency)
+    if settings.signer and not settings.check_mode:
+        return SignerDecider(settings.signer, settings.configuration)
+    return None

@@ -1,0 +1,183 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""THE provisioning flow: one node from provisioning mode to configured member, and nothing else.
+
+``inventory`` -> ``gencsr`` (the key is made on the node and never leaves it) -> decide (a decider: a helper
+program, the built-in signer, or anything with ``async decide(identity, inventory, csr) -> HelperDecision``)
+-> ``configure`` -> ``restart``. :meth:`ProvisioningFlow.run` returns a :class:`NodeOutcome` and never raises
+for a node's failure. The flow uses an RPC client it does not own and knows nothing about queues or other
+nodes: the bulk run (``bulk.py``), the single-node actions (``actions.py``) and the provisioner service all
+drive this one implementation.
+
+The loop guard is the flow's: a decision whose configuration leaves provisioning on fails the node before
+``configure``, whoever decided it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..choria.protocol import PROVISION_AGENT
+from ..choria.subjects import valid_identity
+from .helper import HelperDecision, NodeFailure, check_configuration
+from .rpc import RpcClient, RpcError, reply_error
+
+STEPS = ("inventory", "gencsr", "decide", "configure", "restart")
+CSR_SUBJECT_FIELDS = ("C", "L", "O", "OU", "ST")
+PROVISIONED, DEFERRED, FAILED, SHUTDOWN, WOULD_PROVISION = (
+    "provisioned",
+    "deferred",
+    "failed",
+    "shutdown",
+    "would_provision",
+)
+
+
+class Decider(Protocol):
+    """What decides for one node. ``turn()`` bounds how many decisions run at once (a helper is a process each)."""
+
+    async def decide(self, identity: str, inventory: dict, csr: dict) -> HelperDecision: ...
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager: ...
+
+    def warnings(self) -> list[str]: ...
+
+
+@dataclass
+class FlowOptions:
+    """How the flow talks to nodes; field names follow the module's options."""
+
+    token: str = field(default="", repr=False)
+    timeout: float = 10.0
+    retries: int = 2
+    splay: int = 0
+    csr_subject: dict = field(default_factory=dict)
+    key_type: str = "ec"
+    check_mode: bool = False
+
+    def token_data(self, **extra) -> dict:
+        """Request data for a choria_provision action: the token and the inputs that are set."""
+        data = {"token": self.token}
+        data.update({k: v for k, v in extra.items() if v is not None})
+        return data
+
+    def gencsr_data(self, identity: str) -> dict:
+        subject = {k: v for k, v in (self.csr_subject or {}).items() if k in CSR_SUBJECT_FIELDS and v}
+        data = self.token_data(cn=(self.csr_subject or {}).get("cn") or identity, **subject)
+        if self.key_type == "rsa":
+            data["key_type"] = "rsa"
+        return data
+
+    def configure_data(self, configuration: dict, certificate: Any, ca: Any, ssldir: Any) -> dict:
+        return self.token_data(
+            config=json.dumps(configuration, sort_keys=True), certificate=certificate, ca=ca, ssldir=ssldir
+        )
+
+
+@dataclass
+class NodeOutcome:
+    """How one node's run ended: ``status`` is provisioned, deferred, failed, shutdown or would_provision.
+
+    ``reason`` is the decider's message (deferred, shutdown) or the failure; ``step`` the step that failed;
+    ``timings`` the milliseconds of each step that completed (a refused request completed too).
+    """
+
+    identity: str
+    status: str
+    reason: str = ""
+    step: str = ""
+    timings: dict = field(default_factory=dict)
+    elapsed_ms: float = 0.0
+
+
+async def ask(
+    client: RpcClient,
+    options: FlowOptions,
+    identity: str,
+    action: str,
+    data: dict | None = None,
+    agent: str = PROVISION_AGENT,
+    step: str | None = None,
+    timings: dict | None = None,
+) -> dict:
+    """One request to one node, its reply data; NodeFailure naming the step when it goes unanswered or is refused."""
+    step = step or action
+    started = time.monotonic()
+    try:
+        reply = await client.call(
+            identity, agent, action, data or {}, timeout=options.timeout, retries=options.retries, step=step
+        )
+    except RpcError as exc:
+        raise NodeFailure(str(exc)) from None
+    if timings is not None:
+        timings[step] = (time.monotonic() - started) * 1000.0
+    if not reply.ok:
+        raise NodeFailure(reply_error(reply, step))
+    return reply.data
+
+
+class ProvisioningFlow:
+    """One node's pipeline over ``client`` (not owned: the caller connects and closes it)."""
+
+    def __init__(self, client: RpcClient, decider: Decider | None, options: FlowOptions):
+        self.client = client
+        self.decider = decider
+        self.options = options
+
+    async def run(self, identity: str) -> NodeOutcome:
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        step = "identity"
+
+        def outcome(status: str, reason: str = "", failed_step: str = "") -> NodeOutcome:
+            elapsed = (time.monotonic() - started) * 1000.0
+            return NodeOutcome(identity, status, reason, failed_step, timings, elapsed)
+
+        async def node_ask(action: str, data: dict | None = None, agent: str = PROVISION_AGENT) -> dict:
+            return await ask(self.client, self.options, identity, action, data, agent, timings=timings)
+
+        try:
+            if not valid_identity(identity):
+                raise NodeFailure(f"identity {identity!r} is not a valid node name")
+            step = "inventory"
+            inventory = await node_ask("inventory", agent="rpcutil")
+            if self.options.check_mode:
+                return outcome(WOULD_PROVISION)
+            step = "gencsr"
+            csr = await node_ask("gencsr", self.options.gencsr_data(identity))
+            if not isinstance(csr.get("csr"), str) or "CERTIFICATE REQUEST" not in csr.get("csr", ""):
+                raise NodeFailure(f"gencsr: {identity} replied without a PEM CSR")
+            step = "decide"
+            decision = await self._decide(identity, inventory, csr, timings)
+            if decision.defer:
+                return outcome(DEFERRED, decision.msg)
+            if decision.shutdown:
+                step = "shutdown"
+                await node_ask("shutdown", self.options.token_data())
+                return outcome(SHUTDOWN, decision.msg)
+            check_configuration(identity, decision.configuration)
+            step = "configure"
+            ssldir = decision.ssldir or csr.get("ssldir") or None
+            await node_ask(
+                "configure",
+                self.options.configure_data(decision.configuration, decision.certificate, decision.ca, ssldir),
+            )
+            step = "restart"
+            await node_ask("restart", self.options.token_data(splay=self.options.splay))
+            return outcome(PROVISIONED)
+        except NodeFailure as exc:
+            return outcome(FAILED, str(exc), step)
+
+    async def _decide(self, identity: str, inventory: dict, csr: dict, timings: dict) -> HelperDecision:
+        if self.decider is None:
+            raise NodeFailure(f"no helper and no signer: nothing can decide for {identity}")
+        async with self.decider.turn():
+            started = time.monotonic()  # the decision itself, not the wait for a turn
+            try:
+                return await self.decider.decide(identity, inventory, csr)
+            finally:
+                timings["decide"] = (time.monotonic() - started) * 1000.0

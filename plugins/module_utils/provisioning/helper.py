@@ -1,0 +1,235 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Choria's provisioning helper contract: what a helper is given on stdin and what it must print.
+
+A helper is any program. For each node it reads one JSON document on stdin::
+
+    {"identity": "...", "csr": {"csr": "...", "public_key": "...", "ssldir": "..."} | null,
+     "ed25519_pubkey": null, "inventory": "<rpcutil#inventory reply data as a JSON string>", "jwt": null}
+
+and prints one JSON document::
+
+    {"defer": bool, "shutdown": bool, "msg": "...", "certificate": "PEM", "ca": "PEM", "ssldir": "...",
+     "configuration": {"key": "value", ...}}
+
+Pure Python (asyncio subprocesses). ``HelperDecision`` is also what the built-in signer decides (``deciders.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..choria.config import FALSE_WORDS, PROVISION_KEY, provisioning_enabled
+from ..common.deps import HAS_CRYPTOGRAPHY, x509
+from ..pki.x509 import certificate_matches_csr
+
+DEFAULT_HELPER_TIMEOUT = 10.0
+STDERR_TAIL = 2000
+
+# Fields a Choria helper may return that this provisioner does not act on (JWT/ed25519 and policy features).
+IGNORED_CHORIA_FIELDS = ("server_claims", "action_policies", "opa_policies", "key", "ecdh_public", "server_jwt")
+KNOWN_FIELDS = ("defer", "shutdown", "msg", "certificate", "ca", "ssldir", "configuration")
+
+
+class NodeFailure(Exception):
+    """One node could not be provisioned; the text says which step and why."""
+
+
+@dataclass
+class HelperDecision:
+    """What to do with one node: defer, shut it down, or configure it with this certificate and config."""
+
+    defer: bool = False
+    shutdown: bool = False
+    msg: str = ""
+    certificate: str = ""
+    ca: str = ""
+    ssldir: str = ""
+    configuration: dict = field(default_factory=dict)
+    ignored: tuple = ()
+
+
+def helper_argv(helper: Any) -> list[str]:
+    """A helper given as a list (argv) or a string (split like a shell would, without a shell)."""
+    if isinstance(helper, str):
+        argv = shlex.split(helper)
+    elif isinstance(helper, (list, tuple)):
+        argv = [str(part) for part in helper]
+    else:
+        raise ValueError("helper must be a string or a list of arguments")
+    if not argv or not argv[0]:
+        raise ValueError("helper is empty")
+    program = argv[0]
+    resolved = program if os.sep in program else shutil.which(program)
+    if not resolved or not os.path.isfile(resolved) or not os.access(resolved, os.X_OK):
+        raise ValueError(f"helper program {program!r} is not an executable file")
+    return [resolved, *argv[1:]]
+
+
+def helper_request(identity: str, csr: dict | None, inventory: Any) -> dict:
+    """The document a helper reads on stdin (Choria's field names and shapes)."""
+    csr_doc = None
+    if csr:
+        csr_doc = {"csr": csr.get("csr", ""), "public_key": csr.get("public_key", ""), "ssldir": csr.get("ssldir", "")}
+    inventory_text = inventory if isinstance(inventory, str) else json.dumps(inventory or {}, sort_keys=True)
+    return {"identity": identity, "csr": csr_doc, "ed25519_pubkey": None, "inventory": inventory_text, "jwt": None}
+
+
+def merge_configuration(base: dict | None, decided: dict | None) -> dict:
+    """The base configuration with the helper's or policy's keys on top (they win)."""
+    merged = {str(k): str(v) for k, v in (base or {}).items()}
+    merged.update(decided or {})
+    return merged
+
+
+def _tail(text: str) -> str:
+    text = (text or "").strip()
+    return text[-STDERR_TAIL:] if text else "(empty)"
+
+
+def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str) -> HelperDecision:
+    """Judge a helper's output for one node. Raises NodeFailure with the helper's stderr in the text."""
+    if returncode != 0:
+        raise NodeFailure(f"helper exited with status {returncode} for {identity}; stderr: {_tail(stderr)}")
+    text = (stdout or "").strip()
+    if not text:
+        raise NodeFailure(f"helper printed nothing for {identity}; stderr: {_tail(stderr)}")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise NodeFailure(f"helper output for {identity} is not JSON ({exc}); stderr: {_tail(stderr)}") from None
+    if not isinstance(doc, dict):
+        raise NodeFailure(
+            f"helper output for {identity} is a JSON {type(doc).__name__}, not an object; stderr: {_tail(stderr)}"
+        )
+    ignored = tuple(sorted(k for k in doc if k not in KNOWN_FIELDS and doc[k] not in (None, "", {}, [])))
+    msg = doc.get("msg") if isinstance(doc.get("msg"), str) else ""
+    if doc.get("defer") is True:
+        return HelperDecision(defer=True, msg=msg or "deferred by helper", ignored=ignored)
+    if doc.get("shutdown") is True:
+        return HelperDecision(shutdown=True, msg=msg or "shutdown requested by helper", ignored=ignored)
+    configuration = doc.get("configuration")
+    if not isinstance(configuration, dict) or not configuration:
+        raise NodeFailure(
+            f"helper returned no configuration for {identity} (field 'configuration' must be an object of "
+            f"strings); stderr: {_tail(stderr)}"
+        )
+    for key, value in configuration.items():
+        if not isinstance(value, str):
+            raise NodeFailure(
+                f"helper configuration for {identity}: value of {key!r} must be a string, got {type(value).__name__}"
+            )
+    certificate = doc.get("certificate")
+    if not isinstance(certificate, str) or not certificate.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
+        raise NodeFailure(
+            f"helper returned no PEM certificate for {identity} (field 'certificate'); stderr: {_tail(stderr)}"
+        )
+    ca = doc.get("ca")
+    if not isinstance(ca, str) or not ca.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
+        raise NodeFailure(f"helper returned no PEM CA for {identity} (field 'ca'); stderr: {_tail(stderr)}")
+    ssldir = doc.get("ssldir") if isinstance(doc.get("ssldir"), str) else ""
+    return HelperDecision(
+        msg=msg, certificate=certificate, ca=ca, ssldir=ssldir, configuration=dict(configuration), ignored=ignored
+    )
+
+
+def certificate_problem(certificate_pem: str, csr_pem: str) -> str:
+    """Why a helper's certificate cannot serve the node ("" when it can): it must parse and carry the CSR's key."""
+    if not HAS_CRYPTOGRAPHY:
+        return ""
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
+    except (ValueError, UnicodeError) as exc:
+        return f"the certificate does not parse ({exc})"
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+    except (ValueError, UnicodeError) as exc:
+        return f"the node's CSR does not parse ({exc})"
+    if not certificate_matches_csr(cert, csr):
+        return "the certificate does not carry the public key of the node's CSR"
+    return ""
+
+
+def check_configuration(identity: str, configuration: dict) -> None:
+    """Refuse a configuration that would put the node straight back into provisioning mode."""
+    if provisioning_enabled(configuration):
+        raise NodeFailure(
+            f"configuration for {identity} leaves provisioning on: {PROVISION_KEY} must be an explicit false "
+            f"({', '.join(FALSE_WORDS)}; got {configuration.get(PROVISION_KEY)!r}); "
+            "refusing to configure a node that would loop back into provisioning"
+        )
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+async def run_helper(
+    argv: list[str], request: dict, timeout: float = DEFAULT_HELPER_TIMEOUT, env: dict | None = None
+) -> HelperDecision:
+    """Run the helper for one node; kill it (and its children) when it runs past ``timeout`` seconds."""
+    identity = request.get("identity", "?")
+    payload = json.dumps(request).encode("utf-8")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+        )
+    except OSError as exc:
+        raise NodeFailure(f"helper {argv[0]} could not be started for {identity}: {exc}") from None
+    stdout, stderr = bytearray(), bytearray()
+
+    async def _drain(stream, sink: bytearray) -> None:
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                return
+            sink.extend(chunk)
+
+    async def _converse() -> None:
+        # Read both pipes into buffers we keep: on a timeout the stderr gathered so far goes into the error.
+        readers = asyncio.gather(_drain(proc.stdout, stdout), _drain(proc.stderr, stderr))
+        try:
+            proc.stdin.write(payload)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a helper may exit without reading stdin; its exit status and output decide
+        finally:
+            proc.stdin.close()
+        await readers
+        await proc.wait()
+
+    try:
+        await asyncio.wait_for(_converse(), timeout)
+    except asyncio.TimeoutError:
+        _kill_group(proc)
+        await proc.wait()
+        raise NodeFailure(
+            "helper ran longer than {:g}s for {} and was killed; stderr: {}".format(
+                timeout, identity, _tail(stderr.decode("utf-8", "replace"))
+            )
+        ) from None
+    except BaseException:
+        _kill_group(proc)
+        await proc.wait()
+        raise
+    return parse_helper_output(
+        identity, proc.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+    )

@@ -1,0 +1,107 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Everything a provisioning run needs, checked once when it is made: ProvisionSettings.
+
+Field names follow the ``choria_provision`` module's options; a bad value raises ProvisionError naming the
+option. ``broker_argument_spec`` is the argument spec of the broker and TLS options that
+``plugins/doc_fragments/brokers.py`` documents (a unit test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..choria.brokers import BrokerUrlError, normalize_brokers
+from ..choria.subjects import PROVISIONING_COLLECTIVE
+from ..choria.transport import tls_context
+from .flow import FlowOptions
+from .helper import DEFAULT_HELPER_TIMEOUT, helper_argv
+from .rpc import RpcClient
+
+
+class ProvisionError(Exception):
+    """The run as a whole cannot proceed (bad options, broker unreachable, signer unusable)."""
+
+
+def broker_argument_spec() -> dict:
+    """The broker and TLS client options (brokers, collective, tls_ca, tls_cert, tls_key) of the modules."""
+    return dict(
+        brokers=dict(type="list", elements="str", required=True),
+        collective=dict(type="str", default=PROVISIONING_COLLECTIVE),
+        tls_ca=dict(type="path"),
+        tls_cert=dict(type="path"),
+        tls_key=dict(type="path", no_log=False),
+    )
+
+
+@dataclass
+class ProvisionSettings:
+    """Everything a provisioning run or a single-node action needs; checked when made."""
+
+    brokers: list
+    token: str = field(default="", repr=False)
+    collective: str = PROVISIONING_COLLECTIVE
+    callerid: str = "zeroinit-provisioner"
+    timeout: float = 10.0
+    retries: int = 2
+    workers: int = 500
+    wait: float = 0.0
+    expect: int | None = None
+    discovery_timeout: float = 2.0
+    splay: int = 0
+    identities: list | None = None
+    helper: Any = None
+    helper_timeout: float = DEFAULT_HELPER_TIMEOUT
+    helper_concurrency: int = 0
+    signer: dict | None = None
+    configuration: dict = field(default_factory=dict)
+    csr_subject: dict = field(default_factory=dict)
+    key_type: str = "ec"
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    check_mode: bool = False
+    helper_argv: list | None = field(default=None, init=False)  # the helper resolved to an executable and its args
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "helper_timeout", "discovery_timeout"):
+            if getattr(self, name) <= 0:
+                raise ProvisionError(f"{name} must be greater than 0, not {getattr(self, name)}")
+        if self.workers < 1:
+            raise ProvisionError(f"workers must be at least 1, not {self.workers}")
+        for name in ("retries", "splay", "helper_concurrency"):
+            if getattr(self, name) < 0:
+                raise ProvisionError(f"{name} must not be negative, not {getattr(self, name)}")
+        if self.expect is not None and self.expect < 1:
+            raise ProvisionError(f"expect must be at least 1, not {self.expect}")
+        try:
+            self.brokers = normalize_brokers(self.brokers)
+        except BrokerUrlError as exc:
+            raise ProvisionError(f"brokers: {exc}") from None
+        if self.helper is not None and self.helper != "" and self.helper != []:
+            if self.signer:
+                raise ProvisionError("helper and signer are mutually exclusive")
+            try:
+                self.helper_argv = helper_argv(self.helper)
+            except ValueError as exc:
+                raise ProvisionError(f"helper: {exc}") from None
+
+    def flow_options(self) -> FlowOptions:
+        return FlowOptions(
+            token=self.token,
+            timeout=self.timeout,
+            retries=self.retries,
+            splay=self.splay,
+            csr_subject=dict(self.csr_subject or {}),
+            key_type=self.key_type,
+            check_mode=self.check_mode,
+        )
+
+    def client(self) -> RpcClient:
+        """An RPC client for these brokers (not connected yet)."""
+        try:
+            tls = tls_context(self.tls_ca, self.tls_cert, self.tls_key)
+        except (OSError, ValueError) as exc:
+            raise ProvisionError(f"broker TLS options: {exc}") from None
+        return RpcClient(self.brokers, callerid=self.callerid, collective=self.collective, tls=tls)

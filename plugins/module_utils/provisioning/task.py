@@ -1,0 +1,87 @@
+# Copyright: zeroinit.bootstrap contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""The ``choria_provision`` module's work without Ansible: parameters -> settings -> a bulk run or a single
+action -> the module's result (``failed`` renamed ``failed_nodes``: ``failed`` is Ansible's task status)."""
+
+from __future__ import annotations
+
+from .actions import run_action
+from .bulk import provision
+from .settings import ProvisionError, ProvisionSettings
+
+SETTINGS_FROM_PARAMS = (
+    "brokers",
+    "token",
+    "collective",
+    "callerid",
+    "timeout",
+    "retries",
+    "workers",
+    "wait",
+    "expect",
+    "discovery_timeout",
+    "splay",
+    "identities",
+    "helper",
+    "helper_timeout",
+    "helper_concurrency",
+    "signer",
+    "csr_subject",
+    "key_type",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+)
+
+
+class TaskFailure(Exception):
+    """The task fails with this message; ``result`` is what it still reports (per-node outcomes)."""
+
+    def __init__(self, msg: str, result: dict | None = None):
+        super().__init__(msg)
+        self.msg = msg
+        self.result = result or {}
+
+
+def configuration_setting(value) -> str:
+    """Choria settings are strings; YAML booleans become Choria's ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def settings_from_params(params: dict, check_mode: bool) -> ProvisionSettings:
+    """ProvisionSettings from the module's parameters; TaskFailure naming the option that cannot be used."""
+    bad = sorted(str(k) for k, v in params["configuration"].items() if isinstance(v, (dict, list)))
+    if bad:
+        raise TaskFailure(f"configuration: values must be scalars (Choria key=value settings); not: {', '.join(bad)}")
+    configuration = {str(k): configuration_setting(v) for k, v in params["configuration"].items()}
+    try:
+        return ProvisionSettings(
+            configuration=configuration,
+            check_mode=check_mode,
+            **{name: params[name] for name in SETTINGS_FROM_PARAMS},
+        )
+    except ProvisionError as exc:
+        raise TaskFailure(str(exc)) from None
+
+
+def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
+    """(result, warnings) of one choria_provision task; TaskFailure when the task fails."""
+    settings = settings_from_params(params, check_mode)
+    try:
+        if params["action"] == "provision":
+            result = provision(settings)
+        else:
+            extra = {"certificate": params["certificate"], "ca": params["ca"], "ssldir": params["ssldir"]}
+            result = run_action(settings, params["action"], params["identity"], extra)
+    except ProvisionError as exc:
+        where = f" (node {params['identity']})" if params["identity"] else ""
+        raise TaskFailure(f"{exc}{where}") from None
+    if "failed" in result:
+        result["failed_nodes"] = result.pop("failed")
+    warnings = result.pop("warnings", [])
+    if params["action"] == "provision" and params["fail_on_node_error"] and result["failed_nodes"]:
+        names = ", ".join(sorted(result["failed_nodes"]))
+        raise TaskFailure(f"{len(result['failed_nodes'])} node(s) failed: {names}", dict(result, warnings=warnings))
+    return result, warnings

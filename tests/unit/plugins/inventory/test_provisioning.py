@@ -1,0 +1,273 @@
+"""The provisioning inventory plugin without a network: file selection, host variables, constructed groups and
+variables on a real in-memory InventoryData, untrusted facts, and the cache (jsonfile) keyed by file and query."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+import pytest
+import yaml
+from ansible.errors import AnsibleError, AnsibleParserError
+from ansible.inventory.data import InventoryData
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.inventory import BaseInventoryPlugin
+from ansible.plugins.loader import init_plugin_loader, inventory_loader
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NAME = "zeroinit.bootstrap.provisioning"
+UNREACHABLE = "nats://127.0.0.1:1"  # nothing listens on port 1: a query would fail fast, naming this broker
+
+# Plain imports (conftest, the .pth) made ``ansible_collections`` an ordinary namespace package, without the
+# collection metadata Ansible's loader needs. Drop the three package entries (the modules under them stay, so
+# there is still one DiscoveryError class) and let Ansible's collection finder import them again.
+if not hasattr(sys.modules.get("ansible_collections.zeroinit.bootstrap"), "_collection_meta"):
+    for _package in ("ansible_collections", "ansible_collections.zeroinit", "ansible_collections.zeroinit.bootstrap"):
+        sys.modules.pop(_package, None)
+init_plugin_loader([str(ROOT / ".venv" / "collections")])
+# The plugin's own module, as the plugin loader imported it (its pure helpers are tested directly).
+plugin_module = sys.modules[type(inventory_loader.get(NAME)).__module__]
+
+
+def record(facts=None, inventory=None, error=None, sources=("discovery",), events=()):
+    rec = {"facts": facts or {}, "inventory": inventory, "events": list(events), "sources": list(sources)}
+    if error:
+        rec["inventory_error"] = error
+    return rec
+
+
+FLEET = {
+    "web1.example.net": record(
+        {"role": "web", "os": {"family": "Debian"}, "identity": "web1.example.net"},
+        {"agents": ["rpcutil"], "version": "0.1.0", "collectives": ["provisioning"]},
+    ),
+    "web2.example.net": record(
+        {"role": "web", "os": {"family": "RedHat"}, "identity": "web2.example.net"},
+        {"agents": ["rpcutil"], "version": "0.1.0", "collectives": ["provisioning"]},
+    ),
+    "db1.example.net": record(
+        {"role": "db"},
+        None,
+        error="rpcutil#inventory: no reply within 10.0s",
+        sources=("lifecycle", "registration"),
+        events=[{"type": "startup"}],
+    ),
+}
+
+
+def load_plugin(tmp_path, config, filename="provisioning.yml"):
+    """The plugin as ansible-inventory loads it: options read from a real file (templates in it are trusted)."""
+    config = dict({"plugin": NAME, "brokers": [UNREACHABLE]}, **config)
+    path = tmp_path / filename
+    path.write_text(yaml.safe_dump(config))
+    plugin = inventory_loader.get(NAME)
+    inventory = InventoryData()
+    BaseInventoryPlugin.parse(plugin, inventory, DataLoader(), str(path))
+    plugin._read_config_data(str(path))
+    return plugin, inventory, str(path)
+
+
+def hostvars(inventory, host):
+    return inventory.get_host(host).get_vars()
+
+
+def members(inventory, group):
+    return sorted(h.name for h in inventory.groups[group].get_hosts()) if group in inventory.groups else []
+
+
+# ------------------------------------------------------------------------------------------ file selection
+
+
+@pytest.mark.parametrize(
+    "name,accepted",
+    [
+        ("provisioning.yml", True),
+        ("provisioning.yaml", True),
+        ("lab.provisioning.yml", True),
+        ("hosts.yml", False),
+        ("provisioning.yml.bak", False),
+        ("provisioning.json", False),
+    ],
+)
+def test_verify_file_accepts_only_provisioning_yaml_files(tmp_path, name, accepted):
+    path = tmp_path / name
+    path.write_text(f"plugin: {NAME}\n")
+    assert inventory_loader.get(NAME).verify_file(str(path)) is accepted
+
+
+def test_verify_file_refuses_a_missing_file(tmp_path):
+    assert inventory_loader.get(NAME).verify_file(str(tmp_path / "provisioning.yml")) is False
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+
+
+def test_host_variables_carry_facts_inventory_and_the_error():
+    node_hostvars = plugin_module.node_hostvars
+    ok, skipped = node_hostvars("web1.example.net", FLEET["web1.example.net"], "provisioning")
+    assert ok["zeroinit_facts"]["os"]["family"] == "Debian"
+    assert ok["zeroinit_inventory"]["version"] == "0.1.0"
+    assert ok["zeroinit_identity"] == "web1.example.net" and ok["zeroinit_collective"] == "provisioning"
+    assert "zeroinit_inventory_error" not in ok and skipped == []
+    failed, _skipped = node_hostvars("db1.example.net", FLEET["db1.example.net"], "provisioning")
+    assert failed["zeroinit_inventory_error"].startswith("rpcutil#inventory")
+    assert failed["zeroinit_inventory"] == {} and failed["zeroinit_discovered_by"] == ["lifecycle", "registration"]
+
+
+def test_flattened_facts_never_set_connection_or_magic_variables():
+    module = plugin_module
+    rec = record(
+        {
+            "role": "web",
+            "ansible_host": "10.9.9.9",
+            "ansible_connection": "ssh",
+            "hostvars": 1,
+            "inventory_hostname": "evil",
+            "zeroinit_facts": {},
+            "bad-name": 1,
+            "when": 1,
+            "os": {"f": 1},
+        }
+    )
+    flat, skipped = module.node_hostvars("n1.example.net", rec, "provisioning", flatten_facts=True)
+    assert flat["role"] == "web" and flat["os"] == {"f": 1}
+    for name in ("ansible_host", "ansible_connection", "hostvars", "inventory_hostname", "bad-name", "when"):
+        assert name not in flat
+    assert flat["zeroinit_facts"]["ansible_host"] == "10.9.9.9"  # still visible, just not as a variable
+    assert sorted(skipped) == sorted(
+        ["ansible_host", "ansible_connection", "hostvars", "inventory_hostname", "zeroinit_facts", "bad-name", "when"]
+    )
+    prefixed, _skipped = module.node_hostvars(
+        "n1.example.net", rec, "provisioning", flatten_facts=True, fact_prefix="node_"
+    )
+    assert prefixed["node_role"] == "web" and prefixed["node_ansible_host"] == "10.9.9.9"
+    assert "ansible_host" not in prefixed
+
+
+def test_cache_key_depends_on_brokers_and_collective_not_their_order():
+    module = plugin_module
+    fp = module.query_fingerprint
+    assert fp(["nats://a:1", "nats://b:2"], "provisioning") == fp(["nats://b:2", "nats://a:1"], "provisioning")
+    assert fp(["nats://a:1"], "provisioning") != fp(["nats://a:1"], "other")
+    assert fp(["nats://a:1"], "provisioning") != fp(["nats://c:1"], "provisioning")
+    assert module.cached_fleet({"format": 1, "nodes": {}}) == {}
+    assert module.cached_fleet({"nodes": {}}) is None and module.cached_fleet(["x"]) is None
+
+
+# ------------------------------------------------------------------------------------------ constructed
+
+
+def test_hosts_groups_and_composed_variables(tmp_path):
+    plugin, inventory, _path = load_plugin(
+        tmp_path,
+        {
+            "keyed_groups": [
+                {"key": "zeroinit_facts.role", "prefix": "role"},
+                {"key": "zeroinit_facts.os.family | default('unknown')", "prefix": "os"},
+            ],
+            "groups": {
+                "inventory_failed": "zeroinit_inventory_error is defined",
+                "debian": "zeroinit_facts.os.family | default('') == 'Debian'",
+            },
+            "compose": {"node_role": "zeroinit_facts.role", "agent_version": "zeroinit_inventory.version"},
+        },
+    )
+    plugin._populate(FLEET)
+    assert members(inventory, "provisioning") == sorted(FLEET)
+    assert members(inventory, "role_web") == ["web1.example.net", "web2.example.net"]
+    assert members(inventory, "role_db") == ["db1.example.net"]
+    assert members(inventory, "os_Debian") == ["web1.example.net"]
+    assert members(inventory, "os_unknown") == ["db1.example.net"]
+    assert members(inventory, "inventory_failed") == ["db1.example.net"]
+    assert members(inventory, "debian") == ["web1.example.net"]
+    assert hostvars(inventory, "web2.example.net")["node_role"] == "web"
+    assert hostvars(inventory, "web2.example.net")["agent_version"] == "0.1.0"
+    # The failed node has no version: without strict the composed variable is simply absent.
+    assert "agent_version" not in hostvars(inventory, "db1.example.net")
+    assert "ansible_connection" not in hostvars(inventory, "web1.example.net")
+
+
+def test_strict_turns_a_broken_expression_into_an_error_naming_the_host(tmp_path):
+    plugin, _inventory, _path = load_plugin(
+        tmp_path, {"strict": True, "compose": {"agent_version": "zeroinit_inventory.version"}}
+    )
+    with pytest.raises(AnsibleError, match=re.escape("db1.example.net")):
+        plugin._populate(FLEET)
+
+
+def test_facts_carrying_templates_are_never_rendered(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = f"{{{{ lookup('pipe', 'touch {marker}') }}}}{{{{ 6 * 7 }}}}"
+    plugin, inventory, _path = load_plugin(
+        tmp_path,
+        {
+            "compose": {"node_role": "zeroinit_facts.role"},
+            "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}],
+            "flatten_facts": True,
+        },
+    )
+    plugin._populate({"n1.example.net": record({"role": evil})})
+    variables = hostvars(inventory, "n1.example.net")
+    assert variables["node_role"] == evil and variables["role"] == evil
+    assert not marker.exists()
+    assert not any("42" in group for group in inventory.groups)
+
+
+def test_invalid_identities_are_skipped(tmp_path):
+    plugin, inventory, _path = load_plugin(tmp_path, {})
+    plugin._populate({"ok.example.net": record(), "bad..name": record(), "x:1": record()})
+    assert members(inventory, "provisioning") == ["ok.example.net"]
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+def _cache_config(tmp_path, **extra):
+    config = {
+        "cache": True,
+        "cache_plugin": "ansible.builtin.jsonfile",
+        "cache_connection": str(tmp_path / "cache"),
+        "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}],
+    }
+    config.update(extra)
+    return config
+
+
+def test_cache_hit_needs_no_broker_and_refresh_or_other_query_asks_again(tmp_path):
+    plugin, _inv, path = load_plugin(tmp_path, _cache_config(tmp_path))
+    module = plugin_module
+    key = "{}_{}".format(plugin.get_cache_key(path), module.query_fingerprint([UNREACHABLE], "provisioning"))
+    plugin._cache[key] = {"format": module.CACHE_FORMAT, "nodes": FLEET}
+    plugin.update_cache_if_changed()
+    assert list((tmp_path / "cache").iterdir()), "jsonfile cache wrote nothing"
+
+    # A fresh plugin (a new ansible-inventory run) with the same file: served from the cache, no broker needed.
+    fresh = inventory_loader.get(NAME)
+    inventory = InventoryData()
+    fresh.parse(inventory, DataLoader(), path, cache=True)
+    assert members(inventory, "provisioning") == sorted(FLEET)
+    assert members(inventory, "role_web") == ["web1.example.net", "web2.example.net"]
+
+    # --flush-cache / refresh_inventory (cache=False): it asks the broker, which is unreachable.
+    with pytest.raises(AnsibleParserError, match=re.escape("127.0.0.1:1")):
+        inventory_loader.get(NAME).parse(InventoryData(), DataLoader(), path, cache=False)
+
+    # Another collective in the same file is another query: not served from this entry.
+    _plugin, _inv, other = load_plugin(
+        tmp_path, _cache_config(tmp_path, collective="staging"), filename="provisioning.yml"
+    )
+    with pytest.raises(AnsibleParserError, match=re.escape("127.0.0.1:1")):
+        inventory_loader.get(NAME).parse(InventoryData(), DataLoader(), other, cache=True)
+
+
+def test_bad_options_are_named(tmp_path):
+    _plugin, _inv, path = load_plugin(tmp_path, {"brokers": ["ftp://x:1"]})
+    with pytest.raises(AnsibleParserError, match="ftp://x:1"):
+        inventory_loader.get(NAME).parse(InventoryData(), DataLoader(), path)
+    _plugin, _inv, path = load_plugin(tmp_path, {"discovery_timeout": 0})
+    with pytest.raises(AnsibleParserError, match="discovery_timeout"):
+        inventory_loader.get(NAME).parse(InventoryData(), DataLoader(), path)
+    _plugin, _inv, path = load_plugin(tmp_path, {"tls_key": str(tmp_path / "k.pem")})
+    with pytest.raises(AnsibleParserError, match="tls_cert"):
+        inventory_loader.get(NAME).parse(InventoryData(), DataLoader(), path)

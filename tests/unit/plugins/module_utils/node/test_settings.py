@@ -1,0 +1,68 @@
+"""The agent's settings: config file first, flags override, the token never shows, brokers by the one rule."""
+
+import re
+
+import pytest
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import ConfigError
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.settings import parse_args, settings_from
+from tests.support.rules import BROKER_URLS
+
+
+def settings(tmp_path, text, *flags):
+    conf = tmp_path / "agent.conf"
+    conf.write_text(text)
+    return settings_from(parse_args(["--config", str(conf), *list(flags)]))
+
+
+def test_config_file_then_flags(tmp_path):
+    s = settings(
+        tmp_path,
+        """
+# node agent
+identity = web1.example.net
+plugin.zeroinit.agent.brokers = nats://10.0.0.1:4222, nats://10.0.0.2:4222
+plugin.zeroinit.agent.token = from-file
+plugin.zeroinit.agent.state_dir = /srv/agent
+plugin.zeroinit.agent.registration_interval = 30
+plugin.zeroinit.agent.fsync = false
+loglevel = debug
+""",
+        "--token",
+        "from-flag",
+        "--registration-interval",
+        "5",
+    )
+    assert s.brokers == ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+    assert (s.identity, s.state_dir, s.log_level, s.fsync) == ("web1.example.net", "/srv/agent", "debug", False)
+    assert (s.token, s.registration_interval) == ("from-flag", 5.0)
+    assert "from-flag" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "text,flags,phrase",
+    [
+        ("plugin.zeroinit.agent.splay_max = soon\n", [], "splay_max must be a number"),
+        ("loglevel = loud\n", [], "log level"),
+        ("", ["--connections", "0"], "--connections"),
+        ("not a setting\n", [], "line 1"),
+    ],
+)
+def test_bad_settings_name_the_problem(tmp_path, text, flags, phrase):
+    with pytest.raises(ConfigError, match=phrase):
+        settings(tmp_path, text, *flags)
+
+
+@pytest.mark.parametrize("value,expected", BROKER_URLS)
+def test_brokers_from_flags_and_file_follow_the_one_rule(tmp_path, value, expected):
+    items = value if isinstance(value, list) else [value]
+    flags = [arg for item in items for arg in ("--broker", item)]
+    joined = ",".join(items)
+    if isinstance(expected, list):
+        assert settings_from(parse_args(flags)).brokers == expected
+        assert settings(tmp_path, f"plugin.zeroinit.agent.brokers = {joined}\n").brokers == expected
+    elif expected == "brokers is empty":
+        assert settings_from(parse_args(flags)).brokers == []  # the daemon says so at start
+    else:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            settings_from(parse_args(flags))

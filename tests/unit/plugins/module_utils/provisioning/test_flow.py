@@ -1,0 +1,95 @@
+"""THE provisioning flow for one node with a scripted RPC transport: each way a run ends, its step and timings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.flow import (
+    FlowOptions,
+    ProvisioningFlow,
+)
+from tests.support.rules import IDENTITIES, LOOP_GUARD, loop_guard_config
+from tests.support.scripted import ScriptedClient, StaticDecider
+
+
+def run(identity="n1", client=None, decider=None, **options):
+    client = client or ScriptedClient([identity])
+    flow = ProvisioningFlow(
+        client, decider if decider is not None else StaticDecider(), FlowOptions(token="tok", **options)
+    )
+    return asyncio.run(flow.run(identity)), client
+
+
+def test_a_node_is_provisioned_with_every_step_timed():
+    outcome, client = run(splay=2)
+    assert (outcome.identity, outcome.status, outcome.reason, outcome.step) == ("n1", "provisioned", "", "")
+    assert [sent[1] for sent in client.sent] == ["inventory", "gencsr", "configure", "restart"]
+    assert set(outcome.timings) == {"inventory", "gencsr", "decide", "configure", "restart"}
+    assert outcome.elapsed_ms >= 0
+    configure = client.sent[2][2]
+    assert json.loads(configure["config"])["plugin.choria.server.provision"] == "false"
+    assert configure["ssldir"] == "/ssl/n1" and client.sent[3][2] == {"token": "tok", "splay": 2}
+
+
+@pytest.mark.parametrize(
+    "answer,status,reason,actions",
+    [
+        ({"defer": True, "msg": "not yet"}, "deferred", "not yet", ["inventory", "gencsr"]),
+        ({"shutdown": True, "msg": "not ours"}, "shutdown", "not ours", ["inventory", "gencsr", "shutdown"]),
+    ],
+)
+def test_a_decision_to_wait_or_to_stop(answer, status, reason, actions):
+    outcome, client = run(decider=StaticDecider(**answer))
+    assert (outcome.status, outcome.reason) == (status, reason)
+    assert [sent[1] for sent in client.sent] == actions
+
+
+@pytest.mark.parametrize(
+    "client,decider,step,phrase",
+    [
+        (ScriptedClient(["n1"], silent={"n1"}), None, "inventory", "inventory: no reply from n1"),
+        (ScriptedClient(["n1"], refuse={("n1", "gencsr"): "locked"}), None, "gencsr", "gencsr refused by n1: locked"),
+        (ScriptedClient(["n1"]), StaticDecider(refuse={"n1"}), "decide", "CN mismatch"),
+        (ScriptedClient(["n1"], refuse={("n1", "restart"): "no"}), None, "restart", "restart refused by n1"),
+    ],
+)
+def test_a_failure_names_its_step(client, decider, step, phrase):
+    outcome, _client = run(client=client, decider=decider)
+    assert outcome.status == "failed" and outcome.step == step and phrase in outcome.reason
+
+
+def test_check_mode_asks_only_for_the_inventory():
+    outcome, client = run(check_mode=True)
+    assert outcome.status == "would_provision" and [sent[1] for sent in client.sent] == ["inventory"]
+
+
+def test_without_a_decider_nothing_is_configured():
+    client = ScriptedClient(["n1"])
+    flow = ProvisioningFlow(client, None, FlowOptions(token="tok"))
+    outcome = asyncio.run(flow.run("n1"))
+    assert outcome.status == "failed" and "nothing can decide" in outcome.reason
+    assert "configure" not in [sent[1] for sent in client.sent]
+
+
+@pytest.mark.parametrize("value,enabled", LOOP_GUARD)
+def test_loop_guard_refuses_any_deciders_configuration_that_keeps_provisioning_on(value, enabled):
+    decider = StaticDecider(configuration=loop_guard_config(value, identity="n1"))
+    outcome, client = run(decider=decider)
+    sent = [action for _identity, action, _data in client.sent]
+    if enabled:
+        assert outcome.status == "failed" and outcome.step == "decide" and "leaves provisioning on" in outcome.reason
+        assert "configure" not in sent
+    else:
+        assert outcome.status == "provisioned" and "configure" in sent
+
+
+@pytest.mark.parametrize("identity,valid", IDENTITIES)
+def test_a_node_is_addressed_only_by_a_valid_identity(identity, valid):
+    outcome, client = run(identity=identity, client=ScriptedClient([identity]))
+    if valid:
+        assert outcome.status == "provisioned"
+    else:
+        assert outcome.status == "failed" and "not a valid node name" in outcome.reason and client.sent == []

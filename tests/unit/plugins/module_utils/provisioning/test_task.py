@@ -1,0 +1,75 @@
+"""The choria_provision module's work without Ansible: parameters checked, the result shaped for the module."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning import task
+
+
+def params(**overrides) -> dict:
+    base = dict.fromkeys(task.SETTINGS_FROM_PARAMS)
+    base.update(
+        brokers=["nats://127.0.0.1:1"],
+        token="tok",
+        collective="provisioning",
+        callerid="zeroinit-provisioner",
+        timeout=10.0,
+        retries=2,
+        workers=500,
+        wait=0.0,
+        discovery_timeout=2.0,
+        splay=0,
+        helper_timeout=10.0,
+        helper_concurrency=0,
+        csr_subject={},
+        key_type="ec",
+        configuration={},
+        action="provision",
+        identity=None,
+        certificate=None,
+        ca=None,
+        ssldir=None,
+        fail_on_node_error=False,
+    )
+    base.update(overrides)
+    return base
+
+
+def test_configuration_values_are_choria_strings():
+    settings = task.settings_from_params(params(configuration={"a": True, "b": 3, "c": None}), check_mode=False)
+    assert settings.configuration == {"a": "true", "b": "3", "c": ""}
+
+
+@pytest.mark.parametrize(
+    "overrides,phrase",
+    [
+        ({"configuration": {"nested": {"x": 1}}}, "configuration: values must be scalars"),
+        ({"timeout": 0}, "timeout must be greater than 0"),
+        ({"workers": 0}, "workers must be at least 1"),
+        ({"expect": 0}, "expect must be at least 1"),
+        ({"brokers": ["http://x"]}, "brokers: broker 'http://x'"),
+    ],
+)
+def test_bad_parameters_fail_the_task_naming_the_option(overrides, phrase):
+    with pytest.raises(task.TaskFailure, match=phrase):
+        task.run_task(params(**overrides), check_mode=False)
+
+
+def test_failed_nodes_are_reported_under_failed_nodes_and_can_fail_the_task(monkeypatch):
+    outcome = {"changed": False, "provisioned": [], "failed": {"n1": "gencsr: no reply"}, "warnings": ["w"]}
+    monkeypatch.setattr(task, "provision", lambda settings: dict(outcome))
+    result, warnings = task.run_task(params(helper="/bin/true"), check_mode=False)
+    assert result["failed_nodes"] == {"n1": "gencsr: no reply"} and "failed" not in result and warnings == ["w"]
+    with pytest.raises(task.TaskFailure, match="1 node\\(s\\) failed: n1") as err:
+        task.run_task(params(helper="/bin/true", fail_on_node_error=True), check_mode=False)
+    assert err.value.result["failed_nodes"] == {"n1": "gencsr: no reply"} and err.value.result["warnings"] == ["w"]
+
+
+def test_a_single_action_failure_names_the_node(monkeypatch):
+    def refuse(settings, action, identity, extra):
+        raise task.ProvisionError("restart refused by n1: no")
+
+    monkeypatch.setattr(task, "run_action", refuse)
+    with pytest.raises(task.TaskFailure, match=r"restart refused by n1: no \(node n1\)"):
+        task.run_task(params(action="restart", identity="n1"), check_mode=False)
