@@ -27,8 +27,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.ansible_run import run_playbook  # noqa: E402
-from tests.support.netns import TestNetwork  # noqa: E402
+from tests.support.ansible_run import run_playbook
+from tests.support.netns import TestNetwork
 
 # The molecule scenario's next playbook: a marker with the leader's name on every member.
 NEXT_PLAYBOOK = ROOT / "molecule" / "first_boot" / "next.yml"
@@ -114,13 +114,13 @@ def main(argv: list[str]) -> int:
     rounds = 1 if args.quick else args.rounds
     patterns = (("together", 0.0),) if args.quick else (("together", 0.0), ("2 s apart", 2.0))
     print(
-        "machine: %s, %d cores (shared), Python %s; masters are network namespaces with sshd on one bridge"
-        % (platform.machine(), os.cpu_count() or 0, platform.python_version())
+        f"machine: {platform.machine()}, {os.cpu_count() or 0} cores (shared), Python {platform.python_version()}; "
+        "masters are network namespaces with sshd on one bridge"
     )
     print("load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), flush=True)
     print(
-        "%-8s %-10s %6s  %-30s %-30s %-24s"
-        % ("masters", "start", "rounds", "all returned s (p50 / max)", "followers returned s (p50)", "floor s (p50)")
+        f"{'masters':<8} {'start':<10} {'rounds':>6}  {'all returned s (p50 / max)':<30} "
+        f"{'followers returned s (p50)':<30} {'floor s (p50)':<24}"
     )
     with tempfile.TemporaryDirectory(prefix="zeroinit-bench-fb-") as tmp:
         tmp_path = pathlib.Path(tmp)
@@ -129,19 +129,11 @@ def main(argv: list[str]) -> int:
                 runs = [
                     one_round(count, stagger, tmp_path, f"bench{count}{label[0]}{index}") for index in range(rounds)
                 ]
-                every = [r["all"] for r in runs]
-                print(
-                    "%-8d %-10s %6d  %-30s %-30s %-24s"
-                    % (
-                        count,
-                        label,
-                        rounds,
-                        f"{statistics.median(every):.1f} / {max(every):.1f}",
-                        f"{statistics.median(r['followers'] for r in runs):.1f}",
-                        f"{statistics.median(r['floor'] for r in runs):.1f}",
-                    ),
-                    flush=True,
-                )
+                returned = [r["all"] for r in runs]
+                every = f"{statistics.median(returned):.1f} / {max(returned):.1f}"
+                followers = f"{statistics.median(r['followers'] for r in runs):.1f}"
+                floor = f"{statistics.median(r['floor'] for r in runs):.1f}"
+                print(f"{count:<8d} {label:<10} {rounds:>6d}  {every:<30} {followers:<30} {floor:<24}", flush=True)
     print("load average after: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     return 0
 
