@@ -246,6 +246,24 @@ def test_stale_nodes_leave_but_not_while_worked_or_while_seen():
     assert (queue.waiting, queue.deferred, queue.busy) == (1, 0, 1)
 
 
+def test_a_node_that_left_provisioning_mode_leaves_the_queue_unless_it_is_worked():
+    async def main():
+        recorder = Recorder()
+        queue = wq.WorkQueue(observer=recorder, base_delay=1000)
+        for name in ("ready", "deferred", "worked"):
+            queue.add(name, "discovery")
+        taken = {e.identity: e for e in [await queue.take() for _round in range(3)]}
+        queue.postpone(taken["ready"], 0, "")
+        queue.defer(taken["deferred"], "later")
+        gone = [name for name in ("ready", "deferred", "worked", "unknown") if queue.discard(name, "shut down")]
+        return gone, queue, recorder.events
+
+    gone, queue, events = run(main())
+    assert gone == ["ready", "deferred"] and "worked" in queue and len(queue) == 1
+    assert (queue.waiting, queue.deferred, queue.busy) == (0, 0, 1)
+    assert not [e for e in events if e[0] in ("evicted", "dropped")]
+
+
 def test_full_queue_refuses_counts_and_logs_once_per_period(caplog):
     clock = FakeClock()
     recorder = Recorder()
@@ -357,3 +375,78 @@ def test_a_due_entry_goes_to_the_worker_waiting_longest():
     served, identity = run(main())
     assert served == (True, False)
     assert identity == "n1"
+
+
+def test_own_nodes_first_then_the_others_newest_first_once_they_waited_long_enough():
+    async def main():
+        clock = FakeClock()
+        queue = wq.WorkQueue(clock=clock, steal_after=2.0, prefer=lambda identity: identity.startswith("mine"))
+        for name in ("other1", "mine1", "other2", "mine2", "other3"):
+            queue.add(name, "discovery")
+        order = [(await queue.take()).identity for _round in range(2)]
+        waiting = asyncio.ensure_future(queue.take())
+        await asyncio.sleep(0.01)
+        early = waiting.done()
+        clock.now += 2.0
+        queue.tick()
+        order.append((await waiting).identity)
+        order += [(await queue.take()).identity for _round in range(2)]
+        return order, early, queue
+
+    order, early, queue = run(main())
+    assert not early, "another instance's node is not taken before it waited steal_after"
+    assert order == ["mine1", "mine2", "other3", "other2", "other1"]
+    assert (queue.stolen, queue.waiting, queue.busy) == (3, 0, 5)
+
+
+def test_a_worker_waiting_for_work_is_woken_when_a_node_may_be_stolen():
+    async def main():
+        queue = wq.WorkQueue(steal_after=0.05, prefer=lambda identity: False)
+        queue.add("other", "startup")
+        started = asyncio.get_running_loop().time()
+        entry = await queue.take()
+        return entry.identity, asyncio.get_running_loop().time() - started
+
+    identity, waited = run(main())
+    assert identity == "other" and 0.04 <= waited < 1.0
+
+
+def test_a_new_preference_moves_the_ready_nodes_to_their_lanes():
+    async def main():
+        clock = FakeClock()
+        queue = wq.WorkQueue(clock=clock, prefer=lambda identity: identity == "a")
+        for name in ("a", "b", "c"):
+            queue.add(name, "discovery")
+        first = (await queue.take()).identity
+        queue.set_preference(lambda identity: identity in ("b", "c"))  # the instance that had b and c died
+        rest = [(await queue.take()).identity for _round in range(2)]
+        return first, rest, queue.stolen
+
+    first, rest, stolen = run(main())
+    assert (first, rest, stolen) == ("a", ["b", "c"], 0)
+
+
+def test_a_node_whose_time_has_come_goes_before_the_nodes_waiting_behind_it():
+    async def main():
+        clock = FakeClock()
+        queue = wq.WorkQueue(clock=clock)
+        queue.add("held", "discovery")
+        held = await queue.take()
+        queue.postpone(held, 5.0, "worked by prov-b")  # its claim expires in 5 s
+        for index in range(3):
+            queue.add(f"backlog{index}", "discovery")
+        clock.now += 5.0
+        return [(await queue.take()).identity for _round in range(4)]
+
+    assert run(main()) == ["held", "backlog0", "backlog1", "backlog2"]
+
+
+def test_nodes_left_by_an_instance_that_died_go_first():
+    async def main():
+        queue = wq.WorkQueue(prefer=lambda identity: identity.startswith("mine"))
+        for name in ("mine1", "dead1", "mine2", "dead2"):
+            queue.add(name, "discovery")
+        queue.set_preference(lambda identity: True)
+        return [(await queue.take()).identity for _round in range(4)]
+
+    assert run(main()) == ["dead1", "dead2", "mine1", "mine2"]
