@@ -18,7 +18,7 @@ description:
   - The single-node actions (V(inventory), V(gencsr), V(configure), V(restart), V(reprovision), V(shutdown)) send
     one request to one node (O(identity)) and return the agent's reply data.
   - O(action=pause), O(action=resume) and O(action=status) drive a running C(zeroinit-provisioner) service (the role
-    C(zeroinit.bootstrap.provisioner) installs it): the request goes to every live
+    C(zeroinit.bootstrap.provisioner) installs it). The request goes to every live
     instance of O(site) over the brokers, authenticated with the site's control key (derived from O(token) and
     O(site), or O(control_key)), and the answers gathered for O(gather) seconds are returned under RV(instances).
   - A provisioned node leaves provisioning mode, so a second run finds nothing to do and reports no change.
