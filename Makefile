@@ -17,9 +17,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: venv system-deps demo test unit integration molecule lint sanity bench build clean
 
-## Set-up: a virtualenv from PyPI, this checkout linked in as the collection zeroinit.bootstrap,
-## and the node agent as .venv/bin/zeroinit-agent (runs module_utils/node/__main__.py).
-venv: $(VENV)/.ready
+## Set-up: a virtualenv from PyPI, this checkout linked in as the collection zeroinit.bootstrap, the node
+## agent as .venv/bin/zeroinit-agent (runs module_utils/node/__main__.py) and the provisioner service as
+## .venv/bin/zeroinit-provisioner (module_utils/provisioning/service/__main__.py).
+venv: $(VENV)/.ready $(BIN)/zeroinit-provisioner
 
 $(VENV)/.ready: requirements.txt tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,12 @@ $(VENV)/.ready: requirements.txt tests/requirements.txt
 		"$(BIN)/python" > $(BIN)/zeroinit-agent
 	chmod 0755 $(BIN)/zeroinit-agent
 	touch $@
+
+# Its own target, so a virtualenv made before the service existed gets it too.
+$(BIN)/zeroinit-provisioner: $(VENV)/.ready
+	printf '#!%s\nimport runpy\nrunpy.run_module("ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service", run_name="__main__")\n' \
+		"$(BIN)/python" > $@
+	chmod 0755 $@
 
 ## System packages of bindep.txt's default and test profiles for this platform (sshd, ip, ...), installed with
 ## apt-get when missing. bindep prints the missing ones and exits 1 when there are any.

@@ -65,6 +65,7 @@ class StaticDecider:
         self.refuse = set(refuse)
         self.configuration = configuration
         self.answer = answer
+        self.csrs = []  # what each decision was given (None without PKI)
 
     def turn(self):
         return _NoTurn()
@@ -77,7 +78,10 @@ class StaticDecider:
             if self.configuration is not None
             else {"identity": identity, "plugin.choria.server.provision": "false"}
         )
-        fields = dict(certificate=CERT, ca=CERT, ssldir=csr["ssldir"], configuration=dict(configuration))
+        self.csrs.append(csr)
+        fields = dict(configuration=dict(configuration))
+        if csr is not None:  # without PKI a Choria helper returns the configuration alone
+            fields.update(certificate=CERT, ca=CERT, ssldir=csr["ssldir"])
         fields.update(self.answer)
         return HelperDecision(**fields)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 import stat
 
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.errors import UnsupportedError
+
 from ..common.files import atomic_write
 from .ca import CA_KEY_TYPES, DEFAULT_CA_COMMON_NAME, DEFAULT_CA_VALID_DAYS, CertificateAuthority, require_directory
 from .policy import (
@@ -46,6 +49,17 @@ def signer_argument_spec() -> dict:
         max_valid_days=dict(type="int", default=DEFAULT_MAX_VALID_DAYS),
         profile=dict(type="str", default="both", choices=list(PROFILES)),
     )
+
+
+def check_signer_params(params: dict) -> dict:
+    """Options given outside a module (the provisioner service's ``signer:``) checked by the same argument spec:
+    the validated options with their defaults; ValueError with the spec's messages (unknown, missing, wrong type)."""
+    result = ArgumentSpecValidator(signer_argument_spec()).validate(dict(params))
+    if result.error_messages:
+        # Ansible words an unknown option for its module's error line ("Unsupported parameters for ..."): say it.
+        messages = [f"unknown option {e.msg}" if isinstance(e, UnsupportedError) else e.msg for e in result.errors]
+        raise ValueError("; ".join(messages))
+    return result.validated_parameters
 
 
 def policy_from_params(params: dict) -> CsrPolicy:

@@ -52,7 +52,7 @@ class HelperDecider:
             self._slots = asyncio.Semaphore(self.concurrency)
         return self._slots
 
-    async def decide(self, identity: str, inventory: dict, csr: dict) -> HelperDecision:
+    async def decide(self, identity: str, inventory: dict, csr: dict | None) -> HelperDecision:
         decision = await run_helper(self.argv, helper_request(identity, csr, inventory), timeout=self.timeout)
         for name in decision.ignored:
             self.ignored_fields[name] = self.ignored_fields.get(name, 0) + 1
@@ -61,8 +61,9 @@ class HelperDecider:
             # The loop guard before the certificate: a looping configuration is the failure a helper author
             # needs to read first (the flow checks every decision again, whoever made it).
             check_configuration(identity, decision.configuration)
-            # A certificate for another key would leave the node unable to use it after restart.
-            problem = certificate_problem(decision.certificate, csr.get("csr", ""))
+            # A certificate for another key would leave the node unable to use it after restart (without PKI there
+            # is no CSR to compare with: the node's own key, if any, is the node's business, as in Choria).
+            problem = certificate_problem(decision.certificate, csr.get("csr", "")) if csr is not None else ""
             if problem:
                 raise NodeFailure(f"helper answer for {identity} refused: {problem}")
         return decision
@@ -95,7 +96,9 @@ class SignerDecider:
     def turn(self) -> contextlib.AbstractAsyncContextManager:
         return _NO_LIMIT  # signing is sub-millisecond and inline
 
-    async def decide(self, identity: str, inventory: dict, csr: dict) -> HelperDecision:
+    async def decide(self, identity: str, inventory: dict, csr: dict | None) -> HelperDecision:
+        if csr is None:
+            raise NodeFailure(f"the built-in signer needs the CSR of {identity}: it signs only with PKI on (gencsr)")
         try:
             issued = self.signer.sign(csr.get("csr", ""), identity, valid_days=self.valid_days, profile=self.profile)
         except PolicyError as exc:

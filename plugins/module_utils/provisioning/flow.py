@@ -11,6 +11,10 @@ drive this one implementation.
 
 The loop guard is the flow's: a decision whose configuration leaves provisioning on fails the node before
 ``configure``, whoever decided it.
+
+Without PKI (``FlowOptions.pki`` false, Choria's ``features.pki: false``) there is no ``gencsr``: the decider
+gets ``csr`` None, a helper's answer needs no certificate, and ``configure`` carries the configuration (and
+whatever certificate, CA and ssldir the helper returned, as Choria sends them).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ PROVISIONED, DEFERRED, FAILED, SHUTDOWN, WOULD_PROVISION = (
 class Decider(Protocol):
     """What decides for one node. ``turn()`` bounds how many decisions run at once (a helper is a process each)."""
 
-    async def decide(self, identity: str, inventory: dict, csr: dict) -> HelperDecision: ...
+    async def decide(self, identity: str, inventory: dict, csr: dict | None) -> HelperDecision: ...
 
     def turn(self) -> contextlib.AbstractAsyncContextManager: ...
 
@@ -58,6 +62,7 @@ class FlowOptions:
     csr_subject: dict = field(default_factory=dict)
     key_type: str = "ec"
     check_mode: bool = False
+    pki: bool = True  # ask the node for a CSR (gencsr); Choria's features.pki
 
     def token_data(self, **extra) -> dict:
         """Request data for a choria_provision action: the token and the inputs that are set."""
@@ -74,7 +79,10 @@ class FlowOptions:
 
     def configure_data(self, configuration: dict, certificate: Any, ca: Any, ssldir: Any) -> dict:
         return self.token_data(
-            config=json.dumps(configuration, sort_keys=True), certificate=certificate, ca=ca, ssldir=ssldir
+            config=json.dumps(configuration, sort_keys=True),
+            certificate=certificate or None,
+            ca=ca or None,
+            ssldir=ssldir or None,
         )
 
 
@@ -147,10 +155,12 @@ class ProvisioningFlow:
             inventory = await node_ask("inventory", agent="rpcutil")
             if self.options.check_mode:
                 return outcome(WOULD_PROVISION)
-            step = "gencsr"
-            csr = await node_ask("gencsr", self.options.gencsr_data(identity))
-            if not isinstance(csr.get("csr"), str) or "CERTIFICATE REQUEST" not in csr.get("csr", ""):
-                raise NodeFailure(f"gencsr: {identity} replied without a PEM CSR")
+            csr = None
+            if self.options.pki:
+                step = "gencsr"
+                csr = await node_ask("gencsr", self.options.gencsr_data(identity))
+                if not isinstance(csr.get("csr"), str) or "CERTIFICATE REQUEST" not in csr.get("csr", ""):
+                    raise NodeFailure(f"gencsr: {identity} replied without a PEM CSR")
             step = "decide"
             decision = await self._decide(identity, inventory, csr, timings)
             if decision.defer:
@@ -161,7 +171,7 @@ class ProvisioningFlow:
                 return outcome(SHUTDOWN, decision.msg)
             check_configuration(identity, decision.configuration)
             step = "configure"
-            ssldir = decision.ssldir or csr.get("ssldir") or None
+            ssldir = decision.ssldir or (csr or {}).get("ssldir") or None
             await node_ask(
                 "configure",
                 self.options.configure_data(decision.configuration, decision.certificate, decision.ca, ssldir),
@@ -172,7 +182,7 @@ class ProvisioningFlow:
         except NodeFailure as exc:
             return outcome(FAILED, str(exc), step)
 
-    async def _decide(self, identity: str, inventory: dict, csr: dict, timings: dict) -> HelperDecision:
+    async def _decide(self, identity: str, inventory: dict, csr: dict | None, timings: dict) -> HelperDecision:
         if self.decider is None:
             raise NodeFailure(f"no helper and no signer: nothing can decide for {identity}")
         async with self.decider.turn():

@@ -12,6 +12,9 @@ and prints one JSON document::
     {"defer": bool, "shutdown": bool, "msg": "...", "certificate": "PEM", "ca": "PEM", "ssldir": "...",
      "configuration": {"key": "value", ...}}
 
+With PKI (a CSR was asked for, ``csr`` is set) the certificate and CA are required; without (Choria's
+``features.pki: false``, ``csr`` null) they are optional, as a Choria helper that only configures returns none.
+
 Pure Python (asyncio subprocesses). ``HelperDecision`` is also what the built-in signer decides (``deciders.py``).
 """
 
@@ -94,8 +97,13 @@ def _tail(text: str) -> str:
     return text[-STDERR_TAIL:] if text else "(empty)"
 
 
-def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str) -> HelperDecision:
-    """Judge a helper's output for one node. Raises NodeFailure with the helper's stderr in the text."""
+def parse_helper_output(
+    identity: str, returncode: int, stdout: str, stderr: str, require_certificate: bool = True
+) -> HelperDecision:
+    """Judge a helper's output for one node. Raises NodeFailure with the helper's stderr in the text.
+
+    ``require_certificate`` false (no PKI): ``certificate`` and ``ca`` may be absent or empty; when given they
+    must still be PEM certificates."""
     if returncode != 0:
         raise NodeFailure(f"helper exited with status {returncode} for {identity}; stderr: {_tail(stderr)}")
     text = (stdout or "").strip()
@@ -126,18 +134,21 @@ def parse_helper_output(identity: str, returncode: int, stdout: str, stderr: str
             raise NodeFailure(
                 f"helper configuration for {identity}: value of {key!r} must be a string, got {type(value).__name__}"
             )
-    certificate = doc.get("certificate")
-    if not isinstance(certificate, str) or not certificate.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
-        raise NodeFailure(
-            f"helper returned no PEM certificate for {identity} (field 'certificate'); stderr: {_tail(stderr)}"
-        )
-    ca = doc.get("ca")
-    if not isinstance(ca, str) or not ca.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
-        raise NodeFailure(f"helper returned no PEM CA for {identity} (field 'ca'); stderr: {_tail(stderr)}")
+    certificate = _pem_field(doc, "certificate", "certificate", identity, stderr, require_certificate)
+    ca = _pem_field(doc, "ca", "CA", identity, stderr, require_certificate)
     ssldir = doc.get("ssldir") if isinstance(doc.get("ssldir"), str) else ""
     return HelperDecision(
         msg=msg, certificate=certificate, ca=ca, ssldir=ssldir, configuration=dict(configuration), ignored=ignored
     )
+
+
+def _pem_field(doc: dict, name: str, what: str, identity: str, stderr: str, required: bool) -> str:
+    value = doc.get(name)
+    if not required and value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not value.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
+        raise NodeFailure(f"helper returned no PEM {what} for {identity} (field {name!r}); stderr: {_tail(stderr)}")
+    return value
 
 
 def certificate_problem(certificate_pem: str, csr_pem: str) -> str:
@@ -180,7 +191,9 @@ def _kill_group(proc) -> None:
 async def run_helper(
     argv: list[str], request: dict, timeout: float = DEFAULT_HELPER_TIMEOUT, env: dict | None = None
 ) -> HelperDecision:
-    """Run the helper for one node; kill it (and its children) when it runs past ``timeout`` seconds."""
+    """Run the helper for one node; kill it (and its children) when it runs past ``timeout`` seconds.
+
+    The answer needs a certificate when the request carries a CSR (see :func:`parse_helper_output`)."""
     identity = request.get("identity", "?")
     payload = json.dumps(request).encode("utf-8")
     try:
@@ -231,5 +244,9 @@ async def run_helper(
         await proc.wait()
         raise
     return parse_helper_output(
-        identity, proc.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+        identity,
+        proc.returncode,
+        stdout.decode("utf-8", "replace"),
+        stderr.decode("utf-8", "replace"),
+        require_certificate=request.get("csr") is not None,
     )

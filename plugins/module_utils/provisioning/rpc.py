@@ -4,13 +4,22 @@
 
 One subscription to ``<collective>.reply.<md5(callerid)>.>`` carries every reply; replies are routed to the
 waiting request by request id, so thousands of requests can be in flight on one connection.
+
+Several provisioner instances of one site share a caller id (a node's provisioning lock is per caller, so one
+instance can take over another's node). Each then names itself in every request's ``senderid`` and gives its
+requests a reply subject of its own, ``<collective>.reply.<md5(callerid)>.<reply_scope>.<requestid>`` (servers
+answer on the transport's ``reply-to``; brokers let them publish anywhere under ``<collective>.reply.``), so no
+instance receives the others' replies. Whatever still arrives for a request id that is not waiting is dropped by
+its subject's last token before it is decoded, and counted in ``foreign_replies``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
-from typing import Any, Awaitable, Callable
+import time
+from typing import Any, Awaitable, Callable, Optional
 
 from ..choria.filters import empty_filter, identity_filter
 from ..choria.protocol import (
@@ -34,6 +43,8 @@ from ..choria.subjects import (
 )
 from ..choria.transport import connect
 from ..common.deps import NatsError
+
+REPLY_SCOPE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class RpcError(RuntimeError):
@@ -68,11 +79,18 @@ async def _until(done: asyncio.Future, timeout: float) -> None:
         timer.cancel()
 
 
+# Called after each attempt of ``call``: (``agent#action``, seconds, the node's reply or None when it was silent).
+CallObserver = Callable[[str, float, Optional[Reply]], None]
+
+
 class RpcClient:
     """Send Choria requests and collect replies.
 
     ``async with RpcClient(["nats://127.0.0.1:4222"]) as client:`` then ``await client.discover()``,
     ``await client.call(identity, agent, action, data)`` or ``await client.request(...)`` for many nodes.
+
+    ``senderid`` (default: the caller id's name) is put in every request; ``reply_scope`` (a subject token)
+    gives this client reply subjects of its own under the caller's; ``observer`` sees every attempt of ``call``.
     """
 
     def __init__(
@@ -84,9 +102,17 @@ class RpcClient:
         ttl: int = DEFAULT_TTL,
         connection=None,
         signer=None,
+        senderid: str = "",
+        reply_scope: str = "",
+        observer: CallObserver | None = None,
     ):
+        if reply_scope and not REPLY_SCOPE.match(reply_scope):
+            raise ValueError(f"reply_scope {reply_scope!r} is not a subject token of letters, digits, '_' and '-'")
         self.brokers = list(brokers)
         self.callerid = caller_id(callerid)
+        self.senderid = senderid or self.callerid.split("=", 1)[-1]
+        self.reply_scope = reply_scope
+        self.observer = observer
         self.collective = collective
         self.tls = tls
         self.ttl = ttl
@@ -96,6 +122,7 @@ class RpcClient:
         self._waiters: dict[str, Callable[[Reply], None]] = {}
         self._sub = None
         self.undecodable = 0
+        self.foreign_replies = 0
         self._callbacks: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> RpcClient:
@@ -108,8 +135,7 @@ class RpcClient:
     async def connect(self) -> None:
         if self.nc is None:
             self.nc = await connect(self.brokers, name=self.callerid, tls=self.tls)
-        prefix = reply_inbox_prefix(self.callerid, self.collective)
-        self._sub = await self.nc.subscribe(prefix + ".>", cb=self._on_reply)
+        self._sub = await self.nc.subscribe(self._reply_prefix() + ".>", cb=self._on_reply)
         await self.nc.flush()
 
     async def close(self) -> None:
@@ -126,14 +152,23 @@ class RpcClient:
                 await self.nc.close()
         self.nc = None
 
+    def _reply_prefix(self) -> str:
+        prefix = reply_inbox_prefix(self.callerid, self.collective)
+        return f"{prefix}.{self.reply_scope}" if self.reply_scope else prefix
+
     async def _on_reply(self, msg) -> None:
+        # The reply subject ends in the request id: a reply nobody here waits for is not worth decoding.
+        requestid = msg.subject.rsplit(".", 1)[-1]
+        waiter = self._waiters.get(requestid)
+        if waiter is None:
+            self.foreign_replies += 1
+            return
         try:
             reply = decode_reply(msg.data)
         except ProtocolError:
             self.undecodable += 1
             return
-        waiter = self._waiters.get(reply.requestid)
-        if waiter is not None:
+        if reply.requestid == requestid:
             waiter(reply)
 
     def new_request(self, agent: str, body: Any, identities: list[str] | None = None) -> Request:
@@ -142,12 +177,14 @@ class RpcClient:
             agent=agent,
             body=body,
             callerid=self.callerid,
-            senderid=self.callerid.split("=", 1)[-1],
+            senderid=self.senderid,
             collective=self.collective,
             requestid=requestid,
             ttl=self.ttl,
             filter=identity_filter(identities) if identities else empty_filter(),
-            reply_to=reply_subject(self.callerid, requestid, self.collective),
+            reply_to=f"{self._reply_prefix()}.{requestid}"
+            if self.reply_scope
+            else reply_subject(self.callerid, requestid, self.collective),
         )
 
     async def publish_request(self, req: Request, identities: list[str] | None = None) -> None:
@@ -217,7 +254,9 @@ class RpcClient:
         """One RPC to one node; retried with backoff on timeout. Raises RpcTimeout naming the step."""
         step = step or f"{agent}#{action}"
         delay = 0.5
+        rpc = f"{agent}#{action}"
         for attempt in range(retries + 1):
+            started = time.monotonic()
             replies = await self.request(
                 agent,
                 {"agent": agent, "action": action, "data": data or {}},
@@ -225,9 +264,11 @@ class RpcClient:
                 timeout=timeout,
                 expect=1,
             )
-            for reply in replies:
-                if reply.senderid == identity:
-                    return reply
+            answer = next((reply for reply in replies if reply.senderid == identity), None)
+            if self.observer is not None:
+                self.observer(rpc, time.monotonic() - started, answer)
+            if answer is not None:
+                return answer
             if attempt < retries:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

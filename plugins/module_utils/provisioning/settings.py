@@ -62,6 +62,7 @@ class ProvisionSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     check_mode: bool = False
+    pki: bool = True  # gencsr and a certificate for each node; false: the helper's configuration alone (Choria's)
     helper_argv: list | None = field(default=None, init=False)  # the helper resolved to an executable and its args
 
     def __post_init__(self) -> None:
@@ -79,6 +80,8 @@ class ProvisionSettings:
             self.brokers = normalize_brokers(self.brokers)
         except BrokerUrlError as exc:
             raise ProvisionError(f"brokers: {exc}") from None
+        if not self.pki and self.signer:
+            raise ProvisionError("the built-in signer needs the node's CSR: it cannot be used with pki off")
         if self.helper is not None and self.helper != "" and self.helper != []:
             if self.signer:
                 raise ProvisionError("helper and signer are mutually exclusive")
@@ -96,12 +99,17 @@ class ProvisionSettings:
             csr_subject=dict(self.csr_subject or {}),
             key_type=self.key_type,
             check_mode=self.check_mode,
+            pki=self.pki,
         )
 
-    def client(self) -> RpcClient:
-        """An RPC client for these brokers (not connected yet)."""
+    def tls(self):
+        """The client TLS context of the broker options (None without them); ProvisionError when unusable."""
         try:
-            tls = tls_context(self.tls_ca, self.tls_cert, self.tls_key)
+            return tls_context(self.tls_ca, self.tls_cert, self.tls_key)
         except (OSError, ValueError) as exc:
             raise ProvisionError(f"broker TLS options: {exc}") from None
-        return RpcClient(self.brokers, callerid=self.callerid, collective=self.collective, tls=tls)
+
+    def client(self, **options) -> RpcClient:
+        """An RPC client for these brokers (not connected yet); ``options`` are RpcClient's (``connection``,
+        ``senderid``, ``reply_scope``, ``observer``)."""
+        return RpcClient(self.brokers, callerid=self.callerid, collective=self.collective, tls=self.tls(), **options)

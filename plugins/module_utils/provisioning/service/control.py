@@ -339,21 +339,29 @@ class PauseRecord:
 
     async def load(self) -> bool:
         """The stored flag (False when never set or unreadable)."""
+        return (await self.read())[0]
+
+    async def read(self) -> tuple:
+        """(paused, revision, who set it): (False, 0, "") when never set; an unreadable value is not paused."""
         try:
             entry = await self.kv.get(PAUSE_KEY)
         except nats.js.errors.KeyNotFoundError:
-            return False
+            return False, 0, ""
         except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"could not read the paused flag: {exc or type(exc).__name__}") from None
         try:
             doc = json.loads(entry.value or b"{}")
         except (ValueError, RecursionError):
-            return False
-        return isinstance(doc, dict) and doc.get("paused") is True
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        by = doc.get("by") if isinstance(doc.get("by"), str) else ""
+        return doc.get("paused") is True, int(entry.revision or 0), by[:128]
 
-    async def save(self, paused: bool, by: str) -> None:
+    async def save(self, paused: bool, by: str) -> int:
+        """Store the flag; the revision written."""
         value = json.dumps({"paused": paused, "by": by[:128], "time": round(time.time(), 3)}).encode()
         try:
-            await self.kv.put(PAUSE_KEY, value)
+            return await self.kv.put(PAUSE_KEY, value)
         except (NatsError, asyncio.TimeoutError) as exc:
             raise BucketError(f"could not store paused={paused}: {exc}") from None

@@ -54,6 +54,11 @@ class QueueEntry:
         self.reason = ""
         self.ticket = 0  # bumped on every re-queue, so stale references in the ready list and heap are skipped
 
+    @property
+    def in_work(self) -> bool:
+        """Handed to a worker and not ended yet."""
+        return self.state == _BUSY
+
     def __repr__(self) -> str:
         return f"QueueEntry({self.identity!r}, {self.state}, attempts={self.attempts})"
 
@@ -295,14 +300,27 @@ class WorkQueue:
         self._dispatch()
 
     def _evict(self, entry: QueueEntry, idle: float) -> None:
+        self._remove_idle(entry)
+        log.info("%s left the queue: not seen for %.0fs", entry.identity, idle)
+        self.observer.evicted(entry.identity, idle)
+
+    def discard(self, identity: str, reason: str) -> bool:
+        """The node said it left provisioning mode (it shut down, or was provisioned): it leaves the queue now,
+        unless a worker has it. True if it was queued."""
+        entry = self._entries.get(identity)
+        if entry is None or entry.state == _BUSY:
+            return False
+        self._remove_idle(entry)
+        log.debug("%s left the queue: %s", identity, reason)
+        return True
+
+    def _remove_idle(self, entry: QueueEntry) -> None:
         if entry.state == _READY:
             self.waiting -= 1
         elif entry.state == _DEFERRED:
             self.deferred -= 1
         entry.state = ""
         del self._entries[entry.identity]
-        log.info("%s left the queue: not seen for %.0fs", entry.identity, idle)
-        self.observer.evicted(entry.identity, idle)
 
     def __len__(self) -> int:
         return len(self._entries)

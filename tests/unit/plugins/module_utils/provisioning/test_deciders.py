@@ -63,6 +63,17 @@ def test_the_built_in_signer_turns_provisioning_off_and_names_the_node(tmp_path)
         decide(decider, "node2.example.net", make_csr("node1.example.net"))
 
 
+def test_without_pki_a_helper_configures_and_the_signer_cannot_sign(tmp_path):
+    decider = HelperDecider(
+        helper(tmp_path, {"configuration": {"plugin.choria.server.provision": "false"}}), {"a": "1"}
+    )
+    decision = asyncio.run(decider.decide("node1.example.net", {}, None))
+    assert decision.configuration == {"a": "1", "plugin.choria.server.provision": "false"} and not decision.certificate
+    signer = SignerDecider({"ca_cert": str(tmp_path / "ca.pem"), "ca_key": str(tmp_path / "ca.key"), "create_ca": True})
+    with pytest.raises(NodeFailure, match=r"needs the CSR of node1\.example\.net"):
+        asyncio.run(signer.decide("node1.example.net", {}, None))
+
+
 def test_the_settings_choose_the_decider(tmp_path):
     base = {"brokers": ["nats://127.0.0.1:1"]}
     assert decider_for(ProvisionSettings(**base)) is None

@@ -61,6 +61,24 @@ def test_a_failure_names_its_step(client, decider, step, phrase):
     assert outcome.status == "failed" and outcome.step == step and phrase in outcome.reason
 
 
+def test_without_pki_the_node_is_configured_with_the_configuration_alone():
+    decider = StaticDecider()
+    outcome, client = run(decider=decider, pki=False)
+    assert outcome.status == "provisioned"
+    assert [sent[1] for sent in client.sent] == ["inventory", "configure", "restart"]
+    assert decider.csrs == [None]
+    configure = client.sent[1][2]
+    assert set(configure) == {"token", "config"}
+    assert json.loads(configure["config"]) == {"identity": "n1", "plugin.choria.server.provision": "false"}
+
+
+def test_without_pki_the_loop_guard_still_holds():
+    decider = StaticDecider(configuration={"identity": "n1"})
+    outcome, client = run(decider=decider, pki=False)
+    assert outcome.status == "failed" and outcome.step == "decide" and "leaves provisioning on" in outcome.reason
+    assert "configure" not in [sent[1] for sent in client.sent]
+
+
 def test_check_mode_asks_only_for_the_inventory():
     outcome, client = run(check_mode=True)
     assert outcome.status == "would_provision" and [sent[1] for sent in client.sent] == ["inventory"]

@@ -50,6 +50,29 @@ def test_good_answer_is_a_configure_decision():
     assert decision.ignored == ("server_claims",)
 
 
+def test_without_pki_a_chorias_helper_answer_without_a_certificate_is_a_decision():
+    # What Choria's Go helpers print: every field, the unused ones empty.
+    answer = good_answer(certificate="", ca="", ssldir="", key="", server_claims=None, action_policies={})
+    decision = ph.parse_helper_output("n1", 0, answer, "", require_certificate=False)
+    assert (decision.certificate, decision.ca, decision.ssldir) == ("", "", "")
+    assert decision.configuration["identity"] == "n1" and decision.ignored == ()
+    missing = json.dumps({"configuration": {"plugin.choria.server.provision": "false"}})
+    assert ph.parse_helper_output("n1", 0, missing, "", require_certificate=False).certificate == ""
+
+
+@pytest.mark.parametrize("field", ["certificate", "ca"])
+def test_with_pki_the_certificate_and_ca_are_required_and_without_they_must_still_be_pem(field):
+    with pytest.raises(ph.NodeFailure, match=f"field '{field}'"):
+        ph.parse_helper_output("n1", 0, good_answer(**{field: ""}), "")
+    with pytest.raises(ph.NodeFailure, match=f"field '{field}'"):
+        ph.parse_helper_output("n1", 0, good_answer(**{field: "not a PEM"}), "", require_certificate=False)
+
+
+def test_without_pki_the_configuration_is_still_required():
+    with pytest.raises(ph.NodeFailure, match="no configuration"):
+        ph.parse_helper_output("n1", 0, json.dumps({"msg": "hi"}), "", require_certificate=False)
+
+
 def test_defer_and_shutdown_carry_the_message():
     assert ph.parse_helper_output("n1", 0, json.dumps({"defer": True, "msg": "not yet"}), "").msg == "not yet"
     decision = ph.parse_helper_output("n1", 0, json.dumps({"shutdown": True}), "")
@@ -119,11 +142,22 @@ def test_run_helper_passes_the_request_on_stdin(tmp_path):
         "'seen.inventory': json.loads(req['inventory'])['version']}}))",
     )
     decision = asyncio.run(ph.run_helper([script], ph.helper_request("n3", None, {"version": "1.2"})))
-    assert decision.configuration == {
+    assert decision.certificate == CERT and decision.configuration == {
         "identity": "n3",
         "plugin.choria.server.provision": "false",
         "seen.inventory": "1.2",
     }
+
+
+def test_run_helper_wants_a_certificate_only_when_the_request_carries_a_csr(tmp_path):
+    script = _script(
+        tmp_path, "sys.stdin.read(); print(json.dumps({'configuration': {'plugin.choria.server.provision': 'no'}}))"
+    )
+    decision = asyncio.run(ph.run_helper([script], ph.helper_request("n3", None, {})))
+    assert decision.configuration == {"plugin.choria.server.provision": "no"} and decision.certificate == ""
+    csr = {"csr": "C", "public_key": "P", "ssldir": "/s"}
+    with pytest.raises(ph.NodeFailure, match="no PEM certificate"):
+        asyncio.run(ph.run_helper([script], ph.helper_request("n3", csr, {})))
 
 
 def test_run_helper_kills_a_helper_that_runs_too_long(tmp_path):

@@ -25,3 +25,9 @@ def test_brokers_follow_the_one_rule(value, expected):
     else:
         with pytest.raises(ProvisionError, match=re.escape(expected)):
             scripted_settings(brokers=value)
+
+
+def test_the_built_in_signer_needs_pki():
+    with pytest.raises(ProvisionError, match="cannot be used with pki off"):
+        scripted_settings(signer={"ca_cert": "x"}, pki=False)
+    assert scripted_settings(helper="/bin/true", pki=False).flow_options().pki is False

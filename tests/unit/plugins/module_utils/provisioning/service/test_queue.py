@@ -246,6 +246,24 @@ def test_stale_nodes_leave_but_not_while_worked_or_while_seen():
     assert (queue.waiting, queue.deferred, queue.busy) == (1, 0, 1)
 
 
+def test_a_node_that_left_provisioning_mode_leaves_the_queue_unless_it_is_worked():
+    async def main():
+        recorder = Recorder()
+        queue = wq.WorkQueue(observer=recorder, base_delay=1000)
+        for name in ("ready", "deferred", "worked"):
+            queue.add(name, "discovery")
+        taken = {e.identity: e for e in [await queue.take() for _round in range(3)]}
+        queue.postpone(taken["ready"], 0, "")
+        queue.defer(taken["deferred"], "later")
+        gone = [name for name in ("ready", "deferred", "worked", "unknown") if queue.discard(name, "shut down")]
+        return gone, queue, recorder.events
+
+    gone, queue, events = run(main())
+    assert gone == ["ready", "deferred"] and "worked" in queue and len(queue) == 1
+    assert (queue.waiting, queue.deferred, queue.busy) == (0, 0, 1)
+    assert not [e for e in events if e[0] in ("evicted", "dropped")]
+
+
 def test_full_queue_refuses_counts_and_logs_once_per_period(caplog):
     clock = FakeClock()
     recorder = Recorder()
