@@ -1,11 +1,12 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""``zeroinit-provisioner run|pause|resume|status --config FILE``
+"""``zeroinit-provisioner run|check|pause|resume|status --config FILE``
 (``python3 -m ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service ...``).
 
-``run`` is the service in the foreground (``daemon.py``). ``pause``, ``resume`` and ``status`` reach every live
-instance of the configuration's site over its control subject and print a JSON list, one object per instance
-that answered within ``--gather`` seconds (``status``: at least ``instance``, ``paused``, ``busy_workers``,
+``run`` is the service in the foreground (``daemon.py``); ``check`` reads the configuration as ``run`` does and
+exits (the provisioner role checks a new file with it before the file replaces the old one). ``pause``,
+``resume`` and ``status`` reach every live instance of the configuration's site over its control subject and
+print a JSON list, one object per instance that answered within ``--gather`` seconds (``status``: at least ``instance``, ``paused``, ``busy_workers``,
 ``queue``, ``provisioned``, ``claims``).
 
 Exit status: 0 done (``run``: drained after SIGTERM); 1 the service could not start, or no instance answered,
@@ -31,7 +32,7 @@ from .daemon import config_hooks, control_codec, run_service
 from .logs import configure_logging
 
 PROG = "zeroinit-provisioner"
-COMMANDS = ("run", "pause", "resume", "status")
+COMMANDS = ("run", "check", "pause", "resume", "status")
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         prog=PROG,
         description="The provisioner service: run it, or pause, resume or ask every running instance of a site.",
     )
-    parser.add_argument("command", choices=COMMANDS, help="run the service, or control the site's instances")
+    parser.add_argument("command", choices=COMMANDS, help="run the service, check its configuration, or control the site's instances")
     parser.add_argument("--config", required=True, help="the service's YAML configuration file")
     parser.add_argument(
         "--gather",
@@ -65,11 +66,13 @@ def main(argv: Optional[list] = None) -> int:
     except MissingDependency as exc:
         return fail(str(exc), 1)
     # The control commands need the brokers and the key, not the helper or signer this machine may not have.
-    hooks = config_hooks() if args.command == "run" else ConfigHooks(brokers=normalize_brokers)
+    hooks = config_hooks() if args.command in ("run", "check") else ConfigHooks(brokers=normalize_brokers)
     try:
         config = load_service_config(args.config, hooks)
     except ServiceConfigError as exc:
         return fail(str(exc), 2)
+    if args.command == "check":
+        return 0
     if args.command == "run":
         configure_logging(config.loglevel, config.logfile)
         return asyncio.run(run_service(config))
