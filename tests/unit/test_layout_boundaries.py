@@ -93,9 +93,7 @@ def test_each_copied_side_imports_only_itself_and_no_ansible(side):
 def test_the_roles_copy_the_sides_checked_here():
     agent = yaml.safe_load((ROOT / "roles/provision_agent/vars/main.yml").read_text())
     service = yaml.safe_load((ROOT / "roles/provisioner/vars/main.yml").read_text())
-    assert [
-        p.removesuffix("/__init__.py") for p in agent["provision_agent_source_paths"] if p != "pki/__init__.py"
-    ] == [p for p in NODE_SIDE]
+    assert [p for p in agent["provision_agent_source_paths"] if p != "pki/__init__.py"] == list(NODE_SIDE)
     assert tuple(service["provisioner_source_paths"]) == SERVICE_SIDE
 
 

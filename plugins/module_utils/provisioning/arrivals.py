@@ -234,7 +234,7 @@ class ArrivalFeed:
             try:
                 await rpc.connect()
                 await listener.start(nc)
-                workers = [asyncio.ensure_future(self.forward(rpc)) for _ in range(INVENTORY_WORKERS)]
+                workers = [asyncio.ensure_future(self.forward(rpc)) for _worker in range(INVENTORY_WORKERS)]
                 await closed.wait()
                 log.warning("the connection to the brokers closed; connecting again")
             finally:

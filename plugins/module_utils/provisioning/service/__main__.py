@@ -40,7 +40,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         prog=PROG,
         description="The provisioner service: run it, or pause, resume or ask every running instance of a site.",
     )
-    parser.add_argument("command", choices=COMMANDS, help="run the service, check its configuration, or control the site's instances")
+    parser.add_argument(
+        "command", choices=COMMANDS, help="run the service, check its configuration, or control the site's instances"
+    )
     parser.add_argument("--config", required=True, help="the service's YAML configuration file")
     parser.add_argument(
         "--gather",
