@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -21,6 +20,7 @@ from tests.support import netns
 from tests.support.ansible_run import run_module, run_playbook
 from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, discover
+from tests.support.ssh import keygen
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 NODES = 5
@@ -59,16 +59,16 @@ PLAY = f"""
 @pytest.fixture(scope="module")
 def service_host(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("provisioner-role")
-    key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "prov-role", "-f", str(key)], check=True)
-    net = netns.TestNetwork.create("provrole", 1, sshd=True, authorized_keys=(tmp / "id_ed25519.pub").read_text())
+    key, public_key = keygen(tmp, "id_ed25519")
+    net = netns.TestNetwork.create("provrole", 1, sshd=True, authorized_keys=public_key)
     host = net.hosts[0]
     broker = None
     try:
         os.makedirs(host.path("/etc/zeroinit/ca"), exist_ok=True)
         broker = EmbeddedBroker(host=net.bridge_address).start()
+        hosts = net.ansible_hosts(key, ansible_pipelining=True)
         inventory = tmp / "inventory.json"
-        inventory.write_text(json.dumps({"provisioners": {"hosts": net.ansible_hosts(key, ansible_pipelining=True)}}))
+        inventory.write_text(json.dumps({"provisioners": {"hosts": hosts}}))
         yield host, broker, str(inventory), tmp
     finally:
         try:
