@@ -10,6 +10,8 @@ What one instance wires, from its checked configuration:
   and says so, and refuses to start while another instance of the site answers ``hello``;
 - the nodes' lifecycle events and registration data (``NodeEventListener``) and a broadcast discovery at start
   and every ``interval``, all into one de-duplicated ``WorkQueue``;
+- in cluster mode, the site's other live instances (``hello`` every few seconds), so each instance takes the
+  nodes that fall to it first (``membership.py``) and the others' only when it has nothing else to do;
 - ``workers`` workers: take a node, claim it (before the first request), run ``ProvisioningFlow`` (THE flow
   ``choria_provision`` runs too) while the claim is renewed, then mark it done (provisioned) or release it and
   re-queue the node with backoff (deferred, failed); a claim lost meanwhile cancels the node's run;
@@ -58,6 +60,7 @@ from .control import (
     first_started,
 )
 from .logs import log_fields
+from .membership import SiteMembers
 from .metrics import LivenessCheck, MonitorServer, ServiceMetrics
 from .queue import QueueEntry, WorkQueue
 
@@ -69,6 +72,9 @@ TICK = 1.0  # queue housekeeping and liveness
 PAUSE_SYNC = 5.0  # seconds between two reads of the site's paused flag (a pause this instance missed)
 BUCKET_RETRY = 2.0  # seconds before a node whose claim could not be asked for is tried again
 HELLO_GATHER = 1.0
+MEMBERSHIP_INTERVAL = 3.0  # seconds between two looks at the site's live instances
+MEMBERSHIP_GATHER = 0.5
+START_TIMEOUT = 60.0  # seconds to keep trying the site's buckets at start (a cluster electing leaders)
 DISCOVERY_TASK = "discovery"
 STATUS_NODES = 50  # deferred and busy nodes listed in a status answer
 REJECTED_LOG_EVERY = 10.0
@@ -147,6 +153,8 @@ class ProvisionerDaemon(ControlHandlers):
         self.pause_record: Optional[PauseRecord] = None
         self.listener: Optional[NodeEventListener] = None
         self.control: Optional[ControlServer] = None
+        self.control_client: Optional[ControlClient] = None
+        self.members = SiteMembers(self.instance)
         self.monitor: Optional[MonitorServer] = None
         self.liveness = LivenessCheck(lambda: self.nc is not None and self.nc.is_connected)
         self._pause_revision = 0
@@ -226,19 +234,10 @@ class ProvisionerDaemon(ControlHandlers):
             self.nc, codec, self.instance, self, on_rejected=lambda _reason: self.metrics.control_rejected.inc()
         )
         await self.control.start()
-        await self._refuse_a_second_single_instance(codec)
+        self.control_client = ControlClient(self.nc, codec, sender=self.instance)
+        await self._refuse_a_second_single_instance()
         if self.mode == CLUSTER:
-            try:
-                self.claims = await ClaimStore.open(
-                    self.nc, config.site, self.instance, config.claim_ttl, observer=self.metrics.claim_observer()
-                )
-                self.pause_record = await PauseRecord.open(self.claims.js, config.site)
-                paused, self._pause_revision, by = await self.pause_record.read()
-            except BucketError as exc:
-                raise ServiceError(str(exc)) from None
-            if paused:
-                self._set_paused(True)
-                log.warning("starting paused: site %s was paused by %s", config.site, by or "an operator")
+            await self._open_site_state()
         self.metrics.set_instance(self.instance, self.mode)
         self.metrics.track(self.queue, self.claims)
         self.client = self.settings.client(
@@ -254,6 +253,8 @@ class ProvisionerDaemon(ControlHandlers):
         if self.claims is not None:
             self._spawn(self.claims.run(), "claims")
         self._spawn(self._housekeeping(), "housekeeping")
+        if self.mode == CLUSTER:
+            self._spawn(self._membership_loop(), "membership")
         self._spawn(self._discovery_loop(), DISCOVERY_TASK)
         self._workers = [asyncio.ensure_future(self._worker()) for _slot in range(config.workers)]
         log.info(
@@ -276,9 +277,37 @@ class ProvisionerDaemon(ControlHandlers):
             ),
         )
 
-    async def _refuse_a_second_single_instance(self, codec: ControlCodec) -> None:
+    async def _open_site_state(self) -> None:
+        """The claims bucket and the paused flag, tried again while the cluster is busy (electing leaders)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        delay = 0.5
+        while True:
+            try:
+                if self.claims is None:
+                    self.claims = await ClaimStore.open(
+                        self.nc,
+                        self.config.site,
+                        self.instance,
+                        self.config.claim_ttl,
+                        observer=self.metrics.claim_observer(),
+                    )
+                if self.pause_record is None:
+                    self.pause_record = await PauseRecord.open(self.claims.js, self.config.site)
+                paused, self._pause_revision, by = await self.pause_record.read()
+                break
+            except BucketError as exc:
+                if time.monotonic() + delay > deadline or self._stop.is_set():
+                    raise ServiceError(str(exc)) from None
+                log.warning("%s; trying again in %gs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if paused:
+            self._set_paused(True)
+            log.warning("starting paused: site %s was paused by %s", self.config.site, by or "an operator")
+
+    async def _refuse_a_second_single_instance(self) -> None:
         """Without JetStream nothing keeps two instances off one node: the later of two refuses to run."""
-        others = await ControlClient(self.nc, codec, sender=self.instance).other_instances(self.instance, HELLO_GATHER)
+        others = await self.control_client.other_instances(self.instance, HELLO_GATHER)
         alone = [other for other in others if self.mode == SINGLE or other.get("mode") == SINGLE]
         first = first_started(self.instance, self.started, alone)
         if first is not None:
@@ -365,6 +394,24 @@ class ProvisionerDaemon(ControlHandlers):
                 self.queue.add(identity, "discovery")
         log.debug("discovery: %d node(s) answered, %d queued", len(found), len(self.queue))
         return len(found)
+
+    async def _membership_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MEMBERSHIP_INTERVAL)
+            try:
+                others = await self.control_client.other_instances(self.instance, MEMBERSHIP_GATHER)
+            except NatsError as exc:
+                log.debug("the site's instances not asked: %s", exc)
+                continue
+            live = [o["instance"] for o in others if o.get("mode") == CLUSTER and not o.get("draining")]
+            if self.members.update(live):
+                log.info(
+                    "instances of site %s: %s",
+                    self.config.site,
+                    ", ".join(self.members.members),
+                    extra=log_fields(event="members", members=list(self.members.members)),
+                )
+                self.queue.set_preference(self.members.mine if len(self.members.members) > 1 else None)
 
     # Working nodes ------------------------------------------------------------------------------------------------
 
@@ -568,13 +615,15 @@ class ProvisionerDaemon(ControlHandlers):
             "failed": self.failed_total,
             "claims": self.claims.held if self.claims is not None else 0,
             "takeovers": self.claims.takeovers_total if self.claims is not None else 0,
+            "stolen": snapshot["stolen"],
+            "members": list(self.members.members),
             "started": round(self.started, 3),
             "deferred_nodes": snapshot["deferred_nodes"],
             "busy_nodes": snapshot["busy_nodes"],
         }
 
     async def hello(self) -> dict:
-        return {"mode": self.mode, "started": self.started, "site": self.config.site}
+        return {"mode": self.mode, "started": self.started, "site": self.config.site, "draining": self.draining}
 
     # Connection ---------------------------------------------------------------------------------------------------
 

@@ -17,6 +17,14 @@ beyond it are refused, counted and logged.
 ``pause()`` stops handing out entries at once (no ``take`` returns while paused); entries already handed out
 finish. ``tick()`` (called by the daemon every second or so) evicts nodes not seen for ``stale_after`` seconds
 (three discovery intervals) unless a worker has them.
+
+Sharing a site with other instances: every instance hears of every node, so without care all of them would
+take the same node at the same moment and all but one would lose the race for its claim. ``prefer`` (set with
+``set_preference``; the daemon's says whether the node falls to this instance among the live ones) splits the
+ready nodes into two lanes: this instance's own, handed out first and oldest first, and the others', handed out
+only when its own lane is empty and only once a node has been ready for ``steal_after`` seconds (its own
+instance has had the chance to take it). From the others' lane the newest node is taken first: its instance
+works its own lane oldest first, so the newest is the one it will reach last.
 """
 
 from __future__ import annotations
@@ -41,7 +49,18 @@ log = logging.getLogger("zeroinit.provisioner.queue")
 class QueueEntry:
     """One node in the queue. Workers read it; only the queue changes it."""
 
-    __slots__ = ("attempts", "first_seen", "identity", "last_seen", "ready_at", "reason", "source", "state", "ticket")
+    __slots__ = (
+        "attempts",
+        "first_seen",
+        "identity",
+        "last_seen",
+        "preferred",
+        "ready_at",
+        "reason",
+        "source",
+        "state",
+        "ticket",
+    )
 
     def __init__(self, identity: str, source: str, now: float):
         self.identity = identity
@@ -50,8 +69,9 @@ class QueueEntry:
         self.last_seen = now
         self.attempts = 0
         self.state = _READY
-        self.ready_at = now
+        self.ready_at = now  # when it is (or was) ready to be taken
         self.reason = ""
+        self.preferred = True  # in this instance's own lane
         self.ticket = 0  # bumped on every re-queue, so stale references in the ready list and heap are skipped
 
     @property
@@ -100,6 +120,8 @@ class WorkQueue:
         max_delay: float = 300.0,
         stale_after: float = 180.0,
         done_grace: float = 60.0,
+        steal_after: float = 2.0,
+        prefer: Optional[Callable[[str], bool]] = None,
         observer: Optional[QueueObserver] = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -110,11 +132,14 @@ class WorkQueue:
         self.max_delay = max_delay
         self.stale_after = stale_after
         self.done_grace = done_grace
+        self.steal_after = steal_after
+        self._prefer = prefer
         self.observer = observer or QueueObserver()
         self._clock = clock
         self._rand = rand
         self._entries: dict = {}
-        self._ready: collections.deque = collections.deque()  # (identity, ticket), oldest first
+        self._ready: collections.deque = collections.deque()  # own lane: (identity, ticket), oldest first
+        self._others: collections.deque = collections.deque()  # the other instances' lane, oldest first
         self._deferred: list = []  # heap of (ready_at, sequence, identity, ticket)
         self._sequence = 0
         self._done: collections.OrderedDict = collections.OrderedDict()  # identity -> ignore adds until
@@ -125,6 +150,7 @@ class WorkQueue:
         self.waiting = 0  # entries ready to be taken
         self.deferred = 0  # entries waiting for their next attempt
         self.busy = 0  # entries handed to workers
+        self.stolen = 0  # entries handed out from the other instances' lane
         self.rejected_total = 0
         self._rejected_unlogged = 0
         self._last_full_log = float("-inf")
@@ -194,7 +220,7 @@ class WorkQueue:
         self.busy -= 1
         entry.state = _READY
         entry.ticket += 1
-        self._ready.appendleft((entry.identity, entry.ticket))
+        (self._ready if entry.preferred else self._others).appendleft((entry.identity, entry.ticket))
         self.waiting += 1
         self._dispatch()
 
@@ -283,6 +309,21 @@ class WorkQueue:
         self._paused = False
         self._dispatch()
 
+    # Sharing the nodes with other instances ----------------------------------------------------------------------
+
+    def set_preference(self, prefer: Optional[Callable[[str], bool]]) -> None:
+        """Which nodes are this instance's own (None: all); the ready nodes move to their lanes, in order."""
+        self._prefer = prefer
+        lanes = (self._ready, self._others)
+        self._ready, self._others = collections.deque(), collections.deque()
+        for lane in lanes:
+            for identity, ticket in lane:
+                entry = self._current(identity, ticket, _READY)
+                if entry is not None:
+                    entry.preferred = prefer is None or prefer(identity)
+                    (self._ready if entry.preferred else self._others).append((identity, ticket))
+        self._dispatch()
+
     # Housekeeping -------------------------------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -338,6 +379,7 @@ class WorkQueue:
             "queue": self.waiting,
             "deferred": self.deferred,
             "busy": self.busy,
+            "stolen": self.stolen,
             "entries": len(self._entries),
             "limit": self.limit,
             "rejected": self.rejected_total,
@@ -355,10 +397,12 @@ class WorkQueue:
 
     # Internals ----------------------------------------------------------------------------------------------------
 
-    def _push_ready(self, entry: QueueEntry) -> None:
+    def _push_ready(self, entry: QueueEntry, now: Optional[float] = None) -> None:
         entry.state = _READY
         entry.ticket += 1
-        self._ready.append((entry.identity, entry.ticket))
+        entry.ready_at = self._clock() if now is None else now
+        entry.preferred = self._prefer is None or self._prefer(entry.identity)
+        (self._ready if entry.preferred else self._others).append((entry.identity, entry.ticket))
         self.waiting += 1
 
     def _push_deferred(self, entry: QueueEntry, ready_at: float) -> None:
@@ -380,19 +424,51 @@ class WorkQueue:
             identity, ticket = self._ready.popleft()
             entry = self._current(identity, ticket, _READY)
             if entry is not None:
-                self.waiting -= 1
-                self.busy += 1
-                entry.state = _BUSY
-                return entry
+                return self._hand_out(entry)
+        entry = self._stealable(self._clock())
+        if entry is not None:
+            self.stolen += 1
+            return self._hand_out(entry)
         return None
+
+    def _hand_out(self, entry: QueueEntry) -> QueueEntry:
+        self.waiting -= 1
+        self.busy += 1
+        entry.state = _BUSY
+        return entry
+
+    def _stealable(self, now: float) -> Optional[QueueEntry]:
+        """From the others' lane: the newest node ready for ``steal_after``, else the oldest if it is; removed."""
+        for pop, peek in ((self._others.pop, -1), (self._others.popleft, 0)):
+            while self._others:
+                identity, ticket = self._others[peek]
+                entry = self._current(identity, ticket, _READY)
+                if entry is None:
+                    pop()  # a stale reference
+                    continue
+                if now - entry.ready_at >= self.steal_after:
+                    pop()
+                    return entry
+                break
+        return None
+
+    def _next_steal(self) -> float:
+        """When the oldest node of the others' lane may be taken (inf when the lane is empty)."""
+        while self._others:
+            identity, ticket = self._others[0]
+            entry = self._current(identity, ticket, _READY)
+            if entry is not None:
+                return entry.ready_at + self.steal_after
+            self._others.popleft()
+        return float("inf")
 
     def _promote_due(self, now: float) -> None:
         while self._deferred and self._deferred[0][0] <= now:
-            _ready_at, _sequence, identity, ticket = heapq.heappop(self._deferred)
+            ready_at, _sequence, identity, ticket = heapq.heappop(self._deferred)
             entry = self._current(identity, ticket, _DEFERRED)
             if entry is not None:
                 self.deferred -= 1
-                self._push_ready(entry)
+                self._push_ready(entry, ready_at)
 
     def _dispatch(self) -> None:
         self._promote_due(self._clock())
@@ -408,12 +484,15 @@ class WorkQueue:
         self._schedule_timer()
 
     def _schedule_timer(self) -> None:
-        """Wake up when the soonest deferred entry is due, if anyone is waiting for work."""
+        """Wake up when the soonest deferred entry is due, or a node of the others' lane may be taken, if anyone
+        is waiting for work."""
         while self._deferred and self._current(self._deferred[0][2], self._deferred[0][3], _DEFERRED) is None:
             heapq.heappop(self._deferred)  # drop stale heap references so the timer aims at a real entry
-        if not self._deferred or not self._waiters:
+        if not self._waiters:
             return
-        due = self._deferred[0][0]
+        due = min(self._deferred[0][0] if self._deferred else float("inf"), self._next_steal())
+        if due == float("inf"):
+            return
         if self._timer is not None and self._timer_at <= due:
             return
         try:

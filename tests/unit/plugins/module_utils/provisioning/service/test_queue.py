@@ -375,3 +375,52 @@ def test_a_due_entry_goes_to_the_worker_waiting_longest():
     served, identity = run(main())
     assert served == (True, False)
     assert identity == "n1"
+
+
+def test_own_nodes_first_then_the_others_newest_first_once_they_waited_long_enough():
+    async def main():
+        clock = FakeClock()
+        queue = wq.WorkQueue(clock=clock, steal_after=2.0, prefer=lambda identity: identity.startswith("mine"))
+        for name in ("other1", "mine1", "other2", "mine2", "other3"):
+            queue.add(name, "discovery")
+        order = [(await queue.take()).identity for _round in range(2)]
+        waiting = asyncio.ensure_future(queue.take())
+        await asyncio.sleep(0.01)
+        early = waiting.done()
+        clock.now += 2.0
+        queue.tick()
+        order.append((await waiting).identity)
+        order += [(await queue.take()).identity for _round in range(2)]
+        return order, early, queue
+
+    order, early, queue = run(main())
+    assert not early, "another instance's node is not taken before it waited steal_after"
+    assert order == ["mine1", "mine2", "other3", "other2", "other1"]
+    assert (queue.stolen, queue.waiting, queue.busy) == (3, 0, 5)
+
+
+def test_a_worker_waiting_for_work_is_woken_when_a_node_may_be_stolen():
+    async def main():
+        queue = wq.WorkQueue(steal_after=0.05, prefer=lambda identity: False)
+        queue.add("other", "startup")
+        started = asyncio.get_running_loop().time()
+        entry = await queue.take()
+        return entry.identity, asyncio.get_running_loop().time() - started
+
+    identity, waited = run(main())
+    assert identity == "other" and 0.04 <= waited < 1.0
+
+
+def test_a_new_preference_moves_the_ready_nodes_to_their_lanes():
+    async def main():
+        clock = FakeClock()
+        queue = wq.WorkQueue(clock=clock, prefer=lambda identity: identity == "a")
+        for name in ("a", "b", "c"):
+            queue.add(name, "discovery")
+        first = (await queue.take()).identity
+        queue.set_preference(lambda identity: identity in ("b", "c"))  # the instance that had b and c died
+        rest = [(await queue.take()).identity for _round in range(2)]
+        return first, rest, queue.stolen
+
+    first, rest, stolen = run(main())
+    assert (first, rest, stolen) == ("a", ["b", "c"], 0)
