@@ -8,14 +8,19 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: choria_provision
-short_description: Provision nodes over a Choria provisioning network (one action, or many nodes at once)
+short_description: Provision nodes over a Choria provisioning network; pause, resume or ask a provisioner service
 description:
   - Talks Choria protocol v1 (insecure provisioning mode) to node agents in the C(provisioning) collective.
   - O(action=provision) runs, for every discovered node, C(rpcutil#inventory), C(gencsr) (the private key is
     made on the node and never leaves it), a decision by a O(helper) program (Choria's helper contract) or by
     the built-in O(signer), then C(configure) and C(restart). Nodes are processed concurrently; one node's
     failure never stops the others.
-  - The other actions send one request to one node (O(identity)) and return the agent's reply data.
+  - The single-node actions (V(inventory), V(gencsr), V(configure), V(restart), V(reprovision), V(shutdown)) send
+    one request to one node (O(identity)) and return the agent's reply data.
+  - O(action=pause), O(action=resume) and O(action=status) drive a running C(zeroinit-provisioner) service (the role
+    C(zeroinit.bootstrap.provisioner) installs it). The request goes to every live
+    instance of O(site) over the brokers, authenticated with the site's control key (derived from O(token) and
+    O(site), or O(control_key)), and the answers gathered for O(gather) seconds are returned under RV(instances).
   - A provisioned node leaves provisioning mode, so a second run finds nothing to do and reports no change.
 author:
   - zeroinit.bootstrap contributors (!UNKNOWN)
@@ -29,6 +34,8 @@ attributes:
     details:
       - Only read-only requests are sent (discovery, C(rpcutil#inventory), C(rpcutil#ping)); nodes that
         would be provisioned are listed under RV(would_provision). No C(gencsr) is sent, as it writes a key.
+      - O(action=pause) and O(action=resume) ask the instances for their status only and list under
+        RV(changed_instances) those whose paused state would change.
   diff_mode:
     support: none
   platform:
@@ -38,15 +45,33 @@ attributes:
     support: full
     details:
       - Configured nodes no longer answer in the provisioning collective, so a second run changes nothing.
+      - A pause of a paused site (or a resume of a running one) reports no change.
 options:
   action:
     description:
       - V(provision) provisions many nodes; the others act on the single node O(identity).
       - V(reprovision) must be sent in the node's configured collective on its configured broker
         (set O(brokers) and O(collective) accordingly).
+      - V(pause) stops every instance of the provisioner service of O(site) from starting new nodes within a
+        second (nodes in flight finish); V(resume) lets them go on from their queues; V(status) returns each
+        instance's state. The task changes something only when an instance's paused state changes.
     type: str
     default: provision
-    choices: [provision, inventory, gencsr, configure, restart, reprovision, shutdown]
+    choices: [provision, inventory, gencsr, configure, restart, reprovision, shutdown, pause, resume, status]
+  site:
+    description:
+      - The provisioner service's site (its configuration's C(site)) for O(action=pause), O(action=resume) and
+        O(action=status).
+    type: str
+  control_key:
+    description:
+      - The service's C(control_key), when its configuration sets one; by default the control messages are
+        keyed from O(token) and O(site), as the service derives them.
+    type: str
+  gather:
+    description: Seconds to collect the answers of the service's instances (O(action=pause), V(resume), V(status)).
+    type: float
+    default: 1
   identity:
     description: The node for single-node actions.
     type: str
@@ -57,7 +82,9 @@ options:
     type: list
     elements: str
   token:
-    description: The provisioning token the nodes were given.
+    description:
+      - The provisioning token the nodes were given.
+      - For O(action=pause), V(resume) and V(status), the service's C(token) (unless O(control_key) is given).
     type: str
     default: ""
   callerid:
@@ -174,6 +201,21 @@ EXAMPLES = r"""
     token: "{{ provisioning_token }}"
     helper: [/usr/local/bin/provision-helper, --site, lab]
 
+- name: Pause every instance of the provisioner service of site lab (nodes in flight finish)
+  zeroinit.bootstrap.choria_provision:
+    action: pause
+    site: lab
+    brokers: ["nats://10.0.0.1:4222"]
+    token: "{{ provisioning_token }}"
+
+- name: Ask the service's instances how they are doing
+  zeroinit.bootstrap.choria_provision:
+    action: status
+    site: lab
+    brokers: ["nats://10.0.0.1:4222"]
+    token: "{{ provisioning_token }}"
+  register: service
+
 - name: Ask one node for its inventory
   zeroinit.bootstrap.choria_provision:
     action: inventory
@@ -229,6 +271,25 @@ data:
   description: The agent's reply data (inventory facts; gencsr csr, public_key, ssldir; otherwise message).
   returned: single-node actions
   type: dict
+site:
+  description: The service's site.
+  returned: action=pause, action=resume, action=status
+  type: str
+instances:
+  description:
+    - One status document per live instance of the site, sorted by instance name (after the operation for
+      V(pause) and V(resume); before it in check mode).
+    - Each has at least C(instance), C(paused), C(busy_workers), C(queue), C(provisioned) and C(claims); an
+      instance that could not give its status has C(instance) and C(error).
+  returned: action=pause, action=resume, action=status
+  type: list
+  elements: dict
+  sample: [{"instance": "prov1-4242", "paused": true, "busy_workers": 0, "queue": 12, "provisioned": 840, "claims": 0}]
+changed_instances:
+  description: Instances whose paused state changed (would change, in check mode).
+  returned: action=pause, action=resume
+  type: list
+  elements: str
 """
 
 import traceback
@@ -243,12 +304,16 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps imp
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import signer_argument_spec
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import SINGLE_ACTIONS
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.steering import SITE_OPERATIONS
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import broker_argument_spec
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.task import TaskFailure, run_task
 
 ARGUMENT_SPEC = dict(
     broker_argument_spec(),
-    action=dict(type="str", default="provision", choices=["provision", *SINGLE_ACTIONS]),
+    action=dict(type="str", default="provision", choices=["provision", *SINGLE_ACTIONS, *SITE_OPERATIONS]),
+    site=dict(type="str"),
+    control_key=dict(type="str", no_log=True),
+    gather=dict(type="float", default=1),
     identity=dict(type="str"),
     identities=dict(type="list", elements="str"),
     token=dict(type="str", default="", no_log=True),
@@ -286,6 +351,9 @@ def main():
             ("action", "reprovision", ("identity",)),
             ("action", "shutdown", ("identity",)),
             ("action", "provision", ("helper", "signer"), True),
+            ("action", "pause", ("site",)),
+            ("action", "resume", ("site",)),
+            ("action", "status", ("site",)),
         ],
         supports_check_mode=True,
     )

@@ -1,5 +1,6 @@
-"""The layout's rules, read from the code with ``ast``: the node side imports only the node side, names are
-unique across the package, third-party imports are guarded in one file, and the node side is a plain package."""
+"""The layout's rules, read from the code with ``ast``: the node side imports only the node side, so does the
+provisioner service's side, names are unique across the package, third-party imports are guarded in one file,
+and the node side is a plain package."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 import pathlib
 
 import pytest
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
@@ -14,6 +16,10 @@ MODULE_UTILS = PLUGINS / "module_utils"
 PACKAGE = "ansible_collections.zeroinit.bootstrap.plugins"
 # What the provision_agent role copies to a node (see its vars/main.yml).
 NODE_SIDE = ("common", "choria", "node", "pki/x509.py")
+# What the provisioner role copies to the service's host (see its vars/main.yml); ansible-core's module_utils
+# (the signer's argument spec) is installed there as a library.
+SERVICE_SIDE = ("common", "choria", "pki", "provisioning")
+ANSIBLE_LIBRARY = {SERVICE_SIDE: "ansible.module_utils."}
 THIRD_PARTY = ("nats", "cryptography", "zeroconf", "prometheus_client", "jwt", "yaml")
 DEPS = "module_utils/common/deps.py"
 
@@ -26,9 +32,13 @@ def rel(path: pathlib.Path) -> str:
     return path.relative_to(PLUGINS).as_posix()
 
 
-def is_node_side(path: str) -> bool:
+def is_inside(path: str, side: tuple) -> bool:
     inside = path[len("module_utils/") :] if path.startswith("module_utils/") else None
-    return inside is not None and any(inside == part or inside.startswith(part + "/") for part in NODE_SIDE)
+    return inside is not None and any(inside == part or inside.startswith(part + "/") for part in side)
+
+
+def is_node_side(path: str) -> bool:
+    return is_inside(path, NODE_SIDE)
 
 
 def imports(path: pathlib.Path) -> list[tuple[int, str]]:
@@ -63,19 +73,28 @@ def package_file(module: str) -> str | None:
     return None
 
 
-def test_the_node_side_imports_only_the_node_side_and_no_ansible():
+@pytest.mark.parametrize("side", [NODE_SIDE, SERVICE_SIDE], ids=["node", "service"])
+def test_each_copied_side_imports_only_itself_and_no_ansible(side):
     problems = []
     for path in python_files(MODULE_UTILS):
         name = rel(path)
-        if not is_node_side(name):
+        if not is_inside(name, side):
             continue
         for line, module in imports(path):
             target = package_file(module)
-            if module == "ansible" or module.startswith("ansible."):
+            allowed = ANSIBLE_LIBRARY.get(side)
+            if module == "ansible" or (module.startswith("ansible.") and not (allowed and module.startswith(allowed))):
                 problems.append(f"{name}:{line} imports {module}")
-            elif target is not None and not is_node_side(target.rstrip("/")) and target != "module_utils/":
-                problems.append(f"{name}:{line} imports {module} ({target}), which is not on the node side")
+            elif target is not None and not is_inside(target.rstrip("/"), side) and target != "module_utils/":
+                problems.append(f"{name}:{line} imports {module} ({target}), which is not copied with it")
     assert problems == []
+
+
+def test_the_roles_copy_the_sides_checked_here():
+    agent = yaml.safe_load((ROOT / "roles/provision_agent/vars/main.yml").read_text())
+    service = yaml.safe_load((ROOT / "roles/provisioner/vars/main.yml").read_text())
+    assert [p for p in agent["provision_agent_source_paths"] if p != "pki/__init__.py"] == list(NODE_SIDE)
+    assert tuple(service["provisioner_source_paths"]) == SERVICE_SIDE
 
 
 def test_module_utils_import_each_other_relatively():

@@ -1,12 +1,14 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""The ``choria_provision`` module's work without Ansible: parameters -> settings -> a bulk run or a single
-action -> the module's result (``failed`` renamed ``failed_nodes``: ``failed`` is Ansible's task status)."""
+"""The ``choria_provision`` module's work without Ansible: parameters -> settings -> a bulk run, a single
+action or an operation on a running provisioner service -> the module's result (``failed`` renamed
+``failed_nodes``: ``failed`` is Ansible's task status)."""
 
 from __future__ import annotations
 
 from .actions import run_action
 from .bulk import provision
+from .service.steering import SITE_OPERATIONS, SiteControlRequest, run_site_control
 from .settings import ProvisionError, ProvisionSettings
 
 SETTINGS_FROM_PARAMS = (
@@ -66,8 +68,35 @@ def settings_from_params(params: dict, check_mode: bool) -> ProvisionSettings:
         raise TaskFailure(str(exc)) from None
 
 
+def site_control_from_params(params: dict, check_mode: bool) -> SiteControlRequest:
+    """The pause/resume/status request from the module's parameters; TaskFailure naming the option."""
+    if not params.get("site"):
+        raise TaskFailure(f"site is required for action={params['action']}")
+    try:
+        return SiteControlRequest(
+            operation=params["action"],
+            site=params["site"],
+            brokers=params["brokers"],
+            token=params["token"] or "",
+            control_key=params.get("control_key") or "",
+            gather=params["gather"],
+            tls_ca=params["tls_ca"],
+            tls_cert=params["tls_cert"],
+            tls_key=params["tls_key"],
+            check_mode=check_mode,
+        )
+    except ProvisionError as exc:
+        raise TaskFailure(str(exc)) from None
+
+
 def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
     """(result, warnings) of one choria_provision task; TaskFailure when the task fails."""
+    if params["action"] in SITE_OPERATIONS:
+        request = site_control_from_params(params, check_mode)
+        try:
+            return run_site_control(request), []
+        except ProvisionError as exc:
+            raise TaskFailure(f"{exc} (site {request.site})") from None
     settings = settings_from_params(params, check_mode)
     try:
         if params["action"] == "provision":
