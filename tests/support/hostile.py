@@ -1080,6 +1080,12 @@ def _long_names(ctx):
     return _case(ctx, _build_csr(ctx.key(), [], attributes=attributes), True, None)
 
 
+def _long_dns_label(ctx):
+    # The allow pattern matches any label length; DNS allows 63 characters.
+    name = "a" * ctx.rng.choice([64, 100, 300]) + ".svc.example.net"
+    return _case(ctx, _build_csr(ctx.key(), [ctx.identity], _dns(ctx.identity, name)), False, "dns_lengths")
+
+
 def _many_sans(ctx):
     sans = _dns(ctx.identity, *[f"n{index}.elsewhere.org" for index in range(300)])
     return _case(ctx, _build_csr(ctx.key(), [ctx.identity], sans), False, "allowed_sans")
@@ -1112,6 +1118,7 @@ CSR_CLASSES: tuple = (
     ("unknown_extension_requested", _unknown_extension_requested),
     ("nul_bytes", _nul_bytes),
     ("long_names", _long_names),
+    ("long_dns_label", _long_dns_label),
     ("many_sans", _many_sans),
     ("bad_identity", _bad_identity),
 )
