@@ -21,7 +21,7 @@ Policy, in the order it is checked (each refusal is a :class:`PolicyError` namin
                         patterns only the identity itself is allowed: a node may not name another node, so the safe
                         default is no extra SAN at all. ``{identity}`` in a pattern stands for the escaped identity.
 ``dns_lengths``         every DNS name is usable in DNS: labels of at most 63 characters, at most 253 in all (an
-                        allow pattern such as ``[a-z0-9-]+\.svc\.example\.net`` says nothing about length).
+                        allow pattern for names under ``svc.example.net`` usually says nothing about length).
 ``key_types``           key type allowed (``ec``, ``rsa``, ``ed25519``, ``ed448``); RSA at least ``min_rsa_bits``;
                         EC only on ``ec_curves``.
 ``valid_days``          at least 1 day, and not more than ``max_valid_days``: a longer request is refused, not capped,
@@ -284,7 +284,9 @@ class CsrPolicy:
             message = f"DNS name {shown} has a label of {len(longest)} characters (at most {MAX_DNS_LABEL})"
             raise PolicyError("dns_lengths", name, message)
         if len(name) > MAX_DNS_NAME:
-            raise PolicyError("dns_lengths", name, f"DNS name {shown} is {len(name)} characters (at most {MAX_DNS_NAME})")
+            raise PolicyError(
+                "dns_lengths", name, f"DNS name {shown} is {len(name)} characters (at most {MAX_DNS_NAME})"
+            )
 
     def _check_key(self, public_key) -> tuple[str, str]:
         key_type, detail = key_description(public_key)
