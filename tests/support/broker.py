@@ -8,6 +8,7 @@ other than the one it is given; the default is loopback on a free port.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -43,9 +44,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedBroker:
-    """A nats-server process bound to ``host:port``; optional TLS with client-certificate verification.
+    """A nats-server process bound to ``host:port``; optional TLS with client-certificate verification, and
+    optional user/password authorization.
 
-    ``tls`` is a dict with ``cert``, ``key``, ``ca`` (paths) and ``verify`` (require client certificates).
+    ``tls`` is a dict with ``cert``, ``key``, ``ca`` (paths) and ``verify`` (require client certificates);
+    ``users`` maps user names to passwords (nothing else is let in). ``restart()`` stops and starts it on the
+    same port, as a broker that goes away for a moment.
     """
 
     def __init__(
@@ -56,8 +60,10 @@ class EmbeddedBroker:
         workdir: str | None = None,
         max_payload: int = 4 * 1024 * 1024,
         netns: str | None = None,
+        users: dict | None = None,
     ):
         self.host = host
+        self.users = dict(users or {})
         self.port = port or free_port(host if netns is None else "127.0.0.1")
         self.tls = tls
         self.max_payload = max_payload
@@ -79,6 +85,11 @@ class EmbeddedBroker:
             "max_connections: 65536",
             'write_deadline: "10s"',
         ]
+        if self.users:
+            entries = ", ".join(
+                f"{{user: {_quote(user)}, password: {_quote(password)}}}" for user, password in self.users.items()
+            )
+            lines.append(f"authorization {{ users = [{entries}] }}")
         if self.tls:
             lines += [
                 "tls {",
@@ -133,7 +144,38 @@ class EmbeddedBroker:
         except OSError:
             return ""
 
+    def send_raw(self, protocol: bytes, timeout: float = 10.0) -> bytes:
+        """Send NATS protocol lines as they are, bypassing every client library's checks (a hostile publisher);
+        returns what the server answered until the PONG that follows them."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()  # INFO
+            connect = {"verbose": False, "pedantic": False, "headers": True, "protocol": 1}
+            if self.users:
+                user, password = next(iter(self.users.items()))
+                connect.update(user=user, pass_=password)
+            line = json.dumps(connect).replace('"pass_"', '"pass"')
+            sock.sendall(f"CONNECT {line}\r\n".encode() + protocol + b"PING\r\n")
+            answer = b""
+            while not answer.endswith(b"PONG\r\n"):
+                chunk = reader.readline()
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+
+    def restart(self, down: float = 0.0, timeout: float = 15.0) -> EmbeddedBroker:
+        """Stop the server (its clients see the connection drop), wait ``down`` seconds, start it again."""
+        self._terminate()
+        time.sleep(down)
+        return self.start(timeout)
+
     def stop(self) -> None:
+        self._terminate()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         proc, self.process = self.process, None
         if proc is not None:
             proc.terminate()
@@ -144,8 +186,6 @@ class EmbeddedBroker:
                 proc.wait(timeout=10)
             if proc.stderr:
                 proc.stderr.close()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
