@@ -138,7 +138,14 @@ class NodeAgent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         started = time.monotonic()
-        self.pool = LinkPool(self.settings.brokers, self.settings.connections, self.router.route, self.stopping)
+        self.pool = LinkPool(
+            self.settings.brokers,
+            self.settings.connections,
+            self.router.route,
+            self.stopping,
+            tls=self.settings.provisioning_tls(),
+            auth=self.settings.provisioning_auth(),
+        )
         self.build_nodes()
         if any(node.mode == MODE_PROVISIONING for node in self.nodes.values()):
             if not self.settings.brokers:
