@@ -179,11 +179,16 @@ class Reply:
 
     @property
     def statuscode(self) -> int:
-        return self.body.get("statuscode", StatusCode.UNKNOWN_ERROR) if isinstance(self.body, dict) else StatusCode.OK
+        """The mcorpc statuscode; Unknown Error when a reply's is missing or not an integer."""
+        if not isinstance(self.body, dict):
+            return StatusCode.OK
+        code = self.body.get("statuscode", StatusCode.UNKNOWN_ERROR)
+        return code if isinstance(code, int) and not isinstance(code, bool) else StatusCode.UNKNOWN_ERROR
 
     @property
     def statusmsg(self) -> str:
-        return self.body.get("statusmsg", "") if isinstance(self.body, dict) else ""
+        message = self.body.get("statusmsg", "") if isinstance(self.body, dict) else ""
+        return message if isinstance(message, str) else ""
 
     @property
     def data(self) -> dict:

@@ -4,6 +4,10 @@
 
 One subscription to ``<collective>.reply.<md5(callerid)>.>`` carries every reply; replies are routed to the
 waiting request by request id, so thousands of requests can be in flight on one connection.
+
+Replies are network input: one that does not decode is counted (``undecodable``) and dropped, a sender that is
+not a valid identity never counts as a discovered node, and a request keeps at most :data:`MAX_REPLIES` replies,
+so a flood of answers to one broadcast cannot fill the controller's memory.
 """
 
 from __future__ import annotations
@@ -31,9 +35,13 @@ from ..choria.subjects import (
     node_subject,
     reply_inbox_prefix,
     reply_subject,
+    valid_identity,
 )
 from ..choria.transport import connect
 from ..common.deps import NatsError
+from ..common.text import printable
+
+MAX_REPLIES = 200_000  # per request: more than any fleet this controller drives at once
 
 
 class RpcError(RuntimeError):
@@ -191,6 +199,8 @@ class RpcClient:
         wanted = expect if expect is not None else (len(identities) if identities else None)
 
         def collect(reply: Reply) -> None:
+            if len(replies) >= MAX_REPLIES:
+                return
             replies.append(reply)
             if on_reply is not None:
                 result = on_reply(reply)
@@ -246,6 +256,9 @@ class RpcClient:
         done = asyncio.get_running_loop().create_future()
 
         def collect(reply: Reply) -> None:
+            if not valid_identity(reply.senderid) or len(seen) >= MAX_REPLIES:
+                self.undecodable += 1
+                return
             seen.add(reply.senderid)
             if expect is not None and len(seen) >= expect and not done.done():
                 done.set_result(None)
@@ -257,4 +270,5 @@ class RpcClient:
 def reply_error(reply: Reply, step: str) -> str:
     """A human sentence for a failed mcorpc reply."""
     status = f"statuscode {reply.statuscode} {StatusCode.NAMES.get(reply.statuscode, '?')}"
-    return f"{step} refused by {reply.senderid}: {reply.statusmsg or 'no message'} ({status})"
+    message = printable(reply.statusmsg, 500) or "no message"
+    return f"{step} refused by {printable(reply.senderid, 260)}: {message} ({status})"
