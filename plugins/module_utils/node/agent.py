@@ -181,11 +181,7 @@ class NodeAgent:
             if not node.stopped and node.link is not None:
                 await self.announcer.announce(node, node.link, "shutdown")
         await self.close()
-        log.info(
-            "stopped: %d refused request(s), %d undecodable or misaddressed message(s) ignored",
-            self.router.refusals,
-            self.router.garbage,
-        )
+        log.info("stopped: %s", self.router.summary())
         return 0
 
     async def close(self) -> None:

@@ -68,10 +68,25 @@ class Link:
         self.closed = False
 
     async def open(self) -> Link:
-        self.nc = await connect(self.brokers, name=self.name, tls=self.tls, **self.auth)
+        self.nc = await connect(
+            self.brokers,
+            name=self.name,
+            tls=self.tls,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            **self.auth,
+        )
         self.inbox = asyncio.Queue()
         self.reader = asyncio.create_task(self._read())
         return self
+
+    async def _disconnected(self) -> None:
+        if not self.closed:
+            log.warning("%s: lost the connection to the broker; reconnecting", self.name)
+
+    async def _reconnected(self) -> None:
+        url = getattr(self.nc, "connected_url", None)
+        log.warning("%s: connected again to %s", self.name, getattr(url, "netloc", "") or "the broker")
 
     async def _subscribe(self, subject: str):
         """A subscription whose messages land in this link's shared inbox (no task per subscription).

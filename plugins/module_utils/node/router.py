@@ -75,29 +75,35 @@ class MessageRouter:
         self.quiet_refusals = quiet_refusals  # a simulated fleet: thousands of refusals would drown the log
         self.inflight: dict[str, asyncio.Future] = {}
         self.garbage = 0
+        self.dropped: dict[str, int] = {}  # by kind: undecodable, collective, agent, reply subject, filter, budget
         self.refusals = 0
         self.dropped_log = RateLimitedLog(log, logging.INFO)
 
-    def drop(self, subject: str, reason: str) -> None:
+    def drop(self, subject: str, kind: str, reason: str) -> None:
         """Count a message no node acts on, with one (rate-limited) log line naming the subject and the reason."""
         self.garbage += 1
+        self.dropped[kind] = self.dropped.get(kind, 0) + 1
         self.dropped_log("ignoring a message on %s: %s", printable(subject, 120), printable(reason, 300))
+
+    def summary(self) -> str:
+        """The refusals and ignored messages so far, for the agent's last log line."""
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.dropped.items()))
+        return f"{self.refusals} refused request(s), {self.garbage} message(s) ignored ({kinds or 'none'})"
 
     async def route(self, link: Link, msg) -> None:
         subject = msg.subject
         try:
             req = decode_request(msg.data)
         except ProtocolError as exc:
-            self.drop(subject, str(exc))
+            self.drop(subject, "undecodable", str(exc))
             return
         if req.collective != subject.split(".", 1)[0]:
-            self.drop(subject, f"request for collective {req.collective!r}")
+            self.drop(subject, "other collective", f"request for collective {req.collective!r}")
             return
         reply_to = req.reply_to or reply_subject(req.callerid, req.requestid, req.collective)
         if not valid_reply_subject(reply_to, req.collective):
-            self.drop(
-                subject, f"reply subject {printable(reply_to, 60)!r} is not a subject under {req.collective}.reply"
-            )
+            reason = f"reply subject {printable(reply_to, 60)!r} is not a subject under {req.collective}.reply"
+            self.drop(subject, "reply subject", reason)
             return
         node = link.by_subject.get(subject)
         if node is not None:
@@ -105,12 +111,12 @@ class MessageRouter:
             return
         _prefix, _sep, agent = subject.partition(".broadcast.agent.")
         if agent != req.agent:
-            self.drop(subject, f"request for agent {req.agent!r}")
+            self.drop(subject, "other agent", f"request for agent {req.agent!r}")
             return
         try:
             flt = compile_filter(req.filter)
         except FilterError as exc:
-            self.drop(subject, f"filter not evaluated: {exc}")
+            self.drop(subject, "filter", f"filter not evaluated: {exc}")
             return
         members = list((link.members.get(req.collective) or {}).values())
         budget = FilterBudget(len(members))
@@ -123,6 +129,7 @@ class MessageRouter:
             if budget.spent() and index + 1 < len(members):
                 self.drop(
                     subject,
+                    "filter budget",
                     f"filter of request {req.requestid} took longer than its {budget.limit * 1000:.0f} ms budget; "
                     f"{len(members) - index - 1} of {len(members)} nodes do not act on it",
                 )

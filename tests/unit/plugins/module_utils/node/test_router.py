@@ -148,5 +148,6 @@ def test_dropped_messages_are_logged_at_most_a_burst_per_interval(nodes, caplog)
     assert router.garbage == 100
     assert len(caplog.records) == router.dropped_log.burst
     router.dropped_log.window_start -= router.dropped_log.interval
-    router.drop("provisioning.node.a", "one more")
+    router.drop("provisioning.node.a", "undecodable", "one more")
+    assert router.summary() == "0 refused request(s), 101 message(s) ignored (101 undecodable)"
     assert caplog.records[-1].getMessage().endswith("one more (80 more like this held back)")
