@@ -6,12 +6,10 @@ stay per node: refused nodes remain in provisioning mode with nothing configured
 """
 
 import asyncio
-import base64
 import hashlib
 import json
 import pathlib
 import sys
-import threading
 
 import pytest
 from cryptography import x509
@@ -20,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import BulkRun, provision
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import SignerDecider
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import NodeFailure
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 from tests.support.broker import EmbeddedBroker
+from tests.support.capture import BusCapture
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "fleet-token"
@@ -96,56 +94,6 @@ def members_answering(members, identities, collective="members", timeout=20.0):
     return asyncio.run(discover(members.url, identities, timeout, collective=collective))
 
 
-class BusCapture:
-    """Every message on the broker (subject ``>``), from a separate connection in its own thread."""
-
-    def __init__(self, url):
-        self.url = url
-        self.messages = []
-        self._ready = threading.Event()
-        self._stop = None
-        self._loop = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        async def main():
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            nc = await connect([self.url], name="bus-capture")
-
-            async def keep(msg):
-                self.messages.append((msg.subject, bytes(msg.data)))
-
-            await nc.subscribe(">", cb=keep)
-            await nc.flush()
-            self._ready.set()
-            await self._stop.wait()
-            await nc.flush()
-            await nc.drain()
-
-        asyncio.run(main())
-
-    def __enter__(self):
-        self._thread.start()
-        assert self._ready.wait(10), "bus capture did not connect"
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def layers(self):
-        """Each message as sent, plus its base64-decoded transport payload (the secure message)."""
-        for _subject, raw in self.messages:
-            yield raw
-            try:
-                doc = json.loads(raw)
-                if isinstance(doc, dict) and isinstance(doc.get("data"), str):
-                    yield base64.b64decode(doc["data"])
-            except ValueError:
-                continue
-
-
 def test_signer_run_makes_every_node_a_member_and_no_key_crosses_the_bus(nats_broker, members, ca, tmp_path):
     with AgentFleet(nats_broker.url, 6, tmp_path / "fleet", token=TOKEN) as fleet:
         config = member_config(members)
@@ -161,18 +109,8 @@ def test_signer_run_makes_every_node_a_member_and_no_key_crosses_the_bus(nats_br
 
         # The private keys were made on the nodes and never travelled: neither PEM text nor DER on the bus.
         assert len(bus.messages) >= 6 * 8
-        secrets = []
-        for identity in fleet.identities:
-            pem = (pathlib.Path(fleet.node_dir(identity)) / "ssl" / "private.pem").read_bytes()
-            key = serialization.load_pem_private_key(pem, password=None)
-            der = key.private_bytes(
-                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            secrets += [der, base64.b64encode(der)[:48]]
-            secrets += [line for line in pem.splitlines() if len(line) == 64]
-        for layer in bus.layers():
-            assert b"PRIVATE KEY" not in layer
-            assert not any(secret in layer for secret in secrets)
+        keys = [(pathlib.Path(fleet.node_dir(i)) / "ssl" / "private.pem").read_bytes() for i in fleet.identities]
+        assert bus.key_material(keys) == []
 
         # Second run: every node left provisioning mode, nothing to do.
         again = provision(settings(nats_broker, signer=ca, configuration=config))
