@@ -15,7 +15,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_HOST_PATTERN_MISMATCH := ignore
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv system-deps demo test unit integration molecule lint sanity bench build clean
+.PHONY: venv system-deps demo test unit integration adversarial molecule lint sanity bench build clean
 
 ## Set-up: a virtualenv from PyPI, this checkout linked in as the collection zeroinit.bootstrap, the node
 ## agent as .venv/bin/zeroinit-agent (runs module_utils/node/__main__.py) and the provisioner service as
@@ -55,13 +55,18 @@ demo: venv
 	$(BIN)/python demo/run_demo.py
 
 ## Every test and lint. CI runs this.
-test: venv system-deps unit integration molecule lint sanity
+test: venv system-deps unit integration adversarial molecule lint sanity
 
 unit: venv
 	$(BIN)/pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 integration: venv system-deps
 	$(BIN)/pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+## The hostile network: malformed messages, mutated CSRs, broken helpers, a broker restart and a killed fleet;
+## fixed counts, a few minutes at most. The figures print with PYTEST_ARGS=-s.
+adversarial: venv system-deps
+	$(BIN)/pytest -p no:cacheprovider tests/adversarial $(PYTEST_ARGS)
 
 molecule: venv system-deps
 	$(BIN)/molecule test --all

@@ -30,14 +30,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transpor
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, TestCA, provision_node
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from tests.support.process import rss_bytes
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,7 +57,7 @@ def machine() -> str:
 
 def scale(broker: EmbeddedBroker, sizes: list[int], workdir: str) -> None:
     with AgentFleet(broker.url, 1, os.path.join(workdir, "base")) as base:
-        baseline = rss_kib(base.process.pid)
+        baseline = rss_bytes(base.process.pid) // 1024
     print(f"baseline: one-node agent process RSS {baseline / 1024:.1f} MiB")
     print(f"{'nodes':>8} {'ready (s)':>14} {'RSS (MiB)':>12} {'KiB per node':>14}")
     for size in sizes:
@@ -72,7 +65,7 @@ def scale(broker: EmbeddedBroker, sizes: list[int], workdir: str) -> None:
         started = time.monotonic()
         with AgentFleet(broker.url, size, state, facts={"role": "bench"}) as fleet:
             ready = time.monotonic() - started
-            rss = rss_kib(fleet.process.pid)
+            rss = rss_bytes(fleet.process.pid) // 1024
         shutil.rmtree(state, ignore_errors=True)
         print(f"{size:8d} {ready:14.2f} {rss / 1024:12.1f} {(rss - baseline) / size:14.1f}")
 
@@ -150,10 +143,10 @@ async def provision_round(url: str, identities: list[str], inflight: int) -> dic
 def provision(broker: EmbeddedBroker, count: int, inflight: int, workdir: str) -> None:
     state = os.path.join(workdir, f"provision-{count}")
     with AgentFleet(broker.url, count, state) as fleet:
-        peak_before = rss_kib(fleet.process.pid)
+        peak_before = rss_bytes(fleet.process.pid) // 1024
         cpu_before, driver_before = cpu_seconds(fleet.process.pid), time.process_time()
         result = asyncio.run(provision_round(broker.url, fleet.identities, inflight))
-        rss = rss_kib(fleet.process.pid)
+        rss = rss_bytes(fleet.process.pid) // 1024
         agent_cpu, driver_cpu = cpu_seconds(fleet.process.pid) - cpu_before, time.process_time() - driver_before
     shutil.rmtree(state, ignore_errors=True)
     print(

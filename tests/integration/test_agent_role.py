@@ -10,11 +10,12 @@ import sys
 
 import pytest
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import tls_context
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support import netns
 from tests.support.ansible_run import run_playbook
 from tests.support.broker import EmbeddedBroker
-from tests.support.fleet import discover
+from tests.support.fleet import TestCA, discover
 
 pytestmark = pytest.mark.netns
 VENV_PYTHON = sys.executable  # test hosts share this machine's filesystem, so the venv is theirs too
@@ -107,3 +108,29 @@ def test_role_installs_a_running_agent_that_answers_discovery_and_is_idempotent(
     assert third.rc == 0 and third.changed(host.name) > 0, explain(third, host)
     assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(third, host)
     assert asyncio.run(inventory_of()).data["facts"]["role"] == "gateway"
+
+
+def test_role_sets_up_tls_and_a_password_on_the_provisioning_connection(worker, tmp_path):
+    """Against a broker on the bridge that requires TLS and a password: the agent verifies it and logs in."""
+    _net, host, plain_broker, inventory = worker
+    identity = f"{host.name}.lab"
+    ca = TestCA("provisioning network CA")
+    files = ca.write_key_pair(tmp_path / "broker", "broker", ips=[plain_broker.host], server=True)
+    tls = {"cert": files["cert"], "key": files["key"], "ca": files["ca"], "verify": False}
+    with EmbeddedBroker(host=plain_broker.host, tls=tls, users={"node": "n0de-pw", "provisioner": "pr0v-pw"}) as broker:
+        play = PLAY.replace(
+            "provision_agent_python:",
+            "provision_agent_tls_ca: \"{{ lookup('file', tls_ca) }}\"\n"
+            "        provision_agent_broker_user: node\n"
+            "        provision_agent_broker_password: n0de-pw\n"
+            "        provision_agent_python:",
+        )
+        result = run_playbook(play, inventory=inventory, extra_vars={"broker_url": broker.url, "tls_ca": files["ca"]})
+        assert result.rc == 0 and result.changed(host.name) > 0, explain(result, host)
+        assert "n0de-pw" not in result.stdout + result.stderr
+        conf = pathlib.Path(host.path("/etc/zeroinit/agent.conf")).read_text()
+        assert "plugin.zeroinit.agent.tls_ca = /etc/zeroinit/provisioning-ca.pem" in conf
+        assert "plugin.zeroinit.agent.broker_password = n0de-pw" in conf
+        url = broker.url.replace("tls://", "tls://provisioner:pr0v-pw@")
+        found = asyncio.run(discover(url, [identity], 30, tls=tls_context(ca=files["ca"])))
+        assert found == [identity], explain(result, host)

@@ -47,15 +47,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedBroker:
-    """A nats-server process bound to ``host:port``; optional TLS with client-certificate verification.
+    """A nats-server process bound to ``host:port``; optional TLS with client-certificate verification, and
+    optional user/password authorization.
 
-    ``tls`` is a dict with ``cert``, ``key``, ``ca`` (paths) and ``verify`` (require client certificates).
+    ``tls`` is a dict with ``cert``, ``key``, ``ca`` (paths) and ``verify`` (require client certificates);
+    ``users`` (nothing else is let in) maps user names to passwords, or is nats-server's ``authorization.users``
+    list (``user``, ``password``, ``permissions``); a client of one connects with ``user_url(user)``.
+    ``restart()`` stops and starts it on the same port, as a broker that goes away for a moment.
     ``jetstream`` enables JetStream with its store in ``<workdir>/jetstream``; ``start()`` then returns once
     the server reports JetStream healthy. ``cluster`` (used by ``EmbeddedCluster``) is a dict with ``name``,
     ``port`` and ``routes`` (route URLs). A server with JetStream or a cluster also serves its monitoring
     endpoint on ``127.0.0.1:<monitor_port>`` (``/healthz``, ``/jsz``), which is how readiness is checked.
-    ``users`` is nats-server's ``authorization.users`` list (``user``, ``password``, ``permissions``): clients
-    then connect as ``nats://user:password@host:port``.
     """
 
     def __init__(
@@ -66,13 +68,15 @@ class EmbeddedBroker:
         workdir: str | None = None,
         max_payload: int = 4 * 1024 * 1024,
         netns: str | None = None,
+        users: dict | list | None = None,
         jetstream: bool = False,
         server_name: str | None = None,
         cluster: dict | None = None,
-        users: list | None = None,
     ):
         self.host = host
-        self.users = users
+        if isinstance(users, dict):
+            users = [{"user": user, "password": password} for user, password in users.items()]
+        self.users = list(users or [])
         self.port = port or free_port(host if netns is None else "127.0.0.1")
         self.tls = tls
         self.max_payload = max_payload
@@ -231,7 +235,37 @@ class EmbeddedBroker:
         except OSError:
             return ""
 
+    def send_raw(self, protocol: bytes, timeout: float = 10.0) -> bytes:
+        """Send NATS protocol lines as they are, bypassing every client library's checks (a hostile publisher);
+        returns what the server answered until the PONG that follows them."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()  # INFO
+            connect = {"verbose": False, "pedantic": False, "headers": True, "protocol": 1}
+            if self.users:
+                connect.update(user=self.users[0]["user"], pass_=self.users[0]["password"])
+            line = json.dumps(connect).replace('"pass_"', '"pass"')
+            sock.sendall(f"CONNECT {line}\r\n".encode() + protocol + b"PING\r\n")
+            answer = b""
+            while not answer.endswith(b"PONG\r\n"):
+                chunk = reader.readline()
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+
+    def restart(self, down: float = 0.0, timeout: float = 15.0) -> EmbeddedBroker:
+        """Stop the server (its clients see the connection drop), wait ``down`` seconds, start it again."""
+        self._terminate()
+        time.sleep(down)
+        return self.start(timeout)
+
     def stop(self) -> None:
+        self._terminate()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         proc, self.process = self.process, None
         if proc is not None:
             proc.terminate()
@@ -242,8 +276,6 @@ class EmbeddedBroker:
                 proc.wait(timeout=10)
             if proc.stderr:
                 proc.stderr.close()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

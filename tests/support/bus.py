@@ -1,5 +1,6 @@
 """What crossed a real broker: a subscriber in a thread of its own keeps every message on a subject, with the time
-it arrived, and decodes what tests look at (the secure payloads, Choria requests).
+it arrived, and decodes what tests look at (the secure payloads, Choria requests, and what must never cross the
+bus, such as private keys).
 
 ::
 
@@ -17,6 +18,8 @@ import json
 import threading
 import time
 from typing import NamedTuple
+
+from cryptography.hazmat.primitives import serialization
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import ProtocolError, decode_request
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
@@ -74,16 +77,40 @@ class BusCapture:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
+    @staticmethod
+    def _layers_of(raw: bytes):
+        """A message as sent, and its base64-decoded transport payload (the secure message)."""
+        yield raw
+        try:
+            doc = json.loads(raw)
+            if isinstance(doc, dict) and isinstance(doc.get("data"), str):
+                yield base64.b64decode(doc["data"])
+        except ValueError:
+            return
+
     def layers(self):
         """Each message as sent, plus its base64-decoded transport payload (the secure message)."""
         for _received, _subject, raw in list(self.messages):
-            yield raw
-            try:
-                doc = json.loads(raw)
-                if isinstance(doc, dict) and isinstance(doc.get("data"), str):
-                    yield base64.b64decode(doc["data"])
-            except ValueError:
-                continue
+            yield from self._layers_of(raw)
+
+    def key_material(self, private_pems) -> list:
+        """The subjects of captured messages that carry any of these private keys (PEM text, DER, base64 of the
+        DER, a line of the PEM) or any PEM private key at all, in any layer; [] when none does."""
+        secrets = []
+        for pem in private_pems:
+            key = serialization.load_pem_private_key(pem, password=None)
+            der = key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            secrets += [der, base64.b64encode(der)[:48]]
+            secrets += [line for line in pem.splitlines() if len(line) == 64]
+        found = []
+        for _received, subject, raw in list(self.messages):
+            for layer in self._layers_of(raw):
+                if b"PRIVATE KEY" in layer or any(secret in layer for secret in secrets):
+                    found.append(subject)
+                    break
+        return found
 
     def requests(self) -> list:
         """The node-directed Choria requests captured (``<collective>.node.<identity>``), oldest first."""

@@ -75,8 +75,13 @@ class AgentProcess:
         connections: int | None = None,
         domain: str = DEFAULT_DOMAIN,
         command: list[str] | None = None,
+        config: dict | None = None,
+        probe: tuple | None = None,
     ):
         self.broker_url = broker_url
+        self.config = dict(config or {})  # more agent settings for its config file (key = value)
+        # How the test reaches the broker to see the nodes answer: (URL, TLS context); default the agent's URL.
+        self.probe = probe or (broker_url, None)
         self.identity = identity
         self.state_dir = pathlib.Path(state_dir)
         self.token = token
@@ -116,6 +121,7 @@ class AgentProcess:
         conf = os.path.join(self._config_dir, "agent.conf")
         with open(conf, "w") as handle:
             handle.write(f"plugin.zeroinit.agent.token = {self.token}\n")
+            handle.writelines(f"{key} = {value}\n" for key, value in self.config.items())
         os.chmod(conf, 0o600)
         argv = [*self.agent_command, "--config", conf, "--broker", self.broker_url, "--state-dir", str(self.state_dir)]
         if self.facts is not None:
@@ -160,7 +166,7 @@ class AgentProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> list[str]:
         """Block until every identity answers discovery; raises with the agent's log tail otherwise."""
-        seen = asyncio.run(discover(self.broker_url, self.identities, timeout))
+        seen = asyncio.run(discover(self.probe[0], self.identities, timeout, tls=self.probe[1]))
         missing = sorted(set(self.identities) - set(seen))
         if missing or (self.process is not None and self.process.poll() is not None):
             raise RuntimeError(
@@ -235,6 +241,8 @@ class AgentFleet(AgentProcess):
         prefix: str | None = None,
         domain: str = DEFAULT_DOMAIN,
         command: list[str] | None = None,
+        config: dict | None = None,
+        probe: tuple | None = None,
     ):
         super().__init__(
             broker_url,
@@ -248,6 +256,8 @@ class AgentFleet(AgentProcess):
             connections=connections,
             domain=domain,
             command=command,
+            config=config,
+            probe=probe,
         )
 
     def start(self, timeout: float | None = None) -> AgentFleet:

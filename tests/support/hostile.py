@@ -52,7 +52,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The collection's encoder: the one import that follows the protocol module when it moves.
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import Request, encode_request
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import (
+    Request,
+    request_document,
+    secure_request_document,
+    transport_document,
+)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.subjects import reply_subject
 from tests.support.certificates import PROVISIONER, sha1_resigned
 
 WRONG_TOKEN = "hostile-wrong-token"
@@ -110,8 +116,11 @@ class _Layers:
         return _text(transport).encode("utf-8", "surrogatepass")
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
 def _text(document) -> str:
-    return document if isinstance(document, str) else json.dumps(document, separators=(",", ":"))
+    return document if isinstance(document, str) else _COMPACT.encode(document)
 
 
 # The valid requests mutations start from. Data-input classes use the context's token; every other class a wrong
@@ -231,12 +240,13 @@ def _base(ctx: _Context, agent: str, action: str, token: str | None = None) -> t
         time=ctx.now,
         filter={"fact": [], "cf_class": [], "agent": [agent], "identity": [ctx.identity], "compound": []},
     )
-    payload = encode_request(request)
-    transport = json.loads(payload)
-    secure = json.loads(base64.b64decode(transport["data"]))
-    inner = json.loads(secure["message"])
-    body_document = body if isinstance(body, str) else json.loads(inner["message"])
-    return _Layers(transport, secure, inner, body_document), transport["headers"]["reply-to"]
+    # The collection's documents, as encode_request writes them (without a JSON round trip per layer).
+    inner = request_document(request)
+    secure = secure_request_document(request)
+    reply_to = reply_subject(callerid, requestid, ctx.collective)
+    transport = transport_document(secure, reply_to, request.senderid)
+    body_document = body if isinstance(body, str) else {**body, "data": dict(body["data"])}
+    return _Layers(transport, secure, inner, body_document), reply_to
 
 
 def _safe_base(ctx: _Context) -> tuple[_Layers, str]:
@@ -1080,6 +1090,12 @@ def _long_names(ctx):
     return _case(ctx, _build_csr(ctx.key(), [], attributes=attributes), True, None)
 
 
+def _long_dns_label(ctx):
+    # The allow pattern matches any label length; DNS allows 63 characters.
+    name = "a" * ctx.rng.choice([64, 100, 300]) + ".svc.example.net"
+    return _case(ctx, _build_csr(ctx.key(), [ctx.identity], _dns(ctx.identity, name)), False, "dns_lengths")
+
+
 def _many_sans(ctx):
     sans = _dns(ctx.identity, *[f"n{index}.elsewhere.org" for index in range(300)])
     return _case(ctx, _build_csr(ctx.key(), [ctx.identity], sans), False, "allowed_sans")
@@ -1112,6 +1128,7 @@ CSR_CLASSES: tuple = (
     ("unknown_extension_requested", _unknown_extension_requested),
     ("nul_bytes", _nul_bytes),
     ("long_names", _long_names),
+    ("long_dns_label", _long_dns_label),
     ("many_sans", _many_sans),
     ("bad_identity", _bad_identity),
 )

@@ -30,6 +30,12 @@ AGENT_REGISTRATION_INTERVAL_KEY = "plugin.zeroinit.agent.registration_interval"
 AGENT_SPLAY_MAX_KEY = "plugin.zeroinit.agent.splay_max"
 AGENT_FSYNC_KEY = "plugin.zeroinit.agent.fsync"
 AGENT_LOGLEVEL_KEY = "loglevel"
+# The provisioning connection: TLS (verify the broker; a client certificate if it asks for one) and a NATS user.
+AGENT_TLS_CA_KEY = "plugin.zeroinit.agent.tls_ca"
+AGENT_TLS_CERT_KEY = "plugin.zeroinit.agent.tls_cert"
+AGENT_TLS_KEY_KEY = "plugin.zeroinit.agent.tls_key"
+AGENT_BROKER_USER_KEY = "plugin.zeroinit.agent.broker_user"
+AGENT_BROKER_PASSWORD_KEY = "plugin.zeroinit.agent.broker_password"
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 TRUE_WORDS = ("1", "true", "yes", "on", "y", "t")

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own escaping of a str
 from typing import Any
 
+from ..common.text import printable
 from .filters import empty_filter
-from .subjects import PROVISIONING_COLLECTIVE, reply_subject
+from .subjects import MAX_TOKEN_LENGTH, PROVISIONING_COLLECTIVE, reply_subject, valid_subject_token
 
 TRANSPORT = "choria:transport:1"
 SECURE_REQUEST = "choria:secure:request:1"
@@ -49,6 +50,8 @@ DISCOVERY_PING = "ping"
 DISCOVERY_PONG = "pong"
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_CALLER_LENGTH = 256  # callerid and senderid
+MAX_ACTION_LENGTH = 64
 
 
 class StatusCode:
@@ -94,7 +97,13 @@ def caller_id(name: str) -> str:
 def constant_time_equal(given: Any, expected: str) -> bool:
     if not isinstance(given, str):
         return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    # surrogatepass: network text may hold a lone surrogate; it compares unequal instead of raising
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+def valid_action(action: Any) -> bool:
+    """An mcorpc action name as a node reads it: a short run of printable characters."""
+    return isinstance(action, str) and 0 < len(action) <= MAX_ACTION_LENGTH and action.isprintable()
 
 
 # --------------------------------------------------------------------------------------------- messages
@@ -126,7 +135,26 @@ class Request:
 
     @property
     def action(self) -> str:
-        return self.body.get("action", "") if isinstance(self.body, dict) else ""
+        """The mcorpc action; "" unless it is a valid action name (see :attr:`body_problem`)."""
+        action = self.body.get("action") if isinstance(self.body, dict) else None
+        return action if valid_action(action) else ""
+
+    @property
+    def body_problem(self) -> str:
+        """Why the body is not an mcorpc request a node can act on ("" when it is); the discovery agent's is raw."""
+        if self.agent == "discovery" and isinstance(self.body, str):
+            return ""
+        if not isinstance(self.body, dict):
+            return "request body is not an mcorpc JSON object"
+        action = self.body.get("action")
+        if not isinstance(action, str):
+            return f"request body: field 'action' must be a string, got {type(action).__name__}"
+        if not valid_action(action):
+            return f"request body: field 'action' must be 1 to {MAX_ACTION_LENGTH} printable characters"
+        data = self.body.get("data", {})
+        if not isinstance(data, dict):
+            return f"request body: field 'data' must be an object, got {type(data).__name__}"
+        return ""
 
     @property
     def data(self) -> dict:
@@ -151,11 +179,16 @@ class Reply:
 
     @property
     def statuscode(self) -> int:
-        return self.body.get("statuscode", StatusCode.UNKNOWN_ERROR) if isinstance(self.body, dict) else StatusCode.OK
+        """The mcorpc statuscode; Unknown Error when a reply's is missing or not an integer."""
+        if not isinstance(self.body, dict):
+            return StatusCode.OK
+        code = self.body.get("statuscode", StatusCode.UNKNOWN_ERROR)
+        return code if isinstance(code, int) and not isinstance(code, bool) else StatusCode.UNKNOWN_ERROR
 
     @property
     def statusmsg(self) -> str:
-        return self.body.get("statusmsg", "") if isinstance(self.body, dict) else ""
+        message = self.body.get("statusmsg", "") if isinstance(self.body, dict) else ""
+        return message if isinstance(message, str) else ""
 
     @property
     def data(self) -> dict:
@@ -300,7 +333,9 @@ def parse_json_object(raw: Any, where: str) -> dict:
     try:
         doc = json.loads(raw)
     except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"{where}: not JSON ({exc})") from None
+        raise ProtocolError(f"{where}: not JSON ({printable(str(exc), 120)})") from None
+    except RecursionError:
+        raise ProtocolError(f"{where}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     return doc
@@ -379,13 +414,29 @@ def decode_request(raw: Any) -> Request:
         raise ProtocolError("request: field 'envelope' must be an object")
     for name in ("requestid", "callerid", "collective", "agent"):
         _string_field(env, name, "request envelope")
-    if len(env["requestid"]) != 32:
-        raise ProtocolError("request envelope: requestid must be 32 characters")
+    # These become subject tokens (the reply subject, the agent and collective of the subscription).
+    if len(env["requestid"]) != 32 or not valid_subject_token(env["requestid"]):
+        raise ProtocolError("request envelope: requestid must be 32 characters usable in a NATS subject")
+    for name in ("collective", "agent"):
+        if not valid_subject_token(env[name]):
+            raise ProtocolError(
+                f"request envelope: field {name!r} must be at most {MAX_TOKEN_LENGTH} printable ASCII characters "
+                "without '.', '*', '>' or space"
+            )
+    senderid = env.get("senderid", "")
+    for name, value in (("callerid", env["callerid"]), ("senderid", senderid)):
+        if not isinstance(value, str) or len(value) > MAX_CALLER_LENGTH or not value.isprintable():
+            raise ProtocolError(
+                f"request envelope: field {name!r} must be a string of at most {MAX_CALLER_LENGTH} printable characters"
+            )
     for name in ("ttl", "time"):
         if not isinstance(env.get(name), int) or isinstance(env.get(name), bool):
             raise ProtocolError(f"request envelope: field {name!r} must be an integer")
-    senderid = env.get("senderid") if isinstance(env.get("senderid"), str) else ""
-    flt = env.get("filter") if isinstance(env.get("filter"), dict) else empty_filter()
+    flt = env.get("filter", None)
+    if flt is None:
+        flt = empty_filter()
+    elif not isinstance(flt, dict):
+        raise ProtocolError(f"request envelope: field 'filter' must be an object, got {type(flt).__name__}")
     body = decode_body(_string_field(inner, "message", "request"))
     reply_to = headers.get("reply-to") if isinstance(headers.get("reply-to"), str) else ""
     return Request(

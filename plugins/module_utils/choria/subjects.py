@@ -21,6 +21,10 @@ REGISTRATION_SUBJECT = "choria.provisioning_data"
 REGISTRATION_SUBJECT_PER_NODE = "choria.provisioning_data.{identity}"
 LIFECYCLE_SUBJECT_WILDCARD = "choria.lifecycle.event.>"
 MAX_IDENTITY_LENGTH = 253
+# nats-server closes a connection whose control line ("PUB <subject> <reply> <size>") passes 4 KiB, and nats-py
+# does not come back from that on its own: nothing we publish gets near it.
+MAX_SUBJECT_LENGTH = 1024
+MAX_TOKEN_LENGTH = 128  # a collective, an agent name or a request id as one subject token
 IDENTITY_RULE = "dot-separated labels of letters, digits, '_' and '-', no label starting or ending with '-'"
 
 # A DNS-style label of letters, digits, "_" and "-" (not first or last), at most 63 characters.
@@ -42,8 +46,39 @@ def valid_identity(identity: Any) -> bool:
     )
 
 
+def valid_subject_token(token: Any, limit: int = MAX_TOKEN_LENGTH) -> bool:
+    """One token of a literal NATS subject: printable ASCII without space, ``.``, ``*`` or ``>``."""
+    return (
+        isinstance(token, str)
+        and 0 < len(token) <= limit
+        and all(33 <= ord(c) <= 126 for c in token)
+        and not any(c in token for c in ".*>")
+    )
+
+
+def valid_reply_subject(subject: Any, collective: str = PROVISIONING_COLLECTIVE) -> bool:
+    """Where a node may publish a reply: a literal subject under ``<collective>.reply.`` (go-choria's brokers let
+    a server publish only there), at most :data:`MAX_SUBJECT_LENGTH` characters."""
+    if not isinstance(subject, str) or len(subject) > MAX_SUBJECT_LENGTH:
+        return False
+    prefix = f"{collective}.reply."
+    return subject.startswith(prefix) and all(
+        valid_subject_token(t, MAX_SUBJECT_LENGTH) for t in subject[len(prefix) :].split(".")
+    )
+
+
+def valid_publish_subject(subject: Any) -> bool:
+    """A literal subject nats-server accepts in a PUB: printable ASCII tokens, no wildcard, not too long."""
+    return (
+        isinstance(subject, str)
+        and len(subject) <= MAX_SUBJECT_LENGTH
+        and all(valid_subject_token(t, MAX_SUBJECT_LENGTH) for t in subject.split("."))
+    )
+
+
 def _md5hex(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8")).hexdigest()  # nosec - subject naming, as Choria does
+    # surrogatepass: a caller id is network text; hashing it must not raise whatever it holds
+    return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()  # nosec - subject naming, as Choria does
 
 
 def node_subject(identity: str, collective: str = PROVISIONING_COLLECTIVE) -> str:

@@ -3,7 +3,19 @@
 """Connections to NATS brokers over nats-py, for the node agent and the controller alike.
 
 ``connect`` gives a connection with a reconnect policy suited to a provisioning network (reconnect forever
-once connected, but a deadline for the first connect); ``tls_context`` builds the client side of TLS.
+once connected, but a deadline for the first connect), optionally TLS (``tls_context`` builds the client side)
+and a user and password. The connection comes back after every kind of disconnect, with its subscriptions:
+
+* nats-py reconnects after a lost socket or a stale connection, but after an ``-ERR`` line from the server (which
+  then closes the socket: a control line longer than 4 KiB, a slow consumer, an authorization revoked) it closes
+  for good, and every node served on that connection stops answering. Here such an error reconnects as well.
+* nats-py stops reading altogether when one delivered message cannot be turned into a ``Msg`` (a reply subject
+  that is not UTF-8, malformed headers: anyone allowed to publish can send those), and logs a traceback: the
+  connection stays up but deaf. Here that one message is dropped and counted (``undeliverable``), and reading
+  goes on.
+
+Both are overrides of two of nats-py's internal methods; the integration tests check them against a real
+nats-server, so a nats-py that changes them is noticed.
 """
 
 from __future__ import annotations
@@ -18,6 +30,47 @@ from .brokers import BrokerUrlError, parse_broker
 
 class ConnectError(RuntimeError):
     """No connection to any of the brokers; the text names them and the last reason."""
+
+
+class UndeliverableMessage(Exception):
+    """A message nats-py could not turn into a ``Msg``; it was dropped (passed to the connection's error callback)."""
+
+
+_CLIENT_CLASSES: list = []
+
+
+def _client_class():
+    """nats-py's client with the two changes in the module docstring (made once, after nats is known to import)."""
+    if _CLIENT_CLASSES:
+        return _CLIENT_CLASSES[0]
+
+    class HardenedClient(nats.NATS):
+        undeliverable = 0
+
+        async def _process_msg(self, *args, **kwargs):
+            try:
+                await super()._process_msg(*args, **kwargs)
+            except Exception as exc:  # one undecodable message must not stop the read loop
+                self.undeliverable += 1
+                await self._error_cb(UndeliverableMessage(f"dropped an undeliverable message: {exc!r}"[:300]))
+
+        async def _process_err(self, err_msg: str) -> None:
+            lowered = err_msg.lower()
+            if (
+                self.is_connecting
+                or not self.options.get("allow_reconnect")
+                or "permissions violation" in lowered  # the server keeps the connection open
+                or "stale connection" in lowered  # nats-py reconnects on its own
+            ):
+                await super()._process_err(err_msg)
+                return
+            error = NatsError(f"nats: {err_msg.strip()}")
+            self._err = error
+            await self._error_cb(error)
+            await self._process_op_err(error)
+
+    _CLIENT_CLASSES.append(HardenedClient)
+    return HardenedClient
 
 
 def tls_context(ca: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext | None:
@@ -36,9 +89,11 @@ async def connect(
     tls: ssl.SSLContext | None = None,
     connect_timeout: float = 5.0,
     reconnect: bool = True,
+    user: str | None = None,
+    password: str | None = None,
     **kwargs: Any,
 ):
-    """A nats-py connection with settings suited to a provisioning network."""
+    """A nats-py connection with settings suited to a provisioning network (see the module docstring)."""
     try:
         require("nats")
     except MissingDependency as exc:
@@ -52,6 +107,8 @@ async def connect(
         reconnect_time_wait=0.5,
         pending_size=64 * 1024 * 1024,
     )
+    if user or password:
+        options["user"], options["password"] = user or "", password or ""
     if tls is not None:
         options["tls"] = tls
         if brokers:
@@ -71,7 +128,9 @@ async def connect(
     # never gives a server up), so the first connection gets a deadline of its own.
     deadline = connect_timeout * max(1, len(options["servers"])) + 1.0
     try:
-        return await asyncio.wait_for(nats.connect(**options), deadline)
+        client = _client_class()()
+        await asyncio.wait_for(client.connect(**options), deadline)
+        return client
     except asyncio.TimeoutError:
         reason = str(last_error[0]) or type(last_error[0]).__name__ if last_error else "no answer"
         raise ConnectError(

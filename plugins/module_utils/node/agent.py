@@ -138,7 +138,14 @@ class NodeAgent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         started = time.monotonic()
-        self.pool = LinkPool(self.settings.brokers, self.settings.connections, self.router.route, self.stopping)
+        self.pool = LinkPool(
+            self.settings.brokers,
+            self.settings.connections,
+            self.router.route,
+            self.stopping,
+            tls=self.settings.provisioning_tls(),
+            auth=self.settings.provisioning_auth(),
+        )
         self.build_nodes()
         if any(node.mode == MODE_PROVISIONING for node in self.nodes.values()):
             if not self.settings.brokers:
@@ -174,11 +181,7 @@ class NodeAgent:
             if not node.stopped and node.link is not None:
                 await self.announcer.announce(node, node.link, "shutdown")
         await self.close()
-        log.info(
-            "stopped: %d refused request(s), %d undecodable or misaddressed message(s) ignored",
-            self.router.refusals,
-            self.router.garbage,
-        )
+        log.info("stopped: %s", self.router.summary())
         return 0
 
     async def close(self) -> None:

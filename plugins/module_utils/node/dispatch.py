@@ -69,10 +69,8 @@ def handle(node: NodeState, req: Request, at: float | None = None) -> ActionResu
             return ActionResult(DISCOVERY_PONG)
         return ActionResult(None)
     action = req.action
-    if not isinstance(req.body, dict):
-        return ActionResult(
-            rpc_reply_body(action, StatusCode.INVALID_DATA, "request body is not an mcorpc JSON object")
-        )
+    if req.body_problem:
+        return ActionResult(rpc_reply_body(action, StatusCode.INVALID_DATA, req.body_problem))
     skew = int(at) - req.time
     if abs(skew) > req.ttl:
         what = "request expired" if skew > 0 else "request too far in the future"

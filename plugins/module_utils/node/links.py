@@ -28,8 +28,9 @@ from ..choria.config import (
     SECURITY_KEY_KEY,
     SECURITY_PROVIDER_KEY,
 )
-from ..choria.subjects import broadcast_subject, node_subject
+from ..choria.subjects import broadcast_subject, node_subject, valid_publish_subject
 from ..choria.transport import ConnectError, connect, tls_context
+from ..common.text import printable
 from .state import MODE_PROVISIONING, NodeState
 
 log = logging.getLogger("zeroinit.agent")
@@ -48,8 +49,10 @@ class Link:
         tls=None,
         dedicated: bool = False,
         on_close: Callable[[Link], None] | None = None,
+        auth: dict | None = None,
     ):
         self.brokers = brokers
+        self.auth = dict(auth or {})  # user and password, as connect() takes them
         self.name = name
         self.on_message = on_message
         self.on_close = on_close
@@ -65,10 +68,25 @@ class Link:
         self.closed = False
 
     async def open(self) -> Link:
-        self.nc = await connect(self.brokers, name=self.name, tls=self.tls)
+        self.nc = await connect(
+            self.brokers,
+            name=self.name,
+            tls=self.tls,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            **self.auth,
+        )
         self.inbox = asyncio.Queue()
         self.reader = asyncio.create_task(self._read())
         return self
+
+    async def _disconnected(self) -> None:
+        if not self.closed:
+            log.warning("%s: lost the connection to the broker; reconnecting", self.name)
+
+    async def _reconnected(self) -> None:
+        url = getattr(self.nc, "connected_url", None)
+        log.warning("%s: connected again to %s", self.name, getattr(url, "netloc", "") or "the broker")
 
     async def _subscribe(self, subject: str):
         """A subscription whose messages land in this link's shared inbox (no task per subscription).
@@ -136,6 +154,15 @@ class Link:
     async def publish(self, subject: str, payload: bytes) -> None:
         if self.closed or self.nc is None:
             return
+        # A subject or size the server refuses would cost the connection (and every node on it) a reconnect.
+        limit = getattr(self.nc, "max_payload", 0) or 0
+        if not valid_publish_subject(subject) or (limit and len(payload) > limit):
+            log.warning(
+                "not publishing %d bytes to %s: not a subject or size the broker takes",
+                len(payload),
+                printable(subject, 80),
+            )
+            return
         try:
             await self.nc.publish(subject, payload)
         except Exception as exc:  # a lost connection reconnects; the message is lost as on any bus
@@ -166,8 +193,18 @@ class Link:
 class LinkPool:
     """Every link of the agent: where each node is served, by its mode and its configuration."""
 
-    def __init__(self, brokers: list[str], connections: int, on_message: MessageHandler, stopping: asyncio.Event):
+    def __init__(
+        self,
+        brokers: list[str],
+        connections: int,
+        on_message: MessageHandler,
+        stopping: asyncio.Event,
+        tls=None,
+        auth: dict | None = None,
+    ):
         self.brokers = brokers
+        self.tls = tls  # of the provisioning links; configured links take theirs from the node's configuration
+        self.auth = dict(auth or {})
         self.connections = max(1, connections)
         self.on_message = on_message
         self.stopping = stopping
@@ -190,7 +227,8 @@ class LinkPool:
         while not self.stopping.is_set():
             try:
                 for index in range(len(self.provisioning), self.connections):
-                    link = Link(self.brokers, f"zeroinit-agent-{os.getpid()}-{index}", self.on_message)
+                    name = f"zeroinit-agent-{os.getpid()}-{index}"
+                    link = Link(self.brokers, name, self.on_message, tls=self.tls, auth=self.auth)
                     self.provisioning.append(await link.open())
                 return True
             except ConnectError as exc:

@@ -12,6 +12,11 @@ Agent configuration (``--config``, ``key = value``; flags override):
     plugin.zeroinit.agent.registration_interval  seconds between registration publications (0: only at start)
     plugin.zeroinit.agent.splay_max           upper bound for restart's splay, seconds
     plugin.zeroinit.agent.fsync               true/false: fsync written files (default true; false with --fleet)
+    plugin.zeroinit.agent.tls_ca              CA (PEM) the provisioning broker's certificate must chain to: TLS on
+    plugin.zeroinit.agent.tls_cert            client certificate (PEM) for a broker that asks for one, and its
+    plugin.zeroinit.agent.tls_key             key (PEM)
+    plugin.zeroinit.agent.broker_user         NATS user on the provisioning broker (Choria's provisioning account)
+    plugin.zeroinit.agent.broker_password     its password (config file only: argv is visible to others)
     loglevel                                  debug, info, warning, error
 """
 
@@ -19,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 from dataclasses import dataclass, field
 
 from ..choria.brokers import BrokerUrlError, normalize_brokers
 from ..choria.config import (
+    AGENT_BROKER_PASSWORD_KEY,
+    AGENT_BROKER_USER_KEY,
     AGENT_BROKERS_KEY,
     AGENT_FACTS_KEY,
     AGENT_FSYNC_KEY,
@@ -30,6 +38,9 @@ from ..choria.config import (
     AGENT_REGISTRATION_INTERVAL_KEY,
     AGENT_SPLAY_MAX_KEY,
     AGENT_STATE_DIR_KEY,
+    AGENT_TLS_CA_KEY,
+    AGENT_TLS_CERT_KEY,
+    AGENT_TLS_KEY_KEY,
     AGENT_TOKEN_KEY,
     IDENTITY_KEY,
     ConfigError,
@@ -37,6 +48,7 @@ from ..choria.config import (
     as_list,
     load_config,
 )
+from ..choria.transport import tls_context
 from .state import DEFAULT_SPLAY_MAX
 
 DEFAULT_STATE_DIR = "/var/lib/zeroinit/agent"
@@ -59,6 +71,27 @@ class AgentSettings:
     log_level: str = "info"
     workers: int = 8
     fsync: bool | None = None  # None: on for one node, off for a simulated fleet
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    broker_user: str = ""
+    broker_password: str = field(default="", repr=False)
+
+    def provisioning_tls(self) -> ssl.SSLContext | None:
+        """The provisioning connection's TLS context (None without --tls-ca/--tls-cert); ConfigError naming the
+        option when a file cannot be used."""
+        if self.tls_cert and not self.tls_key:
+            raise ConfigError(f"--tls-cert / {AGENT_TLS_CERT_KEY} needs --tls-key / {AGENT_TLS_KEY_KEY}")
+        try:
+            return tls_context(self.tls_ca or None, self.tls_cert or None, self.tls_key or None)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise ConfigError(f"provisioning TLS (--tls-ca, --tls-cert, --tls-key): {exc}") from None
+
+    def provisioning_auth(self) -> dict:
+        """The NATS user and password of the provisioning connection, as ``connect`` takes them."""
+        if not (self.broker_user or self.broker_password):
+            return {}
+        return {"user": self.broker_user, "password": self.broker_password}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,6 +119,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fsync keys, certificates and configuration (default: on for one node, off with --fleet, "
         "whose simulated nodes share one disk; renames keep every file set consistent either way)",
     )
+    parser.add_argument("--tls-ca", help="CA (PEM) that the provisioning broker's certificate must chain to: TLS on")
+    parser.add_argument("--tls-cert", help="client certificate (PEM) for a provisioning broker that asks for one")
+    parser.add_argument("--tls-key", help="the client certificate's key (PEM)")
+    parser.add_argument(
+        "--broker-user",
+        help=f"NATS user on the provisioning broker; its password only in the config file ({AGENT_BROKER_PASSWORD_KEY})",
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     return parser.parse_args(argv)
 
@@ -101,6 +141,11 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         s.token = conf.get(AGENT_TOKEN_KEY, "")
         s.state_dir = conf.get(AGENT_STATE_DIR_KEY) or s.state_dir
         s.log_level = conf.get(AGENT_LOGLEVEL_KEY) or s.log_level
+        s.tls_ca = conf.get(AGENT_TLS_CA_KEY, "")
+        s.tls_cert = conf.get(AGENT_TLS_CERT_KEY, "")
+        s.tls_key = conf.get(AGENT_TLS_KEY_KEY, "")
+        s.broker_user = conf.get(AGENT_BROKER_USER_KEY, "")
+        s.broker_password = conf.get(AGENT_BROKER_PASSWORD_KEY, "")
         if conf.get(AGENT_FSYNC_KEY):
             s.fsync = as_bool(conf[AGENT_FSYNC_KEY])
         for key, attr in (
@@ -125,6 +170,10 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         ("splay_max", args.splay_max),
         ("workers", args.workers),
         ("log_level", args.log_level),
+        ("tls_ca", args.tls_ca),
+        ("tls_cert", args.tls_cert),
+        ("tls_key", args.tls_key),
+        ("broker_user", args.broker_user),
         ("fsync", None if args.fsync is None else args.fsync == "on"),
     ):
         if value is not None:

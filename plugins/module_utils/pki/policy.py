@@ -20,6 +20,8 @@ Policy, in the order it is checked (each refusal is a :class:`PolicyError` namin
 ``allowed_sans``        every name matches an allow pattern (``re.fullmatch``, on the lower-cased name). Without
                         patterns only the identity itself is allowed: a node may not name another node, so the safe
                         default is no extra SAN at all. ``{identity}`` in a pattern stands for the escaped identity.
+``dns_lengths``         every DNS name is usable in DNS: labels of at most 63 characters, at most 253 in all (an
+                        allow pattern for names under ``svc.example.net`` usually says nothing about length).
 ``key_types``           key type allowed (``ec``, ``rsa``, ``ed25519``, ``ed448``); RSA at least ``min_rsa_bits``;
                         EC only on ``ec_curves``.
 ``valid_days``          at least 1 day, and not more than ``max_valid_days``: a longer request is refused, not capped,
@@ -52,6 +54,9 @@ DEFAULT_VALID_DAYS = 365
 DEFAULT_MAX_VALID_DAYS = 365
 
 IDENTITY_PLACEHOLDER = "{identity}"
+# RFC 1035 limits: a longer name cannot be resolved, and some TLS stacks reject the certificate carrying it.
+MAX_DNS_LABEL = 63
+MAX_DNS_NAME = 253
 
 # Names no node certificate may carry (re.search on the lower-cased name). Why each one: see the module docstring.
 DEFAULT_DENY = (
@@ -153,6 +158,8 @@ class CsrPolicy:
         dns_names, ips = self.requested_names(request, identity)
         for name in list(dns_names) + [str(a) for a in ips]:
             self._check_name(name, identity)
+        for name in dns_names:
+            self._check_dns_lengths(name)
         public_key = request.public_key()
         key_type, key_detail = self._check_key(public_key)
         days = self._check_validity(valid_days)
@@ -268,6 +275,18 @@ class CsrPolicy:
                 name, ", ".join(repr(p) for p in self.allowed_sans)
             ),
         )
+
+    @staticmethod
+    def _check_dns_lengths(name: str) -> None:
+        longest = max(name.rstrip(".").split("."), key=len)
+        shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}..."
+        if len(longest) > MAX_DNS_LABEL:
+            message = f"DNS name {shown} has a label of {len(longest)} characters (at most {MAX_DNS_LABEL})"
+            raise PolicyError("dns_lengths", name, message)
+        if len(name) > MAX_DNS_NAME:
+            raise PolicyError(
+                "dns_lengths", name, f"DNS name {shown} is {len(name)} characters (at most {MAX_DNS_NAME})"
+            )
 
     def _check_key(self, public_key) -> tuple[str, str]:
         key_type, detail = key_description(public_key)

@@ -35,6 +35,10 @@ from ..pki.x509 import certificate_matches_csr
 
 DEFAULT_HELPER_TIMEOUT = 10.0
 STDERR_TAIL = 2000
+# Choria's configure inputs are at most 2 KiB of configuration, 10 KiB of certificate and 20 KiB of CA; a helper
+# printing more than this is killed, so a thousand helpers at once cannot fill the provisioner's memory.
+MAX_HELPER_OUTPUT = 1024 * 1024
+STDERR_KEPT = 64 * 1024  # the tail of stderr kept for the error message
 
 # Fields a Choria helper may return that this provisioner does not act on (JWT/ed25519 and policy features).
 IGNORED_CHORIA_FIELDS = ("server_claims", "action_policies", "opa_policies", "key", "ecdh_public", "server_jwt")
@@ -208,17 +212,30 @@ async def run_helper(
     except OSError as exc:
         raise NodeFailure(f"helper {argv[0]} could not be started for {identity}: {exc}") from None
     stdout, stderr = bytearray(), bytearray()
+    too_much = asyncio.Event()
 
-    async def _drain(stream, sink: bytearray) -> None:
+    async def _drain_stdout() -> None:
         while True:
-            chunk = await stream.read(65536)
+            chunk = await proc.stdout.read(65536)
             if not chunk:
                 return
-            sink.extend(chunk)
+            if len(stdout) + len(chunk) > MAX_HELPER_OUTPUT:
+                too_much.set()
+                _kill_group(proc)
+                return
+            stdout.extend(chunk)
+
+    async def _drain_stderr() -> None:
+        while True:
+            chunk = await proc.stderr.read(65536)
+            if not chunk:
+                return
+            stderr.extend(chunk)
+            del stderr[:-STDERR_KEPT]
 
     async def _converse() -> None:
         # Read both pipes into buffers we keep: on a timeout the stderr gathered so far goes into the error.
-        readers = asyncio.gather(_drain(proc.stdout, stdout), _drain(proc.stderr, stderr))
+        readers = asyncio.gather(_drain_stdout(), _drain_stderr())
         try:
             proc.stdin.write(payload)
             await proc.stdin.drain()
@@ -243,6 +260,11 @@ async def run_helper(
         _kill_group(proc)
         await proc.wait()
         raise
+    if too_much.is_set():
+        raise NodeFailure(
+            f"helper printed more than {MAX_HELPER_OUTPUT} bytes for {identity} and was killed; "
+            f"stderr: {_tail(stderr.decode('utf-8', 'replace'))}"
+        )
     return parse_helper_output(
         identity,
         proc.returncode,

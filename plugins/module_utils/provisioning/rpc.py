@@ -11,6 +11,10 @@ requests a reply subject of its own, ``<collective>.reply.<md5(callerid)>.<reply
 answer on the transport's ``reply-to``; brokers let them publish anywhere under ``<collective>.reply.``), so no
 instance receives the others' replies. Whatever still arrives for a request id that is not waiting is dropped by
 its subject's last token before it is decoded, and counted in ``foreign_replies``.
+
+Replies are network input: one that does not decode is counted (``undecodable``) and dropped, a sender that is
+not a valid identity never counts as a discovered node, and a request keeps at most :data:`MAX_REPLIES` replies,
+so a flood of answers to one broadcast cannot fill the controller's memory.
 """
 
 from __future__ import annotations
@@ -40,9 +44,13 @@ from ..choria.subjects import (
     node_subject,
     reply_inbox_prefix,
     reply_subject,
+    valid_identity,
 )
 from ..choria.transport import connect
 from ..common.deps import NatsError
+from ..common.text import printable
+
+MAX_REPLIES = 200_000  # per request: more than any fleet this controller drives at once
 
 REPLY_SCOPE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -228,6 +236,8 @@ class RpcClient:
         wanted = expect if expect is not None else (len(identities) if identities else None)
 
         def collect(reply: Reply) -> None:
+            if len(replies) >= MAX_REPLIES:
+                return
             replies.append(reply)
             if on_reply is not None:
                 result = on_reply(reply)
@@ -287,6 +297,9 @@ class RpcClient:
         done = asyncio.get_running_loop().create_future()
 
         def collect(reply: Reply) -> None:
+            if not valid_identity(reply.senderid) or len(seen) >= MAX_REPLIES:
+                self.undecodable += 1
+                return
             seen.add(reply.senderid)
             if expect is not None and len(seen) >= expect and not done.done():
                 done.set_result(None)
@@ -298,4 +311,5 @@ class RpcClient:
 def reply_error(reply: Reply, step: str) -> str:
     """A human sentence for a failed mcorpc reply."""
     status = f"statuscode {reply.statuscode} {StatusCode.NAMES.get(reply.statuscode, '?')}"
-    return f"{step} refused by {reply.senderid}: {reply.statusmsg or 'no message'} ({status})"
+    message = printable(reply.statusmsg, 500) or "no message"
+    return f"{step} refused by {printable(reply.senderid, 260)}: {message} ({status})"

@@ -181,3 +181,96 @@ def test_signed_request_validates_decodes_and_verifies(choria_reference, key):
     assert not tampered.signed
     with pytest.raises(RequestTrustError, match="signature does not verify"):
         verifier.verify(tampered.secure_message, got.signature, got.pubcert)
+
+
+def _transport(secure_text: str, headers=None) -> bytes:
+    data = base64.b64encode(secure_text.encode("utf-8", "surrogatepass")).decode()
+    return json.dumps({"protocol": p.TRANSPORT, "data": data, "headers": headers or {}}).encode()
+
+
+def _with_envelope(**changes) -> bytes:
+    doc = p.request_document(sample_request())
+    doc["envelope"].update(changes)
+    secure = {"protocol": p.SECURE_REQUEST, "message": json.dumps(doc), "signature": "insecure", "pubcert": "insecure"}
+    return _transport(json.dumps(secure))
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ('{"protocol":"choria:transport:1","headers":{"federation":' + DEEP + "}}").encode(),
+        _transport('{"protocol":"choria:secure:request:1","pubcert":' + DEEP + "}"),
+        _transport(
+            json.dumps(
+                {
+                    "protocol": p.SECURE_REQUEST,
+                    "message": json.dumps(p.request_document(sample_request())).replace('"fact": []', '"fact":' + DEEP),
+                    "signature": "insecure",
+                    "pubcert": "insecure",
+                }
+            )
+        ),
+    ],
+    ids=["transport", "secure", "request"],
+)
+def test_deep_nesting_is_a_protocol_error_not_a_recursion_error(raw):
+    with pytest.raises(p.ProtocolError, match="nested too deeply"):
+        p.decode_request(raw)
+
+
+def test_deep_nesting_in_the_body_is_a_protocol_error():
+    doc = p.request_document(sample_request())
+    doc["message"] = '{"agent":"rpcutil","action":"ping","data":' + DEEP + "}"
+    secure = {"protocol": p.SECURE_REQUEST, "message": json.dumps(doc), "signature": "insecure", "pubcert": "insecure"}
+    with pytest.raises(p.ProtocolError, match="body: starts like JSON"):
+        p.decode_request(_transport(json.dumps(secure)))
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"callerid": "choria=x\ud800"}, "'callerid' must be a string of at most 256 printable"),
+        ({"callerid": "choria=a\nFORGED LOG LINE"}, "'callerid' must be a string of at most 256 printable"),
+        ({"senderid": "s" * 300}, "'senderid' must be a string of at most 256 printable"),
+        ({"senderid": ["s"]}, "'senderid' must be a string"),
+        ({"requestid": "a" * 15 + "." + "b" * 16}, "requestid must be 32 characters usable in a NATS subject"),
+        ({"requestid": " " * 32}, "requestid must be 32 characters usable in a NATS subject"),
+        ({"agent": "rpc*"}, "field 'agent' must be at most 128 printable ASCII"),
+        ({"collective": "provisioning.x"}, "field 'collective' must be"),
+        ({"collective": "pr\u043evisioning"}, "field 'collective' must be"),
+        ({"filter": ["identity"]}, "field 'filter' must be an object, got list"),
+        ({"ttl": 1e999}, "field 'ttl' must be an integer"),
+    ],
+)
+def test_envelope_fields_that_become_subjects_or_log_text_are_checked(changes, words):
+    with pytest.raises(p.ProtocolError, match=words):
+        p.decode_request(_with_envelope(**changes))
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ({"agent": "rpcutil", "action": ["ping"], "data": {}}, "field 'action' must be a string, got list"),
+        ({"agent": "rpcutil", "action": "p" * 65, "data": {}}, "field 'action' must be 1 to 64 printable"),
+        ({"agent": "rpcutil", "action": "ping\n", "data": {}}, "field 'action' must be 1 to 64 printable"),
+        ({"agent": "rpcutil", "action": "ping", "data": "x"}, "field 'data' must be an object, got str"),
+        ("not an object", "request body is not an mcorpc JSON object"),
+    ],
+)
+def test_a_body_a_node_cannot_act_on_says_why(body, problem):
+    req = p.decode_request(p.encode_request(sample_request(agent="rpcutil", body=body)))
+    assert problem in req.body_problem
+    assert req.action == ("ping" if "'data'" in problem else "")
+
+
+def test_a_well_formed_body_has_no_problem():
+    assert p.decode_request(p.encode_request(sample_request())).body_problem == ""
+    assert p.decode_request(p.encode_request(sample_request(agent="discovery", body="ping"))).body_problem == ""
+
+
+def test_token_compare_takes_any_text():
+    assert not p.constant_time_equal("x\ud800", "x")
+    assert p.constant_time_equal("s3cret", "s3cret") and not p.constant_time_equal(["s3cret"], "s3cret")

@@ -1,6 +1,7 @@
 """The agent's settings: config file first, flags override, the token never shows, brokers by the one rule."""
 
 import re
+import ssl
 
 import pytest
 
@@ -66,3 +67,51 @@ def test_brokers_from_flags_and_file_follow_the_one_rule(tmp_path, value, expect
     else:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             settings_from(parse_args(flags))
+
+
+def test_the_provisioning_connection_takes_tls_and_a_user_from_file_and_flags(tmp_path):
+    from tests.support.fleet import TestCA
+
+    files = TestCA().write_key_pair(tmp_path / "tls", "node1", client=True)
+    s = settings(
+        tmp_path,
+        f"""
+plugin.zeroinit.agent.tls_ca = {files["ca"]}
+plugin.zeroinit.agent.tls_cert = /nonexistent.pem
+plugin.zeroinit.agent.broker_user = from-file
+plugin.zeroinit.agent.broker_password = pr0v-secret
+""",
+        "--tls-cert",
+        files["cert"],
+        "--tls-key",
+        files["key"],
+        "--broker-user",
+        "node",
+    )
+    assert (s.tls_ca, s.tls_cert, s.tls_key) == (files["ca"], files["cert"], files["key"])
+    assert s.provisioning_auth() == {"user": "node", "password": "pr0v-secret"}
+    assert "pr0v-secret" not in repr(s)
+    context = s.provisioning_tls()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert settings(tmp_path, "").provisioning_tls() is None
+    assert settings(tmp_path, "").provisioning_auth() == {}
+
+
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("plugin.zeroinit.agent.tls_ca = /nonexistent/ca.pem\n", "provisioning TLS (--tls-ca, --tls-cert, --tls-key)"),
+        (
+            "plugin.zeroinit.agent.tls_cert = /nonexistent/cert.pem\n",
+            "--tls-cert / plugin.zeroinit.agent.tls_cert needs",
+        ),
+    ],
+)
+def test_unusable_tls_files_name_the_options(tmp_path, text, phrase):
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        settings(tmp_path, text).provisioning_tls()
+
+
+def test_the_broker_password_has_no_flag():
+    with pytest.raises(SystemExit):
+        parse_args(["--broker-password", "visible-to-every-process"])

@@ -82,6 +82,21 @@ def test_san_outside_the_allow_list_is_refused_and_patterns_match_whole_names(ca
     assert "[a-z0-9.-]+\\\\.example\\\\.net" in str(err)
 
 
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("a" * 64 + ".svc.example.net", "label of 64 characters (at most 63)"),
+        (".".join(["a" * 60] * 4) + ".svc.example.net", "is 259 characters (at most 253)"),
+    ],
+)
+def test_dns_names_an_allow_pattern_matches_must_still_fit_dns(ca, name, needle):
+    signer = Signer(ca, CsrPolicy(allowed_sans=["{identity}", r"[a-z0-9.-]+\.svc\.example\.net"]))
+    err = refusal(signer, make_csr(dns=[name]))
+    assert err.rule == "dns_lengths" and err.value == name and needle in str(err)
+    longest_allowed = "a" * 63 + ".svc.example.net"
+    assert signer.sign(make_csr(dns=[longest_allowed]), IDENTITY).subject_alt_names[-1] == f"DNS:{longest_allowed}"
+
+
 def test_identity_outside_the_allow_list_is_refused(ca):
     policy = CsrPolicy(allowed_sans=[r"[a-z0-9-]+\.prod\.example\.net"])
     err = refusal(Signer(ca, policy), make_csr())

@@ -198,3 +198,16 @@ def test_helper_certificate_must_parse_and_carry_the_csr_key():
     assert ph.certificate_problem(cert_pem, csr_pem) == ""
     assert "public key" in ph.certificate_problem(cert_pem, other_csr)
     assert "does not parse" in ph.certificate_problem(CERT, csr_pem)
+
+
+def test_run_helper_kills_a_helper_that_prints_too_much(tmp_path):
+    script = _script(
+        tmp_path,
+        "sys.stderr.write('e' * 200000 + 'last words'); sys.stderr.flush()\n"
+        "chunk = 'x' * 65536\n"
+        "while True: sys.stdout.write(chunk)",
+    )
+    with pytest.raises(ph.NodeFailure) as err:
+        asyncio.run(ph.run_helper([script], ph.helper_request("n6", None, {}), timeout=20))
+    assert f"helper printed more than {ph.MAX_HELPER_OUTPUT} bytes for n6 and was killed" in str(err.value)
+    assert str(err.value).endswith("last words")
