@@ -29,6 +29,9 @@ AGENT_STATE_DIR_KEY = "plugin.zeroinit.agent.state_dir"
 AGENT_REGISTRATION_INTERVAL_KEY = "plugin.zeroinit.agent.registration_interval"
 AGENT_SPLAY_MAX_KEY = "plugin.zeroinit.agent.splay_max"
 AGENT_FSYNC_KEY = "plugin.zeroinit.agent.fsync"
+AGENT_PROVISIONING_CA_KEY = "plugin.zeroinit.agent.provisioning_ca"
+AGENT_PROVISIONING_JWT_KEY = "plugin.zeroinit.agent.provisioning_jwt"
+AGENT_MAX_TTL_KEY = "plugin.zeroinit.agent.max_ttl"
 AGENT_LOGLEVEL_KEY = "loglevel"
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
