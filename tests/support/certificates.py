@@ -128,9 +128,35 @@ class Authority:
         signing_key = parent.key if parent else self.key
         self.cert = builder.sign(signing_key, _sign_hash(signing_key, algorithm))
 
+    @classmethod
+    def from_files(cls, cert_path, key_path, passphrase: bytes | None = None) -> Authority:
+        """An existing CA (e.g. one pki_sign made) that issues what a test asks for."""
+        authority = cls.__new__(cls)
+        with open(cert_path, "rb") as handle:
+            authority.cert = x509.load_pem_x509_certificate(handle.read())
+        with open(key_path, "rb") as handle:
+            authority.key = serialization.load_pem_private_key(handle.read(), password=passphrase)
+        authority.parent = None
+        return authority
+
     @property
     def pem(self) -> str:
         return pem(self.cert)
+
+    def write_leaf(self, directory, common_name: str = "prov1.example.net", **options) -> dict:
+        """A certificate of this CA (a provisioner's unless ``usages`` says otherwise) written as ``<cn>.pem`` and
+        ``<cn>.key`` (0600) in ``directory``: {"cert", "key"} paths."""
+        import os
+        import pathlib
+
+        leaf = self.issue(common_name, **options)
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {"cert": directory / f"{common_name}.pem", "key": directory / f"{common_name}.key"}
+        paths["cert"].write_text(leaf.pem)
+        paths["key"].write_text(leaf.key_pem)
+        os.chmod(paths["key"], 0o600)
+        return {name: str(path) for name, path in paths.items()}
 
     def intermediate(self, name: str, **options) -> Authority:
         return Authority(name, parent=self, **options)
