@@ -33,7 +33,7 @@ from ...common.deps import x509
 from ...common.files import read_bytes
 from ...pki.x509 import certificate_matches_key, is_issued_by
 from ..journal import write_set
-from ..site_lock import SiteLock, SiteLockError
+from ..site_lock import SiteLock
 from ..state import NodeState
 from .base import ActionResult, Refusal, RequestOrigin, answer, need_cryptography
 
@@ -130,18 +130,23 @@ def _check_certificates(node: NodeState, certificate: str, ca: str) -> None:
 
 
 def _site_lock(node: NodeState, ca: str, origin: RequestOrigin | None) -> SiteLock:
-    """The lock this configure commits; refused when the CA bundle could not anchor the site's provisioners."""
+    """The lock this configure commits; refused when the CA bundle could not anchor the site's provisioners.
+
+    The keys come from the verifiers, which hold them already (SiteLock.at_commit would parse both bundles again
+    for every node of a fleet); a bundle no verifier can be made from would lock the node for good, so it is refused.
+    """
     try:
-        node.trust.site_verifier(ca)  # a lock the node could never verify against would lock it for good
-        return SiteLock.at_commit(
-            ca,
-            node.trust.provisioning_ca_pem,
-            committed_at=int(origin.accepted_at) if origin else 0,
-            committed_by=(origin.signer.subject if origin.signer else origin.callerid)[:1024] if origin else "",
-            request_id=origin.requestid if origin else "",
-        )
-    except (TrustConfigError, SiteLockError) as exc:
+        site = node.trust.site_verifier(ca)
+    except TrustConfigError as exc:
         raise Refusal(StatusCode.INVALID_DATA, f"input 'ca' cannot lock {node.identity} to its site: {exc}") from None
+    provisioning = node.trust.verifier
+    return SiteLock(
+        site_ca_keys=tuple(dict.fromkeys(site.ca_key_sha256s)),
+        provisioning_ca_keys=tuple(dict.fromkeys(provisioning.ca_key_sha256s)) if provisioning else (),
+        committed_at=int(origin.accepted_at) if origin else 0,
+        committed_by=(origin.signer.subject if origin.signer else origin.callerid)[:1024] if origin else "",
+        request_id=origin.requestid if origin else "",
+    )
 
 
 def configure(node: NodeState, request: ConfigureInput, origin: RequestOrigin | None = None) -> ActionResult:
