@@ -20,10 +20,11 @@ options:
       - A provisioner certificate (PEM; intermediates may follow it) with which every request is signed, as
         go-choria's x509 security signs a protocol v1 secure request (C(pubcert) is this PEM, C(signature) is over
         the request's C(message) with O(signing_key)).
-      - It must carry the provisioner extended key usage (OID C(2.25.307675301198271244105607033615782566025)) and
-        chain to the CA the nodes pin with the agent option C(--provisioning-ca), or, for nodes without one, to the
-        site CA a node was configured with (a configured node is locked to its site and moves again only for a
-        request signed under it).
+      - It must carry the provisioner extended key usage, OID
+        C(1.2.840.113556.1.8000.2554.59256.7049.57583.19495.35325.13944690.16046217), and chain to the CA the
+        nodes pin with the agent option C(--provisioning-ca), or, for nodes without one, to the site CA a node was
+        configured with (a configured node is locked to its site and moves again only for a request signed under
+        it). The same certificate may serve as the TLS client certificate to the brokers.
       - RSA (2048 to 8192 bits; signatures are PKCS#1 v1.5 with SHA-256, as Choria's) or EC P-256 keys.
     type: path
   signing_key:

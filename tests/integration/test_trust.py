@@ -26,12 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import protocol as p
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria import subjects as sj
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import issue_provisioning_jwt
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import RequestSigner
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import PROVISIONER_USAGE, RequestSigner
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect, tls_context
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import provision
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+from tests.support.broker import EmbeddedBroker
 from tests.support.bus import BusCapture
 from tests.support.certificates import NODE, Authority, utcnow
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
@@ -381,3 +382,28 @@ def test_a_token_only_node_is_locked_on_first_configure_and_then_moves_only_for_
     assert other.statuscode == p.StatusCode.ABORTED
     assert "locked to its site" in other.statusmsg and "not issued by the site CA" in other.statusmsg
     assert own.ok, own.statusmsg
+
+
+# ---------------------------------------------------------------------------------------------- interoperability
+
+
+def test_a_provisioner_certificate_is_also_a_tls_client_certificate_nats_server_accepts(tmp_path):
+    """nats-server is Go: its crypto/x509 must parse the provisioner usage OID (a 2.25.<uuid> arc it cannot), so
+    one certificate can sign the requests and authenticate the provisioner to a broker that requires client TLS."""
+    ca = TestCA("broker CA")
+    server = ca.write_key_pair(tmp_path / "broker", "127.0.0.1", ips=["127.0.0.1"], server=True, client=False)
+    provisioner = ca.write_key_pair(tmp_path / "prov", "prov.example.net", provisioner=True)
+    with open(provisioner["cert"], "rb") as handle:
+        from cryptography import x509
+
+        usages = x509.load_pem_x509_certificate(handle.read()).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert PROVISIONER_USAGE in usages.value
+    with EmbeddedBroker(tls={"cert": server["cert"], "key": server["key"], "ca": server["ca"], "verify": True}) as b:
+
+        async def ping():
+            tls = tls_context(provisioner["ca"], provisioner["cert"], provisioner["key"])
+            signer = RequestSigner.from_files(provisioner["cert"], provisioner["key"])
+            async with RpcClient([b.url], callerid="prov", tls=tls, signer=signer) as client:
+                return await client.discover(timeout=0.5)
+
+        assert asyncio.run(ping()) == []  # connected over TLS with that certificate, asked, nobody there
