@@ -13,7 +13,6 @@ another CA, or the token alone).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import json
 import pathlib
@@ -34,7 +33,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rp
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 from tests.support.broker import EmbeddedBroker
 from tests.support.bus import BusCapture
-from tests.support.certificates import NODE, Authority, utcnow
+from tests.support.certificates import Authority, provisioner_signers, signer_of
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 
 TOKEN = "trust-token"
@@ -46,16 +45,11 @@ CONFIG_STAYING = {  # provisioning stays on: the node is locked by configure but
 }
 
 
-def signer_of(leaf) -> RequestSigner:
-    return RequestSigner(leaf.pem, leaf.key_pem)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Site A: its CA (node certificates), its provisioning CA and provisioner, the JWT issuer; and the attackers'."""
     tmp = tmp_path_factory.mktemp("site")
     provisioning = Authority("site A provisioning CA")
-    now = utcnow()
     issuer = ed25519.Ed25519PrivateKey.generate()
     (tmp / "provisioning-ca.pem").write_text(provisioning.pem)
     (tmp / "jwt-issuer.pub").write_bytes(
@@ -70,15 +64,7 @@ def site(tmp_path_factory):
         "provisioner_files": provisioner,
         "issuer": issuer,
         "jwt_verify_key": str(tmp / "jwt-issuer.pub"),
-        "other_site": signer_of(Authority("site B provisioning CA").issue("prov.b.example.net")),
-        "expired": signer_of(
-            provisioning.issue(
-                "prov.a.example.net",
-                not_before=now - datetime.timedelta(days=60),
-                not_after=now - datetime.timedelta(days=2),
-            )
-        ),
-        "no_usage": signer_of(provisioning.issue("node9.a.example.net", usages=NODE)),
+        **{name: signer for name, signer in provisioner_signers(provisioning).items() if name != "provisioner"},
     }
 
 

@@ -239,3 +239,31 @@ def sha1_resigned(signed_part: bytes, rsa_signing_key) -> bytes:
     signature = rsa_signing_key.sign(signed_part, padding.PKCS1v15(), hashes.SHA1())
     algorithm = _der(0x30, _SHA1_WITH_RSA + b"\x05\x00")
     return _der(0x30, signed_part + algorithm + _der(0x03, b"\x00" + signature))
+
+
+# ---------------------------------------------------------------------------------------------- provisioners
+
+
+def signer_of(leaf: Leaf):
+    """The RequestSigner of a certificate and its key."""
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import RequestSigner
+
+    return RequestSigner(leaf.pem, leaf.key_pem)
+
+
+def provisioner_signers(provisioning: Authority) -> dict:
+    """Signers against a node that pins ``provisioning``: ``provisioner`` (one it accepts) and what a hostile network
+    has instead: ``other_site`` (a provisioner of another CA, ``other_site_ca``), ``expired`` (a provisioner
+    certificate of this CA that expired), ``no_usage`` (a node certificate of this CA: no provisioner usage)."""
+    other = Authority("site B provisioning CA")
+    now = utcnow()
+    expired = provisioning.issue(
+        "prov.a.example.net", not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1)
+    )
+    return {
+        "provisioner": signer_of(provisioning.issue("prov.a.example.net")),
+        "other_site": signer_of(other.issue("prov.b.example.net")),
+        "other_site_ca": other,
+        "expired": signer_of(expired),
+        "no_usage": signer_of(provisioning.issue("node9.a.example.net", usages=NODE)),
+    }

@@ -142,33 +142,10 @@ def test_rpcutil_is_not_remembered(node):
 @pytest.fixture(scope="module")
 def provisioning():
     """The provisioning CA a node image pins, a provisioner of it, and what a hostile network has instead."""
-    import datetime
-
-    from tests.support.certificates import NODE, Authority, utcnow
+    from tests.support.certificates import Authority, provisioner_signers
 
     ca = Authority("site A provisioning CA")
-    other = Authority("site B provisioning CA")
-    now = utcnow()
-    return {
-        "ca": ca,
-        "provisioner": signer_of(ca.issue("prov.a.example.net")),
-        "other_site": signer_of(other.issue("prov.b.example.net")),
-        "expired": signer_of(
-            ca.issue(
-                "prov.a.example.net",
-                not_before=now - datetime.timedelta(days=30),
-                not_after=now - datetime.timedelta(days=1),
-            )
-        ),
-        "no_usage": signer_of(ca.issue("node9.a.example.net", usages=NODE)),
-        "other_site_ca": other,
-    }
-
-
-def signer_of(leaf):
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import RequestSigner
-
-    return RequestSigner(leaf.pem, leaf.key_pem)
+    return dict(provisioner_signers(ca), ca=ca)
 
 
 @pytest.fixture
