@@ -123,7 +123,12 @@ def test_durations_choria_refuses(text):
     ("line", "expected"),
     [
         ("features: {pki: 'yes'}", "features.pki: expected a boolean, got 'yes'"),
-        ("features: {jwt: true}", "features.jwt: Choria's provisioner key is not supported here"),
+        ("features: {jwt: true}", "features.jwt: Choria's provisioner key is not supported here (set jwt_verify_key"),
+        (
+            "jwt_verify_cert: /etc/jwt.pub",
+            "jwt_verify_cert: Choria's provisioner key is not supported here (named jwt_",
+        ),
+        ("signing_cert: /nonexistent/prov.pem", "signing_cert: /nonexistent/prov.pem: no such file"),
         ("workers: many", "workers: expected an integer, got 'many'"),
         ("workers: true", "workers: expected an integer, got a boolean (true)"),
         ("workers: 0", "workers: must be at least 1, got 0"),
@@ -254,3 +259,17 @@ def test_default_instance_is_a_valid_name(monkeypatch):
     name = cf.default_instance()
     assert cf.INSTANCE_PATTERN.match(name), name
     assert name.endswith(f"-{os.getpid()}")
+
+
+def test_signing_and_jwt_keys(tmp_path):
+    cert, key = tmp_path / "prov.pem", tmp_path / "prov.key"
+    cert.write_text("c")
+    key.write_text("k")
+    signed = f"signing_cert: {cert}\nsigning_key: {key}\nsigning_key_passphrase: pass-SECRET\n"
+    config = load(tmp_path, MINIMAL + signed + "jwt_verify_key: 0123abcd\n")
+    assert (config.signing_cert, config.signing_key, config.jwt_verify_key) == (str(cert), str(key), "0123abcd")
+    assert config.signing_key_passphrase == "pass-SECRET" and "SECRET" not in repr(config)
+    assert load(tmp_path, MINIMAL).signing_cert is None and load(tmp_path, MINIMAL).jwt_verify_key is None
+    assert problems(tmp_path, MINIMAL + f"signing_cert: {cert}\n") == [
+        "signing_cert, signing_key: give both (a signing certificate needs its key) or neither"
+    ]
