@@ -133,11 +133,6 @@ class Request:
         data = self.body.get("data") if isinstance(self.body, dict) else None
         return data if isinstance(data, dict) else {}
 
-    def expired(self, at: int | None = None) -> bool:
-        """Choria refuses a request whose time is outside +-ttl of now (clock skew either way)."""
-        at = now() if at is None else at
-        return abs(at - self.time) > self.ttl
-
 
 @dataclass
 class Reply:
