@@ -621,8 +621,12 @@ def _check_together(values: dict, problems: list) -> None:
         problems.append("helper, signer: one is required (a helper program or the built-in signer)")
     if values.get("tls_key") and not values.get("tls_cert"):
         problems.append("tls_key: given without tls_cert")
-    if bool(values.get("signing_cert")) != bool(values.get("signing_key")):
-        problems.append("signing_cert, signing_key: give both (a signing certificate needs its key) or neither")
+    if values.get("signing_cert") and not values.get("signing_key"):
+        problems.append("signing_cert: given without signing_key (a signing certificate needs its key)")
+    if values.get("signing_key") and not values.get("signing_cert"):
+        problems.append("signing_key: given without signing_cert")
+    if values.get("signing_key_passphrase") and not values.get("signing_key"):
+        problems.append("signing_key_passphrase: given without signing_key")
     if values.get("signer") is not None and not values.get("features.pki"):
         problems.append("features.pki: the built-in signer needs the node's CSR; set it true or use a helper")
     if not values.get("token") and not values.get("control_key"):
