@@ -291,11 +291,12 @@ def bench_trust(count: int, workers: int, connections: int, workdir: str) -> Non
         print(json.dumps(row))
     off = rows["off"]
     for mode, row in rows.items():
+        prov_cpu, fleet_cpu = row["prov_cpu_ms_per_node"], row["fleet_cpu_ms_per_node"]
         print(
             f"trust {mode:<14} {count} nodes: {row['nodes_per_s']:6.0f} nodes/s, p50 {row['p50_ms']:.0f} ms "
-            f"p99 {row['p99_ms']:.0f} ms, provisioner {row['prov_cpu_ms_per_node']:.2f} CPU ms/node "
-            f"({row['prov_cpu_ms_per_node'] - off['prov_cpu_ms_per_node']:+.2f}), fleet "
-            f"{row['fleet_cpu_ms_per_node']:.2f} CPU ms/node ({row['fleet_cpu_ms_per_node'] - off['fleet_cpu_ms_per_node']:+.2f}), "
+            f"p99 {row['p99_ms']:.0f} ms, provisioner {prov_cpu:.2f} CPU ms/node "
+            f"({prov_cpu - off['prov_cpu_ms_per_node']:+.2f}), fleet {fleet_cpu:.2f} CPU ms/node "
+            f"({fleet_cpu - off['fleet_cpu_ms_per_node']:+.2f}), "
             f"throughput {row['nodes_per_s'] / off['nodes_per_s']:.2f}x of off, failed {row['failed']}"
         )
 

@@ -5,9 +5,9 @@
 ``jwt`` (with a ``jwt_verify_key``) -> ``inventory`` -> ``gencsr`` (the key is made on the node and never
 leaves it) -> decide (a decider: a helper program, the built-in signer, or anything with
 ``async decide(identity, inventory, csr, jwt) -> HelperDecision``) -> ``configure`` -> ``restart``.
-:meth:`ProvisioningFlow.run` returns a :class:`NodeOutcome` and never raises for a node's failure. The flow uses an RPC client it does not own and knows nothing about queues or other
-nodes: the bulk run (``bulk.py``), the single-node actions (``actions.py``) and the provisioner service all
-drive this one implementation.
+:meth:`ProvisioningFlow.run` returns a :class:`NodeOutcome` and never raises for a node's failure. The flow uses
+an RPC client it does not own and knows nothing about queues or other nodes: the bulk run (``bulk.py``), the
+single-node actions (``actions.py``) and the provisioner service all drive this one implementation.
 
 The loop guard is the flow's: a decision whose configuration leaves provisioning on fails the node before
 ``configure``, whoever decided it.
