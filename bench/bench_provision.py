@@ -2,11 +2,18 @@
 
     .venv/bin/python bench/bench_provision.py            # 1,000 and 10,000 nodes, helper path, floor
     .venv/bin/python bench/bench_provision.py --quick    # 200 nodes, small helper run
+    .venv/bin/python bench/bench_provision.py --sizes 0 --helper-nodes 0 --per-host 0   # the trust comparison only
 
 For each fleet size: nodes/s, p50/p99 per node, peak RSS and CPU seconds of the provisioner (run in its own
 process) and of the fleet process, provisioner CPU per node, and the floor measured in the same run: the raw
 NATS request/reply rate on this machine with a trivial responder, divided by the 4 round trips per node.
 A real nats-server on loopback; the fleet is one zeroinit-agent process serving every simulated node.
+
+The trust comparison (``--trust-nodes``, default 1,000) runs the signer path on fleets of that size one after the
+other in the same run: signatures off (the token alone), every request signed with an EC P-256 provisioner key
+and verified by nodes pinning the provisioning CA, the same with an RSA-2048 key (what Choria signs with), and EC
+signatures plus each node's provisioning JWT (Ed25519) verified first. The differences in provisioner and fleet
+CPU per node, and in nodes/s, are the cost of trust on the real bulk path.
 """
 
 from __future__ import annotations
@@ -135,17 +142,59 @@ def write_helper(workdir: str, ca_cert: str, ca_key: str) -> list[str]:
     ]
 
 
-def bench_size(count: int, workers: int, connections: int, workdir: str, helper: list | None = None) -> dict:
+TRUST_MODES = ("off", "signed-ec", "signed-rsa", "signed-ec+jwt")
+
+
+def trust_material(workdir: str, mode: str, broker_url: str, identities: list) -> tuple[dict, list]:
+    """(provisioner settings, fleet arguments) of a trust mode: a provisioning CA the fleet pins, a provisioner
+    certificate and key, and with ``+jwt`` one provisioning JWT per node and the issuer's public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import issue_provisioning_jwt
+    from tests.support.certificates import Authority, rsa_key
+
+    if mode == "off":
+        return {}, []
+    directory = pathlib.Path(workdir) / f"trust-{mode}"
+    provisioning = Authority("bench provisioning CA")
+    (directory / "ca").mkdir(parents=True)
+    (directory / "ca" / "provisioning-ca.pem").write_text(provisioning.pem)
+    key = rsa_key(2048) if mode == "signed-rsa" else None
+    files = provisioning.write_leaf(directory / "provisioner", "prov.bench.example.net", key=key)
+    settings = {"signing_cert": files["cert"], "signing_key": files["key"]}
+    fleet_args = ["--provisioning-ca", str(directory / "ca" / "provisioning-ca.pem")]
+    if mode.endswith("+jwt"):
+        issuer = ed25519.Ed25519PrivateKey.generate()
+        (directory / "issuer.pub").write_bytes(
+            issuer.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        (directory / "jwt").mkdir()
+        for identity in identities:
+            token = issue_provisioning_jwt(issuer, TOKEN, [broker_url], [identity])
+            (directory / "jwt" / f"{identity}.jwt").write_text(token)
+        settings["jwt_verify_key"] = str(directory / "issuer.pub")
+        fleet_args += ["--provisioning-jwt", str(directory / "jwt")]
+    return settings, fleet_args
+
+
+def bench_size(
+    count: int, workers: int, connections: int, workdir: str, helper: list | None = None, trust: str = "off"
+) -> dict:
     ca_cert, ca_key = make_ca(workdir)
-    state = os.path.join(workdir, f"fleet-{count}")
+    state = os.path.join(workdir, f"fleet-{count}-{trust}")
     with EmbeddedBroker() as broker, EmbeddedBroker() as members:
+        identities = AgentFleet(broker.url, count, state).identities
+        trust_settings, fleet_args = trust_material(workdir, trust, broker.url, identities)
         # Nodes are pointed at a second broker: a restart really moves them off the provisioning network.
         configuration = {
             "plugin.choria.middleware_hosts": members.url,
             "collectives": "bench",
             "main_collective": "bench",
         }
-        with AgentFleet(broker.url, count, state, token=TOKEN, connections=connections) as fleet:
+        with AgentFleet(broker.url, count, state, token=TOKEN, connections=connections, extra_args=fleet_args) as fleet:
             fleet_cpu0 = proc_stats(fleet.process.pid)[0]
             settings = dict(
                 brokers=[broker.url],
@@ -155,6 +204,7 @@ def bench_size(count: int, workers: int, connections: int, workdir: str, helper:
                 discovery_timeout=30.0,
                 timeout=30.0,
                 configuration=configuration,
+                **trust_settings,
             )
             if helper:
                 settings["helper"] = helper
@@ -179,7 +229,9 @@ def bench_size(count: int, workers: int, connections: int, workdir: str, helper:
         "prov_cpu_ms_per_node": round(1000 * out["cpu_seconds"] / max(1, count), 3),
         "prov_peak_rss_mb": round(out["peak_rss"] / 2**20, 1),
         "fleet_cpu_s": round(fleet_cpu1 - fleet_cpu0, 2),
+        "fleet_cpu_ms_per_node": round(1000 * (fleet_cpu1 - fleet_cpu0) / max(1, count), 3),
         "fleet_peak_rss_mb": round(fleet_rss / 2**20, 1),
+        "trust": trust,
         "steps": {k: v for k, v in t.items() if isinstance(v, dict) and k != "node"},
     }
 
@@ -231,6 +283,24 @@ def bench_per_host(count: int, forks: int, workdir: str) -> dict:
     }
 
 
+def bench_trust(count: int, workers: int, connections: int, workdir: str) -> None:
+    """The signer path with each trust mode, same fleet size, same run; differences against signatures off."""
+    rows = {}
+    for mode in TRUST_MODES:
+        rows[mode] = row = bench_size(count, workers, connections, workdir, trust=mode)
+        print(json.dumps(row))
+    off = rows["off"]
+    for mode, row in rows.items():
+        prov_cpu, fleet_cpu = row["prov_cpu_ms_per_node"], row["fleet_cpu_ms_per_node"]
+        print(
+            f"trust {mode:<14} {count} nodes: {row['nodes_per_s']:6.0f} nodes/s, p50 {row['p50_ms']:.0f} ms "
+            f"p99 {row['p99_ms']:.0f} ms, provisioner {prov_cpu:.2f} CPU ms/node "
+            f"({prov_cpu - off['prov_cpu_ms_per_node']:+.2f}), fleet {fleet_cpu:.2f} CPU ms/node "
+            f"({fleet_cpu - off['fleet_cpu_ms_per_node']:+.2f}), "
+            f"throughput {row['nodes_per_s'] / off['nodes_per_s']:.2f}x of off, failed {row['failed']}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a small run (200 nodes, 50 through the helper)")
@@ -240,6 +310,9 @@ def main() -> int:
     parser.add_argument("--helper-nodes", type=int, default=None, help="nodes for the helper run (0: skip)")
     parser.add_argument("--per-host", type=int, default=None, help="hosts for the provision.yaml run (0: skip)")
     parser.add_argument("--forks", type=int, default=25, help="ansible forks for the provision.yaml run")
+    parser.add_argument(
+        "--trust-nodes", type=int, default=None, help="nodes for the signatures off/on comparison (0: skip)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -249,6 +322,7 @@ def main() -> int:
     sizes = [s for s in sizes if s > 0]
     helper_nodes = args.helper_nodes if args.helper_nodes is not None else (50 if args.quick else 300)
     per_host = args.per_host if args.per_host is not None else (10 if args.quick else 200)
+    trust_nodes = args.trust_nodes if args.trust_nodes is not None else (200 if args.quick else 1000)
     print(
         f"bench_provision: machine {os.uname().machine}, {os.cpu_count() or 0} CPU cores, Python {sys.version.split()[0]}"
     )
@@ -273,6 +347,8 @@ def main() -> int:
                 "s peak RSS "
                 f"{row['fleet_peak_rss_mb']:.0f} MB, {row['ratio_to_floor']:.2f} of the floor, failed {row['failed']}"
             )
+        if trust_nodes:
+            bench_trust(trust_nodes, args.workers, args.connections, workdir)
         if helper_nodes:
             ca_cert, ca_key = make_ca(workdir)
             row = bench_size(

@@ -9,6 +9,8 @@ What it does, all on loopback, everything started here and stopped here:
   5. a summary: every node's outcome, certificate expiry, where it went, and whether it answers ping there;
   6. the same playbook again: nothing left to do (changed=false);
   7. one node sent back to provisioning over the members' TLS broker (reprovision.yaml), then provisioned again.
+Every provisioning request is signed with the operator's certificate, a provisioner certificate of the site CA:
+once configured, a node is locked to its site and moves again only for a request signed under it.
 Files are left in ./demo-run for a look (node state, CA, logs); it is wiped at the next run.
 """
 
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import PROVISIONER_USAGE
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, tls_context
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient, RpcError
@@ -52,7 +55,8 @@ def say(text):
 
 
 def leaf_certificate(ca, common_name, path_prefix, server):
-    """A certificate for the demo's own broker (server) or operator (client), signed by the demo CA."""
+    """A certificate for the demo's own broker (server) or operator (client, and the site's provisioner: it signs
+    provisioning requests), signed by the demo CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -65,7 +69,9 @@ def leaf_certificate(ca, common_name, path_prefix, server):
         .not_valid_after(now + datetime.timedelta(days=7))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH, PROVISIONER_USAGE]
+            ),
             critical=False,
         )
     )
@@ -203,6 +209,8 @@ def main():
         extra = {
             "zeroinit_provision_brokers": [provisioning.url],
             "zeroinit_provision_token": TOKEN,
+            "zeroinit_provision_signing_cert": operator_cert,
+            "zeroinit_provision_signing_key": operator_key,
             "zeroinit_provision_signer": {
                 "ca_cert": str(RUN / "ca" / "ca.pem"),
                 "ca_key": str(RUN / "ca" / "ca-key.pem"),
@@ -286,6 +294,8 @@ def main():
             zeroinit_reprovision_brokers=[members.url],
             zeroinit_reprovision_collective=COLLECTIVE,
             zeroinit_provision_token=TOKEN,
+            zeroinit_provision_signing_cert=operator_cert,
+            zeroinit_provision_signing_key=operator_key,
             zeroinit_reprovision_tls_ca=str(RUN / "ca" / "ca.pem"),
             zeroinit_reprovision_tls_cert=operator_cert,
             zeroinit_reprovision_tls_key=operator_key,

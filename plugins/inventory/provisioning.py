@@ -24,6 +24,11 @@ description:
   - Nodes in provisioning mode are not authenticated yet, so everything they report is untrusted data. It is never
     templated, and facts are only copied to top-level host variables when O(flatten_facts) asks for it; even then
     a fact can never set an C(ansible_*) connection variable or a magic variable.
+  - With O(signing_cert) the discovery ping and the inventory requests are signed, as every request of
+    M(zeroinit.bootstrap.choria_provision) is. Nodes answer C(discovery) and C(rpcutil) without a signature
+    (they reveal only the facts a node publishes), so signing changes no answer today; it lets one vars file serve
+    the plugin and the module, and keeps the plugin working where a broker or a node policy requires signed
+    requests. A missing or unusable certificate or key fails the inventory source with its reason.
   - The plugin sets no connection variables. The provisioning playbook talks to nodes over the provisioning
     network from the controller (C(connection=local)); set C(ansible_connection) with O(compose) if you need it.
   - A broker that cannot be reached fails the inventory source with an error naming the brokers. No nodes found is
@@ -41,6 +46,7 @@ extends_documentation_fragment:
   - constructed
   - inventory_cache
   - zeroinit.bootstrap.brokers
+  - zeroinit.bootstrap.request_signing
 options:
   plugin:
     description: Marks this file as a source for this plugin.
@@ -114,6 +120,15 @@ compose:
   agent_version: zeroinit_inventory.version | default('')
 
 ---
+---
+# Signed requests, with the provisioner certificate choria_provision signs with (its passphrase from a vault).
+plugin: zeroinit.bootstrap.provisioning
+brokers: [tls://provisioner.example.net:4222]
+tls_ca: /etc/zeroinit/ca.pem
+signing_cert: /etc/zeroinit/provisioner/provisioner.pem
+signing_key: /etc/zeroinit/provisioner/provisioner.key
+
+---
 # Keep the results for ten minutes in JSON files (`ansible-inventory --flush-cache` queries again).
 plugin: zeroinit.bootstrap.provisioning
 brokers: [nats://127.0.0.1:4222]
@@ -141,6 +156,10 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.di
     DEFAULT_CALLERID,
     DiscoveryError,
     discover_fleet,
+)
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
+    ProvisionError,
+    load_request_signer,
 )
 
 PROVISIONING_GROUP = "provisioning"
@@ -258,8 +277,19 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except BrokerUrlError as exc:
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
 
+    def _request_signer(self):
+        try:
+            return load_request_signer(
+                self.get_option("signing_cert"),
+                self.get_option("signing_key"),
+                self.get_option("signing_key_passphrase"),
+            )
+        except ProvisionError as exc:
+            raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
+
     def _query(self, brokers):
         tls = {"ca": self.get_option("tls_ca"), "cert": self.get_option("tls_cert"), "key": self.get_option("tls_key")}
+        signer = self._request_signer()
         started = time.monotonic()
         try:
             fleet = discover_fleet(
@@ -272,6 +302,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 callerid=self.get_option("callerid") or DEFAULT_CALLERID,
                 inventory_timeout=self.get_option("inventory_timeout"),
                 warn=self.display.warning,
+                signer=signer,
             )
         except DiscoveryError as exc:
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None

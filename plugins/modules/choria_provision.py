@@ -10,13 +10,16 @@ DOCUMENTATION = r"""
 module: choria_provision
 short_description: Provision nodes over a Choria provisioning network; pause, resume or ask a provisioner service
 description:
-  - Talks Choria protocol v1 (insecure provisioning mode) to node agents in the C(provisioning) collective.
-  - O(action=provision) runs, for every discovered node, C(rpcutil#inventory), C(gencsr) (the private key is
-    made on the node and never leaves it), a decision by a O(helper) program (Choria's helper contract) or by
-    the built-in O(signer), then C(configure) and C(restart). Nodes are processed concurrently; one node's
-    failure never stops the others.
-  - The single-node actions (V(inventory), V(gencsr), V(configure), V(restart), V(reprovision), V(shutdown)) send
-    one request to one node (O(identity)) and return the agent's reply data.
+  - Talks Choria protocol v1 to node agents in the C(provisioning) collective; with O(signing_cert) every request
+    is a signed secure request (go-choria's x509 security), else an insecure one authenticated by O(token) alone.
+  - O(action=provision) runs, for every discovered node, C(choria_provision#jwt) verified with O(jwt_verify_key)
+    (when set), C(rpcutil#inventory), C(gencsr) (the private key is made on the node and never leaves it), a
+    decision by a O(helper) program (Choria's helper contract) or by the built-in O(signer), then C(configure)
+    and C(restart). Nodes are processed concurrently; one node's failure never stops the others.
+  - A node that was configured is locked to its site (the CA it was configured with, and the provisioning CA
+    it pins). C(gencsr), C(configure) and C(reprovision) reach it again only signed with a provisioner certificate
+    of that site (O(signing_cert)); the token alone is refused.
+  - The other actions send one request to one node (O(identity)) and return the agent's reply data.
   - O(action=pause), O(action=resume) and O(action=status) drive a running C(zeroinit-provisioner) service (the role
     C(zeroinit.bootstrap.provisioner) installs it). The request goes to every live
     instance of O(site) over the brokers, authenticated with the site's control key (derived from O(token) and
@@ -28,6 +31,8 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - zeroinit.bootstrap.brokers
   - zeroinit.bootstrap.signer.as_suboptions
+  - zeroinit.bootstrap.request_signing
+  - zeroinit.bootstrap.request_signing.jwt
 attributes:
   check_mode:
     support: full
@@ -174,7 +179,8 @@ options:
     default: false
 requirements:
   - nats-py
-  - cryptography (for O(signer))
+  - cryptography (for O(signer), O(signing_cert) and O(jwt_verify_key))
+  - PyJWT (for O(jwt_verify_key))
 seealso:
   - module: zeroinit.bootstrap.pki_sign
 """
@@ -216,6 +222,21 @@ EXAMPLES = r"""
     token: "{{ provisioning_token }}"
   register: service
 
+- name: Provision with signed requests, verifying each node's provisioning JWT first
+  zeroinit.bootstrap.choria_provision:
+    brokers: ["tls://10.0.0.1:4222"]
+    tls_ca: /etc/zeroinit/ca/ca.pem
+    token: "{{ provisioning_token }}"
+    signing_cert: /etc/zeroinit/provisioner/provisioner.pem
+    signing_key: /etc/zeroinit/provisioner/provisioner.key
+    signing_key_passphrase: "{{ provisioner_key_passphrase }}"
+    jwt_verify_key: /etc/zeroinit/provisioning-jwt-issuer.pub
+    signer:
+      ca_cert: /etc/zeroinit/ca/ca.pem
+      ca_key: /etc/zeroinit/ca/ca.key
+    configuration:
+      plugin.choria.middleware_hosts: "tls://10.0.0.1:4223"
+
 - name: Ask one node for its inventory
   zeroinit.bootstrap.choria_provision:
     action: inventory
@@ -236,10 +257,12 @@ deferred:
 failed_nodes:
   description:
     - Nodes that failed, with the step and reason (C(failed) itself is Ansible's task status, so this key is
-      not called that).
+      not called that). A node refused for its provisioning JWT fails at step C(jwt).
   returned: action=provision
   type: dict
-  sample: {"node3.example.net": "gencsr: no reply from node3.example.net within 10.0s (3 attempts)"}
+  sample:
+    node3.example.net: "gencsr: no reply from node3.example.net within 10.0s (3 attempts)"
+    node4.example.net: "jwt: the provisioning JWT of node4.example.net is refused: JWT expired at 2025-01-01T00:00:00Z"
 shutdown:
   description: Nodes the helper asked to shut down, with its message.
   returned: action=provision
@@ -299,17 +322,25 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
+    HAS_JWT,
     HAS_NATS,
+    JWT_IMPORT_ERROR,
     NATS_IMPORT_ERROR,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import signer_argument_spec
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import SINGLE_ACTIONS
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.steering import SITE_OPERATIONS
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import broker_argument_spec
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
+    broker_argument_spec,
+    jwt_verification_argument_spec,
+    request_signing_argument_spec,
+)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.task import TaskFailure, run_task
 
 ARGUMENT_SPEC = dict(
     broker_argument_spec(),
+    **request_signing_argument_spec(),
+    **jwt_verification_argument_spec(),
     action=dict(type="str", default="provision", choices=["provision", *SINGLE_ACTIONS, *SITE_OPERATIONS]),
     site=dict(type="str"),
     control_key=dict(type="str", no_log=True),
@@ -343,6 +374,7 @@ def main():
     module = AnsibleModule(
         argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[("helper", "signer")],
+        required_together=[("signing_cert", "signing_key")],
         required_if=[
             ("action", "inventory", ("identity",)),
             ("action", "gencsr", ("identity",)),
@@ -359,8 +391,11 @@ def main():
     )
     if not HAS_NATS:
         module.fail_json(msg=missing_required_lib("nats-py"), exception=NATS_IMPORT_ERROR)
-    if module.params["signer"] and not HAS_CRYPTOGRAPHY:
+    needs_cryptography = module.params["signer"] or module.params["signing_cert"] or module.params["jwt_verify_key"]
+    if needs_cryptography and not HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
+    if module.params["jwt_verify_key"] and not HAS_JWT:
+        module.fail_json(msg=missing_required_lib("PyJWT"), exception=JWT_IMPORT_ERROR)
     try:
         result, warnings = run_task(module.params, module.check_mode)
     except TaskFailure as exc:

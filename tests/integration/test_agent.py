@@ -158,13 +158,13 @@ def test_unknown_action_and_unsupported_action_get_statuscode_2(fleet, module_br
     async def run():
         async with RpcClient([module_broker.url]) as client:
             return (
-                await client.call(identity, "choria_provision", "jwt", {"token": TOKEN}, timeout=10),
+                await client.call(identity, "choria_provision", "gen25519", {"token": TOKEN}, timeout=10),
                 await client.call(identity, "rpcutil", "nonesuch", timeout=10),
             )
 
-    jwt, unknown = asyncio.run(run())
-    assert jwt.statuscode == unknown.statuscode == p.StatusCode.UNKNOWN_ACTION
-    assert "not supported" in jwt.statusmsg and "nonesuch" in unknown.statusmsg
+    unsupported, unknown = asyncio.run(run())
+    assert unsupported.statuscode == unknown.statuscode == p.StatusCode.UNKNOWN_ACTION
+    assert "not supported" in unsupported.statusmsg and "nonesuch" in unknown.statusmsg
 
 
 # -------------------------------------------------------------------------------------------- one node, full cycle
@@ -182,6 +182,7 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
     identity = "web1.example.net"
     client_files = ca.write_key_pair(tmp_path / "client", "operator", client=True)
     client_tls = tls_context(ca=client_files["ca"], cert=client_files["cert"], key=client_files["key"])
+    site_provisioner = ca.provisioner_signer("operator.example.net")
     configuration = {
         "plugin.choria.server.provision": "false",
         "plugin.choria.middleware_hosts": tls_broker.url,
@@ -210,7 +211,10 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
             assert replies["inventory"].data["facts"]["identity"] == identity
             # the node arrives in its collective on the TLS broker, with its own certificate
             arrived = await discover(tls_broker.url, [identity], 30, collective="ops", tls=client_tls)
-            async with RpcClient([tls_broker.url], callerid="operator", collective="ops", tls=client_tls) as ops:
+            # The operator signs with a provisioner certificate of the site CA: the configured node is locked to it.
+            async with RpcClient(
+                [tls_broker.url], callerid="operator", collective="ops", tls=client_tls, signer=site_provisioner
+            ) as ops:
                 ping = await ops.call(identity, "rpcutil", "ping", timeout=10)
                 inventory = await ops.call(identity, "rpcutil", "inventory", timeout=10)
                 refused = await ops.call(identity, "choria_provision", "gencsr", {"token": TOKEN}, timeout=10)
@@ -222,13 +226,16 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
                 again = await discover(tls_broker.url, [identity], 30, collective="ops", tls=client_tls)
                 gone += await client.discover(timeout=2, expect=1, flt=filters.identity_filter([identity]))
                 assert again == [identity]
+                ops.signer = None
+                unsigned = await ops.call(identity, "choria_provision", "reprovision", {"token": TOKEN}, timeout=10)
+                ops.signer = site_provisioner
                 reprovision = await ops.call(identity, "choria_provision", "reprovision", {"token": TOKEN}, timeout=10)
             back = await discover(nats_broker.url, [identity], 30)
         rc = agent.stop()  # blocks the loop; the listener's socket buffers the shutdown event meanwhile
         await nc.flush()
         await asyncio.sleep(0.3)
         await nc.close()
-        return replies, arrived, ping, inventory, refused, gone, files_configured, reprovision, back, rc
+        return replies, arrived, ping, inventory, refused, gone, files_configured, unsigned, reprovision, back, rc
 
     agent = AgentProcess(
         nats_broker.url,
@@ -239,7 +246,9 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
         extra_args=["--registration-interval", "1"],
     )
     try:
-        (replies, arrived, ping, inventory, refused, gone, files, reprovision, back, rc) = asyncio.run(run(agent))
+        (replies, arrived, ping, inventory, refused, gone, files, unsigned, reprovision, back, rc) = asyncio.run(
+            run(agent)
+        )
     finally:
         agent.stop()
     assert rc == 0  # SIGTERM: shutdown events, drain, exit 0
@@ -258,11 +267,14 @@ def test_full_cycle_gencsr_configure_restart_reprovision(nats_broker, tls_broker
     assert ping.ok and inventory.data["collectives"] == ["ops"] and inventory.data["main_collective"] == "ops"
     assert refused.statuscode == p.StatusCode.ABORTED and "reprovision" in refused.statusmsg
     assert gone == []
-    # reprovision: back in provisioning mode, old certificate kept aside
+    # locked to its site: the token alone cannot send it back; the site's provisioner can
+    assert unsigned.statuscode == p.StatusCode.ABORTED and "the token alone is refused" in unsigned.statusmsg
+    # reprovision: back in provisioning mode, old certificate kept aside, still locked to its site
     assert reprovision.ok
     assert back == [identity]
     assert (ssldir / "previous" / "certificate.pem").read_bytes() == files["certificate.pem"]
     assert parse_config((agent.node_dir() / "server.conf").read_text())["plugin.choria.server.provision"] == "true"
+    assert (agent.node_dir() / "site-lock-ca.pem").read_text() == ca.pem
     types = [(e["identity"], e["type"]) for e in events]
     assert (identity, "startup") in types and (identity, "provisioned") in types and (identity, "shutdown") in types
     assert types.index((identity, "startup")) < types.index((identity, "provisioned"))
@@ -311,8 +323,14 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
     # provisioning stays on so that the restarted process comes back in provisioning mode for the next trial
     configuration = {"plugin.choria.server.provision": "true", "plugin.choria.middleware_hosts": nats_broker.url}
 
+    # Signed under a provisioning CA the agent pins: the lock each configure commits (set A's CA or set B's) keeps
+    # it, so the next trial may configure the other set.
+    provisioning = TestCA("provisioning CA")
+    (tmp_path / "provisioning-ca.pem").write_text(provisioning.pem)
+    provisioner = provisioning.provisioner_signer()
+
     async def configure(agent_index, which, wait):
-        async with RpcClient([nats_broker.url], callerid="crash-test") as client:
+        async with RpcClient([nats_broker.url], callerid="crash-test", signer=provisioner) as client:
             if not sets:
                 gencsr = await client.call(identity, "choria_provision", "gencsr", {"token": TOKEN}, timeout=10)
                 for name, authority in zip("AB", cas):
@@ -335,7 +353,14 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
         conf = parse_config((state / "server.conf").read_text())
         return cert, ca_pem, conf["collectives"]
 
-    agent = AgentProcess(nats_broker.url, identity, state, token=TOKEN, env=env)
+    agent = AgentProcess(
+        nats_broker.url,
+        identity,
+        state,
+        token=TOKEN,
+        env=env,
+        extra_args=["--provisioning-ca", str(tmp_path / "provisioning-ca.pem")],
+    )
     try:
         agent.start(30)
         assert asyncio.run(configure(0, "A", wait=True)).ok  # the old set: A
@@ -362,6 +387,7 @@ def test_node_killed_during_configure_keeps_a_consistent_set(nats_broker, tmp_pa
             cert, ca_pem, collective = on_disk()
             name = collective.upper()
             assert (cert, ca_pem) == (sets[name]["certificate"], sets[name]["ca"]), f"mixed set in trial {trial}"
+            assert (state / "site-lock-ca.pem").read_text() == ca_pem, f"lock of another set in trial {trial}"
             assert certificate_matches_key(cert.encode(), (state / "ssl" / "private.pem").read_bytes())
             seen.add((interrupted, name))
         assert not [n for n in os.listdir(state / "ssl") if n.endswith(".staged")]

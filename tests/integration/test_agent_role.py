@@ -129,8 +129,47 @@ def test_role_sets_up_tls_and_a_password_on_the_provisioning_connection(worker, 
         assert result.rc == 0 and result.changed(host.name) > 0, explain(result, host)
         assert "n0de-pw" not in result.stdout + result.stderr
         conf = pathlib.Path(host.path("/etc/zeroinit/agent.conf")).read_text()
-        assert "plugin.zeroinit.agent.tls_ca = /etc/zeroinit/provisioning-ca.pem" in conf
+        assert "plugin.zeroinit.agent.tls_ca = /etc/zeroinit/provisioning-broker-ca.pem" in conf
         assert "plugin.zeroinit.agent.broker_password = n0de-pw" in conf
         url = broker.url.replace("tls://", "tls://provisioner:pr0v-pw@")
         found = asyncio.run(discover(url, [identity], 30, tls=tls_context(ca=files["ca"])))
         assert found == [identity], explain(result, host)
+
+
+def test_role_turns_on_signed_requests_and_the_provisioning_jwt(worker, tmp_path):
+    """With the provisioning CA and the JWT set, the agent refuses unsigned provisioning and serves its JWT."""
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import issue_provisioning_jwt
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import RequestSigner
+    from tests.support.certificates import Authority, ec_key
+
+    _net, host, broker, inventory = worker
+    identity = f"{host.name}.lab"
+    provisioning_ca = Authority("role provisioning CA")
+    (tmp_path / "provisioning-ca.pem").write_text(provisioning_ca.pem)
+    token = issue_provisioning_jwt(ec_key(), "role-test-token", [broker.url], [f"{host.name}.lab"])
+    (tmp_path / "node.jwt").write_text(token)
+    play = PLAY + (
+        f"        provision_agent_provisioning_ca: \"{{{{ lookup('file', '{tmp_path / 'provisioning-ca.pem'}') }}}}\"\n"
+        f"        provision_agent_provisioning_jwt: \"{{{{ lookup('file', '{tmp_path / 'node.jwt'}') }}}}\"\n"
+        "        provision_agent_max_ttl: 120\n"
+    )
+    first = run_playbook(play, inventory=inventory, extra_vars={"broker_url": broker.url})
+    assert first.rc == 0 and first.changed(host.name) > 0, explain(first, host)
+    assert token not in first.stdout  # the JWT carries the token: never shown
+    jwt_file = host.path("/etc/zeroinit/provisioning.jwt")
+    assert __import__("os").stat(jwt_file).st_mode & 0o777 == 0o600
+    assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(first, host)
+    leaf = provisioning_ca.issue("prov.lab")
+
+    async def ask():
+        async with RpcClient([broker.url]) as client:
+            unsigned = await client.call(identity, "choria_provision", "jwt", {"token": "role-test-token"}, timeout=10)
+            client.signer = RequestSigner(leaf.pem, leaf.key_pem)
+            signed = await client.call(identity, "choria_provision", "jwt", {"token": "role-test-token"}, timeout=10)
+            return unsigned, signed
+
+    unsigned, signed = asyncio.run(ask())
+    assert unsigned.statuscode == 1 and "request is unsigned (insecure)" in unsigned.statusmsg
+    assert signed.ok and signed.data == {"jwt": token, "ecdh_public": ""}
+    again = run_playbook(play, inventory=inventory, extra_vars={"broker_url": broker.url})
+    assert again.rc == 0 and again.changed(host.name) == 0, explain(again, host)

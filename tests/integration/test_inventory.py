@@ -5,6 +5,7 @@ TLS to the broker and an unreachable broker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -371,3 +372,60 @@ def test_tls_broker_needs_the_ca_and_accepts_a_client_certificate(tmp_path):
             discover_fleet([broker.url], timeout=0.5)  # no CA: the broker's certificate is not trusted
         with pytest.raises(DiscoveryError, match=broker.url):
             discover_fleet([broker.url], timeout=0.5, tls={"ca": client["ca"]})  # no client certificate
+
+
+# ------------------------------------------------------------------------------------------ signed requests
+
+
+def test_with_signing_options_the_plugin_signs_its_requests_and_a_bad_key_is_named(fleets, module_broker, tmp_path):
+    web, db = fleets
+    provisioner = TestCA("site provisioning CA").write_key_pair(tmp_path / "prov", "prov.example.net", provisioner=True)
+    path = write_config(
+        tmp_path,
+        [module_broker.url],
+        expect=WEB + DB,
+        discovery_timeout=10,
+        signing_cert=provisioner["cert"],
+        signing_key=provisioner["key"],
+    )
+    with open(provisioner["cert"]) as handle:
+        pubcert = handle.read()
+
+    async def watch_and_list():
+        nc = await connect([module_broker.url], name="watcher")
+        seen = []
+
+        async def on_request(msg):
+            secure = json.loads(base64.b64decode(json.loads(msg.data)["data"]))
+            seen.append((msg.subject, secure["pubcert"], secure["signature"]))
+
+        await nc.subscribe("provisioning.broadcast.agent.*", cb=on_request)
+        await nc.subscribe("provisioning.node.>", cb=on_request)
+        await nc.flush()
+        proc = await asyncio.create_subprocess_exec(
+            str(VENV_BIN / "ansible-inventory"),
+            "-i",
+            path,
+            "--list",
+            cwd=str(ROOT),
+            env=ansible_env(None),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        out, err = await proc.communicate()
+        await nc.flush()
+        await nc.close()
+        return proc.returncode, out, err, seen
+
+    code, out, err, seen = asyncio.run(watch_and_list())
+    assert code == 0, err.decode()
+    assert all_hosts(plain(json.loads(out))) == sorted(web.identities + db.identities)
+    assert any(subject.endswith(".discovery") for subject, _cert, _sig in seen)
+    assert any(subject.endswith(".rpcutil") or subject.startswith("provisioning.node.") for subject, *_rest in seen)
+    assert {cert for _subject, cert, _sig in seen} == {pubcert}
+    assert all(sig != "insecure" for _subject, _cert, sig in seen)
+
+    os.unlink(provisioner["key"])
+    proc = ansible_inventory(path, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
+    assert proc.returncode != 0 and "the signing key" in proc.stderr and "cannot be read" in proc.stderr

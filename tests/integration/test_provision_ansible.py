@@ -16,6 +16,7 @@ from cryptography import x509
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from tests.support.ansible_run import ROOT, run_module, run_playbook
 from tests.support.broker import EmbeddedBroker
+from tests.support.certificates import Authority
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "play-token"
@@ -178,20 +179,29 @@ def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, mem
 
         # Reprovision one node where it lives now; it comes back to the provisioning network and is provisioned
         # again by the next run (with a new key made on the node).
+        # The node is locked to the site whose CA configured it: the token alone cannot send it back, a provisioner
+        # certificate of that CA can, and the node (still locked) is provisioned again only under that signature.
         node = fleet.identities[1]
         old_key = (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").read_bytes()
-        back = run_playbook(
-            ROOT / "playbooks" / "reprovision.yaml",
-            extra_vars={
-                "zeroinit_reprovision_identities": [node],
-                "zeroinit_reprovision_brokers": [members.url],
-                "zeroinit_reprovision_collective": "members",
-                "zeroinit_provision_token": TOKEN,
-            },
-        )
+        reprovision = {
+            "zeroinit_reprovision_identities": [node],
+            "zeroinit_reprovision_brokers": [members.url],
+            "zeroinit_reprovision_collective": "members",
+            "zeroinit_provision_token": TOKEN,
+        }
+        refused = run_playbook(ROOT / "playbooks" / "reprovision.yaml", extra_vars=reprovision)
+        assert refused.rc != 0 and "the token alone is refused" in refused.stdout
+        provisioner = Authority.from_files(ca_cert, ca_key).write_leaf(tmp_path / "provisioner", "prov.example.net")
+        signing = {
+            "zeroinit_provision_signing_cert": provisioner["cert"],
+            "zeroinit_provision_signing_key": provisioner["key"],
+        }
+        back = run_playbook(ROOT / "playbooks" / "reprovision.yaml", extra_vars=dict(reprovision, **signing))
         assert back.rc == 0 and back.changed() == 1, back.stderr[-2000:]
         assert asyncio.run(discover(nats_broker.url, [node], 20)) == [node]
-        third = run_playbook(playbook, extra_vars=extra)
+        unsigned = run_playbook(playbook, extra_vars=extra)
+        assert "the token alone is refused" in unsigned.result(task)["failed_nodes"][node]
+        third = run_playbook(playbook, extra_vars=dict(extra, **signing))
         assert third.rc == 0 and third.result(task)["provisioned"] == [node]
         assert (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").read_bytes() != old_key
         assert chains_to(fleet, node, ca_cert)

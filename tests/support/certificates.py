@@ -128,9 +128,35 @@ class Authority:
         signing_key = parent.key if parent else self.key
         self.cert = builder.sign(signing_key, _sign_hash(signing_key, algorithm))
 
+    @classmethod
+    def from_files(cls, cert_path, key_path, passphrase: bytes | None = None) -> Authority:
+        """An existing CA (e.g. one pki_sign made) that issues what a test asks for."""
+        authority = cls.__new__(cls)
+        with open(cert_path, "rb") as handle:
+            authority.cert = x509.load_pem_x509_certificate(handle.read())
+        with open(key_path, "rb") as handle:
+            authority.key = serialization.load_pem_private_key(handle.read(), password=passphrase)
+        authority.parent = None
+        return authority
+
     @property
     def pem(self) -> str:
         return pem(self.cert)
+
+    def write_leaf(self, directory, common_name: str = "prov1.example.net", **options) -> dict:
+        """A certificate of this CA (a provisioner's unless ``usages`` says otherwise) written as ``<cn>.pem`` and
+        ``<cn>.key`` (0600) in ``directory``: {"cert", "key"} paths."""
+        import os
+        import pathlib
+
+        leaf = self.issue(common_name, **options)
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {"cert": directory / f"{common_name}.pem", "key": directory / f"{common_name}.key"}
+        paths["cert"].write_text(leaf.pem)
+        paths["key"].write_text(leaf.key_pem)
+        os.chmod(paths["key"], 0o600)
+        return {name: str(path) for name, path in paths.items()}
 
     def intermediate(self, name: str, **options) -> Authority:
         return Authority(name, parent=self, **options)
@@ -213,3 +239,31 @@ def sha1_resigned(signed_part: bytes, rsa_signing_key) -> bytes:
     signature = rsa_signing_key.sign(signed_part, padding.PKCS1v15(), hashes.SHA1())
     algorithm = _der(0x30, _SHA1_WITH_RSA + b"\x05\x00")
     return _der(0x30, signed_part + algorithm + _der(0x03, b"\x00" + signature))
+
+
+# ---------------------------------------------------------------------------------------------- provisioners
+
+
+def signer_of(leaf: Leaf):
+    """The RequestSigner of a certificate and its key."""
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import RequestSigner
+
+    return RequestSigner(leaf.pem, leaf.key_pem)
+
+
+def provisioner_signers(provisioning: Authority) -> dict:
+    """Signers against a node that pins ``provisioning``: ``provisioner`` (one it accepts) and what a hostile network
+    has instead: ``other_site`` (a provisioner of another CA, ``other_site_ca``), ``expired`` (a provisioner
+    certificate of this CA that expired), ``no_usage`` (a node certificate of this CA: no provisioner usage)."""
+    other = Authority("site B provisioning CA")
+    now = utcnow()
+    expired = provisioning.issue(
+        "prov.a.example.net", not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1)
+    )
+    return {
+        "provisioner": signer_of(provisioning.issue("prov.a.example.net")),
+        "other_site": signer_of(other.issue("prov.b.example.net")),
+        "other_site_ca": other,
+        "expired": signer_of(expired),
+        "no_usage": signer_of(provisioning.issue("node9.a.example.net", usages=NODE)),
+    }

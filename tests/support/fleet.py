@@ -309,6 +309,7 @@ class TestCA:
         client: bool = True,
         issuer_key=None,
         issuer_cert=None,
+        extra_usages=(),
     ) -> str:
         import ipaddress
 
@@ -317,8 +318,10 @@ class TestCA:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         now = _utcnow()
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        usages = (
+            list(extra_usages)
+            + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
+            + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         )
         builder = (
             x509.CertificateBuilder()
@@ -337,6 +340,12 @@ class TestCA:
         cert = builder.sign(issuer_key or self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
+    def provisioner_signer(self, cn: str = "prov.example.net"):
+        """A RequestSigner with a new provisioner certificate of this CA (what a site's provisioner signs with)."""
+        from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import RequestSigner
+
+        return RequestSigner(*self.issue_key_pair(cn, provisioner=True))
+
     def sign_csr(self, csr_pem: str, server: bool = True) -> str:
         """A certificate for a node's CSR: CN and key from the CSR, usable for client and server TLS."""
         from cryptography import x509
@@ -346,23 +355,31 @@ class TestCA:
         cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         return self._issue(csr.public_key(), cn, dns=[cn], server=server, client=True)
 
-    def issue_key_pair(self, cn: str, ips=(), server: bool = False, client: bool = True) -> tuple[str, str]:
-        """A new key and certificate (e.g. the broker's, or a client's): (cert PEM, key PEM)."""
+    def issue_key_pair(
+        self, cn: str, ips=(), server: bool = False, client: bool = True, provisioner: bool = False
+    ) -> tuple[str, str]:
+        """A new key and certificate (e.g. the broker's, or a client's): (cert PEM, key PEM). ``provisioner`` adds
+        the provisioner extended key usage, so the certificate can sign requests to nodes that trust this CA."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
+        from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import PROVISIONER_USAGE
+
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._issue(key.public_key(), cn, ips=ips, server=server, client=client)
+        extra = (PROVISIONER_USAGE,) if provisioner else ()
+        cert = self._issue(key.public_key(), cn, ips=ips, server=server, client=client, extra_usages=extra)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode("ascii")
         return cert, key_pem
 
-    def write_key_pair(self, directory, cn: str, ips=(), server: bool = False, client: bool = True) -> dict:
+    def write_key_pair(
+        self, directory, cn: str, ips=(), server: bool = False, client: bool = True, provisioner: bool = False
+    ) -> dict:
         """Files ``<cn>.crt``, ``<cn>.key`` (0600) and ``ca.pem`` in ``directory``: {cert, key, ca} paths."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        cert, key = self.issue_key_pair(cn, ips=ips, server=server, client=client)
+        cert, key = self.issue_key_pair(cn, ips=ips, server=server, client=client, provisioner=provisioner)
         paths = {"cert": directory / (f"{cn}.crt"), "key": directory / (f"{cn}.key"), "ca": directory / "ca.pem"}
         paths["cert"].write_text(cert)
         paths["key"].write_text(key)

@@ -26,8 +26,9 @@ CSR = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST--
 class ScriptedClient:
     """Answers like nodes in provisioning mode; ``silent`` nodes never answer, ``refuse`` maps action->msg."""
 
-    def __init__(self, nodes, silent=(), refuse=None):
+    def __init__(self, nodes, silent=(), refuse=None, jwts=None):
         self.nodes = list(nodes)
+        self.jwts = jwts or {}  # identity -> the provisioning JWT its jwt action returns
         self.silent = set(silent)
         self.refuse = refuse or {}
         self.sent = []
@@ -54,6 +55,7 @@ class ScriptedClient:
             "inventory": {"facts": {"host": identity}, "version": "1"},
             "gencsr": {"csr": CSR, "public_key": "PUB", "ssldir": "/ssl/" + identity},
             "ping": {"pong": 1},
+            "jwt": {"jwt": self.jwts.get(identity, ""), "ecdh_public": ""},
         }.get(action, {"message": "ok"})
         return Reply("r", identity, agent, rpc_reply_body(action, 0, "OK", data_out))
 
@@ -66,11 +68,13 @@ class StaticDecider:
         self.configuration = configuration
         self.answer = answer
         self.csrs = []  # what each decision was given (None without PKI)
+        self.jwts = {}  # identity -> the jwt claims the flow passed
 
     def turn(self):
         return _NoTurn()
 
-    async def decide(self, identity, inventory, csr):
+    async def decide(self, identity, inventory, csr, jwt=None):
+        self.jwts[identity] = jwt
         if identity in self.refuse:
             raise NodeFailure(f"signer refused the CSR of {identity}: CN mismatch")
         configuration = (

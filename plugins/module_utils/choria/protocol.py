@@ -1,6 +1,7 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""Choria protocol v1 in insecure provisioning mode: the one implementation of the wire format.
+"""Choria protocol v1, insecure provisioning mode or signed secure requests: the one implementation of the wire
+format.
 
 Layers, outside in, for a request::
 
@@ -9,7 +10,8 @@ Layers, outside in, for a request::
     choria:request:1         {protocol, message = body as a string, envelope {...}}
 
 and for a reply ``choria:transport:1`` -> ``choria:secure:reply:1`` {message, hash = base64(sha256(message))}
--> ``choria:reply:1``. In insecure provisioning mode ``signature`` and ``pubcert`` are the string ``insecure``.
+-> ``choria:reply:1``. In insecure provisioning mode ``signature`` and ``pubcert`` are the string ``insecure``;
+signed, they are the signature over ``message`` and the provisioner's certificate (``choria/security.py``).
 
 Pure Python with no third-party imports: the node agent, the modules, the inventory plugin and the tests all
 build and read messages through this file. Subjects are in ``subjects.py``, filters in ``filters.py``, lifecycle
@@ -160,11 +162,6 @@ class Request:
     def data(self) -> dict:
         data = self.body.get("data") if isinstance(self.body, dict) else None
         return data if isinstance(data, dict) else {}
-
-    def expired(self, at: int | None = None) -> bool:
-        """Choria refuses a request whose time is outside +-ttl of now (clock skew either way)."""
-        at = now() if at is None else at
-        return abs(at - self.time) > self.ttl
 
 
 @dataclass

@@ -86,12 +86,15 @@ from ..common.deps import (
 )
 from ..pki.x509 import certificate_matches_key, public_key_sha256
 
-# The provisioner extended key usage: an OID under the UUID arc 2.25 (ITU-T X.667), made for this purpose from
-# the random UUID e7781b89-e0ef-4c27-89fd-d4c772f4d889. Why an own OID: a provisioner may reconfigure nodes, so
-# its certificate must be told apart from every node, broker and TLS client certificate of the same CA; those
-# carry serverAuth/clientAuth, which is why neither can serve. The UUID arc needs no registration (a private
-# enterprise number would) and cannot collide with anyone else's OID.
-PROVISIONER_USAGE_OID = "2.25.307675301198271244105607033615782566025"
+# The provisioner extended key usage, made for this purpose from the random UUID
+# e7781b89-e0ef-4c27-89fd-d4c772f4d889. Why an own OID: a provisioner may reconfigure nodes, so its certificate must
+# be told apart from every node, broker and TLS client certificate of the same CA; those carry serverAuth/clientAuth,
+# which is why neither can serve. Where: the arc 1.2.840.113556.1.8000.2554, set aside for OIDs made from a GUID
+# without registration (the GUID's 16-, 16-, 16-, 16-, 16-, 24- and 24-bit pieces, in that order, as arcs). Not the
+# UUID arc 2.25 (ITU-T X.667): its one 128-bit arc is more than Go's crypto/x509 parses (arcs up to 31 bits), so
+# nats-server refused a provisioner certificate carrying 2.25.<uuid> in the TLS handshake, and a go-choria server
+# could not read such a pubcert at all.
+PROVISIONER_USAGE_OID = "1.2.840.113556.1.8000.2554.59256.7049.57583.19495.35325.13944690.16046217"
 PROVISIONER_USAGE = x509.ObjectIdentifier(PROVISIONER_USAGE_OID) if HAS_CRYPTOGRAPHY else None
 
 # What go-choria writes into signature/pubcert when it does not sign.

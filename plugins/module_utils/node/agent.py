@@ -24,7 +24,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..choria.config import AGENT_BROKERS_KEY, ConfigError
+from ..choria.config import AGENT_BROKERS_KEY, AGENT_PROVISIONING_CA_KEY, ConfigError
+from ..choria.security import TrustConfigError
 from ..choria.subjects import valid_identity
 from ..choria.transport import ConnectError
 from ..common.deps import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, HAS_NATS, NATS_IMPORT_ERROR
@@ -32,8 +33,9 @@ from .actions.base import ActionResult
 from .announcements import Announcer
 from .links import LinkPool
 from .router import MessageRouter
-from .settings import AgentSettings, load_facts, parse_args, settings_from
+from .settings import AgentSettings, load_facts, parse_args, provisioning_jwt_path, settings_from
 from .state import MODE_CONFIGURED, MODE_PROVISIONING, NodeState
+from .trust import AgentTrust
 
 log = logging.getLogger("zeroinit.agent")
 RETRY_MAX_SECONDS = 30.0
@@ -64,6 +66,15 @@ class NodeAgent:
 
     def build_nodes(self) -> None:
         s = self.settings
+        try:
+            trust = AgentTrust.from_files(s.provisioning_ca, s.max_ttl)  # one verifier (and its cache) for all nodes
+        except TrustConfigError as exc:
+            raise ConfigError(f"--provisioning-ca / {AGENT_PROVISIONING_CA_KEY}: {exc}") from None
+        if trust.verifier is None:
+            log.warning(
+                "running unauthenticated: no provisioning CA (--provisioning-ca), so choria_provision requests are "
+                "judged by the token alone, which anyone holding a node image can read"
+            )
         for identity in self.identities():
             if not valid_identity(identity):
                 raise ConfigError(f"invalid identity {identity!r}")
@@ -75,6 +86,8 @@ class NodeAgent:
                 self.facts,
                 splay_max=s.splay_max,
                 durable=s.fsync if s.fsync is not None else not s.fleet,
+                trust=trust,
+                jwt_path=provisioning_jwt_path(s.provisioning_jwt, identity),
             )
             node.load()
             self.nodes[identity] = node

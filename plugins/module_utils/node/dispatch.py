@@ -1,13 +1,27 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""One request for one node to its answer: ttl, token, mode, lock, then the action's handler with typed inputs.
+"""One request for one node to its answer: the checks in order, then the action's handler with typed inputs.
 
-No networking here: :func:`handle` returns the reply body and, for ``restart``, ``reprovision`` and
-``shutdown``, what the daemon must do after the reply is sent. Every refusal is a reply with a statuscode and a
-message naming the reason; an action that fails unexpectedly answers too, it never takes the agent down.
+The checks, each refusal a reply whose statusmsg names the reason:
 
-Refused beyond go-choria's DDL: the actions ``release_update``, ``jwt`` and ``gen25519`` (statuscode 2 with the
-reason).
+1. the time window: ``time`` within the request's ttl of the node's clock, the ttl capped at ``--max-ttl``
+   (every agent; a stale discovery ping gets no answer, as discovery has no status to carry a refusal);
+2. for ``choria_provision``: the signature, when the agent has a provisioning CA (``--provisioning-ca``): the
+   ``pubcert`` must chain to it, be valid now, carry the provisioner extended key usage and have signed the
+   ``message``. Without one, a site-locked action on a locked node is verified against the site CA it was
+   locked with (``trust.py``); anything else is judged by the token alone;
+3. the token (constant-time);
+4. the site lock: on a node that committed a configuration, ``gencsr``, ``configure`` and ``reprovision`` only
+   when signed under that site (``site_lock.py``);
+5. the replay memory: a request id this node accepted within its window is refused (``replay.py``);
+6. the mode the action needs, and the per-caller provisioning lock.
+
+``rpcutil`` and ``discovery`` stay open after the window (they reveal only the facts a node publishes). No
+networking here: :func:`handle` returns the reply body and, for ``restart``, ``reprovision`` and ``shutdown``,
+what the daemon must do after the reply is sent. An action that fails unexpectedly answers too, it never takes
+the agent down.
+
+Refused beyond go-choria's DDL: the actions ``release_update`` and ``gen25519`` (statuscode 2 with the reason).
 """
 
 from __future__ import annotations
@@ -24,18 +38,21 @@ from ..choria.protocol import (
     constant_time_equal,
     rpc_reply_body,
 )
-from .actions.base import ActionResult, Refusal
+from ..choria.security import RequestTrustError, TrustConfigError, VerifiedSigner, is_unsigned
+from .actions.base import ActionResult, Refusal, RequestOrigin
 from .actions.configure import ConfigureInput, configure
 from .actions.gencsr import GencsrInput, gencsr
+from .actions.jwt import provisioning_jwt
 from .actions.reprovision import reprovision
 from .actions.restart import RestartInput, restart
 from .actions.rpcutil import RPCUTIL_ACTIONS
 from .actions.shutdown import shutdown
+from .replay import request_window_refusal
+from .site_lock import SITE_LOCKED_ACTIONS, site_lock_refusal
 from .state import MODE_CONFIGURED, MODE_PROVISIONING, NodeState
 
 UNSUPPORTED_ACTIONS = {
     "release_update": "release_update is not supported by this agent: update it with the provision_agent role",
-    "jwt": "jwt is not supported by this agent: it uses the file security provider with X.509 certificates",
     "gen25519": "gen25519 is not supported by this agent: it uses X.509 certificates made by gencsr",
 }
 
@@ -48,12 +65,17 @@ class ProvisionAction(NamedTuple):
     token_required: bool = True
     takes_lock: bool = False
     mode: str = MODE_PROVISIONING  # the mode the node must be in
+    takes_origin: bool = False  # the handler records who sent the request (configure: the site lock)
 
 
 PROVISION_ACTIONS = {
     "gencsr": ProvisionAction(GencsrInput.parse, gencsr, takes_lock=True),
     # go-choria's DDL makes configure's token optional; a wrong one is still refused.
-    "configure": ProvisionAction(ConfigureInput.parse, configure, token_required=False, takes_lock=True),
+    "configure": ProvisionAction(
+        ConfigureInput.parse, configure, token_required=False, takes_lock=True, takes_origin=True
+    ),
+    # Read-only: it neither takes nor renews the provisioning lock, but another caller's round still refuses it.
+    "jwt": ProvisionAction(None, provisioning_jwt),
     "restart": ProvisionAction(RestartInput.parse, restart),
     "reprovision": ProvisionAction(None, reprovision, mode=MODE_CONFIGURED),
     "shutdown": ProvisionAction(None, shutdown),
@@ -63,21 +85,17 @@ PROVISION_ACTIONS = {
 def handle(node: NodeState, req: Request, at: float | None = None) -> ActionResult:
     """The answer to one request addressed to (or matching) ``node``."""
     at = time.time() if at is None else at
+    stale = request_window_refusal(req.time, req.ttl, at, node.trust.max_ttl)
     if req.agent == "discovery":
         # The discovery agent answers a raw ping; there is no status to carry a refusal, so stale requests are dropped.
-        if req.body == DISCOVERY_PING and not req.expired(int(at)):
+        if req.body == DISCOVERY_PING and stale is None:
             return ActionResult(DISCOVERY_PONG)
         return ActionResult(None)
     action = req.action
     if req.body_problem:
         return ActionResult(rpc_reply_body(action, StatusCode.INVALID_DATA, req.body_problem))
-    skew = int(at) - req.time
-    if abs(skew) > req.ttl:
-        what = "request expired" if skew > 0 else "request too far in the future"
-        when = "ago" if skew > 0 else "ahead"
-        return ActionResult(
-            rpc_reply_body(action, StatusCode.ABORTED, f"{what}: sent {abs(skew)}s {when}, ttl {req.ttl}s")
-        )
+    if stale is not None:
+        return ActionResult(rpc_reply_body(action, StatusCode.ABORTED, stale))
     try:
         if req.agent == "rpcutil":
             handler = RPCUTIL_ACTIONS.get(action)
@@ -102,7 +120,14 @@ def _provision(node: NodeState, req: Request, at: float) -> ActionResult:
     spec = PROVISION_ACTIONS.get(action)
     if spec is None:
         raise Refusal(StatusCode.UNKNOWN_ACTION, f"unknown action choria_provision#{action}")
+    signer = authenticate(node, req, action, at)
     check_token(node, data, required=spec.token_required)
+    locked = site_lock_refusal(node.site_lock_text, action, signer)
+    if locked is not None:
+        raise Refusal(StatusCode.ABORTED, f"{node.identity}: {locked}")
+    replay = node.replay.admit(req.requestid, req.time, req.ttl, at)
+    if replay is not None:
+        raise Refusal(StatusCode.ABORTED, replay)
     if node.mode != spec.mode:
         if spec.mode == MODE_CONFIGURED:
             raise Refusal(StatusCode.ABORTED, f"{node.identity} is already in provisioning mode")
@@ -111,9 +136,32 @@ def _provision(node: NodeState, req: Request, at: float) -> ActionResult:
         )
     if spec.mode == MODE_PROVISIONING:
         node.lock.check(req.callerid, at, take=spec.takes_lock)
-    if spec.parse is None:
-        return spec.handler(node)
-    return spec.handler(node, spec.parse(data))
+    inputs = () if spec.parse is None else (spec.parse(data),)
+    if spec.takes_origin:
+        return spec.handler(node, *inputs, origin=RequestOrigin(req.requestid, req.callerid, at, signer))
+    return spec.handler(node, *inputs)
+
+
+def authenticate(node: NodeState, req: Request, action: str, at: float) -> VerifiedSigner | None:
+    """Who signed the request, when the node checks signatures for it; None when the token alone decides.
+
+    Refused (Aborted) when a signature is required and missing or not trusted, the reason in the message.
+    """
+    trust = node.trust
+    if trust.verifier is not None:
+        try:
+            return trust.verifier.verify(req.secure_message, req.signature, req.pubcert, at=at)
+        except RequestTrustError as exc:
+            raise Refusal(StatusCode.ABORTED, f"request not authenticated by {node.identity}: {exc.message}") from None
+    if action not in SITE_LOCKED_ACTIONS or node.site_lock_text is None or is_unsigned(req.signature, req.pubcert):
+        return None  # unsigned on a locked node: the site lock refuses it and says why
+    if not node.site_ca_pem:
+        raise Refusal(StatusCode.ABORTED, f"{node.identity} is locked to its site but lost the site's CA bundle")
+    try:
+        return trust.site_verifier(node.site_ca_pem).verify(req.secure_message, req.signature, req.pubcert, at=at)
+    except (RequestTrustError, TrustConfigError) as exc:
+        reason = exc.message if isinstance(exc, RequestTrustError) else str(exc)
+        raise Refusal(StatusCode.ABORTED, f"{node.identity} is locked to its site: {reason}") from None
 
 
 def check_token(node: NodeState, data: dict, required: bool) -> None:

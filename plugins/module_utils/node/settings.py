@@ -17,6 +17,14 @@ Agent configuration (``--config``, ``key = value``; flags override):
     plugin.zeroinit.agent.tls_key             key (PEM)
     plugin.zeroinit.agent.broker_user         NATS user on the provisioning broker (Choria's provisioning account)
     plugin.zeroinit.agent.broker_password     its password (config file only: argv is visible to others)
+    plugin.zeroinit.agent.provisioning_ca     CA bundle (PEM) that every choria_provision request must be signed
+                                              under (a provisioner certificate with the provisioner EKU); unset:
+                                              the token alone authenticates (logged once at start)
+    plugin.zeroinit.agent.provisioning_jwt    the node's provisioning JWT (Choria's provisioning.jwt), served by
+                                              choria_provision#jwt; with --fleet a directory of <identity>.jwt
+                                              files, or a path holding {identity}
+    plugin.zeroinit.agent.max_ttl             the longest ttl a request is judged with, seconds (default 300): a
+                                              sender asking for more gets this much
     loglevel                                  debug, info, warning, error
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 from dataclasses import dataclass, field
 
@@ -35,6 +44,9 @@ from ..choria.config import (
     AGENT_FACTS_KEY,
     AGENT_FSYNC_KEY,
     AGENT_LOGLEVEL_KEY,
+    AGENT_MAX_TTL_KEY,
+    AGENT_PROVISIONING_CA_KEY,
+    AGENT_PROVISIONING_JWT_KEY,
     AGENT_REGISTRATION_INTERVAL_KEY,
     AGENT_SPLAY_MAX_KEY,
     AGENT_STATE_DIR_KEY,
@@ -49,6 +61,7 @@ from ..choria.config import (
     load_config,
 )
 from ..choria.transport import tls_context
+from .replay import DEFAULT_MAX_TTL
 from .state import DEFAULT_SPLAY_MAX
 
 DEFAULT_STATE_DIR = "/var/lib/zeroinit/agent"
@@ -76,6 +89,9 @@ class AgentSettings:
     tls_key: str = ""
     broker_user: str = ""
     broker_password: str = field(default="", repr=False)
+    provisioning_ca: str = ""  # CA bundle file; set: every choria_provision request must be signed under it
+    provisioning_jwt: str = ""  # the node's provisioning JWT file (fleet: a directory or a {identity} template)
+    max_ttl: int = DEFAULT_MAX_TTL
 
     def provisioning_tls(self) -> ssl.SSLContext | None:
         """The provisioning connection's TLS context (None without --tls-ca/--tls-cert); ConfigError naming the
@@ -126,6 +142,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--broker-user",
         help=f"NATS user on the provisioning broker; its password only in the config file ({AGENT_BROKER_PASSWORD_KEY})",
     )
+    parser.add_argument(
+        "--provisioning-ca",
+        help="CA bundle (PEM): every choria_provision request must be signed by a provisioner certificate under it",
+    )
+    parser.add_argument(
+        "--provisioning-jwt",
+        help="the node's provisioning JWT, served by choria_provision#jwt (with --fleet: a directory of "
+        "<identity>.jwt files, or a path holding {identity})",
+    )
+    parser.add_argument(
+        "--max-ttl", type=int, help=f"longest ttl a request is judged with, seconds (default {DEFAULT_MAX_TTL})"
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     return parser.parse_args(argv)
 
@@ -146,6 +174,16 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         s.tls_key = conf.get(AGENT_TLS_KEY_KEY, "")
         s.broker_user = conf.get(AGENT_BROKER_USER_KEY, "")
         s.broker_password = conf.get(AGENT_BROKER_PASSWORD_KEY, "")
+        s.provisioning_ca = conf.get(AGENT_PROVISIONING_CA_KEY, "")
+        s.provisioning_jwt = conf.get(AGENT_PROVISIONING_JWT_KEY, "")
+        if conf.get(AGENT_MAX_TTL_KEY):
+            try:
+                s.max_ttl = int(conf[AGENT_MAX_TTL_KEY])
+            except ValueError:
+                raise ConfigError(
+                    f"{args.config}: {AGENT_MAX_TTL_KEY} must be a whole number of seconds, "
+                    f"got {conf[AGENT_MAX_TTL_KEY]!r}"
+                ) from None
         if conf.get(AGENT_FSYNC_KEY):
             s.fsync = as_bool(conf[AGENT_FSYNC_KEY])
         for key, attr in (
@@ -175,6 +213,9 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         ("tls_key", args.tls_key),
         ("broker_user", args.broker_user),
         ("fsync", None if args.fsync is None else args.fsync == "on"),
+        ("provisioning_ca", args.provisioning_ca),
+        ("provisioning_jwt", args.provisioning_jwt),
+        ("max_ttl", args.max_ttl),
     ):
         if value is not None:
             setattr(s, attr, value)
@@ -184,9 +225,23 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         raise ConfigError(f"--broker / {AGENT_BROKERS_KEY}: {exc}") from None
     if s.fleet < 0 or s.connections < 1:
         raise ConfigError("--fleet must be >= 0 and --connections >= 1")
+    if s.max_ttl < 1:
+        raise ConfigError(f"--max-ttl / {AGENT_MAX_TTL_KEY} must be at least 1 second, not {s.max_ttl}")
     if s.log_level not in LOG_LEVELS:
         raise ConfigError(f"log level must be debug, info, warning or error, got {s.log_level!r}")
     return s
+
+
+def provisioning_jwt_path(setting: str, identity: str) -> str:
+    """One node's JWT file: ``{identity}`` in the setting is that node's identity; a directory holds
+    ``<identity>.jwt`` per node (a simulated fleet); anything else is the file itself ("" when unset)."""
+    if not setting:
+        return ""
+    if "{identity}" in setting:
+        return setting.replace("{identity}", identity)
+    if os.path.isdir(setting):
+        return os.path.join(setting, f"{identity}.jwt")
+    return setting
 
 
 def load_facts(path: str) -> dict:

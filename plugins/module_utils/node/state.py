@@ -11,10 +11,17 @@ Node directory layout::
     <node dir>/ssl/ca.pem             from configure
     <node dir>/ssl/previous/          the certificate files a reprovision set aside
     <node dir>/.configure.journal     present only while configure renames its staged files
+    <node dir>/site-lock.json         the site the node is locked to since its first committed configure (0600)
+    <node dir>/site-lock-ca.pem       the CA bundle that configure installed, kept with the lock: a locked node
+                                      without a provisioning CA verifies its site's provisioners against it
+
+The site lock lives beside ``ssl/``, not in it: ``reprovision`` sets the certificate files aside but the node stays
+locked to its site; only wiping the node directory unlocks it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..choria.config import MIDDLEWARE_KEY, ConfigError, collectives, parse_config, provisioning_enabled
@@ -23,6 +30,10 @@ from ..choria.subjects import PROVISIONING_COLLECTIVE
 from ..common.files import read_text
 from .journal import JOURNAL, recover_configure
 from .lock import LOCK_SECONDS, ProvisioningLock
+from .replay import ReplayGuard
+from .trust import AgentTrust
+
+log = logging.getLogger("zeroinit.agent")
 
 AGENT_VERSION = "1.0.0"
 AGENTS_PROVISIONING = (PROVISION_AGENT, "discovery", "rpcutil")
@@ -32,6 +43,8 @@ AGENTS_CONFIGURED = (PROVISION_AGENT, "discovery", "rpcutil")
 MODE_PROVISIONING = "provisioning"
 MODE_CONFIGURED = "configured"
 DEFAULT_SPLAY_MAX = 10.0
+SITE_LOCK_FILE = "site-lock.json"
+SITE_LOCK_CA_FILE = "site-lock-ca.pem"
 
 
 class NodeState:
@@ -41,15 +54,20 @@ class NodeState:
         "config",
         "durable",
         "identity",
+        "jwt_path",
         "link",
         "lock",
         "mode",
         "node_dir",
+        "replay",
         "shared_facts",
+        "site_ca_pem",
+        "site_lock_text",
         "splay_max",
         "ssldir",
         "stopped",
         "token",
+        "trust",
     )
 
     def __init__(
@@ -61,6 +79,8 @@ class NodeState:
         splay_max: float = DEFAULT_SPLAY_MAX,
         lock_seconds: float = LOCK_SECONDS,
         durable: bool = True,
+        trust: AgentTrust | None = None,
+        jwt_path: str = "",
     ):
         self.identity = identity
         self.node_dir = os.path.abspath(node_dir)
@@ -74,6 +94,11 @@ class NodeState:
         self.link = None  # set by the daemon: the connection this node is served on
         self.stopped = False
         self.durable = durable  # fsync files and directories (off for simulated fleets sharing one disk)
+        self.trust = trust if trust is not None else AgentTrust()
+        self.replay = ReplayGuard(max_ttl=self.trust.max_ttl)  # the ids of requests this node accepted
+        self.jwt_path = jwt_path  # the node's provisioning JWT file ("" when it has none)
+        self.site_lock_text: str | None = None  # the site lock as on disk (None: not locked)
+        self.site_ca_pem: str | None = None
 
     def __repr__(self) -> str:  # never shows the token
         return f"NodeState({self.identity}, {self.mode})"
@@ -85,6 +110,14 @@ class NodeState:
     @property
     def journal(self) -> str:
         return os.path.join(self.node_dir, JOURNAL)
+
+    @property
+    def site_lock_path(self) -> str:
+        return os.path.join(self.node_dir, SITE_LOCK_FILE)
+
+    @property
+    def site_ca_path(self) -> str:
+        return os.path.join(self.node_dir, SITE_LOCK_CA_FILE)
 
     def ssl_path(self, name: str) -> str:
         return os.path.join(self.ssldir, name)
@@ -124,8 +157,22 @@ class NodeState:
             self.config = self.read_server_conf() or {}
         except ConfigError:
             self.config = {}
+        self.site_lock_text, self.site_ca_pem = self._read_site_lock()
         self.mode = (
             MODE_PROVISIONING
             if provisioning_enabled(self.config) or not self.config.get(MIDDLEWARE_KEY)
             else MODE_CONFIGURED
         )
+
+    def _read_site_lock(self) -> tuple[str | None, str | None]:
+        """The lock's text and CA bundle; a lock that cannot be read is kept as text that refuses (never unlocks)."""
+        try:
+            text = read_text(self.site_lock_path)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("%s: the site lock cannot be read (%s); every site-locked action is refused", self.identity, exc)
+            text = f"unreadable site lock {self.site_lock_path}: {exc}"
+        try:
+            ca_pem = read_text(self.site_ca_path)
+        except (OSError, UnicodeDecodeError):
+            ca_pem = None
+        return text, ca_pem

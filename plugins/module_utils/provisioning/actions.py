@@ -3,7 +3,9 @@
 """Single-node actions (``choria_provision`` with ``identity``): one request to one node, its reply data.
 
 In check mode only read-only requests go out (``rpcutil#ping`` proves the node is reachable). ``configure``
-sends the base configuration, which must pass the loop guard.
+sends the base configuration, which must pass the loop guard. With ``jwt_verify_key``, ``gencsr`` and
+``configure`` go out only after the node's provisioning JWT verified (as in the flow): a node without a valid JWT
+never gets a key pair made for a certificate, nor a certificate installed.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from typing import Callable
 
 from ..choria.subjects import valid_identity
 from ..choria.transport import ConnectError
-from .flow import ask
+from .flow import ask, verified_jwt_claims
 from .helper import NodeFailure, check_configuration, merge_configuration
 from .rpc import RpcClient, RpcError
 from .settings import ProvisionError, ProvisionSettings
 
 SINGLE_ACTIONS = ("inventory", "gencsr", "configure", "restart", "reprovision", "shutdown")
+JWT_CHECKED_ACTIONS = ("gencsr", "configure")
 
 
 def action_data(settings: ProvisionSettings, action: str, identity: str, params: dict) -> dict:
@@ -65,6 +68,8 @@ async def single_action(
         if action == "inventory":
             reply = await ask(client, options, identity, "inventory", agent="rpcutil")
             return {"changed": False, "identity": identity, "data": reply}
+        if action in JWT_CHECKED_ACTIONS:
+            await verified_jwt_claims(client, options, identity)
         if settings.check_mode:
             await ask(client, options, identity, "ping", agent="rpcutil")
             return {"changed": True, "identity": identity, "data": {}, "msg": f"{action} would be sent to {identity}"}

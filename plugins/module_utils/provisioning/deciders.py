@@ -2,7 +2,8 @@
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Who decides for a node in the provisioning flow: a helper program (Choria's contract) or the built-in signer.
 
-A decider has ``async decide(identity, inventory, csr) -> HelperDecision``, ``turn()`` (an async context that
+A decider has ``async decide(identity, inventory, csr, jwt) -> HelperDecision`` (``jwt``: the node's verified
+provisioning-JWT claims, or None), ``turn()`` (an async context that
 bounds concurrent decisions) and ``warnings()`` for the run's report. The flow checks every decision's
 configuration against the loop guard, whoever made it.
 """
@@ -52,8 +53,8 @@ class HelperDecider:
             self._slots = asyncio.Semaphore(self.concurrency)
         return self._slots
 
-    async def decide(self, identity: str, inventory: dict, csr: dict | None) -> HelperDecision:
-        decision = await run_helper(self.argv, helper_request(identity, csr, inventory), timeout=self.timeout)
+    async def decide(self, identity: str, inventory: dict, csr: dict | None, jwt: dict | None = None) -> HelperDecision:
+        decision = await run_helper(self.argv, helper_request(identity, csr, inventory, jwt), timeout=self.timeout)
         for name in decision.ignored:
             self.ignored_fields[name] = self.ignored_fields.get(name, 0) + 1
         if not (decision.defer or decision.shutdown):
@@ -96,7 +97,7 @@ class SignerDecider:
     def turn(self) -> contextlib.AbstractAsyncContextManager:
         return _NO_LIMIT  # signing is sub-millisecond and inline
 
-    async def decide(self, identity: str, inventory: dict, csr: dict | None) -> HelperDecision:
+    async def decide(self, identity: str, inventory: dict, csr: dict | None, jwt: dict | None = None) -> HelperDecision:
         if csr is None:
             raise NodeFailure(f"the built-in signer needs the CSR of {identity}: it signs only with PKI on (gencsr)")
         try:

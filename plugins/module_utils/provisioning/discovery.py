@@ -139,6 +139,7 @@ class FleetDiscovery:
         callerid: str = DEFAULT_CALLERID,
         inventory_timeout: float = DEFAULT_INVENTORY_TIMEOUT,
         warn: Callable[[str], None] | None = None,
+        signer=None,
     ) -> None:
         check_settings(timeout, listen, expect, inventory_timeout)
         if not valid_identity(collective) or "." in collective:
@@ -155,6 +156,7 @@ class FleetDiscovery:
         self.callerid = callerid or DEFAULT_CALLERID
         self.inventory_timeout = float(inventory_timeout)
         self.warn = warn or (lambda _msg: None)
+        self.signer = signer  # choria.security.RequestSigner: sign the ping and the inventory requests
         self.nodes: dict[str, _Node] = {}
         self.rejected: set[str] = set()
         self.listener = NodeEventListener(self._on_event, self._on_rejected)
@@ -328,7 +330,12 @@ class FleetDiscovery:
         self._slots = asyncio.Semaphore(INVENTORY_IN_FLIGHT)
         try:
             self._client = RpcClient(
-                self.brokers, callerid=self.callerid, collective=self.collective, tls=ctx, connection=nc
+                self.brokers,
+                callerid=self.callerid,
+                collective=self.collective,
+                tls=ctx,
+                connection=nc,
+                signer=self.signer,
             )
             await self._client.connect()
             # Listen before the ping: a node that connects meanwhile is seen by its startup event.

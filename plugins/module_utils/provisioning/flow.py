@@ -2,12 +2,12 @@
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """THE provisioning flow: one node from provisioning mode to configured member, and nothing else.
 
-``inventory`` -> ``gencsr`` (the key is made on the node and never leaves it) -> decide (a decider: a helper
-program, the built-in signer, or anything with ``async decide(identity, inventory, csr) -> HelperDecision``)
--> ``configure`` -> ``restart``. :meth:`ProvisioningFlow.run` returns a :class:`NodeOutcome` and never raises
-for a node's failure. The flow uses an RPC client it does not own and knows nothing about queues or other
-nodes: the bulk run (``bulk.py``), the single-node actions (``actions.py``) and the provisioner service all
-drive this one implementation.
+``jwt`` (with a ``jwt_verify_key``) -> ``inventory`` -> ``gencsr`` (the key is made on the node and never
+leaves it) -> decide (a decider: a helper program, the built-in signer, or anything with
+``async decide(identity, inventory, csr, jwt) -> HelperDecision``) -> ``configure`` -> ``restart``.
+:meth:`ProvisioningFlow.run` returns a :class:`NodeOutcome` and never raises for a node's failure. The flow uses
+an RPC client it does not own and knows nothing about queues or other nodes: the bulk run (``bulk.py``), the
+single-node actions (``actions.py``) and the provisioner service all drive this one implementation.
 
 The loop guard is the flow's: a decision whose configuration leaves provisioning on fails the node before
 ``configure``, whoever decided it.
@@ -15,6 +15,12 @@ The loop guard is the flow's: a decision whose configuration leaves provisioning
 Without PKI (``FlowOptions.pki`` false, Choria's ``features.pki: false``) there is no ``gencsr``: the decider
 gets ``csr`` None, a helper's answer needs no certificate, and ``configure`` carries the configuration (and
 whatever certificate, CA and ssldir the helper returned, as Choria sends them).
+
+The provisioning JWT, as Choria's provisioner fetches it first (``features.jwt``): with ``jwt_verify_key`` the
+node's ``choria_provision#jwt`` is verified (the site's signature, expiry, the node's identity within the JWT's
+patterns, its token claim equal to ours) before anything else is asked of it; a node without a valid JWT fails at
+step ``jwt`` with the reason, and so never gets a CSR signed. The verified claims are the decider's ``jwt``
+(a helper's ``jwt`` input, as Choria's helper contract has it).
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..choria.jwt import ProvisioningJwtError, verify_provisioning_jwt
 from ..choria.protocol import PROVISION_AGENT
 from ..choria.subjects import valid_identity
 from .helper import HelperDecision, NodeFailure, check_configuration
 from .rpc import RpcClient, RpcError, reply_error
 
-STEPS = ("inventory", "gencsr", "decide", "configure", "restart")
+STEPS = ("jwt", "inventory", "gencsr", "decide", "configure", "restart")
 CSR_SUBJECT_FIELDS = ("C", "L", "O", "OU", "ST")
 PROVISIONED, DEFERRED, FAILED, SHUTDOWN, WOULD_PROVISION = (
     "provisioned",
@@ -44,7 +51,9 @@ PROVISIONED, DEFERRED, FAILED, SHUTDOWN, WOULD_PROVISION = (
 class Decider(Protocol):
     """What decides for one node. ``turn()`` bounds how many decisions run at once (a helper is a process each)."""
 
-    async def decide(self, identity: str, inventory: dict, csr: dict | None) -> HelperDecision: ...
+    async def decide(
+        self, identity: str, inventory: dict, csr: dict | None, jwt: dict | None = None
+    ) -> HelperDecision: ...
 
     def turn(self) -> contextlib.AbstractAsyncContextManager: ...
 
@@ -63,6 +72,7 @@ class FlowOptions:
     key_type: str = "ec"
     check_mode: bool = False
     pki: bool = True  # ask the node for a CSR (gencsr); Choria's features.pki
+    jwt_verify_key: Any = field(default=None, repr=False)  # the site's JWT issuer key; None: no JWT is asked for
 
     def token_data(self, **extra) -> dict:
         """Request data for a choria_provision action: the token and the inputs that are set."""
@@ -128,6 +138,23 @@ async def ask(
     return reply.data
 
 
+async def verified_jwt_claims(
+    client: RpcClient, options: FlowOptions, identity: str, timings: dict | None = None
+) -> dict | None:
+    """The verified claims of the node's provisioning JWT (None without a ``jwt_verify_key``); NodeFailure naming the
+    reason when the node has none or it does not verify."""
+    if options.jwt_verify_key is None:
+        return None
+    reply = await ask(client, options, identity, "jwt", options.token_data(), timings=timings)
+    try:
+        verified = verify_provisioning_jwt(
+            reply.get("jwt"), options.jwt_verify_key, identity, expected_token=options.token
+        )
+    except ProvisioningJwtError as exc:
+        raise NodeFailure(f"jwt: the provisioning JWT of {identity} is refused: {exc.message}") from None
+    return verified.claims
+
+
 class ProvisioningFlow:
     """One node's pipeline over ``client`` (not owned: the caller connects and closes it)."""
 
@@ -151,6 +178,8 @@ class ProvisioningFlow:
         try:
             if not valid_identity(identity):
                 raise NodeFailure(f"identity {identity!r} is not a valid node name")
+            step = "jwt"
+            claims = await verified_jwt_claims(self.client, self.options, identity, timings)
             step = "inventory"
             inventory = await node_ask("inventory", agent="rpcutil")
             if self.options.check_mode:
@@ -162,7 +191,7 @@ class ProvisioningFlow:
                 if not isinstance(csr.get("csr"), str) or "CERTIFICATE REQUEST" not in csr.get("csr", ""):
                     raise NodeFailure(f"gencsr: {identity} replied without a PEM CSR")
             step = "decide"
-            decision = await self._decide(identity, inventory, csr, timings)
+            decision = await self._decide(identity, inventory, csr, claims, timings)
             if decision.defer:
                 return outcome(DEFERRED, decision.msg)
             if decision.shutdown:
@@ -182,12 +211,14 @@ class ProvisioningFlow:
         except NodeFailure as exc:
             return outcome(FAILED, str(exc), step)
 
-    async def _decide(self, identity: str, inventory: dict, csr: dict | None, timings: dict) -> HelperDecision:
+    async def _decide(
+        self, identity: str, inventory: dict, csr: dict | None, claims: dict | None, timings: dict
+    ) -> HelperDecision:
         if self.decider is None:
             raise NodeFailure(f"no helper and no signer: nothing can decide for {identity}")
         async with self.decider.turn():
             started = time.monotonic()  # the decision itself, not the wait for a turn
             try:
-                return await self.decider.decide(identity, inventory, csr)
+                return await self.decider.decide(identity, inventory, csr, claims)
             finally:
                 timings["decide"] = (time.monotonic() - started) * 1000.0

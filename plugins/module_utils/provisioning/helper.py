@@ -5,7 +5,8 @@
 A helper is any program. For each node it reads one JSON document on stdin::
 
     {"identity": "...", "csr": {"csr": "...", "public_key": "...", "ssldir": "..."} | null,
-     "ed25519_pubkey": null, "inventory": "<rpcutil#inventory reply data as a JSON string>", "jwt": null}
+     "ed25519_pubkey": null, "inventory": "<rpcutil#inventory reply data as a JSON string>",
+     "jwt": {<the node's verified provisioning-JWT claims>} | null}
 
 and prints one JSON document::
 
@@ -80,13 +81,14 @@ def helper_argv(helper: Any) -> list[str]:
     return [resolved, *argv[1:]]
 
 
-def helper_request(identity: str, csr: dict | None, inventory: Any) -> dict:
-    """The document a helper reads on stdin (Choria's field names and shapes)."""
+def helper_request(identity: str, csr: dict | None, inventory: Any, jwt: dict | None = None) -> dict:
+    """The document a helper reads on stdin (Choria's field names and shapes); ``jwt`` is the node's verified
+    provisioning-JWT claims object, as Choria passes them (not the token's text), or None."""
     csr_doc = None
     if csr:
         csr_doc = {"csr": csr.get("csr", ""), "public_key": csr.get("public_key", ""), "ssldir": csr.get("ssldir", "")}
     inventory_text = inventory if isinstance(inventory, str) else json.dumps(inventory or {}, sort_keys=True)
-    return {"identity": identity, "csr": csr_doc, "ed25519_pubkey": None, "inventory": inventory_text, "jwt": None}
+    return {"identity": identity, "csr": csr_doc, "ed25519_pubkey": None, "inventory": inventory_text, "jwt": jwt}
 
 
 def merge_configuration(base: dict | None, decided: dict | None) -> dict:

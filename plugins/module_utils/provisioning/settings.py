@@ -4,7 +4,14 @@
 
 Field names follow the ``choria_provision`` module's options; a bad value raises ProvisionError naming the
 option. ``broker_argument_spec`` is the argument spec of the broker and TLS options that
-``plugins/doc_fragments/brokers.py`` documents (a unit test keeps the two in step).
+``plugins/doc_fragments/brokers.py`` documents, ``request_signing_argument_spec`` and
+``jwt_verification_argument_spec`` those of ``plugins/doc_fragments/request_signing.py`` (unit tests keep each
+pair in step).
+
+Trust: ``signing_cert`` + ``signing_key`` make the RequestSigner every request is signed with (a provisioner
+certificate: the nodes' ``--provisioning-ca`` and their site locks verify it); ``jwt_verify_key`` is the site's
+provisioning-JWT issuer key, with which the flow verifies each node's JWT before it asks for anything that writes.
+Both are loaded here, once per run, so a bad file fails the run before any node is touched.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..choria.brokers import BrokerUrlError, normalize_brokers
+from ..choria.jwt import ProvisioningJwtError, load_jwt_verify_key
+from ..choria.security import RequestSigner, TrustConfigError
 from ..choria.subjects import PROVISIONING_COLLECTIVE
 from ..choria.transport import tls_context
 from .flow import FlowOptions
@@ -33,6 +42,34 @@ def broker_argument_spec() -> dict:
         tls_cert=dict(type="path"),
         tls_key=dict(type="path", no_log=False),
     )
+
+
+def request_signing_argument_spec() -> dict:
+    """The options of the provisioner certificate that signs every request (signing_cert, signing_key, passphrase)."""
+    return dict(
+        signing_cert=dict(type="path"),
+        signing_key=dict(type="path", no_log=False),
+        signing_key_passphrase=dict(type="str", no_log=True),
+    )
+
+
+def jwt_verification_argument_spec() -> dict:
+    """The site's provisioning-JWT verification key (a path, or a hex Ed25519 public key: not a secret)."""
+    return dict(jwt_verify_key=dict(type="str", no_log=False))
+
+
+def load_request_signer(cert: str | None, key: str | None, passphrase: str | None = None) -> RequestSigner | None:
+    """The RequestSigner of the signing options (None when unset); ProvisionError naming the option otherwise."""
+    if not cert and not key:
+        if passphrase:
+            raise ProvisionError("signing_key_passphrase is set but signing_cert and signing_key are not")
+        return None
+    if not cert or not key:
+        raise ProvisionError("signing_cert and signing_key come together: a signing certificate needs its key")
+    try:
+        return RequestSigner.from_files(cert, key, passphrase)
+    except TrustConfigError as exc:
+        raise ProvisionError(f"signing_cert/signing_key: {exc}") from None
 
 
 @dataclass
@@ -61,9 +98,15 @@ class ProvisionSettings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    signing_cert: str | None = None
+    signing_key: str | None = None
+    signing_key_passphrase: str | None = field(default=None, repr=False)
+    jwt_verify_key: str | None = None
     check_mode: bool = False
     pki: bool = True  # gencsr and a certificate for each node; false: the helper's configuration alone (Choria's)
     helper_argv: list | None = field(default=None, init=False)  # the helper resolved to an executable and its args
+    request_signer: RequestSigner | None = field(default=None, init=False, repr=False)
+    jwt_key: Any = field(default=None, init=False, repr=False)  # the loaded jwt_verify_key
 
     def __post_init__(self) -> None:
         for name in ("timeout", "helper_timeout", "discovery_timeout"):
@@ -89,6 +132,12 @@ class ProvisionSettings:
                 self.helper_argv = helper_argv(self.helper)
             except ValueError as exc:
                 raise ProvisionError(f"helper: {exc}") from None
+        self.request_signer = load_request_signer(self.signing_cert, self.signing_key, self.signing_key_passphrase)
+        if self.jwt_verify_key:
+            try:
+                self.jwt_key = load_jwt_verify_key(self.jwt_verify_key)
+            except ProvisioningJwtError as exc:
+                raise ProvisionError(str(exc)) from None
 
     def flow_options(self) -> FlowOptions:
         return FlowOptions(
@@ -100,6 +149,7 @@ class ProvisionSettings:
             key_type=self.key_type,
             check_mode=self.check_mode,
             pki=self.pki,
+            jwt_verify_key=self.jwt_key,
         )
 
     def tls(self):
@@ -112,4 +162,11 @@ class ProvisionSettings:
     def client(self, **options) -> RpcClient:
         """An RPC client for these brokers (not connected yet); ``options`` are RpcClient's (``connection``,
         ``senderid``, ``reply_scope``, ``observer``)."""
-        return RpcClient(self.brokers, callerid=self.callerid, collective=self.collective, tls=self.tls(), **options)
+        return RpcClient(
+            self.brokers,
+            callerid=self.callerid,
+            collective=self.collective,
+            tls=self.tls(),
+            signer=self.request_signer,
+            **options,
+        )

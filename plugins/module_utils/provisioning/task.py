@@ -33,6 +33,10 @@ SETTINGS_FROM_PARAMS = (
     "tls_ca",
     "tls_cert",
     "tls_key",
+    "signing_cert",
+    "signing_key",
+    "signing_key_passphrase",
+    "jwt_verify_key",
 )
 
 

@@ -34,6 +34,16 @@ class ActionResult:
     delay: float = 0.0
 
 
+@dataclass(frozen=True)
+class RequestOrigin:
+    """Who sent the request an action serves, as the dispatcher established it (for what the action records)."""
+
+    requestid: str
+    callerid: str
+    accepted_at: float  # the node's clock when the request was accepted
+    signer: Any = None  # the ..choria.security.VerifiedSigner of a signed request; None: the token alone
+
+
 def answer(action: str, data: dict, effect: str = "", delay: float = 0.0) -> ActionResult:
     """A successful reply to ``action`` carrying ``data``."""
     return ActionResult(rpc_reply_body(action, data=data), effect=effect, delay=delay)

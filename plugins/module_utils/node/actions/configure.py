@@ -4,6 +4,11 @@
 
 The certificate must carry this node's key (made by gencsr) and be signed by the given CA; the configuration is
 ``key = value`` settings without line breaks. ``key`` is refused: private keys are made on the node, never sent.
+
+A configure that installs a CA commits the site lock in the same journalled set of files (``site_lock.py``): the
+node is locked to that CA, and to the provisioning CA when the agent has one, from the moment the configuration
+is on disk; a crash cannot leave one without the other. A configure without certificate and CA installs no trust
+to lock to and leaves the lock as it was.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from ...choria.config import (
     render_config,
 )
 from ...choria.protocol import StatusCode
+from ...choria.security import TrustConfigError
 from ...common.deps import x509
 from ...common.files import read_bytes
 from ...pki.x509 import certificate_matches_key, is_issued_by
 from ..journal import write_set
+from ..site_lock import SiteLock
 from ..state import NodeState
-from .base import ActionResult, Refusal, answer, need_cryptography
+from .base import ActionResult, Refusal, RequestOrigin, answer, need_cryptography
 
 CONFIG_LIMIT = 2048
 CERTIFICATE_LIMIT = 10240
@@ -122,18 +129,42 @@ def _check_certificates(node: NodeState, certificate: str, ca: str) -> None:
         )
 
 
-def configure(node: NodeState, request: ConfigureInput) -> ActionResult:
+def _site_lock(node: NodeState, ca: str, origin: RequestOrigin | None) -> SiteLock:
+    """The lock this configure commits; refused when the CA bundle could not anchor the site's provisioners.
+
+    The keys come from the verifiers, which hold them already (SiteLock.at_commit would parse both bundles again
+    for every node of a fleet); a bundle no verifier can be made from would lock the node for good, so it is refused.
+    """
+    try:
+        site = node.trust.site_verifier(ca)
+    except TrustConfigError as exc:
+        raise Refusal(StatusCode.INVALID_DATA, f"input 'ca' cannot lock {node.identity} to its site: {exc}") from None
+    provisioning = node.trust.verifier
+    return SiteLock(
+        site_ca_keys=tuple(dict.fromkeys(site.ca_key_sha256s)),
+        provisioning_ca_keys=tuple(dict.fromkeys(provisioning.ca_key_sha256s)) if provisioning else (),
+        committed_at=int(origin.accepted_at) if origin else 0,
+        committed_by=(origin.signer.subject if origin.signer else origin.callerid)[:1024] if origin else "",
+        request_id=origin.requestid if origin else "",
+    )
+
+
+def configure(node: NodeState, request: ConfigureInput, origin: RequestOrigin | None = None) -> ActionResult:
     if request.ssldir is not None and os.path.normpath(request.ssldir) != os.path.normpath(node.ssldir):
         raise Refusal(
             StatusCode.INVALID_DATA, f"input 'ssldir' {request.ssldir!r} is not this node's ssldir {node.ssldir}"
         )
     files: list[tuple[str, bytes | str, int]] = []
     final = dict(request.config)
+    lock_text = None
     if request.certificate is not None:
         _check_certificates(node, request.certificate, request.ca)
+        lock_text = _site_lock(node, request.ca, origin).dump()
         files += [
             (node.ssl_path("certificate.pem"), request.certificate, 0o644),
             (node.ssl_path("ca.pem"), request.ca, 0o644),
+            (node.site_ca_path, request.ca, 0o644),
+            (node.site_lock_path, lock_text, 0o600),
         ]
         final.update(
             {
@@ -148,4 +179,6 @@ def configure(node: NodeState, request: ConfigureInput) -> ActionResult:
     files.append((node.server_conf, text, 0o640))
     write_set(node.node_dir, files, durable=node.durable)
     node.config = final
+    if lock_text is not None:
+        node.site_lock_text, node.site_ca_pem = lock_text, request.ca
     return answer("configure", {"message": f"Wrote {len(files)} files to {node.node_dir}"})

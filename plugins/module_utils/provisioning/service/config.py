@@ -131,6 +131,22 @@ CONFIG_KEYS = (
     ConfigKey("tls_cert", "file", None, "Client certificate presented to the brokers."),
     ConfigKey("tls_key", "file", None, "Private key of `tls_cert`."),
     ConfigKey(
+        "signing_cert",
+        "file",
+        None,
+        "Provisioner certificate (provisioner extended key usage) every request is signed with, as "
+        "`choria_provision`'s `signing_cert`; nodes pinning its CA (`--provisioning-ca`) and locked nodes need it.",
+    ),
+    ConfigKey("signing_key", "file", None, "Private key of `signing_cert`."),
+    ConfigKey("signing_key_passphrase", "string", "", "Passphrase of `signing_key`.", secret=True),
+    ConfigKey(
+        "jwt_verify_key",
+        "string",
+        None,
+        "The site's provisioning-JWT issuer key (a PEM public key or certificate, a hex Ed25519 key file or the "
+        "hex key; Choria's `jwt_verify_cert`): each node's JWT is fetched and verified before anything else.",
+    ),
+    ConfigKey(
         "monitor_port",
         "integer",
         0,
@@ -195,13 +211,13 @@ KEYS_BY_NAME = {key.name: key for key in CONFIG_KEYS}
 
 # Keys of Choria's provisioner that this service does not take, with why: a Choria file is refused clearly.
 CHORIA_ONLY_KEYS = {
-    "features.jwt": "provisioning JWTs are not implemented",
+    "features.jwt": "set jwt_verify_key: the JWT is fetched and verified whenever it is set",
     "features.ed25519": "ed25519 server keys are not implemented",
     "features.upgrades": "release upgrades are not implemented",
-    "jwt_verify_cert": "provisioning JWTs are not implemented",
-    "jwt_signing_key": "provisioning JWTs are not implemented",
-    "jwt_signing_token": "provisioning JWTs are not implemented",
-    "server_jwt_validity": "provisioning JWTs are not implemented",
+    "jwt_verify_cert": "named jwt_verify_key here, with the same values",
+    "jwt_signing_key": "server JWTs (ed25519 mode) are not implemented",
+    "jwt_signing_token": "server JWTs (ed25519 mode) are not implemented",
+    "server_jwt_validity": "server JWTs (ed25519 mode) are not implemented",
     "leader_election": "every instance works (JetStream claims share the nodes); there is no leader",
     "upgrades_repository": "release upgrades are not implemented",
     "upgrades_optional": "release upgrades are not implemented",
@@ -305,6 +321,10 @@ class ServiceConfig:
     tls_ca: Optional[str] = None
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
+    signing_cert: Optional[str] = None
+    signing_key: Optional[str] = None
+    signing_key_passphrase: str = dataclasses.field(default="", repr=False)
+    jwt_verify_key: Optional[str] = None
     monitor_port: int = 0
     monitor_address: str = "127.0.0.1"
     loglevel: str = "info"
@@ -601,6 +621,12 @@ def _check_together(values: dict, problems: list) -> None:
         problems.append("helper, signer: one is required (a helper program or the built-in signer)")
     if values.get("tls_key") and not values.get("tls_cert"):
         problems.append("tls_key: given without tls_cert")
+    if values.get("signing_cert") and not values.get("signing_key"):
+        problems.append("signing_cert: given without signing_key (a signing certificate needs its key)")
+    if values.get("signing_key") and not values.get("signing_cert"):
+        problems.append("signing_key: given without signing_cert")
+    if values.get("signing_key_passphrase") and not values.get("signing_key"):
+        problems.append("signing_key_passphrase: given without signing_key")
     if values.get("signer") is not None and not values.get("features.pki"):
         problems.append("features.pki: the built-in signer needs the node's CSR; set it true or use a helper")
     if not values.get("token") and not values.get("control_key"):

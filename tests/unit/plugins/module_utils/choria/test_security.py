@@ -63,6 +63,9 @@ def signed(leaf, chain: str = "", message: str = MESSAGE):
     return message, fields.signature, fields.pubcert
 
 
+GUID_ARC = "1.2.840.113556.1.8000.2554"
+
+
 def refusal(verifier, message, signature, pubcert, **options) -> RequestTrustError:
     with pytest.raises(RequestTrustError) as info:
         verifier.verify(message, signature, pubcert, **options)
@@ -72,10 +75,14 @@ def refusal(verifier, message, signature, pubcert, **options) -> RequestTrustErr
 # ---------------------------------------------------------------------------------------------- accepted
 
 
-def test_the_provisioner_eku_is_a_uuid_oid_of_this_project():
-    arc, number = PROVISIONER_USAGE_OID.rsplit(".", 1)
-    assert arc == "2.25"
-    assert uuid.UUID(int=int(number)) == uuid.UUID("e7781b89-e0ef-4c27-89fd-d4c772f4d889")
+def test_the_provisioner_eku_is_this_projects_guid_under_the_guid_arc_with_arcs_go_can_parse():
+    arc, pieces = PROVISIONER_USAGE_OID[: len(GUID_ARC)], PROVISIONER_USAGE_OID[len(GUID_ARC) + 1 :].split(".")
+    assert arc == GUID_ARC
+    widths = (4, 4, 4, 4, 4, 6, 6)  # hex digits of each piece of the GUID
+    assert uuid.UUID("".join(f"{int(p):0{w}x}" for p, w in zip(pieces, widths))) == uuid.UUID(
+        "e7781b89-e0ef-4c27-89fd-d4c772f4d889"
+    )
+    assert all(int(p) < 2**31 for p in PROVISIONER_USAGE_OID.split("."))  # Go's crypto/x509 reads 31-bit arcs
     assert PROVISIONER_USAGE.dotted_string == PROVISIONER_USAGE_OID
 
 

@@ -44,3 +44,37 @@ def test_the_agent_serves_only_valid_identities(tmp_path, identity, valid):
 def test_missing_config_file_exits_2_without_a_traceback(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "absent.conf")]) == 2
     assert "zeroinit-agent:" in capsys.readouterr().err
+
+
+def test_the_provisioning_ca_is_loaded_once_for_the_fleet_and_a_bad_one_stops_the_start(tmp_path, caplog):
+    from tests.support.certificates import Authority
+
+    ca = tmp_path / "provisioning-ca.pem"
+    ca.write_text(Authority("provisioning CA").pem)
+    s = settings_from(parse_args(["--fleet", "2", "--state-dir", str(tmp_path / "s"), "--provisioning-ca", str(ca)]))
+    daemon = NodeAgent(s)
+    try:
+        daemon.build_nodes()
+        trusts = {id(node.trust) for node in daemon.nodes.values()}
+        assert len(trusts) == 1 and next(iter(daemon.nodes.values())).trust.verifier is not None
+        assert "running unauthenticated" not in caplog.text
+    finally:
+        daemon.executor.shutdown()
+    ca.write_text("not a certificate")
+    daemon = NodeAgent(s)
+    try:
+        with pytest.raises(
+            ConfigError, match=r"--provisioning-ca / plugin\.zeroinit\.agent\.provisioning_ca: .*not PEM"
+        ):
+            daemon.build_nodes()
+    finally:
+        daemon.executor.shutdown()
+
+
+def test_without_a_provisioning_ca_the_agent_says_once_that_it_runs_unauthenticated(tmp_path, caplog):
+    daemon = NodeAgent(settings_from(parse_args(["--fleet", "3", "--state-dir", str(tmp_path)])))
+    try:
+        daemon.build_nodes()
+    finally:
+        daemon.executor.shutdown()
+    assert caplog.text.count("running unauthenticated") == 1

@@ -6,7 +6,11 @@ import ssl
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import ConfigError
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.settings import parse_args, settings_from
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.settings import (
+    parse_args,
+    provisioning_jwt_path,
+    settings_from,
+)
 from tests.support.rules import BROKER_URLS
 
 
@@ -47,6 +51,8 @@ loglevel = debug
         ("loglevel = loud\n", [], "log level"),
         ("", ["--connections", "0"], "--connections"),
         ("not a setting\n", [], "line 1"),
+        ("plugin.zeroinit.agent.max_ttl = 5m\n", [], "max_ttl must be a whole number of seconds"),
+        ("", ["--max-ttl", "0"], "--max-ttl / plugin.zeroinit.agent.max_ttl must be at least 1 second"),
     ],
 )
 def test_bad_settings_name_the_problem(tmp_path, text, flags, phrase):
@@ -115,3 +121,30 @@ def test_unusable_tls_files_name_the_options(tmp_path, text, phrase):
 def test_the_broker_password_has_no_flag():
     with pytest.raises(SystemExit):
         parse_args(["--broker-password", "visible-to-every-process"])
+
+
+def test_trust_settings_from_file_and_flags(tmp_path):
+    s = settings(
+        tmp_path,
+        """
+plugin.zeroinit.agent.provisioning_ca = /etc/zeroinit/provisioning-ca.pem
+plugin.zeroinit.agent.provisioning_jwt = /etc/zeroinit/provisioning.jwt
+plugin.zeroinit.agent.max_ttl = 120
+""",
+    )
+    assert (s.provisioning_ca, s.provisioning_jwt, s.max_ttl) == (
+        "/etc/zeroinit/provisioning-ca.pem",
+        "/etc/zeroinit/provisioning.jwt",
+        120,
+    )
+    s = settings(tmp_path, "plugin.zeroinit.agent.max_ttl = 120\n", "--max-ttl", "60", "--provisioning-ca", "/ca.pem")
+    assert (s.max_ttl, s.provisioning_ca) == (60, "/ca.pem")
+    assert settings_from(parse_args([])).max_ttl == 300
+
+
+def test_each_node_of_a_fleet_finds_its_own_jwt(tmp_path):
+    (tmp_path / "jwts").mkdir()
+    assert provisioning_jwt_path(str(tmp_path / "jwts"), "n1.lab") == str(tmp_path / "jwts" / "n1.lab.jwt")
+    assert provisioning_jwt_path("/srv/{identity}/provisioning.jwt", "n2.lab") == "/srv/n2.lab/provisioning.jwt"
+    assert provisioning_jwt_path("/etc/zeroinit/provisioning.jwt", "n3.lab") == "/etc/zeroinit/provisioning.jwt"
+    assert provisioning_jwt_path("", "n4.lab") == ""

@@ -111,3 +111,83 @@ def test_a_node_is_addressed_only_by_a_valid_identity(identity, valid):
         assert outcome.status == "provisioned"
     else:
         assert outcome.status == "failed" and "not a valid node name" in outcome.reason and client.sent == []
+
+
+# -------------------------------------------------------------------------------------------- the provisioning JWT
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def jwt_for(issuer, patterns=("*.lab.example.net",), token="tok", **options):
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import issue_provisioning_jwt
+
+    return issue_provisioning_jwt(issuer, token, ["nats://10.0.0.1:4222"], list(patterns), **options)
+
+
+def test_the_jwt_is_verified_first_and_its_claims_go_to_the_decider(issuer):
+    identity = "n1.lab.example.net"
+    decider = StaticDecider()
+    outcome, client = run(
+        identity=identity,
+        client=ScriptedClient([identity], jwts={identity: jwt_for(issuer)}),
+        decider=decider,
+        jwt_verify_key=issuer.public_key(),
+    )
+    assert outcome.status == "provisioned", outcome.reason
+    assert [sent[1] for sent in client.sent] == ["jwt", "inventory", "gencsr", "configure", "restart"]
+    assert client.sent[0][2] == {"token": "tok"} and "jwt" in outcome.timings
+    claims = decider.jwts[identity]
+    assert claims["purpose"] == "choria_provisioning" and claims["cht"] == "tok"
+    assert claims["extensions"] == {"zeroinit_identity_patterns": ["*.lab.example.net"]}
+
+
+@pytest.mark.parametrize(
+    "make,phrase",
+    [
+        (lambda issuer: "", "the node returned no provisioning JWT"),
+        (lambda issuer: jwt_for(issuer, now=1_000_000, validity=60), "JWT expired at 1970-01-12T13:47:40Z"),
+        (lambda issuer: jwt_for(other_key()), "JWT signature does not verify"),
+        (lambda issuer: jwt_for(issuer, patterns=("*.other.example.net",)), "does not match the JWT's identity"),
+        (lambda issuer: jwt_for(issuer, token="old"), "cht does not match this provisioner's token"),
+    ],
+)
+def test_a_node_without_a_valid_jwt_is_failed_at_the_jwt_step_before_any_csr(issuer, make, phrase):
+    identity = "n1.lab.example.net"
+    outcome, client = run(
+        identity=identity,
+        client=ScriptedClient([identity], jwts={identity: make(issuer)}),
+        jwt_verify_key=issuer.public_key(),
+    )
+    assert (outcome.status, outcome.step) == ("failed", "jwt")
+    assert (
+        outcome.reason.startswith(f"jwt: the provisioning JWT of {identity} is refused: ") and phrase in outcome.reason
+    )
+    assert [sent[1] for sent in client.sent] == ["jwt"]
+
+
+def test_a_node_that_refuses_the_jwt_action_fails_with_its_reason(issuer):
+    client = ScriptedClient(["n1"], refuse={("n1", "jwt"): "n1 has no provisioning JWT"})
+    outcome, _client = run(client=client, jwt_verify_key=issuer.public_key())
+    assert (outcome.status, outcome.step) == ("failed", "jwt") and "no provisioning JWT" in outcome.reason
+
+
+def test_check_mode_verifies_the_jwt_too(issuer):
+    identity = "n1.lab.example.net"
+    outcome, client = run(
+        identity=identity,
+        client=ScriptedClient([identity], jwts={identity: jwt_for(issuer, patterns=("x.example.net",))}),
+        jwt_verify_key=issuer.public_key(),
+        check_mode=True,
+    )
+    assert outcome.status == "failed" and [sent[1] for sent in client.sent] == ["jwt"]
+
+
+def other_key():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate()

@@ -40,6 +40,8 @@ def test_helper_request_has_exactly_chorias_fields_and_inventory_as_a_string():
     assert req["ed25519_pubkey"] is None and req["jwt"] is None
     assert isinstance(req["inventory"], str) and json.loads(req["inventory"]) == {"facts": {"a": 1}}
     assert ph.helper_request("n1", None, "{}")["csr"] is None
+    claims = {"purpose": "choria_provisioning", "cht": "tok", "chu": "nats://h:4222"}
+    assert ph.helper_request("n1", None, "{}", claims)["jwt"] == claims  # the verified claims object, as Choria
 
 
 def test_good_answer_is_a_configure_decision():

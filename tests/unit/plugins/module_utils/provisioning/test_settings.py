@@ -31,3 +31,34 @@ def test_the_built_in_signer_needs_pki():
     with pytest.raises(ProvisionError, match="cannot be used with pki off"):
         scripted_settings(signer={"ca_cert": "x"}, pki=False)
     assert scripted_settings(helper="/bin/true", pki=False).flow_options().pki is False
+
+
+@pytest.mark.parametrize(
+    "options,phrase",
+    [
+        ({"signing_cert": "/x.pem"}, "signing_cert and signing_key come together"),
+        ({"signing_key": "/x.key"}, "signing_cert and signing_key come together"),
+        ({"signing_key_passphrase": "pw"}, "signing_key_passphrase is set but signing_cert and signing_key are not"),
+        ({"signing_cert": "/nonexistent.pem", "signing_key": "/x.key"}, "signing_cert/signing_key: the signing"),
+        ({"jwt_verify_key": "/nonexistent.pub"}, "jwt_verify_key '/nonexistent.pub' is neither a file nor a hex"),
+    ],
+)
+def test_signing_and_jwt_options_are_checked_when_made(options, phrase):
+    with pytest.raises(ProvisionError, match=re.escape(phrase)):
+        scripted_settings(**options)
+
+
+def test_the_signing_certificate_signs_every_request_of_the_client(tmp_path):
+    from tests.support.certificates import Authority, key_pem
+
+    leaf = Authority("provisioning CA").issue("prov.example.net")
+    (tmp_path / "prov.pem").write_text(leaf.pem)
+    (tmp_path / "prov.key").write_text(key_pem(leaf.key, b"hunter2"))
+    settings = scripted_settings(
+        signing_cert=str(tmp_path / "prov.pem"),
+        signing_key=str(tmp_path / "prov.key"),
+        signing_key_passphrase="hunter2",
+    )
+    assert settings.request_signer.subject == "CN=prov.example.net"
+    assert settings.client().signer is settings.request_signer
+    assert "hunter2" not in repr(settings)

@@ -21,7 +21,7 @@ def test_restart_without_configuration_is_refused(node):
 def test_restart_is_refused_when_provisioning_stays_on(node, ca):
     provisioned_files(node, ca)
     conf = dict(CONFIG, **{"plugin.choria.server.provision": "true"})
-    call(node, "configure", {"token": TOKEN, "config": json.dumps(conf)})
+    assert call(node, "configure", {"token": TOKEN, "config": json.dumps(conf)}, signer=ca.provisioner_signer())[0] == 0
     code, msg, _data, _result = call(node, "restart", {"token": TOKEN})
     assert code == StatusCode.ABORTED and "plugin.choria.server.provision enabled" in msg
 

@@ -123,7 +123,12 @@ def test_durations_choria_refuses(text):
     ("line", "expected"),
     [
         ("features: {pki: 'yes'}", "features.pki: expected a boolean, got 'yes'"),
-        ("features: {jwt: true}", "features.jwt: Choria's provisioner key is not supported here"),
+        ("features: {jwt: true}", "features.jwt: Choria's provisioner key is not supported here (set jwt_verify_key"),
+        (
+            "jwt_verify_cert: /etc/jwt.pub",
+            "jwt_verify_cert: Choria's provisioner key is not supported here (named jwt_",
+        ),
+        ("signing_cert: /nonexistent/prov.pem", "signing_cert: /nonexistent/prov.pem: no such file"),
         ("workers: many", "workers: expected an integer, got 'many'"),
         ("workers: true", "workers: expected an integer, got a boolean (true)"),
         ("workers: 0", "workers: must be at least 1, got 0"),
@@ -254,3 +259,64 @@ def test_default_instance_is_a_valid_name(monkeypatch):
     name = cf.default_instance()
     assert cf.INSTANCE_PATTERN.match(name), name
     assert name.endswith(f"-{os.getpid()}")
+
+
+@pytest.fixture
+def provisioner_files(tmp_path):
+    """A real provisioner certificate with its key under a passphrase, and an Ed25519 JWT issuer public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from tests.support.certificates import Authority, key_pem
+
+    leaf = Authority("provisioning CA").issue("prov.example.net")
+    files = {name: tmp_path / name for name in ("prov.pem", "prov.key", "issuer.pub")}
+    files["prov.pem"].write_text(leaf.pem)
+    files["prov.key"].write_text(key_pem(leaf.key, b"pass-SECRET"))
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    files["issuer.pub"].write_bytes(
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {name: str(path) for name, path in files.items()}
+
+
+def test_signing_and_jwt_keys_reach_the_provision_settings(tmp_path, provisioner_files):
+    """The daemon hands these keys to ProvisionSettings under the same names: the client signs, the flow verifies."""
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+
+    files = provisioner_files
+    signed = (
+        f"signing_cert: {files['prov.pem']}\nsigning_key: {files['prov.key']}\nsigning_key_passphrase: pass-SECRET\n"
+        f"jwt_verify_key: {files['issuer.pub']}\n"
+    )
+    config = load(tmp_path, MINIMAL + signed)
+    trust = ("signing_cert", "signing_key", "signing_key_passphrase", "jwt_verify_key")
+    assert (config.signing_cert, config.signing_key, config.jwt_verify_key) == (
+        files["prov.pem"],
+        files["prov.key"],
+        files["issuer.pub"],
+    )
+    assert config.signing_key_passphrase == "pass-SECRET"
+    assert "SECRET" not in repr(config) and config.redacted()["signing_key_passphrase"] == "<redacted>"
+    settings = ProvisionSettings(brokers=config.brokers, token=config.token, **{k: getattr(config, k) for k in trust})
+    assert settings.request_signer.subject == "CN=prov.example.net"
+    assert settings.client().signer is settings.request_signer
+    assert settings.flow_options().jwt_verify_key is settings.jwt_key is not None
+    unset = load(tmp_path, MINIMAL)
+    assert [getattr(unset, k) for k in trust] == [None, None, "", None]
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (("prov.pem",), "signing_cert: given without signing_key (a signing certificate needs its key)"),
+        (("prov.key",), "signing_key: given without signing_cert"),
+        ((), "signing_key_passphrase: given without signing_key"),
+    ],
+)
+def test_a_signing_key_alone_is_refused_by_name(tmp_path, provisioner_files, keys, expected):
+    names = {"prov.pem": "signing_cert", "prov.key": "signing_key"}
+    text = MINIMAL + "".join(f"{names[k]}: {provisioner_files[k]}\n" for k in keys)
+    if not keys:
+        text += "signing_key_passphrase: pass-SECRET\n"
+    assert problems(tmp_path, text) == [expected]
