@@ -114,6 +114,10 @@ def provision_settings(config: ServiceConfig) -> ProvisionSettings:
         tls_ca=config.tls_ca,
         tls_cert=config.tls_cert,
         tls_key=config.tls_key,
+        signing_cert=config.signing_cert,
+        signing_key=config.signing_key,
+        signing_key_passphrase=config.signing_key_passphrase or None,
+        jwt_verify_key=config.jwt_verify_key,
         pki=config.features_pki,
     )
 

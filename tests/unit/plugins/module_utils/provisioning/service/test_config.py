@@ -282,7 +282,9 @@ def provisioner_files(tmp_path):
 
 def test_signing_and_jwt_keys_reach_the_provision_settings(tmp_path, provisioner_files):
     """The daemon hands these keys to ProvisionSettings under the same names: the client signs, the flow verifies."""
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.daemon import (
+        provision_settings,
+    )
 
     files = provisioner_files
     signed = (
@@ -298,7 +300,7 @@ def test_signing_and_jwt_keys_reach_the_provision_settings(tmp_path, provisioner
     )
     assert config.signing_key_passphrase == "pass-SECRET"
     assert "SECRET" not in repr(config) and config.redacted()["signing_key_passphrase"] == "<redacted>"
-    settings = ProvisionSettings(brokers=config.brokers, token=config.token, **{k: getattr(config, k) for k in trust})
+    settings = provision_settings(config)
     assert settings.request_signer.subject == "CN=prov.example.net"
     assert settings.client().signer is settings.request_signer
     assert settings.flow_options().jwt_verify_key is settings.jwt_key is not None
