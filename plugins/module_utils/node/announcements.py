@@ -1,7 +1,8 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""What nodes say without being asked: lifecycle events (startup, shutdown, provisioned) and, in provisioning
-mode, their registration data, at start and on an interval."""
+"""What nodes say without being asked: lifecycle events (startup, shutdown, provisioned; renewed and
+renewal_failed from certificate renewal) and, in provisioning mode, their registration data, at start and on an
+interval."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ class Announcer:
         """Said on the provisioning link as the node leaves it for its configured collective."""
         await self._event(link, "provisioned", node.identity, LIFECYCLE_COMPONENT)
 
+    async def lifecycle(self, node: NodeState, event_type: str, extra: dict | None = None) -> None:
+        """An event a configured node says about itself (renewal), with ``extra`` data, where it is served now."""
+        if node.link is not None:
+            await self._event(node.link, event_type, node.identity, CONFIGURED_COMPONENT, extra)
+
     async def register(self, node: NodeState, link: Link) -> None:
         payload = json.dumps(registration_document(node.identity, node.facts, AGENT_VERSION)).encode("utf-8")
         await link.publish(REGISTRATION_SUBJECT, payload)
@@ -52,6 +58,6 @@ class Announcer:
                         await asyncio.sleep(0)  # let replies through between batches
 
     @staticmethod
-    async def _event(link: Link, event_type: str, identity: str, component: str) -> None:
-        event = lifecycle_event(event_type, identity, component=component, version=AGENT_VERSION)
+    async def _event(link: Link, event_type: str, identity: str, component: str, extra: dict | None = None) -> None:
+        event = lifecycle_event(event_type, identity, component=component, version=AGENT_VERSION, extra=extra)
         await link.publish(lifecycle_subject(event_type, component), json.dumps(event).encode("utf-8"))

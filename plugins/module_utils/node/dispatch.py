@@ -27,10 +27,12 @@ from ..choria.protocol import (
 from .actions.base import ActionResult, Refusal
 from .actions.configure import ConfigureInput, configure
 from .actions.gencsr import GencsrInput, gencsr
+from .actions.renew import renew
 from .actions.reprovision import reprovision
 from .actions.restart import RestartInput, restart
 from .actions.rpcutil import RPCUTIL_ACTIONS
 from .actions.shutdown import shutdown
+from .actions.trust import TrustInput, trust
 from .state import MODE_CONFIGURED, MODE_PROVISIONING, NodeState
 
 UNSUPPORTED_ACTIONS = {
@@ -56,6 +58,9 @@ PROVISION_ACTIONS = {
     "configure": ProvisionAction(ConfigureInput.parse, configure, token_required=False, takes_lock=True),
     "restart": ProvisionAction(RestartInput.parse, restart),
     "reprovision": ProvisionAction(None, reprovision, mode=MODE_CONFIGURED),
+    # The certificate lifecycle of a configured node (not in go-choria's DDL): the CA migration's steps.
+    "trust": ProvisionAction(TrustInput.parse, trust, mode=MODE_CONFIGURED),
+    "renew": ProvisionAction(None, renew, mode=MODE_CONFIGURED),
     "shutdown": ProvisionAction(None, shutdown),
 }
 

@@ -289,6 +289,34 @@ class LinkPool:
         await link.attach(node, names, node.agents)
         return link
 
+    async def reconnect(self, node: NodeState) -> Link | None:
+        """Serve a configured node on a new connection made with its files as they are now (a renewed certificate, a
+        new trust bundle), then leave the old one: its subjects are subscribed on both for a moment, never on none.
+
+        A node on a shared plain connection presents no certificate of its own: nothing to do (None). When the new
+        connection cannot be made, the node stays on the old one and the error is raised.
+        """
+        old = node.link
+        if old is None or not old.dedicated or node.mode == MODE_PROVISIONING:
+            return None
+        keys = [key for key, link in self.configured.items() if link is old]
+        for key in keys:
+            del self.configured[key]
+        new = None
+        try:
+            new = await self._configured_link(node)
+            names, _main = node.collectives
+            await new.attach(node, names, node.agents)
+        except BaseException:
+            for key in keys:
+                self.configured[key] = old
+            node.link = old
+            if new is not None and new is not old:
+                await new.detach(node)
+            raise
+        await old.detach(node)
+        return new
+
     def links(self) -> list[Link]:
         return self.provisioning + list(self.configured.values())
 
