@@ -85,14 +85,15 @@ class RenewalResponder:
     """Verifies, judges and signs renewal requests (see the module doc). Thread-safe: ``answer`` may run in threads.
 
     ``signer`` is either backend (``pki.issuance.signer_from_params``); ``site_ca_bundle_pem`` the CAs whose
-    certificates may sign renewal requests; ``node_ca_bundle_pem`` the chain put in replies (default: the signer's).
+    certificates may sign renewal requests; ``node_ca_bundle_pem`` the chain put in replies (default: the signer's);
+    ``valid_days`` what is asked of the signer (default: 365, or the policy's ``max_valid_days`` if shorter).
     """
 
     def __init__(
         self,
         signer,
         site_ca_bundle_pem,
-        valid_days: int = DEFAULT_VALID_DAYS,
+        valid_days: int | None = None,
         profile: str = "both",
         node_ca_bundle_pem: str | None = None,
         max_ttl: int = DEFAULT_MAX_TTL,
@@ -101,7 +102,8 @@ class RenewalResponder:
     ):
         self.signer = signer
         self.verifier = RequestVerifier(site_ca_bundle_pem, RENEWAL_POLICY, clock=clock)
-        self.valid_days = valid_days
+        # Unset: as long as the policy allows, up to the signer's default.
+        self.valid_days = valid_days or min(DEFAULT_VALID_DAYS, signer.policy.max_valid_days)
         self.profile = profile
         self.node_ca_bundle = node_ca_bundle_pem or signer.ca.chain_pem
         self.max_ttl = max_ttl
