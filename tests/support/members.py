@@ -105,8 +105,11 @@ class MemberSite:
         return context
 
     def broker(self, **options) -> EmbeddedBroker:
-        """A nats-server that requires TLS client certificates from this site (not started)."""
+        """A nats-server that requires TLS client certificates from this site (not started); its client CA file is
+        its own copy of the trust bundle (``broker.tls["ca"]``), so a test can change one without the other."""
         files = self.issue("broker", profile="server", ips=["127.0.0.1"])
+        files["ca"] = str(self.workdir / "broker-ca.pem")
+        pathlib.Path(files["ca"]).write_text(self.trust_pem)
         return EmbeddedBroker(tls={**files, "verify": True}, **options)
 
     def seed(self, state_dir, identities, broker_url: str, configuration: dict | None = None) -> None:
@@ -140,14 +143,25 @@ class MemberSite:
 class MemberFleet(AgentProcess):
     """Seeded configured nodes served by one agent process (fleet mode); ready once all answer on the TLS broker."""
 
-    def __init__(self, broker_url: str, identities: list[str], state_dir, site: MemberSite, prefix="node", **options):
+    def __init__(
+        self,
+        broker_url: str,
+        identities: list[str],
+        state_dir,
+        site: MemberSite,
+        prefix="node",
+        provisioning_url: str | None = None,
+        **options,
+    ):
+        """``provisioning_url``: the agent's provisioning broker (``--broker``), where a reprovisioned node goes."""
         count = len(identities)
-        super().__init__(broker_url, prefix, state_dir, fleet=count, **options)
+        super().__init__(provisioning_url or broker_url, prefix, state_dir, fleet=count, **options)
+        self.members_url = broker_url
         self.site = site
         assert sorted(identities) == self.identities, "seed the fleet's own identities"
 
     def wait_ready(self, timeout: float = 60.0) -> list[str]:
-        seen = asyncio.run(answering(self.broker_url, self.identities, self.site.client_tls("ready"), timeout))
+        seen = asyncio.run(answering(self.members_url, self.identities, self.site.client_tls("ready"), timeout))
         missing = sorted(set(self.identities) - set(seen))
         if missing or (self.process is not None and self.process.poll() is not None):
             raise RuntimeError(
