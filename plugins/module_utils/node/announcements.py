@@ -11,11 +11,16 @@ import json
 from typing import Callable, Iterable
 
 from ..choria.events import lifecycle_event, registration_document
-from ..choria.subjects import LIFECYCLE_COMPONENT, REGISTRATION_SUBJECT, lifecycle_subject, registration_subject
+from ..choria.subjects import (
+    CONFIGURED_COMPONENT,
+    LIFECYCLE_COMPONENT,
+    REGISTRATION_SUBJECT,
+    lifecycle_subject,
+    registration_subject,
+)
 from .links import Link
 from .state import AGENT_VERSION, MODE_PROVISIONING, NodeState
 
-CONFIGURED_COMPONENT = "server"
 # Registrations published in one go before replies get a turn.
 REGISTRATION_BATCH = 500
 

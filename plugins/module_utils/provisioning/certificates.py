@@ -25,7 +25,7 @@ from ..choria.events import parse_lifecycle_event
 from ..choria.protocol import PROVISION_AGENT, ProtocolError
 from ..choria.renewal import RENEWAL_FAILED_EVENT, RENEWED_EVENT
 from ..choria.security import RequestSigner, TrustConfigError
-from ..choria.subjects import lifecycle_subject, valid_identity
+from ..choria.subjects import CONFIGURED_COMPONENT, lifecycle_subject, valid_identity
 from ..choria.transport import ConnectError, tls_context
 from ..common.deps import NatsError
 from ..pki.issuance import signer_from_params
@@ -34,7 +34,6 @@ from .renewal import RenewalResponder
 from .rpc import RpcClient, RpcError, reply_error
 
 ACTIONS = ("serve", "renew", "trust")
-CONFIGURED_COMPONENT = "server"
 # How often a waiting run looks whether it is done.
 _POLL_SECONDS = 0.1
 
