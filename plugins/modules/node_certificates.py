@@ -32,8 +32,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: O(action=trust) and O(action=renew) only ping the nodes and report which would be changed;
-      O(action=serve) answers nothing.
+    details: O(action=trust) asks each node whether its bundle would change and changes nothing; O(action=renew)
+      only pings the nodes; O(action=serve) answers nothing.
   diff_mode:
     support: none
   platform:
@@ -196,7 +196,7 @@ unchanged:
   type: list
   elements: str
 nodes:
-  description: In check mode, the nodes that answered and would be changed.
+  description: In check mode, the nodes that would be changed.
   returned: check mode
   type: list
   elements: str

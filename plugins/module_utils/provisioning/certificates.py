@@ -11,7 +11,7 @@
 The nodes are ``identities``, or every node that answers a discovery in the collective. Requests carry the token and,
 with ``signing_cert``, the provisioner's signature (``choria.security``), as every request to a configured node.
 A node that cannot be reached or refuses is reported in ``failed_nodes`` with the reason; the others go on. Check
-mode sends only ``rpcutil#ping`` and reports what would be done.
+mode changes nothing: ``trust`` asks each node whether its bundle would change, ``renew`` only pings.
 """
 
 from __future__ import annotations
@@ -182,13 +182,21 @@ class CertificateTask:
         return reply.data
 
     async def _check(self, identities: list[str]) -> dict:
-        reachable = await self._each(identities, lambda i: self._ask(i, "ping", agent="rpcutil"))
-        verb = {"trust": "would set the CA bundle of", "renew": "would renew"}[self.s.action]
+        """Check mode: ``trust`` asks each node whether its bundle would change (it changes nothing); ``renew`` pings."""
+        if self.s.action == "trust":
+            answers = await self._each(
+                identities, lambda i: self._ask(i, "trust", {"ca": self.s.ca_bundle, "check": True})
+            )
+            nodes = sorted(i for i, data in answers.items() if data.get("changed"))
+            verb = "would set the CA bundle of"
+        else:
+            nodes = sorted(await self._each(identities, lambda i: self._ask(i, "ping", agent="rpcutil")))
+            verb = "would renew"
         return {
-            "changed": bool(reachable),
-            "msg": f"{verb} {len(reachable)} node(s)",
-            "nodes": sorted(reachable),
-            "counts": {"nodes": len(identities), "reachable": len(reachable), "failed": len(self.failed)},
+            "changed": bool(nodes),
+            "msg": f"{verb} {len(nodes)} node(s)",
+            "nodes": nodes,
+            "counts": {"nodes": len(identities), "would_change": len(nodes), "failed": len(self.failed)},
         }
 
     # -- trust ---------------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 """``choria_provision#trust`` (configured nodes; not in go-choria's DDL): replace the CA bundle the node trusts.
 
 Used by the CA migration: widen the bundle to the old and the new CA, later narrow it to the new one. Input ``ca``:
-PEM CA certificates (at most :data:`.configure.CA_LIMIT` characters), each a CA. Refused when the bundle does not hold
+PEM CA certificates (at most :data:`.configure.CA_LIMIT` characters), each a CA; ``check`` (boolean): only say
+whether the bundle would change, with every other check made. Refused when the bundle does not hold
 the CA that issued the node's own certificate: the node could then no longer check a renewed certificate, so it must
 renew first. The file is replaced atomically; the reply says whether it changed, and a change makes the node serve on
 a new connection that uses it (effect ``reconnect``). Like ``reprovision``, it needs the token and, with signed
@@ -29,6 +30,7 @@ from .configure import CA_LIMIT, PEM_CERTIFICATE
 @dataclass
 class TrustInput:
     ca: str
+    check: bool = False  # only say whether the bundle would change (the controller's check mode)
 
     @classmethod
     def parse(cls, data: dict) -> TrustInput:
@@ -37,7 +39,10 @@ class TrustInput:
             raise Refusal(
                 StatusCode.INVALID_DATA, f"input 'ca' must be PEM CA certificates of at most {CA_LIMIT} characters"
             )
-        return cls(ca)
+        check = data.get("check", False)
+        if not isinstance(check, bool):
+            raise Refusal(StatusCode.INVALID_DATA, "input 'check' must be a boolean")
+        return cls(ca, check)
 
 
 def _is_ca(cert) -> bool:
@@ -83,6 +88,8 @@ def trust(node: NodeState, request: TrustInput) -> ActionResult:
         return answer(
             "trust", {"message": f"{ca_path} already holds this bundle", "changed": False, "ca_sha256": digests}
         )
+    if request.check:
+        return answer("trust", {"message": f"{ca_path} would be replaced", "changed": True, "ca_sha256": digests})
     write_set(node.node_dir, [(ca_path, text, 0o644)], durable=node.durable, journal=False)
     return answer(
         "trust",

@@ -62,3 +62,13 @@ def test_renew_starts_a_renewal_and_provisioning_nodes_refuse_both(node, ca):
     node.load()
     code, msg, data, result = call(node, "renew", {"token": TOKEN})
     assert code == 0 and result.effect == "renew" and "renews its certificate now" in data["message"]
+
+
+def test_check_says_whether_the_bundle_would_change_and_changes_nothing(configured, ca):
+    new = TestCA("permanent CA")
+    before = os.stat(configured.ssl_path("ca.pem")).st_mtime_ns
+    code, _msg, data, result = call(configured, "trust", {"token": TOKEN, "ca": ca.pem + new.pem, "check": True})
+    assert code == 0 and data["changed"] is True and result.effect == ""
+    assert os.stat(configured.ssl_path("ca.pem")).st_mtime_ns == before
+    assert call(configured, "trust", {"token": TOKEN, "ca": new.pem, "check": True})[0] == StatusCode.ABORTED
+    assert call(configured, "trust", {"token": TOKEN, "ca": ca.pem, "check": "yes"})[0] == StatusCode.INVALID_DATA
