@@ -271,6 +271,7 @@ class PingWatch(_LoopThread):
         self.answers: dict[str, list[float]] = {identity: [] for identity in self.identities}
         self.started = self.finished = 0.0
         self.rounds = 0
+        self.round_log: list[tuple[float, int]] = []  # (when a round began, how many answered in it)
 
     async def main(self, stopping: asyncio.Event) -> None:
         async with RpcClient([self.broker_url], callerid="pingwatch", collective=self.collective, tls=self.tls) as c:
@@ -278,9 +279,11 @@ class PingWatch(_LoopThread):
             self._ready.set()
             while not stopping.is_set():
                 begun = time.monotonic()
-                for identity in await c.discover(timeout=self.interval, expect=len(self.identities)):
+                answered = await c.discover(timeout=self.interval, expect=len(self.identities))
+                for identity in answered:
                     if identity in self.answers:
                         self.answers[identity].append(time.monotonic())
+                self.round_log.append((begun, len(answered)))
                 self.rounds += 1
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - begun)))
             self.finished = time.monotonic()

@@ -33,6 +33,9 @@ from ..choria.transport import ConnectError, connect, tls_context
 from .state import MODE_PROVISIONING, NodeState
 
 log = logging.getLogger("zeroinit.agent")
+# Nodes moving to a new connection at once (a renewal wave, a new trust bundle): each opening is a TLS handshake on
+# the event loop every node of the process shares, so a thousand at once would hold every node's answers back.
+RECONNECT_CONCURRENCY = 8
 
 MessageHandler = Callable[["Link", object], Awaitable[None]]
 
@@ -179,6 +182,7 @@ class LinkPool:
         # thousand at once, and each opening its own connection to the same broker costs a connect apiece.
         self._broker_info_pending: dict[str, asyncio.Future] = {}
         self._opening: dict[tuple, asyncio.Future] = {}
+        self._reconnecting: asyncio.Semaphore | None = None
 
     # -------------------------------------------------------------------------------------- provisioning
 
@@ -296,6 +300,12 @@ class LinkPool:
         A node on a shared plain connection presents no certificate of its own: nothing to do (None). When the new
         connection cannot be made, the node stays on the old one and the error is raised.
         """
+        if self._reconnecting is None:  # made in the running loop
+            self._reconnecting = asyncio.Semaphore(RECONNECT_CONCURRENCY)
+        async with self._reconnecting:
+            return await self._reconnect(node)
+
+    async def _reconnect(self, node: NodeState) -> Link | None:
         old = node.link
         if old is None or not old.dedicated or node.mode == MODE_PROVISIONING:
             return None
