@@ -171,7 +171,8 @@ class MemberFleet(AgentProcess):
         return seen
 
     def start(self, timeout: float | None = None) -> MemberFleet:
-        return super().start(timeout if timeout is not None else max(30.0, self.count / 50.0))
+        # Each member opens its own TLS connection, one after the other at start.
+        return super().start(timeout if timeout is not None else max(30.0, self.count / 10.0))
 
 
 async def answering(broker_url: str, identities: list[str], tls, timeout: float) -> list[str]:
