@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 
-import yaml
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, ".venv", "collections"))
@@ -31,7 +29,7 @@ from bench_agent import machine
 
 from tests.support.ansible_run import run_playbook
 from tests.support.cfssl import CfsslServer
-from tests.support.members import COLLECTIVE, MemberFleet, MemberSite, PingWatch, fleet_identities
+from tests.support.members import MemberFleet, MemberSite, PingWatch, fleet_identities, migration_run
 
 PLAYBOOK = pathlib.Path(ROOT) / "playbooks" / "migrate_ca.yaml"
 
@@ -67,42 +65,10 @@ def main() -> int:
         site = MemberSite(work / "old", name="temporary CA")
         identities = fleet_identities(count)
         with CfsslServer(work / "cfssl", ca_name="permanent CA") as permanent, site.broker() as broker:
-            signer = {
-                "backend": "cfssl",
-                "cfssl_url": permanent.url,
-                "cfssl_auth_key": permanent.auth_key,
-                "cfssl_profile": "node",
-                "cfssl_ca_cert": str(permanent.ca_path),
-                "valid_days": 30,
-                "max_valid_days": 30,
-            }
             site.seed(work / "fleet", identities, broker.url)
-            controller = site.issue("controller")
-            inventory = work / "inventory.yml"
-            broker_signer = dict(
-                signer, cfssl_profile="server", default_deny=False, allowed_sans=[r"127\.0\.0\.1", "members-broker"]
-            )
-            host = {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": sys.executable,
-                "zeroinit_broker_tls_cert": broker.tls["cert"],
-                "zeroinit_broker_tls_key": broker.tls["key"],
-                "zeroinit_broker_tls_ca": broker.tls["ca"],
-                "zeroinit_broker_name": "members-broker",
-                "zeroinit_broker_sans": ["IP:127.0.0.1"],
-                "zeroinit_broker_reload": ["kill", "-HUP", str(broker.process.pid)],
-                "zeroinit_broker_signer": broker_signer,
-            }
-            inventory.write_text(yaml.safe_dump({"zeroinit_brokers": {"hosts": {"members-broker": host}}}))
+            inventory, extra = migration_run(work, site, broker, permanent)
             extra = {
-                "zeroinit_migrate_brokers": [broker.url],
-                "zeroinit_migrate_collective": COLLECTIVE,
-                "zeroinit_migrate_tls_cert": controller["cert"],
-                "zeroinit_migrate_tls_key": controller["key"],
-                "zeroinit_migrate_old_ca": str(site.ca_cert_path),
-                "zeroinit_migrate_new_ca": str(permanent.ca_path),
-                "zeroinit_migrate_signer": signer,
-                "zeroinit_provision_token": "s3cret",  # the fleet's (tests/support/fleet.py)
+                **extra,
                 "zeroinit_migrate_identities": identities,
                 "zeroinit_migrate_wait": max(120, count // 5),
             }

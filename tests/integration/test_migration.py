@@ -15,10 +15,8 @@ import os
 import pathlib
 import signal
 import ssl
-import sys
 
 import pytest
-import yaml
 from cryptography import x509
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, connect
@@ -37,6 +35,7 @@ from tests.support.members import (
     answering,
     certificate_of,
     fleet_identities,
+    migration_run,
     node_files,
 )
 
@@ -60,55 +59,13 @@ def test_migration_moves_every_reachable_node_and_leaves_nobody_locked_out(tmp_p
     site = MemberSite(tmp_path / "old", name="temporary CA")
     identities = fleet_identities(49)
     late = fleet_identities(1, prefix="late")
-    signer = {
-        "backend": "cfssl",
-        "cfssl_url": permanent.url,
-        "cfssl_auth_key": permanent.auth_key,
-        "cfssl_profile": "node",
-        "cfssl_ca_cert": str(permanent.ca_path),
-        "valid_days": 30,
-        "max_valid_days": 30,
-    }
-    controller = site.issue("controller")
     with site.broker() as broker, EmbeddedBroker() as provisioning:
         site.seed(tmp_path / "fleet", identities, broker.url)
         site.seed(tmp_path / "late", late, broker.url)
-        inventory = tmp_path / "inventory.yml"
-        inventory.write_text(
-            yaml.safe_dump(
-                {
-                    "zeroinit_brokers": {
-                        "hosts": {
-                            "members-broker": {
-                                "ansible_connection": "local",
-                                "ansible_python_interpreter": sys.executable,
-                                "zeroinit_broker_tls_cert": broker.tls["cert"],
-                                "zeroinit_broker_tls_key": broker.tls["key"],
-                                "zeroinit_broker_tls_ca": broker.tls["ca"],
-                                "zeroinit_broker_name": "members-broker",
-                                "zeroinit_broker_sans": ["IP:127.0.0.1"],
-                                "zeroinit_broker_reload": ["kill", "-HUP", str(broker.process.pid)],
-                                "zeroinit_broker_signer": dict(
-                                    signer,
-                                    cfssl_profile="server",
-                                    default_deny=False,
-                                    allowed_sans=[r"127\.0\.0\.1", "members-broker"],
-                                ),
-                            }
-                        }
-                    }
-                }
-            )
-        )
+        inventory, extra = migration_run(tmp_path, site, broker, permanent, TOKEN)
+        controller = {"cert": extra["zeroinit_migrate_tls_cert"], "key": extra["zeroinit_migrate_tls_key"]}
         extra = {
-            "zeroinit_migrate_brokers": [broker.url],
-            "zeroinit_migrate_collective": COLLECTIVE,
-            "zeroinit_migrate_tls_cert": controller["cert"],
-            "zeroinit_migrate_tls_key": controller["key"],
-            "zeroinit_migrate_old_ca": str(site.ca_cert_path),
-            "zeroinit_migrate_new_ca": str(permanent.ca_path),
-            "zeroinit_migrate_signer": signer,
-            "zeroinit_provision_token": TOKEN,
+            **extra,
             "zeroinit_migrate_timeout": 3,
             "zeroinit_migrate_retries": 0,
             "zeroinit_migrate_wait": 60,

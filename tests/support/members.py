@@ -24,9 +24,11 @@ import itertools
 import os
 import pathlib
 import ssl
+import sys
 import threading
 import time
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -352,3 +354,45 @@ def certificate_of(state_dir, identity: str):
 
 def key_mode(state_dir, identity: str) -> int:
     return os.stat(node_files(state_dir, identity)["private"]).st_mode & 0o777
+
+
+def migration_run(workdir, site: MemberSite, broker, permanent, token: str = "s3cret") -> tuple[pathlib.Path, dict]:
+    """(inventory, extra vars) for playbooks/migrate_ca.yaml: ``site``'s members on ``broker`` move to the CFSSL server
+    ``permanent``; the broker is this machine's (``kill -HUP`` reloads it), the controller a client of the old CA."""
+    signer = {
+        "backend": "cfssl",
+        "cfssl_url": permanent.url,
+        "cfssl_auth_key": permanent.auth_key,
+        "cfssl_profile": "node",
+        "cfssl_ca_cert": str(permanent.ca_path),
+        "valid_days": 30,
+        "max_valid_days": 30,
+    }
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "zeroinit_broker_tls_cert": broker.tls["cert"],
+        "zeroinit_broker_tls_key": broker.tls["key"],
+        "zeroinit_broker_tls_ca": broker.tls["ca"],
+        "zeroinit_broker_name": "members-broker",
+        "zeroinit_broker_sans": ["IP:127.0.0.1"],
+        "zeroinit_broker_reload": ["kill", "-HUP", str(broker.process.pid)],
+        # The broker's certificate names 127.0.0.1, which the node policy's deny list refuses.
+        "zeroinit_broker_signer": dict(
+            signer, cfssl_profile="server", default_deny=False, allowed_sans=[r"127\.0\.0\.1", "members-broker"]
+        ),
+    }
+    inventory = pathlib.Path(workdir) / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"zeroinit_brokers": {"hosts": {"members-broker": host}}}))
+    controller = site.issue("controller")
+    extra = {
+        "zeroinit_migrate_brokers": [broker.url],
+        "zeroinit_migrate_collective": COLLECTIVE,
+        "zeroinit_migrate_tls_cert": controller["cert"],
+        "zeroinit_migrate_tls_key": controller["key"],
+        "zeroinit_migrate_old_ca": str(site.ca_cert_path),
+        "zeroinit_migrate_new_ca": str(permanent.ca_path),
+        "zeroinit_migrate_signer": signer,
+        "zeroinit_provision_token": token,
+    }
+    return inventory, extra
