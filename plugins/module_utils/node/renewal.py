@@ -238,6 +238,7 @@ class _Tracked:
     due: float | None = None
     forced: bool = False
     relink_pending: bool = False
+    busy: bool = False  # a turn is running: a second one would race it for the same files
 
 
 class CertificateRenewer:
@@ -280,7 +281,7 @@ class CertificateRenewer:
         tracked = self._tracked.get(node.identity)
         if tracked is None or tracked.node is not node:
             tracked = self._tracked[node.identity] = _Tracked(node)
-        if tracked.due is None:
+        if tracked.due is None and not tracked.busy:
             self._schedule(tracked, self.clock())
 
     def renew_now(self, node: NodeState) -> None:
@@ -290,7 +291,8 @@ class CertificateRenewer:
         if tracked is not None:
             tracked.forced = True
             tracked.attempts = 0
-            self._schedule(tracked, self.clock())
+            if not tracked.busy:  # else the running turn schedules the next one, which sees ``forced``
+                self._schedule(tracked, self.clock())
 
     def _schedule(self, tracked: _Tracked, due: float) -> None:
         tracked.due = due
@@ -320,6 +322,15 @@ class CertificateRenewer:
 
     # -- one node's turn -----------------------------------------------------------------------------------------------
     async def _turn(self, tracked: _Tracked) -> None:
+        tracked.busy = True
+        try:
+            await self._one_turn(tracked)
+        finally:
+            tracked.busy = False
+            if tracked.forced and tracked.due is None and self._tracked.get(tracked.node.identity) is tracked:
+                self._schedule(tracked, self.clock())  # asked to renew while this turn ran
+
+    async def _one_turn(self, tracked: _Tracked) -> None:
         node = tracked.node
         if node.stopped or node.mode != MODE_CONFIGURED or node.link is None:
             self._tracked.pop(node.identity, None)  # back when it joins again (track)

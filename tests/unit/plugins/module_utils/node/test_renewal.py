@@ -1,5 +1,6 @@
 """The node's renewal schedule, backoff, the request it signs and the checks of the certificate it gets back."""
 
+import asyncio
 import datetime
 import os
 import random
@@ -131,3 +132,86 @@ def test_the_answer_is_installed_only_when_it_is_this_nodes_new_key_from_a_trust
         assert handle.read() == good
     assert os.stat(node.ssl_path("private.pem")).st_mode & 0o777 == 0o600
     assert not os.path.exists(os.path.join(node.node_dir, ".configure.journal"))
+
+
+class _ScriptedRenewer:
+    """A CertificateRenewer whose exchange is scripted: it records how many run at once and fails on request."""
+
+    def __init__(self, outcomes):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.renewal import CertificateRenewer
+
+        self.events, self.reconnects, self.running, self.most = [], [], 0, 0
+        self.outcomes = list(outcomes)
+        self.tasks = set()
+        outer = self
+
+        class Scripted(CertificateRenewer):
+            async def renew(self, node, current):
+                outer.running += 1
+                outer.most = max(outer.most, outer.running)
+                try:
+                    await asyncio.sleep(0.05)
+                    if outer.outcomes.pop(0) == "fail":
+                        raise RenewalFailure("no renewal responder answered in collective ops within 0.1s")
+                    with open(current.cert_path, "rb") as handle:
+                        return x509.load_pem_x509_certificate(handle.read())
+                finally:
+                    outer.running -= 1
+
+        async def announce(node, event_type, extra):
+            self.events.append((event_type, extra))
+
+        async def reconnect(node):
+            self.reconnects.append(node.identity)
+
+        def spawn(coro):
+            task = asyncio.ensure_future(coro)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+        self.renewer = Scripted(reconnect, announce, ThreadPoolExecutor(2), spawn, rng=random.Random(3))
+
+
+def test_asking_again_while_a_renewal_runs_queues_one_more_never_two_at_once(configured):
+    node, _ca = configured
+    node.link = object()  # joined its collective (the scripted exchange does not use it)
+    script = _ScriptedRenewer(["ok", "ok"])
+
+    async def scenario():
+        runner = asyncio.ensure_future(script.renewer.run())
+        script.renewer.renew_now(node)
+        await asyncio.sleep(0.02)
+        script.renewer.renew_now(node)  # while the first exchange runs
+        script.renewer.renew_now(node)
+        await asyncio.sleep(0.5)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    assert script.most == 1
+    assert [e[0] for e in script.events] == ["renewed", "renewed"] and script.outcomes == []
+    assert script.reconnects == [node.identity, node.identity]
+
+
+def test_a_failure_is_announced_with_the_reason_and_retried_with_backoff(configured):
+    node, _ca = configured
+    node.link = object()
+    node.config["plugin.zeroinit.renewal.retry_min"] = "0.1"
+    node.config["plugin.zeroinit.renewal.retry_max"] = "0.2"
+    script = _ScriptedRenewer(["fail", "fail", "fail", "ok"])
+
+    async def scenario():
+        runner = asyncio.ensure_future(script.renewer.run())
+        script.renewer.renew_now(node)
+        await asyncio.sleep(1.5)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    kinds = [e[0] for e in script.events]
+    assert kinds == ["renewal_failed", "renewal_failed", "renewal_failed", "renewed"]
+    failures = [e[1] for e in script.events[:3]]
+    assert [f["attempt"] for f in failures] == [1, 2, 3]
+    assert failures[0]["retry_in"] < failures[1]["retry_in"] <= 0.22
+    assert "no renewal responder answered" in failures[0]["reason"]
+    assert failures[0]["serial"] == script.events[3][1]["previous_serial"]
