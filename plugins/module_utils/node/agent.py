@@ -103,13 +103,18 @@ class NodeAgent:
     # -------------------------------------------------------------------------------------- after a reply
 
     def after_reply(self, node: NodeState, result: ActionResult) -> None:
-        """Schedule what a reply announced: a restart (within its splay), a reprovision or a shutdown; a renewal now,
-        or a new connection made with the node's files as they are now (its trust bundle changed)."""
+        """Schedule what a reply announced: a restart (within its splay), a reprovision or a shutdown; a renewal now;
+        a new connection made with the node's files as they are now, or more CAs trusted on the current one (its
+        trust bundle changed)."""
         if result.effect == "renew":
             self.renewer.renew_now(node)
             return
         if result.effect == "reconnect":
             self.spawn(self.reconnect(node))
+            return
+        if result.effect == "trust_more":
+            if self.pool is not None:
+                self.pool.trust_more(node)
             return
         delay = random.uniform(0, result.delay) if result.effect == "restart" else result.delay
         handler = self.restart if result.effect in ("restart", "reprovision") else self.stop_node

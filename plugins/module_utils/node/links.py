@@ -327,6 +327,20 @@ class LinkPool:
         await old.detach(node)
         return new
 
+    def trust_more(self, node: NodeState) -> bool:
+        """Add the CAs of the node's bundle file to the TLS context of its connection, for this and every reconnection
+        (a widened bundle drops nothing, so no new connection is needed). False when the node has no such connection."""
+        link = node.link
+        path = node.config.get(SECURITY_CA_KEY)
+        if link is None or not link.dedicated or link.tls is None or not path:
+            return False
+        try:
+            link.tls.load_verify_locations(cafile=path)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.warning("%s: could not add %s to its connection's trust: %s", node.identity, path, exc)
+            return False
+        return True
+
     def links(self) -> list[Link]:
         return self.provisioning + list(self.configured.values())
 

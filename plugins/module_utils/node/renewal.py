@@ -357,19 +357,22 @@ class CertificateRenewer:
             tracked.serial, tracked.share = current.serial, draw_share(current.settings, self.rng)
         now = self.clock()
         due = renewal_due(current, tracked.share)
-        if not (tracked.forced or tracked.relink_pending or tracked.attempts) and now < due:
+        if tracked.relink_pending and not tracked.forced:
+            await self._relink(tracked)  # outside the renewal slots: the LinkPool bounds its own reconnections
+            return
+        if not (tracked.forced or tracked.attempts) and now < due:
             self._schedule(tracked, due)
             return
         async with self._slots:
-            await self._attempt(tracked, current)
+            renewed = await self._attempt(tracked, current)
+        if renewed:
+            await self._relink(tracked)
 
-    async def _attempt(self, tracked: _Tracked, current: CurrentCertificate) -> None:
+    async def _attempt(self, tracked: _Tracked, current: CurrentCertificate) -> bool:
+        """One renewal exchange and its announcement; True when a new certificate is installed."""
         node = tracked.node
-        forced, tracked.forced = tracked.forced, False
+        tracked.forced = False
         try:
-            if tracked.relink_pending and not forced:
-                await self._relink(tracked)
-                return
             cert = await self.renew(node, current)
         except RenewalFailure as exc:
             tracked.attempts += 1
@@ -398,7 +401,7 @@ class CertificateRenewer:
                 },
             )
             self._schedule(tracked, self.clock() + delay)
-            return
+            return False
         tracked.attempts = 0
         self.renewed += 1
         await self.announce(
@@ -412,7 +415,7 @@ class CertificateRenewer:
             },
         )
         tracked.relink_pending = True
-        await self._relink(tracked)
+        return True
 
     async def _relink(self, tracked: _Tracked) -> None:
         """Serve the node on a connection made with its new files; retried with backoff while that fails."""

@@ -6,9 +6,10 @@ Used by the CA migration: widen the bundle to the old and the new CA, later narr
 PEM CA certificates (at most :data:`.configure.CA_LIMIT` characters), each a CA; ``check`` (boolean): only say
 whether the bundle would change, with every other check made. Refused when the bundle does not hold
 the CA that issued the node's own certificate: the node could then no longer check a renewed certificate, so it must
-renew first. The file is replaced atomically; the reply says whether it changed, and a change makes the node serve on
-a new connection that uses it (effect ``reconnect``). Like ``reprovision``, it needs the token and, with signed
-requests, a provisioner of the node's site (``site_lock.SITE_LOCKED_ACTIONS``).
+renew first. The file is replaced atomically; the reply says whether it changed. A bundle that only adds CAs is
+added to the TLS context of the node's connection (effect ``trust_more``: it applies to every reconnection, with no
+new connection now); one that drops a CA makes the node serve on a new connection without it (effect ``reconnect``).
+Like ``reprovision``, it needs the token and, with signed requests, a provisioner of the node's site (``site_lock.SITE_LOCKED_ACTIONS``).
 """
 
 from __future__ import annotations
@@ -90,9 +91,15 @@ def trust(node: NodeState, request: TrustInput) -> ActionResult:
         )
     if request.check:
         return answer("trust", {"message": f"{ca_path} would be replaced", "changed": True, "ca_sha256": digests})
+    try:
+        current = x509.load_pem_x509_certificates(read_bytes(ca_path) or b"")
+    except ValueError:
+        current = []
+    widened = all(cert in bundle for cert in current)
     write_set(node.node_dir, [(ca_path, text, 0o644)], durable=node.durable, journal=False)
     return answer(
         "trust",
         {"message": f"{ca_path} now holds {len(bundle)} CA certificate(s)", "changed": True, "ca_sha256": digests},
-        effect="reconnect",
+        # Nothing dropped: the live connection learns the new CAs. Something dropped: a new connection without it.
+        effect="trust_more" if widened else "reconnect",
     )

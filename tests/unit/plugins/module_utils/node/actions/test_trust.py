@@ -20,7 +20,8 @@ def test_widening_then_narrowing_the_bundle_keeps_the_nodes_own_ca(configured, c
     new = TestCA("permanent CA")
     code, msg, data, result = call(configured, "trust", {"token": TOKEN, "ca": ca.pem + new.pem})
     assert code == 0, msg
-    assert data["changed"] is True and len(data["ca_sha256"]) == 2 and result.effect == "reconnect"
+    # Nothing dropped: the live connection trusts the new CA too, no new connection.
+    assert data["changed"] is True and len(data["ca_sha256"]) == 2 and result.effect == "trust_more"
     with open(configured.ssl_path("ca.pem")) as handle:
         assert handle.read() == ca.pem + new.pem
     again = call(configured, "trust", {"token": TOKEN, "ca": ca.pem + new.pem})
@@ -30,6 +31,9 @@ def test_widening_then_narrowing_the_bundle_keeps_the_nodes_own_ca(configured, c
     assert code == StatusCode.ABORTED and "renew it first" in msg and "zeroinit test CA" in msg
     with open(configured.ssl_path("ca.pem")) as handle:
         assert handle.read() == ca.pem + new.pem
+    # Dropping a CA the node does not need: a new connection without it.
+    code, msg, data, result = call(configured, "trust", {"token": TOKEN, "ca": ca.pem})
+    assert code == 0 and data["changed"] is True and result.effect == "reconnect"
 
 
 @pytest.mark.parametrize(
