@@ -1,8 +1,9 @@
 """Configured nodes renew their own certificates before they expire (real nats-server with TLS client
 certificates, a real agent fleet, real X.509, the built-in signer and a real ``cfssl serve``).
 
-Short lifetimes make the schedule visible: 30-second certificates renewed at 2/3 of their life, while a watcher
-pings every node twice a second and records the longest time any node went without answering.
+Short lifetimes make the schedule visible: 90-second certificates, renewed at a configured 0.2 +- 0.05 of their life
+(every 18 s or so, so two renewals fit in well under a minute; the default 2/3 is the unit tests' and the benchmark's),
+while a watcher pings every node twice a second and records the longest time any node went without answering.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ def wait_until(predicate, timeout: float, step: float = 0.25) -> bool:
 
 
 def test_short_lived_certificates_are_renewed_twice_with_no_gap_in_answering(tmp_path):
-    site = MemberSite(tmp_path / "site", valid_seconds=30)
+    site = MemberSite(tmp_path / "site", valid_seconds=90)
     identities = fleet_identities(20)
+    config = {**FAST_RETRIES, "plugin.zeroinit.renewal.fraction": "0.2", "plugin.zeroinit.renewal.jitter": "0.05"}
     renewals = collections.Counter()
     responder = RenewalResponder(
         site.signer, site.trust_pem, on_answer=lambda a: renewals.update([a.identity] if a.renewed else [])
     )
     with site.broker() as broker:
-        site.seed(tmp_path / "fleet", identities, broker.url, FAST_RETRIES)
+        site.seed(tmp_path / "fleet", identities, broker.url, config)
         first = {i: certificate_of(tmp_path / "fleet", i) for i in identities}
         with (
             ResponderThread(responder, broker.url, site.client_tls("zeroinit-ca")),
@@ -50,13 +52,13 @@ def test_short_lived_certificates_are_renewed_twice_with_no_gap_in_answering(tmp
             EventWatch(broker.url, site.client_tls("events")) as events,
             PingWatch(broker.url, identities, site.client_tls("watch")) as watch,
         ):
-            assert wait_until(lambda: min(renewals[i] for i in identities) >= 2, 60), dict(renewals)
+            assert wait_until(lambda: min(renewals[i] for i in identities) >= 2, 75), dict(renewals)
             time.sleep(1.0)  # the last reconnections have settled: still answering afterwards
         log = fleet.log_tail(200_000)
     assert all(renewals[i] >= 2 for i in identities)
     identity, gap = watch.longest_gap()
     assert gap < 2.5, f"{identity} did not answer ping for {gap:.1f}s"
-    assert watch.rounds > 80
+    assert watch.rounds > 40  # two renewals take at least 27 s: the watch pinged through both, not once
     for identity in identities:
         now = certificate_of(tmp_path / "fleet", identity)
         assert now.serial_number != first[identity].serial_number
