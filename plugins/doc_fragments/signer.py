@@ -1,7 +1,8 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""The built-in signer's options, written once: zeroinit.bootstrap.pki_sign's options, and the suboptions of
-zeroinit.bootstrap.choria_provision's ``signer`` (``zeroinit.bootstrap.signer.as_suboptions``).
+"""The signer's options, written once: zeroinit.bootstrap.pki_sign's options, and the suboptions of
+zeroinit.bootstrap.choria_provision's ``signer`` (``zeroinit.bootstrap.signer.as_suboptions``): the backend (the
+built-in signer or a CFSSL server), the CA files, and the policy.
 
 The argument spec is ``signer_argument_spec()`` in ``plugins/module_utils/pki/issuance.py``; a unit test checks
 that both name the same options with the same types, choices and defaults.
@@ -17,18 +18,33 @@ import textwrap
 class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
+  backend:
+    description:
+      - Who signs. V(builtin) signs in-process with the CA in O(ca_cert) and O(ca_key). V(cfssl) sends the CSR to a
+        CFSSL CA server (C(cfssl serve)) at O(cfssl_url); the CA key stays on that server.
+      - With V(cfssl) the same policy is applied before the request leaves, and the CSR's subject must be its CN
+        alone (CFSSL copies the CSR's subject into the certificate). The certificate that comes back is refused
+        unless it chains to the server's CA, carries the CSR's public key, is C(CN=<identity>) with exactly the SANs
+        the policy allowed, is not a CA and has the extended key usage of O(profile).
+      - With V(cfssl) the CFSSL profile's C(expiry) sets the certificate's lifetime, not O(valid_days); a profile
+        whose expiry exceeds O(max_valid_days) is refused, and a certificate shorter than O(valid_days) gets a
+        warning. The profile's usages must give exactly the extended key usage O(profile) names, and no
+        C(cert sign) or C(crl sign). O(create_ca) and O(valid_seconds) are refused.
+    type: str
+    choices: [builtin, cfssl]
+    default: builtin
   ca_cert:
     description:
       - Path of the CA certificate (PEM). When the file holds a chain, the first certificate is the signing CA and
         the whole chain is the CA bundle given with every certificate.
+      - Required with O(backend=builtin).
     type: path
-    required: true
   ca_key:
     description:
       - Path of the CA private key (PEM, PKCS#8 or traditional). It must match O(ca_cert); a key that does not is
         refused. Created with mode C(0600) when O(create_ca) makes the CA.
+      - Required with O(backend=builtin).
     type: path
-    required: true
   ca_passphrase:
     description:
       - Passphrase of O(ca_key). When O(create_ca) makes the CA, the new key is encrypted with it.
@@ -103,6 +119,12 @@ options:
       - Validity of the issued certificate, in days.
     type: int
     default: 365
+  valid_seconds:
+    description:
+      - Validity of the issued certificate in seconds, instead of O(valid_days), for short-lived certificates that
+        their nodes renew on their own. At least 30, and not more than O(max_valid_days) allows.
+      - Only with O(backend=builtin); a CFSSL profile's C(expiry) (and C(backdate)) set a short lifetime there.
+    type: int
   max_valid_days:
     description:
       - Longest validity the policy allows; a larger O(valid_days) is refused.
@@ -115,6 +137,41 @@ options:
     type: str
     choices: [server, client, both]
     default: both
+  cfssl_url:
+    description:
+      - Base URL of the CFSSL server, for example C(https://ca.example.net:8888). Required with O(backend=cfssl).
+      - Only the C(info) and C(authsign) endpoints are used (C(/api/v1/cfssl/...)).
+    type: str
+  cfssl_auth_key:
+    description:
+      - The hexadecimal HMAC key of the CFSSL profile's C(auth_key) (a C(standard) key in the server's
+        C(auth_keys)). Required with O(backend=cfssl). Never logged.
+    type: str
+  cfssl_profile:
+    description:
+      - The CFSSL signing profile to sign with; the server's default profile when not set. It must have an
+        C(auth_key).
+    type: str
+  cfssl_label:
+    description:
+      - The CFSSL signer label, for a server with several signers (multiroot); not needed otherwise.
+    type: str
+  cfssl_ca_bundle:
+    description:
+      - CA certificates (PEM file) that verify the TLS certificate of an C(https://) O(cfssl_url); the system's
+        trust store when not set. Refused with an C(http://) URL.
+    type: path
+  cfssl_ca_cert:
+    description:
+      - The CA certificate (PEM file, may hold the chain up to the root) the server must sign with. The CA the
+        server names in C(info) must be in it, and the file's certificates are the chain handed to nodes. Without
+        it the CA certificate is taken from the server, with a warning when O(cfssl_url) is plain C(http://).
+    type: path
+  cfssl_timeout:
+    description:
+      - Seconds each request to the CFSSL server may take, including the whole answer.
+    type: float
+    default: 10
 """
 
 
@@ -133,5 +190,5 @@ def _as_suboptions(documentation: str, option: str, description: str) -> str:
 ModuleDocFragment.AS_SUBOPTIONS = _as_suboptions(
     ModuleDocFragment.DOCUMENTATION,
     "signer",
-    "The built-in policy signer: a CA in files and the policy CSRs must pass.",
+    "The policy signer: the built-in one with a CA in files, or a CFSSL CA server, and the policy CSRs must pass.",
 )

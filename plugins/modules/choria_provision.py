@@ -144,7 +144,8 @@ options:
     default: 0
   signer:
     description:
-      - The built-in policy signer (the same CA and policy options as M(zeroinit.bootstrap.pki_sign)).
+      - The policy signer, built in or a CFSSL server (the same backend, CA and policy options as
+        M(zeroinit.bootstrap.pki_sign)).
       - The CSR's CN must equal the node's identity and pass the policy before anything is signed.
       - The configuration sent is O(configuration) with C(identity) set and C(plugin.choria.server.provision=false).
       - Not loaded in check mode (O(signer.create_ca) would write a CA).
@@ -327,7 +328,10 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps imp
     JWT_IMPORT_ERROR,
     NATS_IMPORT_ERROR,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import signer_argument_spec
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
+    SIGNER_REQUIRED_IF,
+    signer_argument_spec,
+)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import SINGLE_ACTIONS
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.steering import SITE_OPERATIONS
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
@@ -359,7 +363,7 @@ ARGUMENT_SPEC = dict(
     helper=dict(type="raw"),
     helper_timeout=dict(type="float", default=10),
     helper_concurrency=dict(type="int", default=0),
-    signer=dict(type="dict", options=signer_argument_spec()),
+    signer=dict(type="dict", options=signer_argument_spec(), required_if=SIGNER_REQUIRED_IF),
     configuration=dict(type="dict", default={}),
     certificate=dict(type="str"),
     ca=dict(type="str"),

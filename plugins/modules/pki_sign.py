@@ -8,7 +8,8 @@ DOCUMENTATION = r"""
 module: pki_sign
 short_description: Sign a node's certificate signing request with the policy CA
 description:
-  - Checks one CSR against a signing policy and, when it passes, issues a certificate from a CA kept in files.
+  - Checks one CSR against a signing policy and, when it passes, issues a certificate from a CA kept in files
+    (O(backend=builtin)) or has a CFSSL CA server sign it (O(backend=cfssl), C(cfssl serve) at O(cfssl_url)).
   - "The policy: the CSR's own signature must verify; its subject must have exactly one CN, equal to O(identity);
     every name (the identity and each requested DNS or IP SAN) must match none of the deny patterns and one of
     O(allowed_sans); the key type and size must be allowed; O(valid_days) must not exceed O(max_valid_days)
@@ -18,7 +19,8 @@ description:
     BasicConstraints CA:FALSE (critical), KeyUsage and ExtendedKeyUsage from O(profile), subject and authority key
     identifiers and a random 128-bit serial. It is valid from five minutes ago (clock skew), and never beyond the
     end of the CA certificate (a warning says so when that shortens it).
-  - The same signer (C(plugins/module_utils/pki/)) is used in-process by the bulk provisioner.
+  - The same signer (C(plugins/module_utils/pki/)), with either backend, is used in-process by the bulk provisioner
+    and by the renewal responder (M(zeroinit.bootstrap.node_certificates)).
   - With O(dest), the module is idempotent. A certificate already at O(dest) is kept (C(changed=false)) when
     it was issued by this CA (its signature verifies), certifies the CSR's public key, names the identity and the
     requested SANs, matches O(profile), and does not end within O(renew_before_days). Otherwise a new one replaces
@@ -68,7 +70,8 @@ options:
     type: path
   renew_before_days:
     description:
-      - With O(dest), replace the certificate when it ends within this many days. Must be smaller than O(valid_days).
+      - With O(dest), replace the certificate when it ends within this many days. Must be shorter than the lifetime a
+        new certificate gets (O(valid_days), O(valid_seconds), or the CFSSL profile's expiry).
     type: int
     default: 30
 seealso:
@@ -166,6 +169,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps imp
     HAS_CRYPTOGRAPHY,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
+    SIGNER_REQUIRED_IF,
     CertificateIssuance,
     signer_argument_spec,
 )
@@ -191,6 +195,7 @@ def main():
         argument_spec=argument_spec(),
         mutually_exclusive=[("csr", "csr_path")],
         required_one_of=[("csr", "csr_path")],
+        required_if=SIGNER_REQUIRED_IF,
         supports_check_mode=True,
     )
     if not HAS_CRYPTOGRAPHY:

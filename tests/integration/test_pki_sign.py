@@ -262,3 +262,48 @@ def test_parallel_hosts_sharing_one_new_ca_all_get_certificates_from_it(pki_dir)
     for host in hosts:
         cert = x509.load_pem_x509_certificate((pki_dir / (f"{host}.crt")).read_bytes())
         cert.verify_directly_issued_by(ca.certificate)
+
+
+def test_cfssl_backend_check_real_check_real_and_the_auth_key_never_shows(pki_dir):
+    """backend=cfssl against a real cfssl serve: the same idempotency with dest, the chain from the server, no key."""
+    from tests.support.cfssl import CfsslServer
+
+    with CfsslServer(pki_dir / "cfssl") as server:
+        dest, chain = pki_dir / "node.crt", pki_dir / "chain.pem"
+        params = dict(
+            csr=make_csr(),
+            identity=IDENTITY,
+            backend="cfssl",
+            cfssl_url=server.url,
+            cfssl_auth_key=server.auth_key,
+            cfssl_profile="node",
+            cfssl_ca_cert=str(server.ca_path),
+            valid_days=30,
+            max_valid_days=30,
+            dest=str(dest),
+            chain_dest=str(chain),
+            renew_before_days=10,
+        )
+        results = four_runs(params, diff=True)
+        assert [r["changed"] for r in results] == [True, True, False, False]
+        assert results[0]["certificate"] is None and results[1]["serial"] == results[3]["serial"]
+        assert chain.read_text() == server.ca_pem and mode(dest) == 0o644
+        assert server.signed_count() == 1
+        cert = x509.load_pem_x509_certificate(dest.read_bytes())
+        assert cert.issuer == x509.load_pem_x509_certificate(server.ca_path.read_bytes()).subject
+        assert results[1]["diff"]["after"]["subject"] == f"CN={IDENTITY}"
+        assert all(server.auth_key not in str(r) for r in results)
+        refused = run_module(MODULE, dict(params, cfssl_auth_key="00" * 16, dest=str(pki_dir / "other.crt")))
+        assert refused["failed"] and refused["field"] == "cfssl_auth_key" and "invalid token" in refused["msg"]
+        (pki_dir / "csr.pem").write_text(params.pop("csr"))
+        params["csr_path"] = str(pki_dir / "csr.pem")
+        play = run_playbook(
+            "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: sign\n      {}:\n{}".format(
+                MODULE, "".join("        {}: {!r}\n".format(*item) for item in params.items())
+            ),
+            args=["-vvv"],
+        )
+        assert play.rc == 0, play.stdout[-3000:]
+        assert server.auth_key not in play.stdout + play.stderr
+    missing = run_module(MODULE, dict(csr=make_csr(), identity=IDENTITY, backend="cfssl"))
+    assert missing["failed"] and "cfssl_url" in missing["msg"] and "cfssl_auth_key" in missing["msg"]

@@ -198,6 +198,13 @@ class CfsslServer:
                 process.kill()
                 process.wait(timeout=10)
 
+    def restart(self, timeout: float = 20.0) -> CfsslServer:
+        """Start again after stop(), on the same port with the same CA: clients holding the URL find it again."""
+        self.stop()
+        if not self._launch(timeout):
+            raise CfsslServerError(f"port {self.port} was taken while cfssl serve was stopped")
+        return self
+
     def remove(self) -> None:
         """Stop, and remove the work directory when this object made it."""
         self.stop()

@@ -16,6 +16,7 @@ from typing import Any
 
 PROVISIONING_COLLECTIVE = "provisioning"
 LIFECYCLE_COMPONENT = "provision_mode_server"
+CONFIGURED_COMPONENT = "server"  # the lifecycle component of a configured node (Choria's server)
 REGISTRATION_SUBJECT = "choria.provisioning_data"
 # Newer Choria servers publish registration data per node as well; we publish both (cheap).
 REGISTRATION_SUBJECT_PER_NODE = "choria.provisioning_data.{identity}"

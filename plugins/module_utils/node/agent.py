@@ -9,7 +9,7 @@ One process serves one node, or with ``--fleet N`` N simulated nodes (each its o
 key pair and files) multiplexed over ``--connections K`` NATS connections. The daemon here builds the nodes,
 runs them and stops them; the connections are the LinkPool's (``links.py``), messages the MessageRouter's
 (``router.py``), answers the dispatcher's (``dispatch.py``), unprompted events the Announcer's
-(``announcements.py``).
+(``announcements.py``), certificate renewal the CertificateRenewer's (``renewal.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..common.deps import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, HAS_NATS,
 from .actions.base import ActionResult
 from .announcements import Announcer
 from .links import LinkPool
+from .renewal import CertificateRenewer
 from .router import MessageRouter
 from .settings import AgentSettings, load_facts, parse_args, provisioning_jwt_path, settings_from
 from .state import MODE_CONFIGURED, MODE_PROVISIONING, NodeState
@@ -54,6 +55,7 @@ class NodeAgent:
         self.router = MessageRouter(self.executor, self.spawn, self.after_reply, quiet_refusals=bool(settings.fleet))
         self.announcer = Announcer()
         self.pool: LinkPool | None = None
+        self.renewer = CertificateRenewer(self.reconnect, self.announcer.lifecycle, self.executor, self.spawn)
 
     # -------------------------------------------------------------------------------------- nodes
 
@@ -103,6 +105,7 @@ class NodeAgent:
             try:
                 link = await self.pool.attach(node)
                 await self.announcer.announce(node, link, "startup")
+                self.renewer.track(node)
                 return
             except Exception as exc:  # keep the node alive and retrying whatever the cause
                 where = "provisioning" if node.mode == MODE_PROVISIONING else "its collective"
@@ -113,7 +116,19 @@ class NodeAgent:
     # -------------------------------------------------------------------------------------- after a reply
 
     def after_reply(self, node: NodeState, result: ActionResult) -> None:
-        """Schedule what a reply announced: a restart (within its splay), a reprovision or a shutdown."""
+        """Schedule what a reply announced: a restart (within its splay), a reprovision or a shutdown; a renewal now;
+        a new connection made with the node's files as they are now, or more CAs trusted on the current one (its
+        trust bundle changed)."""
+        if result.effect == "renew":
+            self.renewer.renew_now(node)
+            return
+        if result.effect == "reconnect":
+            self.spawn(self.reconnect(node))
+            return
+        if result.effect == "trust_more":
+            if self.pool is not None:
+                self.pool.trust_more(node)
+            return
         delay = random.uniform(0, result.delay) if result.effect == "restart" else result.delay
         handler = self.restart if result.effect in ("restart", "reprovision") else self.stop_node
         asyncio.get_running_loop().call_later(delay, lambda: self.spawn(handler(node)))
@@ -130,6 +145,11 @@ class NodeAgent:
             await old_link.detach(node)
         log.debug("%s: restarted in %s mode", node.identity, node.mode)
         await self.attach_with_retry(node)
+
+    async def reconnect(self, node: NodeState) -> None:
+        """Serve a configured node on a new connection made with its files as they are now, then leave the old one."""
+        if self.pool is not None and not node.stopped:
+            await self.pool.reconnect(node)
 
     async def stop_node(self, node: NodeState) -> None:
         if node.stopped:
@@ -174,6 +194,7 @@ class NodeAgent:
                 self.spawn(self.attach_with_retry(node))
                 continue
             await self.announcer.announce(node, link, "startup")
+            self.renewer.track(node)
         modes: dict[str, int] = {}
         for node in self.nodes.values():
             modes[node.mode] = modes.get(node.mode, 0) + 1
@@ -187,8 +208,10 @@ class NodeAgent:
         registration = asyncio.ensure_future(
             self.announcer.registration_loop(self.nodes.values, self.settings.registration_interval)
         )
+        renewals = asyncio.ensure_future(self.renewer.run())
         await self.stopping.wait()
         registration.cancel()
+        renewals.cancel()
         log.info("stopping: publishing shutdown events and draining connections")
         for node in self.nodes.values():
             if not node.stopped and node.link is not None:

@@ -1,7 +1,8 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""What nodes say without being asked: lifecycle events (startup, shutdown, provisioned) and, in provisioning
-mode, their registration data, at start and on an interval."""
+"""What nodes say without being asked: lifecycle events (startup, shutdown, provisioned; renewed and
+renewal_failed from certificate renewal) and, in provisioning mode, their registration data, at start and on an
+interval."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import json
 from typing import Callable, Iterable
 
 from ..choria.events import lifecycle_event, registration_document
-from ..choria.subjects import LIFECYCLE_COMPONENT, REGISTRATION_SUBJECT, lifecycle_subject, registration_subject
+from ..choria.subjects import (
+    CONFIGURED_COMPONENT,
+    LIFECYCLE_COMPONENT,
+    REGISTRATION_SUBJECT,
+    lifecycle_subject,
+    registration_subject,
+)
 from .links import Link
 from .state import AGENT_VERSION, MODE_PROVISIONING, NodeState
 
-CONFIGURED_COMPONENT = "server"
 # Registrations published in one go before replies get a turn.
 REGISTRATION_BATCH = 500
 
@@ -31,6 +37,11 @@ class Announcer:
     async def provisioned(self, node: NodeState, link: Link) -> None:
         """Said on the provisioning link as the node leaves it for its configured collective."""
         await self._event(link, "provisioned", node.identity, LIFECYCLE_COMPONENT)
+
+    async def lifecycle(self, node: NodeState, event_type: str, extra: dict | None = None) -> None:
+        """An event a configured node says about itself (renewal), with ``extra`` data, where it is served now."""
+        if node.link is not None:
+            await self._event(node.link, event_type, node.identity, CONFIGURED_COMPONENT, extra)
 
     async def register(self, node: NodeState, link: Link) -> None:
         payload = json.dumps(registration_document(node.identity, node.facts, AGENT_VERSION)).encode("utf-8")
@@ -52,6 +63,6 @@ class Announcer:
                         await asyncio.sleep(0)  # let replies through between batches
 
     @staticmethod
-    async def _event(link: Link, event_type: str, identity: str, component: str) -> None:
-        event = lifecycle_event(event_type, identity, component=component, version=AGENT_VERSION)
+    async def _event(link: Link, event_type: str, identity: str, component: str, extra: dict | None = None) -> None:
+        event = lifecycle_event(event_type, identity, component=component, version=AGENT_VERSION, extra=extra)
         await link.publish(lifecycle_subject(event_type, component), json.dumps(event).encode("utf-8"))

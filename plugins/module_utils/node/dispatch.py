@@ -43,12 +43,14 @@ from .actions.base import ActionResult, Refusal, RequestOrigin
 from .actions.configure import ConfigureInput, configure
 from .actions.gencsr import GencsrInput, gencsr
 from .actions.jwt import provisioning_jwt
+from .actions.renew import renew
 from .actions.reprovision import reprovision
 from .actions.restart import RestartInput, restart
 from .actions.rpcutil import RPCUTIL_ACTIONS
 from .actions.shutdown import shutdown
 from .replay import request_window_refusal
 from .site_lock import SITE_LOCKED_ACTIONS, site_lock_refusal
+from .actions.trust import TrustInput, trust
 from .state import MODE_CONFIGURED, MODE_PROVISIONING, NodeState
 
 UNSUPPORTED_ACTIONS = {
@@ -78,6 +80,9 @@ PROVISION_ACTIONS = {
     "jwt": ProvisionAction(None, provisioning_jwt),
     "restart": ProvisionAction(RestartInput.parse, restart),
     "reprovision": ProvisionAction(None, reprovision, mode=MODE_CONFIGURED),
+    # The certificate lifecycle of a configured node (not in go-choria's DDL): the CA migration's steps.
+    "trust": ProvisionAction(TrustInput.parse, trust, mode=MODE_CONFIGURED),
+    "renew": ProvisionAction(None, renew, mode=MODE_CONFIGURED),
     "shutdown": ProvisionAction(None, shutdown),
 }
 

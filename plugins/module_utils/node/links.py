@@ -34,6 +34,9 @@ from ..common.text import printable
 from .state import MODE_PROVISIONING, NodeState
 
 log = logging.getLogger("zeroinit.agent")
+# Nodes moving to a new connection at once (a renewal wave, a new trust bundle): each opening is a TLS handshake on
+# the event loop every node of the process shares, so a thousand at once would hold every node's answers back.
+RECONNECT_CONCURRENCY = 8
 
 MessageHandler = Callable[["Link", object], Awaitable[None]]
 
@@ -216,6 +219,7 @@ class LinkPool:
         # thousand at once, and each opening its own connection to the same broker costs a connect apiece.
         self._broker_info_pending: dict[str, asyncio.Future] = {}
         self._opening: dict[tuple, asyncio.Future] = {}
+        self._reconnecting: asyncio.Semaphore | None = None
 
     # -------------------------------------------------------------------------------------- provisioning
 
@@ -326,6 +330,54 @@ class LinkPool:
         names, _main = node.collectives
         await link.attach(node, names, node.agents)
         return link
+
+    async def reconnect(self, node: NodeState) -> Link | None:
+        """Serve a configured node on a new connection made with its files as they are now (a renewed certificate, a
+        new trust bundle), then leave the old one: its subjects are subscribed on both for a moment, never on none.
+
+        A node on a shared plain connection presents no certificate of its own: nothing to do (None). When the new
+        connection cannot be made, the node stays on the old one and the error is raised.
+        """
+        if self._reconnecting is None:  # made in the running loop
+            self._reconnecting = asyncio.Semaphore(RECONNECT_CONCURRENCY)
+        async with self._reconnecting:
+            return await self._reconnect(node)
+
+    async def _reconnect(self, node: NodeState) -> Link | None:
+        old = node.link
+        if old is None or not old.dedicated or node.mode == MODE_PROVISIONING:
+            return None
+        keys = [key for key, link in self.configured.items() if link is old]
+        for key in keys:
+            del self.configured[key]
+        new = None
+        try:
+            new = await self._configured_link(node)
+            names, _main = node.collectives
+            await new.attach(node, names, node.agents)
+        except BaseException:
+            for key in keys:
+                self.configured[key] = old
+            node.link = old
+            if new is not None and new is not old:
+                await new.detach(node)
+            raise
+        await old.detach(node)
+        return new
+
+    def trust_more(self, node: NodeState) -> bool:
+        """Add the CAs of the node's bundle file to the TLS context of its connection, for this and every reconnection
+        (a widened bundle drops nothing, so no new connection is needed). False when the node has no such connection."""
+        link = node.link
+        path = node.config.get(SECURITY_CA_KEY)
+        if link is None or not link.dedicated or link.tls is None or not path:
+            return False
+        try:
+            link.tls.load_verify_locations(cafile=path)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.warning("%s: could not add %s to its connection's trust: %s", node.identity, path, exc)
+            return False
+        return True
 
     def links(self) -> list[Link]:
         return self.provisioning + list(self.configured.values())

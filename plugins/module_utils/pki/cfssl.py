@@ -50,8 +50,6 @@ from typing import Sequence
 from ..common.deps import (
     HAS_CRYPTOGRAPHY,
     LIBRARIES,
-    ExtendedKeyUsageOID,
-    InvalidSignature,
     NameOID,
     UnsupportedAlgorithm,
     hashes,
@@ -59,14 +57,15 @@ from ..common.deps import (
     x509,
 )
 from .policy import PolicyError
-from .signer import IssuedCertificate
-from .x509 import PkiError
+from .signer import PROFILE_USAGES, IssuedCertificate, check_profile, extended_key_usage
+from .x509 import PkiError, is_issued_by
 
 CFSSL_API_PATH = "/api/v1/cfssl/"
 CFSSL_MAX_RESPONSE_BYTES = 1024 * 1024  # a certificate or CA answer is a few KiB; anything near this is not CFSSL
 CFSSL_DEFAULT_TIMEOUT = 10.0
 REMOTE_CLOCK_TOLERANCE = datetime.timedelta(minutes=5)
-_PROFILE_EKU_NAMES = {"server": ("server auth",), "client": ("client auth",), "both": ("client auth", "server auth")}
+# CFSSL's names of the extended key usages a profile (signer.PROFILE_USAGES) gives.
+_CFSSL_USAGE_NAMES = {"serverAuth": "server auth", "clientAuth": "client auth"}
 # CFSSL's extended key usage names (config.ExtKeyUsage); its other usage names are key usages.
 _CFSSL_EKU_NAMES = frozenset(
     (
@@ -554,7 +553,7 @@ class CfsslSigner:
     # -- the signer's interface ---------------------------------------------------------------------------------------
     def sign(self, csr, identity: str, valid_days: int = 365, profile: str = "both") -> IssuedCertificate:
         """Check ``csr`` against the policy for ``identity``, have the CA server sign it, check what comes back."""
-        _check_profile(profile)
+        check_profile(profile)
         facts = self.policy.evaluate(csr, identity, valid_days)
         return self.issue(facts, profile)
 
@@ -567,7 +566,7 @@ class CfsslSigner:
 
     def issue(self, facts, profile: str = "both") -> IssuedCertificate:
         """Have the CA server sign for ``facts`` the policy established; refuse an answer that is anything else."""
-        _check_profile(profile)
+        check_profile(profile)
         self._check_subject(facts)
         self._check_usages(profile)
         request = {
@@ -582,11 +581,7 @@ class CfsslSigner:
 
     def verify_issued(self, cert) -> bool:
         """True when ``cert`` was signed by this CA's key and names it as issuer."""
-        try:
-            cert.verify_directly_issued_by(self.ca.certificate)
-            return True
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            return False
+        return is_issued_by(cert, self.ca.certificate)
 
     # -- before the request leaves ------------------------------------------------------------------------------------
     @staticmethod
@@ -602,7 +597,7 @@ class CfsslSigner:
             )
 
     def _check_usages(self, profile: str) -> None:
-        wanted = sorted(_PROFILE_EKU_NAMES[profile])
+        wanted = sorted(_CFSSL_USAGE_NAMES[u] for u in PROFILE_USAGES[profile])
         have = sorted(u for u in self.usages if u in _CFSSL_EKU_NAMES)
         if have != wanted:
             raise PkiError(
@@ -693,16 +688,15 @@ class CfsslSigner:
 
     @staticmethod
     def _check_extended_key_usage(cert, profile: str, refuse) -> None:
-        wanted = {"server": {ExtendedKeyUsageOID.SERVER_AUTH}, "client": {ExtendedKeyUsageOID.CLIENT_AUTH}}
-        wanted["both"] = wanted["server"] | wanted["client"]
+        wanted = set(extended_key_usage(profile))
         try:
             have = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
         except x509.ExtensionNotFound:
             have = set()
-        if have != wanted[profile]:
+        if have != wanted:
             raise refuse(
                 f"has the extended key usages {sorted(o.dotted_string for o in have)}, profile {profile!r} needs "
-                f"{sorted(o.dotted_string for o in wanted[profile])}"
+                f"{sorted(o.dotted_string for o in wanted)}"
             )
 
     def _validity_warnings(self, facts, not_after: datetime.datetime) -> list[str]:
@@ -732,71 +726,11 @@ class CfsslSigner:
         self.close()
 
 
-def _check_profile(profile: str) -> None:
-    if profile not in _PROFILE_EKU_NAMES:
-        raise PkiError(f"profile must be one of {', '.join(_PROFILE_EKU_NAMES)}, not {profile!r}", field="profile")
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Options: ready to join the signer options (pki_sign's, and choria_provision's ``signer`` sub-options)
 # --------------------------------------------------------------------------------------------------------------------
 
-# The doc text for CFSSL_SIGNER_OPTIONS, for the signer doc fragment (plugins/doc_fragments/signer.py):
-#
-#   backend:
-#     description:
-#       - Who signs. V(builtin) signs in-process with the CA in O(ca_cert) and O(ca_key). V(cfssl) sends the CSR to a
-#         CFSSL CA server (C(cfssl serve)) at O(cfssl_url); the CA key stays on that server.
-#       - With V(cfssl) the same policy is applied before the request leaves, and the CSR's subject must be its CN
-#         alone (CFSSL copies the CSR's subject into the certificate). The certificate that comes back is refused
-#         unless it chains to the server's CA, carries the CSR's public key, is C(CN=<identity>) with exactly the SANs
-#         the policy allowed, is not a CA and has the extended key usage of O(profile).
-#       - With V(cfssl) the CFSSL profile's C(expiry) sets the certificate's lifetime, not O(valid_days); a profile
-#         whose expiry exceeds O(max_valid_days) is refused, and a certificate shorter than O(valid_days) gets a
-#         warning. The profile's usages must give exactly the extended key usage O(profile) names, and no
-#         C(cert sign) or C(crl sign).
-#     type: str
-#     choices: [builtin, cfssl]
-#     default: builtin
-#   cfssl_url:
-#     description:
-#       - Base URL of the CFSSL server, for example C(https://ca.example.net:8888). Required with O(backend=cfssl).
-#       - Only the C(info) and C(authsign) endpoints are used (C(/api/v1/cfssl/...)).
-#     type: str
-#   cfssl_auth_key:
-#     description:
-#       - The hexadecimal HMAC key of the CFSSL profile's C(auth_key) (a C(standard) key in the server's
-#         C(auth_keys)). Required with O(backend=cfssl).
-#     type: str
-#   cfssl_profile:
-#     description:
-#       - The CFSSL signing profile to sign with; the server's default profile when not set. It must have an
-#         C(auth_key).
-#     type: str
-#   cfssl_label:
-#     description:
-#       - The CFSSL signer label, for a server with several signers (multiroot); not needed otherwise.
-#     type: str
-#   cfssl_ca_bundle:
-#     description:
-#       - CA certificates (PEM file) that verify the TLS certificate of an C(https://) O(cfssl_url); the system's
-#         trust store when not set. Refused with an C(http://) URL.
-#     type: path
-#   cfssl_ca_cert:
-#     description:
-#       - The CA certificate (PEM file, may hold the chain up to the root) the server must sign with. The CA the
-#         server names in C(info) must be in it, and the file's certificates are the chain handed to nodes. Without
-#         it the CA certificate is taken from the server, with a warning when O(cfssl_url) is plain C(http://).
-#     type: path
-#   cfssl_timeout:
-#     description:
-#       - Seconds each request to the CFSSL server may take, including the whole answer.
-#     type: float
-#     default: 10
-#
-# The module adds required_if=[("backend", "cfssl", ("cfssl_url", "cfssl_auth_key"))], and ca_cert/ca_key become
-# required only with backend=builtin.
-
+# Documented in the signer doc fragment (plugins/doc_fragments/signer.py) with the built-in signer's options.
 CFSSL_SIGNER_OPTIONS = dict(
     backend=dict(type="str", default="builtin", choices=["builtin", "cfssl"]),
     cfssl_url=dict(type="str"),

@@ -1,9 +1,12 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""The built-in signer's options (one argument spec for pki_sign and choria_provision's ``signer``), the CA, policy
-and signer built from them, and the whole flow of the ``pki_sign`` module.
+"""The signer's options (one argument spec for pki_sign and choria_provision's ``signer``), the policy and the signer
+of either backend built from them, and the whole flow of the ``pki_sign`` module.
 
-The options are documented once, in ``plugins/doc_fragments/signer.py``; a unit test keeps the two in step.
+``backend: builtin`` signs in-process with a CA in files (``ca.py``, ``signer.py``); ``backend: cfssl`` sends the CSR
+to a CFSSL CA server (``cfssl.py``) after the same policy. :func:`signer_from_params` is THE choice between them, for
+pki_sign, the provisioner and the renewal responder alike. The options are documented once, in
+``plugins/doc_fragments/signer.py``; a unit test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ansible.module_utils.errors import UnsupportedError
 
 from ..common.files import atomic_write
 from .ca import CA_KEY_TYPES, DEFAULT_CA_COMMON_NAME, DEFAULT_CA_VALID_DAYS, CertificateAuthority, require_directory
+from .cfssl import CFSSL_SIGNER_OPTIONS, cfssl_signer_from_params
 from .policy import (
     DEFAULT_EC_CURVES,
     DEFAULT_KEY_TYPES,
@@ -25,15 +29,30 @@ from .policy import (
     KEY_TYPES,
     CsrPolicy,
 )
-from .signer import PROFILES, IssuedCertificate, Signer, extended_key_usage
-from .x509 import EKU_NAMES, PkiError, certificate_properties, iso8601, load_certificates, public_key_sha256
+from .signer import (
+    PROFILES,
+    IssuedCertificate,
+    Signer,
+    certificate_needs_renewal,
+    extended_key_usage,
+    lifetime_problem,
+)
+from .x509 import EKU_NAMES, PkiError, certificate_properties, iso8601, load_certificates, public_key_sha256, utc_now
+
+BACKENDS = ("builtin", "cfssl")
+# Which options each backend needs: the argument spec's required_if (pki_sign's, and choria_provision's signer).
+SIGNER_REQUIRED_IF = [
+    ("backend", "builtin", ("ca_cert", "ca_key")),
+    ("backend", "cfssl", ("cfssl_url", "cfssl_auth_key")),
+]
 
 
 def signer_argument_spec() -> dict:
-    """Options of the built-in signer (CA files, CA creation, policy): pki_sign's, and reusable as sub-options."""
+    """Options of the signer (backend, CA files or CFSSL server, CA creation, policy): pki_sign's, and reusable as
+    sub-options. ``ca_cert``/``ca_key`` are required with the builtin backend only (:data:`SIGNER_REQUIRED_IF`)."""
     return dict(
-        ca_cert=dict(type="path", required=True),
-        ca_key=dict(type="path", required=True),
+        ca_cert=dict(type="path"),
+        ca_key=dict(type="path"),
         ca_passphrase=dict(type="str", no_log=True),
         create_ca=dict(type="bool", default=False),
         ca_common_name=dict(type="str", default=DEFAULT_CA_COMMON_NAME),
@@ -46,8 +65,10 @@ def signer_argument_spec() -> dict:
         min_rsa_bits=dict(type="int", default=DEFAULT_MIN_RSA_BITS),
         ec_curves=dict(type="list", elements="str", default=list(DEFAULT_EC_CURVES)),
         valid_days=dict(type="int", default=DEFAULT_VALID_DAYS),
+        valid_seconds=dict(type="int"),
         max_valid_days=dict(type="int", default=DEFAULT_MAX_VALID_DAYS),
         profile=dict(type="str", default="both", choices=list(PROFILES)),
+        **CFSSL_SIGNER_OPTIONS,
     )
 
 
@@ -77,7 +98,10 @@ def policy_from_params(params: dict) -> CsrPolicy:
 
 def ca_from_params(params: dict, check_mode: bool = False) -> tuple[CertificateAuthority, bool]:
     """(CA, created) from options shaped like :func:`signer_argument_spec`; creates it only with ``create_ca``."""
-    cert_path, key_path = params["ca_cert"], params["ca_key"]
+    cert_path, key_path = params.get("ca_cert"), params.get("ca_key")
+    for option, path in (("ca_cert", cert_path), ("ca_key", key_path)):
+        if not path:
+            raise PkiError(f"{option} is required with backend builtin", field=option)
     if params.get("create_ca"):
         return CertificateAuthority.load_or_create(
             cert_path,
@@ -94,11 +118,33 @@ def ca_from_params(params: dict, check_mode: bool = False) -> tuple[CertificateA
     return CertificateAuthority.load(cert_path, key_path, params.get("ca_passphrase")), False
 
 
-def signer_from_params(params: dict, check_mode: bool = False) -> tuple[Signer, bool]:
-    """(Signer, CA created) from options shaped like :func:`signer_argument_spec`."""
+def signer_from_params(params: dict, check_mode: bool = False):
+    """(signer, CA created) from options shaped like :func:`signer_argument_spec`: THE choice of the backend.
+
+    The policy comes first, so a bad pattern is reported before any CA is made or server asked. The signer is a
+    ``Signer`` or a ``CfsslSigner``; close it (``close()``, or ``with``) when done: a CfsslSigner keeps connections.
+    """
+    backend = params.get("backend") or "builtin"
+    if backend not in BACKENDS:
+        raise PkiError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}", field="backend")
     policy = policy_from_params(params)
+    if backend == "cfssl":
+        if params.get("create_ca"):
+            raise PkiError(
+                "create_ca is for the builtin backend: a CFSSL server keeps its own CA (cfssl gencert -initca)",
+                field="create_ca",
+            )
+        if params.get("valid_seconds"):
+            raise PkiError(
+                "valid_seconds is for the builtin backend: with cfssl the CFSSL profile's expiry sets the lifetime",
+                field="valid_seconds",
+            )
+        return cfssl_signer_from_params(params, policy), False
+    problem = lifetime_problem(params.get("valid_seconds"), policy.max_valid_days)
+    if problem:  # before a CA is made for it
+        raise PkiError(problem, field="valid_seconds")
     ca, created = ca_from_params(params, check_mode)
-    return Signer(ca, policy), created
+    return Signer(ca, policy, params.get("valid_seconds")), created
 
 
 CERTIFICATE_MODE = 0o644
@@ -143,15 +189,12 @@ class CertificateIssuance:
     def run(self, check_mode: bool = False) -> dict:
         p = self.params
         identity = p["identity"]
-        profile = p.get("profile") or "both"
         valid_days = p.get("valid_days") or DEFAULT_VALID_DAYS
         renew_before_days = int(p.get("renew_before_days", 30))
         dest, chain_dest = p.get("dest"), p.get("chain_dest")
-        if dest and renew_before_days >= int(valid_days):
-            raise PkiError(
-                f"renew_before_days {renew_before_days} must be smaller than valid_days {valid_days}, or every run would re-issue",
-                field="renew_before_days",
-            )
+        if dest and (p.get("backend") or "builtin") == "builtin":  # before a CA is made (cfssl: once it answered)
+            lifetime = p.get("valid_seconds") or int(valid_days) * 86400
+            self._check_renewal_window(renew_before_days, lifetime)
         csr_text = self._csr_text()
         for option, path in (("dest", dest), ("chain_dest", chain_dest)):
             if path:
@@ -160,8 +203,20 @@ class CertificateIssuance:
         existing_chain = self._existing(chain_dest, "chain_dest")
         policy = policy_from_params(p)
         facts = policy.evaluate(csr_text, identity, valid_days)  # refusals surface in check mode too
-        ca, ca_created = ca_from_params(p, check_mode)
-        signer = Signer(ca, policy)
+        signer, ca_created = signer_from_params(p, check_mode)
+        try:
+            return self._run(signer, ca_created, facts, existing, existing_chain, renew_before_days, check_mode)
+        finally:
+            signer.close()
+
+    def _run(self, signer, ca_created, facts, existing, existing_chain, renew_before_days, check_mode) -> dict:
+        p = self.params
+        identity, profile = p["identity"], p.get("profile") or "both"
+        dest, chain_dest = p.get("dest"), p.get("chain_dest")
+        ca = signer.ca
+        not_after, plan_warnings = signer.plan(facts)
+        if dest and (p.get("backend") or "builtin") == "cfssl":
+            self._check_renewal_window(renew_before_days, (not_after - utc_now()).total_seconds())
         warnings = list(ca.warnings)
 
         before = {}
@@ -171,8 +226,8 @@ class CertificateIssuance:
                 before = certificate_properties(load_certificates(existing, "dest")[0])
             except PkiError:
                 before = {"state": "not a PEM certificate"}
-            need, reason = signer.needs_renewal(
-                existing, facts.csr, renew_before_days, identity=identity, profile=profile
+            need, reason = certificate_needs_renewal(
+                signer, existing, facts.csr, renew_before_days, identity=identity, profile=profile
             )
             keep = not need
 
@@ -187,7 +242,6 @@ class CertificateIssuance:
         elif check_mode:
             changed = True
             issued = None
-            not_after, plan_warnings = signer.plan(facts)
             warnings.extend(plan_warnings)
             after = {
                 "subject": f"CN={identity}",
@@ -235,6 +289,21 @@ class CertificateIssuance:
             result["diff"]["before"] = dict(before, ca="absent")
             result["diff"]["after"] = dict(after, ca=ca.subject.rfc4514_string())
         return result
+
+    def _check_renewal_window(self, renew_before_days: int, lifetime_seconds: float) -> None:
+        if lifetime_seconds > renew_before_days * 86400:
+            return
+        p = self.params
+        if (p.get("backend") or "builtin") == "cfssl":
+            what = f"the {lifetime_seconds / 86400:g} days of the CFSSL profile's expiry"
+        elif p.get("valid_seconds"):
+            what = f"valid_seconds {p['valid_seconds']}"
+        else:
+            what = f"valid_days {p.get('valid_days') or DEFAULT_VALID_DAYS}"
+        raise PkiError(
+            f"renew_before_days {renew_before_days} must be shorter than {what}, or every run would re-issue",
+            field="renew_before_days",
+        )
 
     @staticmethod
     def _write(path: str, data: str, option: str) -> None:

@@ -2,7 +2,9 @@
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """The signer: issues node certificates from a CA under a policy, and judges certificates it issued before.
 
-The certificate is built from the policy's facts, never copied from the CSR (see ``policy.py``).
+The certificate is built from the policy's facts, never copied from the CSR (see ``policy.py``). What both signer
+backends share lives here too: the profiles and their extended key usages, and :func:`certificate_needs_renewal`
+(``pki_sign``'s idempotency with ``dest``), which judges a certificate with whichever signer issued it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ from .x509 import (
     utc_now,
 )
 
-PROFILES = ("server", "client", "both")
+# What a certificate is for: its extended key usages, for the built-in and the cfssl backend alike.
+PROFILE_USAGES = {
+    "server": ("serverAuth",),
+    "client": ("clientAuth",),
+    "both": ("serverAuth", "clientAuth"),
+}
+PROFILES = tuple(PROFILE_USAGES)
+# The shortest certificate lifetime a signer is asked for: a node needs some of it to renew in.
+MIN_VALID_SECONDS = 30
+_USAGE_OIDS = {"serverAuth": "SERVER_AUTH", "clientAuth": "CLIENT_AUTH"}
 
 
 @dataclass(frozen=True)
@@ -91,42 +102,65 @@ def _key_usage(profile: str, key_type: str):
     )
 
 
+def check_profile(profile: str) -> None:
+    if profile not in PROFILE_USAGES:
+        raise PkiError("profile must be one of {}, not {!r}".format(", ".join(PROFILES), profile), field="profile")
+
+
 def extended_key_usage(profile: str):
-    usages = []
-    if profile in ("server", "both"):
-        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    if profile in ("client", "both"):
-        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    return x509.ExtendedKeyUsage(usages)
+    """The ExtendedKeyUsage extension of ``profile`` (serverAuth, clientAuth or both)."""
+    return x509.ExtendedKeyUsage([getattr(ExtendedKeyUsageOID, _USAGE_OIDS[u]) for u in PROFILE_USAGES[profile]])
+
+
+def lifetime_problem(valid_seconds, max_valid_days: int) -> str | None:
+    """Why ``valid_seconds`` cannot be a certificate lifetime under ``max_valid_days``, or None."""
+    if valid_seconds is None:
+        return None
+    if isinstance(valid_seconds, bool) or not isinstance(valid_seconds, int) or valid_seconds < MIN_VALID_SECONDS:
+        return f"valid_seconds must be a whole number of at least {MIN_VALID_SECONDS}, not {valid_seconds!r}"
+    if valid_seconds > int(max_valid_days) * 86400:
+        return f"valid_seconds {valid_seconds} is more than max_valid_days {max_valid_days} allows"
+    return None
 
 
 class Signer:
-    """Issues node certificates from a CA under a policy. Thread-safe: it holds only read-only state."""
+    """Issues node certificates from a CA under a policy. Thread-safe: it holds only read-only state.
 
-    def __init__(self, ca: CertificateAuthority, policy: CsrPolicy | None = None):
+    ``valid_seconds``, when set, is the lifetime of every certificate instead of the ``valid_days`` asked for:
+    short-lived certificates that their nodes renew (:mod:`..node.renewal`).
+    """
+
+    def __init__(self, ca: CertificateAuthority, policy: CsrPolicy | None = None, valid_seconds: int | None = None):
         self.ca = ca
         self.policy = policy if policy is not None else CsrPolicy()
+        problem = lifetime_problem(valid_seconds, self.policy.max_valid_days)
+        if problem:
+            raise PkiError(problem, field="valid_seconds")
+        self.valid_seconds = valid_seconds
 
     def sign(
         self, csr, identity: str, valid_days: int = DEFAULT_VALID_DAYS, profile: str = "both"
     ) -> IssuedCertificate:
         """Check ``csr`` against the policy for ``identity`` and issue a certificate (PolicyError / PkiError)."""
-        if profile not in PROFILES:
-            raise PkiError("profile must be one of {}, not {!r}".format(", ".join(PROFILES), profile), field="profile")
+        check_profile(profile)
         facts = self.policy.evaluate(csr, identity, valid_days)
         return self.issue(facts, profile)
 
     def plan(self, facts: CsrFacts, now: datetime.datetime | None = None) -> tuple[datetime.datetime, list[str]]:
         """(not_after, warnings) a certificate issued now for ``facts`` would get."""
         now = now or utc_now()
-        not_after = now + datetime.timedelta(days=facts.valid_days)
+        if self.valid_seconds:
+            not_after = now + datetime.timedelta(seconds=self.valid_seconds)
+        else:
+            not_after = now + datetime.timedelta(days=facts.valid_days)
         warnings = []
         ca_end = self.ca.not_after
         if ca_end <= now:
             raise PkiError(f"the CA certificate expired on {iso8601(ca_end)}", field="ca_cert")
         if not_after > ca_end:
             warnings.append(
-                f"certificate for {facts.identity} ends on {iso8601(ca_end)} with its CA, not after the {facts.valid_days} days asked for"
+                f"certificate for {facts.identity} ends on {iso8601(ca_end)} with its CA, not after the "
+                f"{f'{self.valid_seconds} seconds' if self.valid_seconds else f'{facts.valid_days} days'} asked for"
             )
             not_after = ca_end
         return not_after, warnings
@@ -170,71 +204,83 @@ class Signer:
         """True when ``cert`` was signed by this CA's key and names it as issuer."""
         return is_issued_by(cert, self.ca.certificate)
 
-    def needs_renewal(
-        self,
-        cert_pem,
-        csr_or_public_key_pem,
-        renew_before_days: int = 30,
-        identity: str | None = None,
-        profile: str | None = None,
-    ) -> tuple[bool, str]:
-        """Whether an existing certificate must be replaced, and why (for idempotent ``dest`` handling).
+    def close(self) -> None:
+        """Nothing to release (the cfssl backend's ``close`` ends its connections); for uniform use."""
 
-        Kept only when it parses, was issued by this CA (signature verifies), certifies the same public key as the
-        CSR (or public key), is already valid and does not end within ``renew_before_days``. With ``identity`` its CN
-        must equal it; with a CSR its SANs must be the ones the CSR would get now; with ``profile`` its EKU must match.
-        """
+    def __enter__(self) -> Signer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def certificate_needs_renewal(
+    signer,
+    cert_pem,
+    csr_or_public_key_pem,
+    renew_before_days: int = 30,
+    identity: str | None = None,
+    profile: str | None = None,
+) -> tuple[bool, str]:
+    """Whether an existing certificate must be replaced, and why (for idempotent ``dest`` handling).
+
+    ``signer`` is either backend (anything with ``verify_issued(cert)``): the certificate must be its CA's.
+
+    Kept only when it parses, was issued by this CA (signature verifies), certifies the same public key as the
+    CSR (or public key), is already valid and does not end within ``renew_before_days``. With ``identity`` its CN
+    must equal it; with a CSR its SANs must be the ones the CSR would get now; with ``profile`` its EKU must match.
+    """
+    try:
+        cert = load_certificates(cert_pem, "existing certificate")[0]
+    except PkiError as exc:
+        return True, str(exc)
+    if not signer.verify_issued(cert):
+        return True, f"the existing certificate was not issued by this CA (issuer {cert.issuer.rfc4514_string()})"
+    wanted_key, csr = _wanted_public_key(csr_or_public_key_pem)
+    if not certificate_matches_key(cert, wanted_key):
+        return True, "the existing certificate is for a different public key than the CSR"
+    now = utc_now()
+    if not_before(cert) > now:
+        return True, f"the existing certificate is not valid before {iso8601(not_before(cert))}"
+    if not_after(cert) <= now:
+        return True, f"the existing certificate expired on {iso8601(not_after(cert))}"
+    if not_after(cert) - now <= datetime.timedelta(days=int(renew_before_days)):
+        return True, (
+            f"the existing certificate ends on {iso8601(not_after(cert))}, within renew_before_days {int(renew_before_days)}"
+        )
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if identity is not None and cns != [identity]:
+        return True, f"the existing certificate is for CN {cns}, not the identity {identity!r}"
+    if csr is not None and identity is not None:
         try:
-            cert = load_certificates(cert_pem, "existing certificate")[0]
-        except PkiError as exc:
+            dns_names, ips = CsrPolicy.requested_names(csr, identity)
+        except PolicyError as exc:
             return True, str(exc)
-        if not self.verify_issued(cert):
-            return True, f"the existing certificate was not issued by this CA (issuer {cert.issuer.rfc4514_string()})"
-        wanted_key, csr = self._wanted_public_key(csr_or_public_key_pem)
-        if not certificate_matches_key(cert, wanted_key):
-            return True, "the existing certificate is for a different public key than the CSR"
-        now = utc_now()
-        if not_before(cert) > now:
-            return True, f"the existing certificate is not valid before {iso8601(not_before(cert))}"
-        if not_after(cert) <= now:
-            return True, f"the existing certificate expired on {iso8601(not_after(cert))}"
-        if not_after(cert) - now <= datetime.timedelta(days=int(renew_before_days)):
-            return True, (
-                f"the existing certificate ends on {iso8601(not_after(cert))}, within renew_before_days {int(renew_before_days)}"
-            )
-        cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        if identity is not None and cns != [identity]:
-            return True, f"the existing certificate is for CN {cns}, not the identity {identity!r}"
-        if csr is not None and identity is not None:
-            try:
-                dns_names, ips = CsrPolicy.requested_names(csr, identity)
-            except PolicyError as exc:
-                return True, str(exc)
-            wanted = sorted([f"DNS:{n.lower()}" for n in dns_names] + [f"IP:{a}" for a in ips])
-            have = sorted(
-                "DNS:" + s[4:].lower() if s.startswith("DNS:") else s
-                for s in certificate_properties(cert)["subject_alt_names"]
-            )
-            if wanted != have:
-                return True, f"the existing certificate names {have}, the CSR asks for {wanted}"
-        if profile is not None:
-            try:
-                have_eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-            except x509.ExtensionNotFound:
-                have_eku = set()
-            if have_eku != set(extended_key_usage(profile)):
-                return True, f"the existing certificate's extended key usage does not match profile {profile!r}"
-        return False, f"the existing certificate is valid until {iso8601(not_after(cert))}"
-
-    @staticmethod
-    def _wanted_public_key(csr_or_public_key_pem):
-        if isinstance(csr_or_public_key_pem, x509.CertificateSigningRequest):
-            return csr_or_public_key_pem.public_key(), csr_or_public_key_pem
-        data = to_bytes(csr_or_public_key_pem)
-        if b"CERTIFICATE REQUEST" in data:
-            csr = load_csr(data)
-            return csr.public_key(), csr
+        wanted = sorted([f"DNS:{n.lower()}" for n in dns_names] + [f"IP:{a}" for a in ips])
+        have = sorted(
+            "DNS:" + s[4:].lower() if s.startswith("DNS:") else s
+            for s in certificate_properties(cert)["subject_alt_names"]
+        )
+        if wanted != have:
+            return True, f"the existing certificate names {have}, the CSR asks for {wanted}"
+    if profile is not None:
         try:
-            return serialization.load_pem_public_key(data), None
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise PkiError(f"neither a CSR nor a public key: {exc}", field="csr") from exc
+            have_eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            have_eku = set()
+        if have_eku != set(extended_key_usage(profile)):
+            return True, f"the existing certificate's extended key usage does not match profile {profile!r}"
+    return False, f"the existing certificate is valid until {iso8601(not_after(cert))}"
+
+
+def _wanted_public_key(csr_or_public_key_pem):
+    if isinstance(csr_or_public_key_pem, x509.CertificateSigningRequest):
+        return csr_or_public_key_pem.public_key(), csr_or_public_key_pem
+    data = to_bytes(csr_or_public_key_pem)
+    if b"CERTIFICATE REQUEST" in data:
+        csr = load_csr(data)
+        return csr.public_key(), csr
+    try:
+        return serialization.load_pem_public_key(data), None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise PkiError(f"neither a CSR nor a public key: {exc}", field="csr") from exc

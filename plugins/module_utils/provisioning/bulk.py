@@ -207,4 +207,9 @@ class BulkRun:
 
 def provision(settings: ProvisionSettings) -> dict:
     """Synchronous entry point for a bulk run (the module, playbooks, benchmarks)."""
-    return asyncio.run(BulkRun(settings, decider_for(settings)).run())
+    decider = decider_for(settings)
+    try:
+        return asyncio.run(BulkRun(settings, decider).run())
+    finally:
+        if decider is not None:
+            decider.close()

@@ -1,10 +1,11 @@
 # Copyright: zeroinit.bootstrap contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""Who decides for a node in the provisioning flow: a helper program (Choria's contract) or the built-in signer.
+"""Who decides for a node in the provisioning flow: a helper program (Choria's contract) or the policy signer
+(either backend: built in, or a CFSSL server).
 
 A decider has ``async decide(identity, inventory, csr, jwt) -> HelperDecision`` (``jwt``: the node's verified
-provisioning-JWT claims, or None), ``turn()`` (an async context that
-bounds concurrent decisions) and ``warnings()`` for the run's report. The flow checks every decision's
+provisioning-JWT claims, or None), ``turn()`` (an async context that bounds concurrent decisions), ``warnings()``
+for the run's report and ``close()`` when the run is over. The flow checks every decision's
 configuration against the loop guard, whoever made it.
 """
 
@@ -75,11 +76,15 @@ class HelperDecider:
             for name, count in sorted(self.ignored_fields.items())
         ]
 
+    def close(self) -> None:
+        """Nothing held between decisions."""
+
 
 class SignerDecider:
-    """The built-in decision: the collection's signer with a CA and a ``CsrPolicy``.
+    """The built-in decision: the collection's signer (built-in CA or CFSSL server) and a ``CsrPolicy``.
 
-    Configuration = the base configuration, ``identity`` set to the node and provisioning forced off.
+    Configuration = the base configuration, ``identity`` set to the node and provisioning forced off. A CFSSL server
+    that cannot be reached fails the run here, once, rather than every node.
     """
 
     def __init__(self, signer_options: dict, base_configuration: dict | None = None):
@@ -119,6 +124,9 @@ class SignerDecider:
 
     def warnings(self) -> list[str]:
         return list(getattr(self.ca, "warnings", []) or [])
+
+    def close(self) -> None:
+        self.signer.close()
 
 
 class _NoLimit(contextlib.AbstractAsyncContextManager):

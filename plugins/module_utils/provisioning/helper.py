@@ -30,7 +30,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..choria.config import FALSE_WORDS, PROVISION_KEY, provisioning_enabled
+from ..choria.config import FALSE_WORDS, PROVISION_KEY, ConfigError, provisioning_enabled
+from ..choria.renewal import RenewalSettings
 from ..common.deps import HAS_CRYPTOGRAPHY, x509
 from ..pki.x509 import certificate_matches_csr
 
@@ -175,13 +176,18 @@ def certificate_problem(certificate_pem: str, csr_pem: str) -> str:
 
 
 def check_configuration(identity: str, configuration: dict) -> None:
-    """Refuse a configuration that would put the node straight back into provisioning mode."""
+    """Refuse a configuration that would put the node straight back into provisioning mode, or that the node could
+    not renew its certificate with (``plugin.zeroinit.renewal.*``)."""
     if provisioning_enabled(configuration):
         raise NodeFailure(
             f"configuration for {identity} leaves provisioning on: {PROVISION_KEY} must be an explicit false "
             f"({', '.join(FALSE_WORDS)}; got {configuration.get(PROVISION_KEY)!r}); "
             "refusing to configure a node that would loop back into provisioning"
         )
+    try:
+        RenewalSettings.from_config(configuration)
+    except ConfigError as exc:
+        raise NodeFailure(f"configuration for {identity}: {exc}") from None
 
 
 def _kill_group(proc) -> None:

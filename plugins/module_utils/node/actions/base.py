@@ -30,7 +30,7 @@ class ActionResult:
     """The reply body (None: send nothing) and what the daemon does after replying."""
 
     body: Any
-    effect: str = ""  # "", "restart", "reprovision", "shutdown"
+    effect: str = ""  # "", "restart", "reprovision", "shutdown", "renew", "reconnect", "trust_more"
     delay: float = 0.0
 
 

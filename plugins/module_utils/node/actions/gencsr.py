@@ -60,21 +60,27 @@ class GencsrInput:
         return cls(cn, subject, key_type)
 
 
-def gencsr(node: NodeState, request: GencsrInput) -> ActionResult:
-    need_cryptography()
-    if request.key_type == "rsa":
+def new_key_and_csr(key_type: str, names: list) -> tuple:
+    """A key made here (``ecdsa``: P-256, ``rsa``: RSA-2048) and a SHA-256 CSR for it with the subject ``names``:
+    (key, key PEM as PKCS#8, CSR PEM). Used by gencsr and by certificate renewal."""
+    if key_type == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names)).sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key, key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def gencsr(node: NodeState, request: GencsrInput) -> ActionResult:
+    need_cryptography()
     names = [x509.NameAttribute(NameOID.COMMON_NAME, request.cn or node.identity)]
     for name in SUBJECT_ORDER:
         if name in request.subject:
             names.append(x509.NameAttribute(getattr(NameOID, SUBJECT_INPUTS[name][2]), request.subject[name]))
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names)).sign(key, hashes.SHA256())
-    csr_pem = csr.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    key, key_pem, csr_pem = new_key_and_csr(request.key_type, names)
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )

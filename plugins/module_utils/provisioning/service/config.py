@@ -40,7 +40,7 @@ SITE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Goes into every request's senderid, the claim values and the JSON log lines.
 INSTANCE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SERVICE_LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal")
-SECRET_WORDS = ("passphrase", "password", "secret", "token")
+SECRET_WORDS = ("passphrase", "password", "secret", "token", "auth_key")  # auth_key: the cfssl backend's HMAC key
 
 
 class ServiceConfigError(ValueError):

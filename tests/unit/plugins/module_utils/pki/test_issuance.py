@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 
@@ -128,3 +129,33 @@ def test_without_dest_each_run_issues_a_new_certificate(tmp_path):
     first, second = CertificateIssuance(p).run(), CertificateIssuance(p).run()
     assert first["changed"] and second["changed"] and first["serial"] != second["serial"]
     assert not first["ca_created"]
+
+
+def test_valid_seconds_issues_a_short_certificate_and_bounds_renew_before_days(tmp_path):
+    issued = CertificateIssuance(params(tmp_path, csr=make_csr(), dest=None, valid_seconds=120)).run()
+    cert = x509.load_pem_x509_certificate(issued["certificate"].encode("ascii"))
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc < datetime.timedelta(minutes=8)
+    with pytest.raises(PkiError) as info:
+        CertificateIssuance(params(tmp_path, csr=make_csr(), valid_seconds=120, renew_before_days=1)).run()
+    assert info.value.field == "renew_before_days" and "valid_seconds 120" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "option,value,field",
+    [("create_ca", True, "create_ca"), ("valid_seconds", 60, "valid_seconds"), ("cfssl_url", None, "cfssl_url")],
+)
+def test_cfssl_backend_refuses_builtin_only_options_before_asking_any_server(tmp_path, option, value, field):
+    p = params(
+        tmp_path, csr=make_csr(), backend="cfssl", create_ca=False, cfssl_url="http://127.0.0.1:9", cfssl_auth_key="00"
+    )
+    p[option] = value
+    with pytest.raises(PkiError) as info:
+        CertificateIssuance(p).run()
+    assert info.value.field == field
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_builtin_backend_without_ca_files_names_the_option(tmp_path):
+    with pytest.raises(PkiError) as info:
+        CertificateIssuance(params(tmp_path, csr=make_csr(), ca_key=None)).run()
+    assert info.value.field == "ca_key" and "backend builtin" in str(info.value)

@@ -14,7 +14,11 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import IssuedCertificate, Signer
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import (
+    IssuedCertificate,
+    Signer,
+    certificate_needs_renewal,
+)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 from tests.support.x509 import EC_KEY, IDENTITY, load, make_csr
 
@@ -121,18 +125,18 @@ def test_signing_from_many_threads_gives_valid_distinct_certificates(ca, signer)
 def test_fresh_certificate_for_the_same_key_needs_no_renewal(signer):
     csr = make_csr()
     issued = signer.sign(csr, IDENTITY, valid_days=365)
-    need, reason = signer.needs_renewal(issued.certificate, csr, 30, identity=IDENTITY, profile="both")
+    need, reason = certificate_needs_renewal(signer, issued.certificate, csr, 30, identity=IDENTITY, profile="both")
     assert not need and "valid until" in reason
     public_pem = EC_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    assert signer.needs_renewal(issued.certificate, public_pem, 30) == (False, reason)
+    assert certificate_needs_renewal(signer, issued.certificate, public_pem, 30) == (False, reason)
 
 
 def test_renewal_is_needed_inside_the_window(signer):
     csr = make_csr()
     issued = signer.sign(csr, IDENTITY, valid_days=20)
-    need, reason = signer.needs_renewal(issued.certificate, csr, 30)
+    need, reason = certificate_needs_renewal(signer, issued.certificate, csr, 30)
     assert need and "renew_before_days 30" in reason
 
 
@@ -140,14 +144,14 @@ def test_renewal_is_needed_for_another_key_another_ca_identity_sans_or_profile(c
     csr = make_csr()
     issued = signer.sign(csr, IDENTITY, profile="server")
     other_key_csr = make_csr(key=ec.generate_private_key(ec.SECP256R1()))
-    assert signer.needs_renewal(issued.certificate, other_key_csr, 30)[0]
+    assert certificate_needs_renewal(signer, issued.certificate, other_key_csr, 30)[0]
     other_ca = Signer(CertificateAuthority.create("other CA"), CsrPolicy())
-    need, reason = other_ca.needs_renewal(issued.certificate, csr, 30)
+    need, reason = certificate_needs_renewal(other_ca, issued.certificate, csr, 30)
     assert need and "not issued by this CA" in reason
-    assert signer.needs_renewal(issued.certificate, csr, 30, identity=IDENTITY, profile="both")[0]
-    assert not signer.needs_renewal(issued.certificate, csr, 30, identity=IDENTITY, profile="server")[0]
+    assert certificate_needs_renewal(signer, issued.certificate, csr, 30, identity=IDENTITY, profile="both")[0]
+    assert not certificate_needs_renewal(signer, issued.certificate, csr, 30, identity=IDENTITY, profile="server")[0]
     wider = make_csr(dns=["api.node1.example.net"])
-    assert signer.needs_renewal(issued.certificate, wider, 30, identity=IDENTITY)[0]
+    assert certificate_needs_renewal(signer, issued.certificate, wider, 30, identity=IDENTITY)[0]
 
 
 def test_expired_and_garbage_certificates_need_renewal(ca, signer):
@@ -162,9 +166,9 @@ def test_expired_and_garbage_certificates_need_renewal(ca, signer):
         .not_valid_after(now - datetime.timedelta(days=1))
         .sign(ca.private_key, hashes.SHA256())
     ).public_bytes(serialization.Encoding.PEM)
-    need, reason = signer.needs_renewal(expired, make_csr(), 30)
+    need, reason = certificate_needs_renewal(signer, expired, make_csr(), 30)
     assert need and "expired" in reason
-    assert signer.needs_renewal("not a certificate", make_csr(), 30)[0]
+    assert certificate_needs_renewal(signer, "not a certificate", make_csr(), 30)[0]
 
 
 def test_issued_fields_agree_with_the_certificate_itself(ca):
@@ -176,3 +180,21 @@ def test_issued_fields_agree_with_the_certificate_itself(ca):
     assert parsed["serial"] == issued.serial_hex and parsed["not_after"] == issued.not_after_iso
     assert parsed["public_key_sha256"] == issued.public_key_sha256
     assert load(issued.certificate).not_valid_before_utc == issued.not_before
+
+
+def test_valid_seconds_makes_a_short_lived_certificate(ca):
+    short = Signer(ca, CsrPolicy(), valid_seconds=90)
+    issued = short.sign(make_csr(), IDENTITY)
+    cert = load(issued.certificate)
+    now = datetime.datetime.now(datetime.UTC)
+    assert 80 <= (cert.not_valid_after_utc - now).total_seconds() <= 91
+    assert issued.not_after == cert.not_valid_after_utc
+
+
+@pytest.mark.parametrize(
+    "value,reason", [(10, "at least 30"), (True, "whole number"), (2 * 86400, "more than max_valid_days 1")]
+)
+def test_valid_seconds_out_of_range_is_refused_naming_the_option(ca, value, reason):
+    with pytest.raises(PkiError) as info:
+        Signer(ca, CsrPolicy(max_valid_days=1), valid_seconds=value)
+    assert info.value.field == "valid_seconds" and reason in str(info.value)

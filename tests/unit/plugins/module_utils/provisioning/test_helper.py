@@ -113,6 +113,14 @@ def test_loop_guard_refuses_a_configuration_unless_provisioning_is_explicitly_of
         ph.check_configuration("n1", conf)
 
 
+def test_a_renewal_setting_the_node_could_not_use_is_refused_before_configure():
+    conf = {"plugin.choria.server.provision": "false", "plugin.zeroinit.renewal.fraction": "2"}
+    with pytest.raises(ph.NodeFailure) as info:
+        ph.check_configuration("n1", conf)
+    assert str(info.value).startswith("configuration for n1: plugin.zeroinit.renewal.fraction must be between 0 and 1")
+    ph.check_configuration("n1", dict(conf, **{"plugin.zeroinit.renewal.fraction": "0.75"}))
+
+
 def test_helper_configuration_wins_over_base():
     merged = ph.merge_configuration({"a": "base", "b": "base"}, {"b": "helper"})
     assert merged == {"a": "base", "b": "helper"}

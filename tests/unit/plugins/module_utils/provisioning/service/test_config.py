@@ -234,7 +234,7 @@ def test_hooks_run_on_checked_values_and_their_errors_name_the_key(tmp_path):
 
 def test_secrets_never_in_repr_or_redacted(tmp_path):
     text = "site: dc1\nbrokers: [nats://a]\ntoken: tok-SECRET\ncontrol_key: ck-SECRET\n"
-    text += "signer: {ca_cert: /c, ca_key: /k, ca_passphrase: pass-SECRET}\n"
+    text += "signer: {ca_cert: /c, ca_key: /k, ca_passphrase: pass-SECRET, cfssl_auth_key: hmac-SECRET}\n"
     config = load(tmp_path, text)
     for shown in (repr(config), str(config), str(config.redacted()), f"{config}"):
         assert "SECRET" not in shown
