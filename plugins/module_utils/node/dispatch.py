@@ -48,9 +48,9 @@ from .actions.reprovision import reprovision
 from .actions.restart import RestartInput, restart
 from .actions.rpcutil import RPCUTIL_ACTIONS
 from .actions.shutdown import shutdown
+from .actions.trust import TrustInput, trust
 from .replay import request_window_refusal
 from .site_lock import SITE_LOCKED_ACTIONS, site_lock_refusal
-from .actions.trust import TrustInput, trust
 from .state import MODE_CONFIGURED, MODE_PROVISIONING, NodeState
 
 UNSUPPORTED_ACTIONS = {
