@@ -38,6 +38,7 @@ from ..choria.protocol import (
     constant_time_equal,
     rpc_reply_body,
 )
+from ..choria.replay import request_window_refusal
 from ..choria.security import RequestTrustError, TrustConfigError, VerifiedSigner, is_unsigned
 from .actions.base import ActionResult, Refusal, RequestOrigin
 from .actions.configure import ConfigureInput, configure
@@ -49,7 +50,6 @@ from .actions.restart import RestartInput, restart
 from .actions.rpcutil import RPCUTIL_ACTIONS
 from .actions.shutdown import shutdown
 from .actions.trust import TrustInput, trust
-from .replay import request_window_refusal
 from .site_lock import SITE_LOCKED_ACTIONS, site_lock_refusal
 from .state import MODE_CONFIGURED, MODE_PROVISIONING, NodeState
 

@@ -60,8 +60,8 @@ from ..choria.config import (
     as_list,
     load_config,
 )
+from ..choria.replay import DEFAULT_MAX_TTL
 from ..choria.transport import tls_context
-from .replay import DEFAULT_MAX_TTL
 from .state import DEFAULT_SPLAY_MAX
 
 DEFAULT_STATE_DIR = "/var/lib/zeroinit/agent"

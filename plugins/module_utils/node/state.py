@@ -26,11 +26,11 @@ import os
 
 from ..choria.config import MIDDLEWARE_KEY, ConfigError, collectives, parse_config, provisioning_enabled
 from ..choria.protocol import PROVISION_AGENT
+from ..choria.replay import ReplayGuard
 from ..choria.subjects import PROVISIONING_COLLECTIVE
 from ..common.files import read_text
 from .journal import JOURNAL, recover_configure
 from .lock import LOCK_SECONDS, ProvisioningLock
-from .replay import ReplayGuard
 from .trust import AgentTrust
 
 log = logging.getLogger("zeroinit.agent")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 
+from ..choria.replay import DEFAULT_MAX_TTL
 from ..choria.security import (
     PROVISIONER_POLICY,
     PROVISIONER_USAGE_OID,
@@ -25,7 +26,6 @@ from ..choria.security import (
     SignedRequestPolicy,
     TrustConfigError,
 )
-from .replay import DEFAULT_MAX_TTL
 
 SITE_PROVISIONER_POLICY = SignedRequestPolicy(required_usage=PROVISIONER_USAGE_OID, ca_label="site CA")
 MAX_SITE_VERIFIERS = 16  # distinct site CA bundles one process keeps verifiers for

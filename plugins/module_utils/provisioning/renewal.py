@@ -9,13 +9,13 @@ Per request, in this order; the first failure is the reply (a statuscode and a m
 silence when no reply can be addressed safely:
 
 1. it decodes as a Choria v1 request (bounded: ``protocol.MAX_MESSAGE_BYTES``), for ``zeroinit_ca#renew``;
-2. its ``time`` is within its ttl, capped at ``max_ttl`` (``node.replay.request_window_refusal``);
+2. its ``time`` is within its ttl, capped at ``max_ttl`` (``choria.replay.request_window_refusal``);
 3. its caller id is ``choria=<identity>`` with a valid identity, and its sender id is that identity (else dropped:
    the reply subject is derived from the caller id);
 4. it is signed by a certificate for that identity (CN or DNS SAN) that chains to the site CA bundle the responder
    trusts (during a CA migration: the old and the new CA), with a valid signature
    (``RequestVerifier(site_ca_bundle, RENEWAL_POLICY).verify(..., required_name=identity)``);
-5. its request id was not accepted before within its window (``node.replay.ReplayGuard``);
+5. its request id was not accepted before within its window (``choria.replay.ReplayGuard``);
 6. ``csr`` is a PEM CSR of at most ``CSR_LIMIT`` characters for a NEW key (not the signing certificate's);
 7. the signer (either backend) applies the same ``CsrPolicy`` as at provisioning and signs; a policy refusal is
    InvalidData, an unreachable CA server UnknownError (the node retries).
@@ -48,10 +48,10 @@ from ..choria.protocol import (
     rpc_reply_body,
 )
 from ..choria.renewal import CSR_LIMIT, RENEWAL_ACTION, RENEWAL_AGENT, RENEWAL_QUEUE_GROUP
+from ..choria.replay import DEFAULT_MAX_TTL, ReplayGuard, request_window_refusal
 from ..choria.security import RENEWAL_POLICY, RequestTrustError, RequestVerifier
 from ..choria.subjects import broadcast_subject, reply_subject, valid_identity
 from ..common.deps import NatsError, x509
-from ..node.replay import DEFAULT_MAX_TTL, ReplayGuard, request_window_refusal
 from ..pki.policy import DEFAULT_VALID_DAYS, PolicyError
 from ..pki.x509 import PkiError, certificate_matches_key, load_csr
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.replay import (
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.replay import (
     DEFAULT_MAX_TTL,
     ReplayGuard,
     accepted_ttl,
