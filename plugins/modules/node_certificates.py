@@ -17,6 +17,9 @@ description:
     A node counts as renewed once its C(renewed) lifecycle event names the certificate this run issued."
   - "O(action=trust): set every node's CA bundle to O(ca_bundle) (C(choria_provision#trust)). A node refuses a bundle
     that does not hold the CA of its own certificate, and moves to a new connection that uses the new bundle."
+  - "A configured node is locked to its site: O(action=trust) and O(action=renew) need O(signing_cert), a provisioner
+    certificate of that site; the token alone is refused. A node that accepts O(action=trust) moves its lock to the
+    CAs of O(ca_bundle): after the migration narrows the bundle, provisioners of the dropped CA are refused."
   - Each renewal request is verified before anything is signed. It must chain to O(site_ca), name the node's identity,
     and carry a valid signature. Its CSR must be for a new key and pass O(signer)'s policy, as at provisioning.
   - The nodes are O(identities), or every node that answers a discovery in O(collective). One that cannot be reached
@@ -29,6 +32,7 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - zeroinit.bootstrap.brokers
   - zeroinit.bootstrap.signer.as_suboptions
+  - zeroinit.bootstrap.request_signing
 attributes:
   check_mode:
     support: full
@@ -65,17 +69,6 @@ options:
     description: Caller id of the requests (Choria's C(choria=<name>) form is added).
     type: str
     default: zeroinit-provisioner
-  signing_cert:
-    description:
-      - The provisioner's certificate (PEM file) to sign every request with (Choria v1 secure requests); with
-        O(signing_key). Nodes that check signed requests need it.
-    type: path
-  signing_key:
-    description: Private key of O(signing_cert) (PEM file), read on the controller only.
-    type: path
-  signing_passphrase:
-    description: Passphrase of O(signing_key).
-    type: str
   ca_bundle:
     description:
       - With O(action=trust), the CA certificates (PEM text, for example C("{{ lookup('file', 'ca.pem') }}")) every
@@ -147,6 +140,8 @@ EXAMPLES = r"""
     brokers: [tls://broker.prod.example.net:4222]
     collective: prod
     token: "{{ vault_provisioning_token }}"
+    signing_cert: /etc/zeroinit/provisioner/provisioner.pem
+    signing_key: /etc/zeroinit/provisioner/provisioner.key
     ca_bundle: "{{ lookup('file', '/etc/zeroinit/ca/ca.pem') }}\n{{ lookup('file', '/etc/zeroinit/cfssl/ca.pem') }}"
     tls_ca: /etc/zeroinit/ca.pem
     tls_cert: /etc/zeroinit/provisioner.pem
@@ -160,6 +155,8 @@ EXAMPLES = r"""
     brokers: [tls://broker.prod.example.net:4222]
     collective: prod
     token: "{{ vault_provisioning_token }}"
+    signing_cert: /etc/zeroinit/provisioner/provisioner.pem
+    signing_key: /etc/zeroinit/provisioner/provisioner.key
     site_ca: "{{ lookup('file', '/etc/zeroinit/ca/ca.pem') }}\n{{ lookup('file', '/etc/zeroinit/cfssl/ca.pem') }}"
     tls_ca: /etc/zeroinit/ca.pem
     tls_cert: /etc/zeroinit/provisioner.pem
@@ -233,7 +230,10 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.ce
     CertificateTaskError,
     run_certificate_task,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import broker_argument_spec
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
+    broker_argument_spec,
+    request_signing_argument_spec,
+)
 
 ARGUMENT_SPEC = dict(
     broker_argument_spec(),
@@ -242,9 +242,7 @@ ARGUMENT_SPEC = dict(
     identities=dict(type="list", elements="str"),
     token=dict(type="str", default="", no_log=True),
     callerid=dict(type="str", default="zeroinit-provisioner"),
-    signing_cert=dict(type="path"),
-    signing_key=dict(type="path", no_log=False),
-    signing_passphrase=dict(type="str", no_log=True),
+    **request_signing_argument_spec(),
     ca_bundle=dict(type="str"),
     site_ca=dict(type="str"),
     signer=dict(type="dict", options=signer_argument_spec(), required_if=SIGNER_REQUIRED_IF),

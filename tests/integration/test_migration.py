@@ -5,7 +5,9 @@ through ansible-playbook, while every node is pinged twice a second.
 another that hangs (SIGSTOP) during the first run. That run migrates the 49 and reports the hung node; brokers and
 nodes keep trusting both CAs, so the hung node answers again once it resumes, and is reprovisioned (it arrives on the
 provisioning broker). A second run completes: the broker presents a certificate from the permanent CA, nodes and
-broker trust the permanent CA only. No migrated node goes without answering ping for more than a few rounds.
+broker trust the permanent CA only. The nodes are locked to their site: every trust is signed by a provisioner of the
+temporary CA, and once the trust is narrowed only a provisioner of the permanent CA is of the site. No migrated node
+goes without answering ping for more than a few rounds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy impo
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 from tests.support.ansible_run import run_module, run_playbook
 from tests.support.broker import EmbeddedBroker
+from tests.support.certificates import Authority
 from tests.support.cfssl import CfsslServer
 from tests.support.fleet import discover
 from tests.support.members import (
@@ -112,6 +115,8 @@ def test_migration_moves_every_reachable_node_and_leaves_nobody_locked_out(tmp_p
                     tls_ca=str(tmp_path / "both.pem"),
                     tls_cert=controller["cert"],
                     tls_key=controller["key"],
+                    signing_cert=extra["zeroinit_provision_signing_cert"],
+                    signing_key=extra["zeroinit_provision_signing_key"],
                 ),
             )
             assert not sent.get("failed"), sent.get("msg")
@@ -131,6 +136,33 @@ def test_migration_moves_every_reachable_node_and_leaves_nobody_locked_out(tmp_p
             files = _client_files(tmp_path / "new-client", new_ca)
             new_tls = client_context(str(permanent.ca_path), files["cert"], files["key"])
             assert asyncio.run(answering(broker.url, identities, new_tls, 30)) == identities
+            # The nodes' site lock moved with the trust: a provisioner of the temporary CA is no longer of the site.
+            permanent_provisioner = Authority.from_files(permanent.ca_path, permanent.ca_key_path).write_leaf(
+                tmp_path / "new-client", "provisioner.permanent.example.net"
+            )
+            probe = dict(
+                action="trust",
+                identities=identities[:3],
+                ca_bundle=permanent.ca_pem,
+                brokers=[broker.url],
+                collective=COLLECTIVE,
+                token=TOKEN,
+                tls_ca=str(permanent.ca_path),
+                tls_cert=files["cert"],
+                tls_key=files["key"],
+                timeout=5,
+            )
+            temporary = dict(
+                probe,
+                signing_cert=extra["zeroinit_provision_signing_cert"],
+                signing_key=extra["zeroinit_provision_signing_key"],
+            )
+            refused = run_module("zeroinit.bootstrap.node_certificates", temporary, check=True)["failed_nodes"]
+            assert sorted(refused) == identities[:3]
+            assert all("is not issued by the site CA" in reason for reason in refused.values()), refused
+            ours = dict(probe, signing_cert=permanent_provisioner["cert"], signing_key=permanent_provisioner["key"])
+            accepted = run_module("zeroinit.bootstrap.node_certificates", ours, check=True)
+            assert accepted["failed_nodes"] == {} and accepted["nodes"] == [], accepted
             log = fleet.log_tail(400_000)
         identity, gap = watch.longest_gap(identities)
         assert gap < 2.5, f"{identity} did not answer ping for {gap:.1f}s"

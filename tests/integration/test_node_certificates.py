@@ -1,6 +1,7 @@
 """zeroinit.bootstrap.node_certificates through ansible-playbook against a real fleet of configured nodes on a TLS
-broker: trust check/real/check/real, serve until the nodes renewed on their own schedule, renew now, secrets never
-in the output, and a node that is not there reported by name."""
+broker: trust check/real/check/real signed by a provisioner of the nodes' site (the token alone refused), serve until
+the nodes renewed on their own schedule, renew now, secrets never in the output, and a node that is not there reported
+by name."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def members(tmp_path_factory):
         site.seed(tmp / "fleet", identities, broker.url, config)
         with MemberFleet(broker.url, identities, tmp / "fleet", site) as fleet:
             controller = site.issue("controller")
+            provisioner = site.provisioner()  # the nodes are locked to the site: trust is signed by its provisioner
             yield {
                 "site": site,
                 "identities": identities,
@@ -44,6 +46,8 @@ def members(tmp_path_factory):
                     tls_ca=str(site.trust_path),
                     tls_cert=controller["cert"],
                     tls_key=controller["key"],
+                    signing_cert=provisioner["cert"],
+                    signing_key=provisioner["key"],
                     timeout=3,
                     retries=0,
                 ),
@@ -61,6 +65,16 @@ def test_trust_check_real_check_real(members):
     for identity in identities:
         assert node_files(members["state"], identity)["ca"].read_text() == bundle
     assert all(r["failed_nodes"] == {} for r in results)
+
+
+def test_the_token_alone_is_refused_by_the_locked_nodes_and_changes_nothing(members):
+    site, identities, state = members["site"], members["identities"], members["state"]
+    before = {identity: node_files(state, identity)["ca"].read_text() for identity in identities}
+    unsigned = {name: value for name, value in members["base"].items() if not name.startswith("signing_")}
+    result = run_module(MODULE, dict(unsigned, action="trust", ca_bundle=site.trust_pem))
+    assert not result["changed"] and sorted(result["failed_nodes"]) == identities
+    assert all("the token alone is refused" in reason for reason in result["failed_nodes"].values())
+    assert {identity: node_files(state, identity)["ca"].read_text() for identity in identities} == before
 
 
 def test_serve_answers_the_nodes_own_renewals_and_renew_asks_for_more(members):

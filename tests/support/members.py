@@ -12,7 +12,9 @@
             watch.longest_gap()   # the longest time any node went without answering ping
 
 Seeding writes what ``configure`` writes (key 0600 made for the node, certificate, CA bundle, server.conf with
-provisioning off) straight into the agent's state directory, so a test of renewal does not spend its time provisioning.
+provisioning off, the site lock on the CA bundle) straight into the agent's state directory, so a test of renewal does
+not spend its time provisioning. The nodes are locked to the site: ``site.provisioner()`` signs what changes their
+trust.
 The broker's certificate is issued for 127.0.0.1 (the built-in deny list refuses loopback names, so that signer's
 policy lifts it for this one certificate).
 """
@@ -36,11 +38,14 @@ from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import render_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.site_lock import SiteLock
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.state import SITE_LOCK_CA_FILE, SITE_LOCK_FILE
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support.broker import EmbeddedBroker
+from tests.support.certificates import Authority
 from tests.support.fleet import AgentProcess
 
 COLLECTIVE = "members"
@@ -100,6 +105,11 @@ class MemberSite:
         key_path.write_text(key_pem)
         return {"cert": str(cert_path), "key": str(key_path), "ca": str(self.trust_path)}
 
+    def provisioner(self, common_name: str = "provisioner.site.example.net") -> dict:
+        """A provisioner certificate of the site CA (the provisioner usage), {cert, key} paths: what signs requests
+        the nodes' site lock accepts."""
+        return Authority.from_files(self.ca_cert_path, self.ca_key_path).write_leaf(self.workdir, common_name)
+
     def client_tls(self, name: str = "operator") -> ssl.SSLContext:
         files = self.issue(name)
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files["ca"])
@@ -140,6 +150,10 @@ class MemberSite:
                 **(configuration or {}),
             }
             (state_dir / identity / "server.conf").write_text(render_config(config))
+            (state_dir / identity / SITE_LOCK_CA_FILE).write_text(self.trust_pem)
+            lock_path = state_dir / identity / SITE_LOCK_FILE
+            lock_path.touch(mode=0o600)
+            lock_path.write_text(SiteLock.at_commit(self.trust_pem, committed_by="seed").dump())
 
 
 class MemberFleet(AgentProcess):
@@ -385,6 +399,7 @@ def migration_run(workdir, site: MemberSite, broker, permanent, token: str = "s3
     inventory = pathlib.Path(workdir) / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"zeroinit_brokers": {"hosts": {"members-broker": host}}}))
     controller = site.issue("controller")
+    provisioner = site.provisioner()
     extra = {
         "zeroinit_migrate_brokers": [broker.url],
         "zeroinit_migrate_collective": COLLECTIVE,
@@ -394,5 +409,7 @@ def migration_run(workdir, site: MemberSite, broker, permanent, token: str = "s3
         "zeroinit_migrate_new_ca": str(permanent.ca_path),
         "zeroinit_migrate_signer": signer,
         "zeroinit_provision_token": token,
+        "zeroinit_provision_signing_cert": provisioner["cert"],
+        "zeroinit_provision_signing_key": provisioner["key"],
     }
     return inventory, extra

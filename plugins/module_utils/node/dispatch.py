@@ -67,7 +67,7 @@ class ProvisionAction(NamedTuple):
     token_required: bool = True
     takes_lock: bool = False
     mode: str = MODE_PROVISIONING  # the mode the node must be in
-    takes_origin: bool = False  # the handler records who sent the request (configure: the site lock)
+    takes_origin: bool = False  # the handler records who sent the request (configure, trust: the site lock)
 
 
 PROVISION_ACTIONS = {
@@ -81,7 +81,7 @@ PROVISION_ACTIONS = {
     "restart": ProvisionAction(RestartInput.parse, restart),
     "reprovision": ProvisionAction(None, reprovision, mode=MODE_CONFIGURED),
     # The certificate lifecycle of a configured node (not in go-choria's DDL): the CA migration's steps.
-    "trust": ProvisionAction(TrustInput.parse, trust, mode=MODE_CONFIGURED),
+    "trust": ProvisionAction(TrustInput.parse, trust, mode=MODE_CONFIGURED, takes_origin=True),
     "renew": ProvisionAction(None, renew, mode=MODE_CONFIGURED),
     "shutdown": ProvisionAction(None, shutdown),
 }

@@ -19,7 +19,10 @@ pins its CA: a site that re-issues its CA certificate with the same key keeps it
 messages only; a name proves nothing.
 
 A later ``configure`` accepted under the lock commits a new lock (:meth:`SiteLock.at_commit`), so a site moves its
-own nodes to a new CA by configuring them, signed under the old one, with a bundle that holds the new one. There is
+own nodes to a new CA by configuring them, signed under the old one, with a bundle that holds the new one. A
+``trust`` accepted under the lock (the CA migration) moves the site CA keys to the new bundle's and keeps the
+provisioning CA pins (:meth:`SiteLock.with_site_ca_keys`): widened to old + new, provisioners of either CA are of
+the site; narrowed to the new CA, one of the dropped CA no longer is. There is
 no unlock: the lock survives restarts and ``reprovision``; only wiping the node's state removes it. An unreadable
 lock file refuses every locked action rather than unlocking (:func:`site_lock_refusal`).
 
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..choria.security import TrustConfigError, ca_key_fingerprints
 
@@ -82,6 +85,16 @@ class SiteLock:
             committed_at=int(committed_at),
             committed_by=committed_by or "",
             request_id=request_id or "",
+        )
+
+    def with_site_ca_keys(self, site_ca_keys, committed_at: int = 0, committed_by: str = "", request_id: str = ""):
+        """The lock after a ``trust`` from a provisioner of this site: the site CA keys replaced, the rest kept."""
+        return replace(
+            self,
+            site_ca_keys=tuple(dict.fromkeys(site_ca_keys)),
+            committed_at=int(committed_at),
+            committed_by=committed_by,
+            request_id=request_id,
         )
 
     @property

@@ -9,7 +9,8 @@
 ``trust``  set each node's CA bundle (``choria_provision#trust``). The CA migration's steps 1 and 4.
 
 The nodes are ``identities``, or every node that answers a discovery in the collective. Requests carry the token and,
-with ``signing_cert``, the provisioner's signature (``choria.security``), as every request to a configured node.
+with ``signing_cert``, the provisioner's signature (``choria.security``): a configured node is locked to its site
+and takes ``trust`` only signed by a provisioner of that site.
 A node that cannot be reached or refuses is reported in ``failed_nodes`` with the reason; the others go on. Check
 mode changes nothing: ``trust`` asks each node whether its bundle would change, ``renew`` only pings.
 """
@@ -24,7 +25,7 @@ from ..choria.brokers import BrokerUrlError, normalize_brokers
 from ..choria.events import parse_lifecycle_event
 from ..choria.protocol import PROVISION_AGENT, ProtocolError
 from ..choria.renewal import RENEWAL_FAILED_EVENT, RENEWED_EVENT
-from ..choria.security import RequestSigner, TrustConfigError
+from ..choria.security import TrustConfigError
 from ..choria.subjects import CONFIGURED_COMPONENT, lifecycle_subject, valid_identity
 from ..choria.transport import ConnectError, tls_context
 from ..common.deps import NatsError
@@ -32,6 +33,7 @@ from ..pki.issuance import signer_from_params
 from ..pki.x509 import PkiError, load_certificates
 from .renewal import RenewalResponder
 from .rpc import RpcClient, RpcError, reply_error
+from .settings import ProvisionError, load_request_signer
 
 ACTIONS = ("serve", "renew", "trust")
 # How often a waiting run looks whether it is done.
@@ -57,7 +59,7 @@ class CertificateTaskSettings:
     signer: dict | None = None
     signing_cert: str | None = None
     signing_key: str | None = None
-    signing_passphrase: str | None = field(default=None, repr=False)
+    signing_key_passphrase: str | None = field(default=None, repr=False)
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -97,8 +99,6 @@ class CertificateTaskSettings:
                 raise CertificateTaskError(str(exc)) from None
         elif not self.signer:
             raise CertificateTaskError(f"signer is required with action {self.action}")
-        if bool(self.signing_cert) != bool(self.signing_key):
-            raise CertificateTaskError("signing_cert and signing_key come together")
 
 
 class CertificateTask:
@@ -140,12 +140,10 @@ class CertificateTask:
             tls = tls_context(self.s.tls_ca, self.s.tls_cert, self.s.tls_key)
         except (OSError, ValueError) as exc:
             raise CertificateTaskError(f"broker TLS options: {exc}") from None
-        signer = None
-        if self.s.signing_cert:
-            try:
-                signer = RequestSigner.from_files(self.s.signing_cert, self.s.signing_key, self.s.signing_passphrase)
-            except TrustConfigError as exc:
-                raise CertificateTaskError(f"signing_cert/signing_key: {exc}") from None
+        try:
+            signer = load_request_signer(self.s.signing_cert, self.s.signing_key, self.s.signing_key_passphrase)
+        except ProvisionError as exc:
+            raise CertificateTaskError(str(exc)) from None
         return RpcClient(self.s.brokers, callerid=self.s.callerid, collective=self.s.collective, tls=tls, signer=signer)
 
     async def _identities(self) -> list[str]:

@@ -43,6 +43,11 @@ class RequestOrigin:
     accepted_at: float  # the node's clock when the request was accepted
     signer: Any = None  # the ..choria.security.VerifiedSigner of a signed request; None: the token alone
 
+    @property
+    def committer(self) -> str:
+        """Who a site lock records as having committed it: the signer's subject, else the caller id."""
+        return (self.signer.subject if self.signer else self.callerid)[:1024]
+
 
 def answer(action: str, data: dict, effect: str = "", delay: float = 0.0) -> ActionResult:
     """A successful reply to ``action`` carrying ``data``."""

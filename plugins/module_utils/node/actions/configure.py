@@ -144,7 +144,7 @@ def _site_lock(node: NodeState, ca: str, origin: RequestOrigin | None) -> SiteLo
         site_ca_keys=tuple(dict.fromkeys(site.ca_key_sha256s)),
         provisioning_ca_keys=tuple(dict.fromkeys(provisioning.ca_key_sha256s)) if provisioning else (),
         committed_at=int(origin.accepted_at) if origin else 0,
-        committed_by=(origin.signer.subject if origin.signer else origin.callerid)[:1024] if origin else "",
+        committed_by=origin.committer if origin else "",
         request_id=origin.requestid if origin else "",
     )
 

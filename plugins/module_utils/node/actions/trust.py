@@ -9,7 +9,10 @@ the CA that issued the node's own certificate: the node could then no longer che
 renew first. The file is replaced atomically; the reply says whether it changed. A bundle that only adds CAs is
 added to the TLS context of the node's connection (effect ``trust_more``: it applies to every reconnection, with no
 new connection now); one that drops a CA makes the node serve on a new connection without it (effect ``reconnect``).
-Like ``reprovision``, it needs the token and, with signed requests, a provisioner of the node's site (``site_lock.SITE_LOCKED_ACTIONS``).
+Like ``reprovision``, it needs the token and, on a node locked to its site, a request signed by a provisioner of that
+site (``site_lock.SITE_LOCKED_ACTIONS``). Such a ``trust`` moves the lock with the bundle: the lock's site CA keys
+become the new bundle's (the provisioning CA pins stay), written with ca.pem and the lock's CA bundle as one
+journalled set, so after the migration drops the temporary CA its provisioners are no longer of the site.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from dataclasses import dataclass
 
 from ...choria.config import SECURITY_CA_KEY, SECURITY_CERT_KEY
 from ...choria.protocol import StatusCode
+from ...choria.security import TrustConfigError
 from ...common.deps import serialization, x509
 from ...common.files import read_bytes
 from ...pki.x509 import is_issued_by
 from ..journal import write_set
+from ..site_lock import SiteLock, SiteLockError
 from ..state import NodeState
-from .base import ActionResult, Refusal, answer, need_cryptography, text_input
+from .base import ActionResult, Refusal, RequestOrigin, answer, need_cryptography, text_input
 from .configure import CA_LIMIT, PEM_CERTIFICATE
 
 
@@ -53,7 +58,23 @@ def _is_ca(cert) -> bool:
         return False
 
 
-def trust(node: NodeState, request: TrustInput) -> ActionResult:
+def _moved_lock(node: NodeState, ca: str, origin: RequestOrigin | None) -> tuple[SiteLock, SiteLock] | None:
+    """(the lock now, the lock after this trust) on a locked node; None when the node is not locked."""
+    if node.site_lock_text is None:
+        return None
+    if origin is None or origin.signer is None:  # the dispatcher refuses this first; never move a lock unsigned
+        raise Refusal(StatusCode.ABORTED, f"{node.identity} is locked to its site: trust needs a signed request")
+    try:
+        current = SiteLock.load(node.site_lock_text)
+        keys = node.trust.site_verifier(ca).ca_key_sha256s
+    except SiteLockError as exc:
+        raise Refusal(StatusCode.ABORTED, f"{node.identity}: {exc}") from None
+    except TrustConfigError as exc:
+        raise Refusal(StatusCode.INVALID_DATA, f"input 'ca' cannot lock {node.identity} to its site: {exc}") from None
+    return current, current.with_site_ca_keys(keys, origin.accepted_at, origin.committer, origin.requestid)
+
+
+def trust(node: NodeState, request: TrustInput, origin: RequestOrigin | None = None) -> ActionResult:
     need_cryptography()
     ca_path, cert_path = node.config.get(SECURITY_CA_KEY), node.config.get(SECURITY_CERT_KEY)
     if not ca_path or not cert_path:
@@ -85,7 +106,9 @@ def trust(node: NodeState, request: TrustInput) -> ActionResult:
         )
     text = request.ca if request.ca.endswith("\n") else request.ca + "\n"
     digests = [hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest() for cert in bundle]
-    if read_bytes(ca_path) == text.encode("ascii"):
+    locks = _moved_lock(node, text, origin)
+    lock_moves = locks is not None and locks[0].site_ca_keys != locks[1].site_ca_keys
+    if read_bytes(ca_path) == text.encode("ascii") and not lock_moves:
         return answer(
             "trust", {"message": f"{ca_path} already holds this bundle", "changed": False, "ca_sha256": digests}
         )
@@ -96,7 +119,13 @@ def trust(node: NodeState, request: TrustInput) -> ActionResult:
     except ValueError:
         current = []
     widened = all(cert in bundle for cert in current)
-    write_set(node.node_dir, [(ca_path, text, 0o644)], durable=node.durable, journal=False)
+    files = [(ca_path, text, 0o644)]
+    if locks is not None:
+        lock_text = locks[1].dump()
+        files += [(node.site_ca_path, text, 0o644), (node.site_lock_path, lock_text, 0o600)]
+    write_set(node.node_dir, files, durable=node.durable)
+    if locks is not None:
+        node.site_lock_text, node.site_ca_pem = lock_text, text
     return answer(
         "trust",
         {"message": f"{ca_path} now holds {len(bundle)} CA certificate(s)", "changed": True, "ca_sha256": digests},

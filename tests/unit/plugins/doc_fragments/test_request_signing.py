@@ -18,7 +18,11 @@ def test_the_passphrase_is_never_logged():
     assert request_signing_argument_spec()["signing_key_passphrase"]["no_log"] is True
 
 
-def test_the_module_uses_the_specs():
+def test_the_modules_use_the_specs():
     choria_provision = load_plugin("modules/choria_provision.py")
     for name, option in {**request_signing_argument_spec(), **jwt_verification_argument_spec()}.items():
         assert choria_provision.ARGUMENT_SPEC[name] == option
+    node_certificates = load_plugin("modules/node_certificates.py")
+    for name, option in request_signing_argument_spec().items():
+        assert node_certificates.ARGUMENT_SPEC[name] == option
+    assert "zeroinit.bootstrap.request_signing" in node_certificates.DOCUMENTATION

@@ -101,6 +101,19 @@ def test_a_locked_node_moves_only_for_its_site(site, action, who, refused):
         assert site_lock_refusal(lock.dump(), action, signer) == outcome
 
 
+def test_a_trust_moves_the_site_ca_keys_and_keeps_the_provisioning_pins(site):
+    lock = SiteLock.at_commit(site["ca"].pem, site["provisioning"].pem, site="site-a")
+    permanent = Authority("site A permanent CA")
+    moved = lock.with_site_ca_keys(ca_key_fingerprints(permanent.pem), 1_800_000_100, "CN=prov", "e" * 32)
+    assert moved.site_ca_keys == ca_key_fingerprints(permanent.pem)
+    assert moved.provisioning_ca_keys == lock.provisioning_ca_keys and moved.site == "site-a"
+    assert SiteLock.load(moved.dump()) == moved
+    everyone = site["ca"].pem + site["provisioning"].pem + permanent.pem
+    assert moved.refusal("trust", signer_under(permanent, everyone)) is None
+    assert moved.refusal("trust", signer_under(site["provisioning"], everyone)) is None
+    assert "signed under another CA" in moved.refusal("trust", signer_under(site["ca"], everyone))
+
+
 def test_the_lock_pins_keys_so_a_reissued_ca_certificate_keeps_its_nodes(site):
     lock = SiteLock.at_commit(site["ca"].pem)
     reissued = Authority("site A CA (renewed)", key=site["ca"].key)
