@@ -12,7 +12,9 @@ import collections
 import time
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.renewal import RenewalResponder
+from tests.support.broker import EmbeddedBroker
 from tests.support.members import (
+    COLLECTIVE,
     EventWatch,
     MemberFleet,
     MemberSite,
@@ -22,6 +24,7 @@ from tests.support.members import (
     fleet_identities,
     key_mode,
 )
+from tests.support.provisioner import ProvisionerProcess
 
 FAST_RETRIES = {"plugin.zeroinit.renewal.retry_min": "1", "plugin.zeroinit.renewal.retry_max": "4"}
 
@@ -125,3 +128,48 @@ def test_stopped_signer_means_retries_with_backoff_and_events_before_expiry_and_
     identity, gap = watch.longest_gap()
     assert gap < 2.5, f"{identity} did not answer ping for {gap:.1f}s"
     assert "Traceback" not in log and "certificate renewal failed (attempt 3)" in log
+
+
+def test_the_provisioner_service_with_renewal_configured_renews_the_members_certificates(tmp_path):
+    """The service (a real ``zeroinit-provisioner run`` process) with ``renewal:`` set answers the configured nodes'
+    renewal requests on its own TLS connection to the members' broker; nothing else answers them here."""
+    site = MemberSite(tmp_path / "site", valid_seconds=90)
+    identities = fleet_identities(3)
+    config = {**FAST_RETRIES, "plugin.zeroinit.renewal.fraction": "0.2", "plugin.zeroinit.renewal.jitter": "0.05"}
+    client = site.issue("zeroinit-provisioner")
+    signer = {"ca_cert": str(site.ca_cert_path), "ca_key": str(site.ca_key_path), "valid_seconds": 90}
+    with EmbeddedBroker() as provisioning, site.broker() as broker:
+        site.seed(tmp_path / "fleet", identities, broker.url, config)
+        first = {i: certificate_of(tmp_path / "fleet", i) for i in identities}
+        service = ProvisionerProcess(
+            tmp_path / "service",
+            "renewer",
+            site="renewal",
+            brokers=[provisioning.url],
+            token="s3cret",
+            signer=signer,
+            renewal={
+                "brokers": [broker.url],
+                "collective": COLLECTIVE,
+                "site_ca": str(site.trust_path),
+                "tls_ca": client["ca"],
+                "tls_cert": client["cert"],
+                "tls_key": client["key"],
+            },
+        )
+        with (
+            service,
+            MemberFleet(broker.url, identities, tmp_path / "fleet", site) as fleet,
+            EventWatch(broker.url, site.client_tls("events")) as events,
+        ):
+            service.wait_for(lambda line: line.get("event") == "renewal_started", 10, "to serve renewals")
+            assert wait_until(lambda: all(events.of("renewed", i) for i in identities), 60), service.log_tail()
+            log = fleet.log_tail(100_000)
+        assert service.process.returncode == 0, service.log_tail()
+    for identity in identities:
+        now = certificate_of(tmp_path / "fleet", identity)
+        assert now.serial_number != first[identity].serial_number
+        assert now.public_key() != first[identity].public_key()
+        assert now.issuer == first[identity].issuer
+    assert not events.of("renewal_failed")
+    assert "Traceback" not in log + service.log_tail(100_000)

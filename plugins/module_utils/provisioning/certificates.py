@@ -25,13 +25,11 @@ from ..choria.brokers import BrokerUrlError, normalize_brokers
 from ..choria.events import parse_lifecycle_event
 from ..choria.protocol import PROVISION_AGENT, ProtocolError
 from ..choria.renewal import RENEWAL_FAILED_EVENT, RENEWED_EVENT
-from ..choria.security import TrustConfigError
 from ..choria.subjects import CONFIGURED_COMPONENT, lifecycle_subject, valid_identity
 from ..choria.transport import ConnectError, tls_context
 from ..common.deps import NatsError
-from ..pki.issuance import signer_from_params
 from ..pki.x509 import PkiError, load_certificates
-from .renewal import RenewalResponder
+from .renewal import RenewalResponder, RenewalSetupError, responder_from_params
 from .rpc import RpcClient, RpcError, reply_error
 from .settings import ProvisionError, load_request_signer
 
@@ -217,16 +215,10 @@ class CertificateTask:
     # -- serve and renew -----------------------------------------------------------------------------------------------
     def _responder(self) -> tuple[RenewalResponder, object]:
         try:
-            signer, _created = signer_from_params(self.s.signer)
-        except (PkiError, OSError, ValueError) as exc:
-            raise CertificateTaskError(f"signer: {exc}") from None
-        site_ca = self.s.site_ca or signer.ca.chain_pem
-        try:
-            responder = RenewalResponder(signer, site_ca, valid_days=self.s.signer.get("valid_days"))
-        except (TrustConfigError, ValueError) as exc:
-            signer.close()
-            raise CertificateTaskError(f"site_ca: {exc}") from None
-        return responder, signer
+            responder = responder_from_params(self.s.signer, self.s.site_ca)
+        except RenewalSetupError as exc:
+            raise CertificateTaskError(str(exc)) from None
+        return responder, responder.signer
 
     async def _serve(self) -> dict:
         if self.s.check_mode:

@@ -49,9 +49,10 @@ from ..choria.protocol import (
 )
 from ..choria.renewal import CSR_LIMIT, RENEWAL_ACTION, RENEWAL_AGENT, RENEWAL_QUEUE_GROUP
 from ..choria.replay import DEFAULT_MAX_TTL, ReplayGuard, request_window_refusal
-from ..choria.security import RENEWAL_POLICY, RequestTrustError, RequestVerifier
+from ..choria.security import RENEWAL_POLICY, RequestTrustError, RequestVerifier, TrustConfigError
 from ..choria.subjects import broadcast_subject, reply_subject, valid_identity
 from ..common.deps import NatsError, x509
+from ..pki.issuance import signer_from_params
 from ..pki.policy import DEFAULT_VALID_DAYS, PolicyError
 from ..pki.x509 import PkiError, certificate_matches_key, load_csr
 
@@ -253,3 +254,21 @@ class RenewalResponder:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if own_executor:
                 executor.shutdown(wait=True)
+
+
+class RenewalSetupError(ValueError):
+    """A responder cannot be made from its options; the message starts with the option's name."""
+
+
+def responder_from_params(signer_params: dict, site_ca_pem: str | None = None) -> RenewalResponder:
+    """A responder signing with ``signer_params`` (either backend, as ``pki_sign`` takes them) for requests whose
+    certificate chains to ``site_ca_pem`` (default: the signer's CA chain). Close ``responder.signer`` when done."""
+    try:
+        signer, _created = signer_from_params(signer_params)
+    except (PkiError, OSError, ValueError) as exc:
+        raise RenewalSetupError(f"signer: {exc}") from None
+    try:
+        return RenewalResponder(signer, site_ca_pem or signer.ca.chain_pem, valid_days=signer_params.get("valid_days"))
+    except (TrustConfigError, ValueError) as exc:
+        signer.close()
+        raise RenewalSetupError(f"site_ca: {exc}") from None

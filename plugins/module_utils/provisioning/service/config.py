@@ -147,6 +147,31 @@ CONFIG_KEYS = (
         "hex key; Choria's `jwt_verify_cert`): each node's JWT is fetched and verified before anything else.",
     ),
     ConfigKey(
+        "renewal.brokers",
+        "url_list",
+        None,
+        "Broker URLs of the members' network (the configured nodes' brokers). Set, this instance runs the renewal "
+        "responder there: it answers the nodes' renewal requests (agent `zeroinit_ca`), sharing them with other "
+        "responders in one queue group.",
+    ),
+    ConfigKey("renewal.collective", "string", "mcollective", "The members' collective renewal requests come in."),
+    ConfigKey(
+        "renewal.site_ca",
+        "file",
+        None,
+        "CA certificates a renewal request's certificate must chain to (during a CA migration, the old and the "
+        "new CA); by default the renewal signer's CA chain.",
+    ),
+    ConfigKey(
+        "renewal.signer",
+        "mapping",
+        None,
+        "Who signs renewed certificates, as `signer` (the built-in signer or `backend: cfssl`); default `signer`.",
+    ),
+    ConfigKey("renewal.tls_ca", "file", None, "CA certificate to verify the members' brokers with."),
+    ConfigKey("renewal.tls_cert", "file", None, "Client certificate presented to the members' brokers."),
+    ConfigKey("renewal.tls_key", "file", None, "Private key of `renewal.tls_cert`."),
+    ConfigKey(
         "monitor_port",
         "integer",
         0,
@@ -325,6 +350,13 @@ class ServiceConfig:
     signing_key: Optional[str] = None
     signing_key_passphrase: str = dataclasses.field(default="", repr=False)
     jwt_verify_key: Optional[str] = None
+    renewal_brokers: Optional[list] = None
+    renewal_collective: str = "mcollective"
+    renewal_site_ca: Optional[str] = None
+    renewal_signer: Optional[dict] = dataclasses.field(default=None, repr=False)
+    renewal_tls_ca: Optional[str] = None
+    renewal_tls_cert: Optional[str] = None
+    renewal_tls_key: Optional[str] = None
     monitor_port: int = 0
     monitor_address: str = "127.0.0.1"
     loglevel: str = "info"
@@ -347,12 +379,18 @@ class ServiceConfig:
             field_name = key.name.replace(".", "_")
             if key.secret and doc.get(field_name):
                 doc[field_name] = "<redacted>"
-        if isinstance(doc.get("signer"), dict):
-            doc["signer"] = {
-                k: ("<redacted>" if v and any(word in k for word in SECRET_WORDS) else v)
-                for k, v in doc["signer"].items()
-            }
+        for name in ("signer", "renewal_signer"):
+            if isinstance(doc.get(name), dict):
+                doc[name] = {
+                    k: ("<redacted>" if v and any(word in k for word in SECRET_WORDS) else v)
+                    for k, v in doc[name].items()
+                }
         return doc
+
+    @property
+    def renewal_signer_params(self) -> Optional[dict]:
+        """The renewal responder's signer options (``renewal.signer``, else ``signer``); None: no responder."""
+        return (self.renewal_signer or self.signer) if self.renewal_brokers else None
 
     def __repr__(self) -> str:
         return f"ServiceConfig({self.redacted()!r})"
@@ -424,7 +462,13 @@ def parse_service_config(data: Any, source: str = "(inline)", hooks: Optional[Co
     if not problems:
         _check_together(values, problems)
     if not problems:
-        for name, hook in (("brokers", hooks.brokers), ("helper", hooks.helper), ("signer", hooks.signer)):
+        for name, hook in (
+            ("brokers", hooks.brokers),
+            ("helper", hooks.helper),
+            ("signer", hooks.signer),
+            ("renewal.brokers", hooks.brokers),
+            ("renewal.signer", hooks.signer),
+        ):
             if hook is not None and values.get(name) is not None:
                 try:
                     values[name] = hook(values[name])
@@ -438,19 +482,22 @@ def parse_service_config(data: Any, source: str = "(inline)", hooks: Optional[Co
     return ServiceConfig(**fields)
 
 
+SECTIONS = ("features", "renewal")
+
+
 def _flatten(data: dict, problems: list) -> dict:
-    """``{"features": {"pki": true}}`` -> ``{"features.pki": true}``; only known sections nest."""
+    """``{"features": {"pki": true}}`` -> ``{"features.pki": true}``; only known sections (SECTIONS) nest."""
     flat = {}
     for name, value in data.items():
         if not isinstance(name, str):
             problems.append(f"{name!r}: keys must be strings")
             continue
-        if name == "features":
+        if name in SECTIONS:
             if not isinstance(value, dict):
-                problems.append(f"features: expected a mapping, got {_kind_of(value)}")
+                problems.append(f"{name}: expected a mapping, got {_kind_of(value)}")
                 continue
             for sub, sub_value in value.items():
-                flat[f"features.{sub}"] = sub_value
+                flat[f"{name}.{sub}"] = sub_value
             continue
         flat[name] = value
     return flat
@@ -629,6 +676,15 @@ def _check_together(values: dict, problems: list) -> None:
         problems.append("signing_key_passphrase: given without signing_key")
     if values.get("signer") is not None and not values.get("features.pki"):
         problems.append("features.pki: the built-in signer needs the node's CSR; set it true or use a helper")
+    if values.get("renewal.brokers"):
+        if values.get("renewal.signer") is None and values.get("signer") is None:
+            problems.append("renewal.brokers: the renewal responder needs a signer; set renewal.signer (or signer)")
+        if values.get("renewal.tls_key") and not values.get("renewal.tls_cert"):
+            problems.append("renewal.tls_key: given without renewal.tls_cert")
+    else:
+        for name in ("renewal.site_ca", "renewal.signer", "renewal.tls_ca", "renewal.tls_cert", "renewal.tls_key"):
+            if values.get(name) is not None:
+                problems.append(f"{name}: given without renewal.brokers (the members' brokers to serve renewals on)")
     if not values.get("token") and not values.get("control_key"):
         problems.append("token: required unless control_key is set (it keys the pause/resume/status messages)")
 

@@ -15,7 +15,9 @@ What one instance wires, from its checked configuration:
 - ``workers`` workers: take a node, claim it (before the first request), run ``ProvisioningFlow`` (THE flow
   ``choria_provision`` runs too) while the claim is renewed, then mark it done (provisioned) or release it and
   re-queue the node with backoff (deferred, failed); a claim lost meanwhile cancels the node's run;
-- Choria's statistics on ``/metrics`` and ``/healthz`` (``metrics.py``), and one JSON log line per node outcome.
+- Choria's statistics on ``/metrics`` and ``/healthz`` (``metrics.py``), and one JSON log line per node outcome;
+- with ``renewal.brokers``, the renewal responder (``..renewal``) on a connection of its own to the members' broker:
+  it answers the configured nodes' renewal requests, in one queue group with any other responder of the site.
 
 All instances of a site send as one caller, ``choria=<site>.provisioner``: a node's provisioning lock is per
 caller, so another instance can finish a node whose instance died. Each instance puts its own name in every
@@ -38,13 +40,15 @@ from typing import Any, Optional
 from ...choria.brokers import normalize_brokers
 from ...choria.protocol import caller_id
 from ...choria.subjects import valid_identity
-from ...choria.transport import ConnectError, connect
+from ...choria.transport import ConnectError, connect, tls_context
 from ...common.deps import NatsError
+from ...common.files import read_text
 from ...pki.issuance import check_signer_params
 from ..deciders import HelperDecider, decider_for
 from ..flow import DEFERRED, PROVISIONED, SHUTDOWN, NodeOutcome, ProvisioningFlow
 from ..helper import helper_argv
 from ..listener import ARRIVAL_EVENTS, NodeEvent, NodeEventListener
+from ..renewal import RenewalResponder, RenewalSetupError, responder_from_params
 from ..rpc import RpcClient, RpcError
 from ..settings import ProvisionError, ProvisionSettings
 from .claims import BucketError, Claim, ClaimHeld, ClaimStore, probe_jetstream
@@ -160,6 +164,10 @@ class ProvisionerDaemon(ControlHandlers):
         self.control_client: Optional[ControlClient] = None
         self.members = SiteMembers(self.instance)
         self.monitor: Optional[MonitorServer] = None
+        self.renewal: Optional[RenewalResponder] = None
+        self.renewal_nc: Any = None  # the connection to the members' broker the responder answers on
+        self._renewal_stop: Optional[asyncio.Event] = None
+        self._renewal_task: Optional[asyncio.Task] = None
         self.liveness = LivenessCheck(lambda: self.nc is not None and self.nc.is_connected)
         self._pause_revision = 0
         self._stop: Optional[asyncio.Event] = None
@@ -261,6 +269,8 @@ class ProvisionerDaemon(ControlHandlers):
             self._spawn(self._membership_loop(), "membership")
         self._spawn(self._discovery_loop(), DISCOVERY_TASK)
         self._workers = [asyncio.ensure_future(self._worker()) for _slot in range(config.workers)]
+        if config.renewal_brokers:
+            await self._start_renewal()
         log.info(
             "%s started: site %s, %s mode, %d workers, discovery every %gs, %s",
             self.instance,
@@ -278,8 +288,58 @@ class ProvisionerDaemon(ControlHandlers):
                 brokers=self.settings.brokers,
                 decider="helper" if isinstance(self.decider, HelperDecider) else "signer",
                 monitor=f"http://{self.monitor.address}:{self.monitor.port}" if self.monitor else None,
+                renewal=config.renewal_brokers,
             ),
         )
+
+    async def _start_renewal(self) -> None:
+        """The renewal responder on its own connection to the members' broker (README "Certificate renewal")."""
+        config = self.config
+        try:
+            site_ca = read_text(config.renewal_site_ca) if config.renewal_site_ca else None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServiceError(f"renewal.site_ca: {exc}") from None
+        try:
+            self.renewal = responder_from_params(config.renewal_signer_params, site_ca)
+        except RenewalSetupError as exc:
+            raise ServiceError(f"renewal.{exc}") from None
+        try:
+            self.renewal_nc = await connect(
+                config.renewal_brokers,
+                name=f"zeroinit-provisioner {self.instance} renewal",
+                tls=tls_context(config.renewal_tls_ca, config.renewal_tls_cert, config.renewal_tls_key),
+            )
+        except (ConnectError, OSError, ValueError) as exc:
+            raise ServiceError(f"renewal.brokers: {exc}") from None
+        self._renewal_stop = asyncio.Event()
+        self._renewal_task = asyncio.ensure_future(
+            self.renewal.serve(self.renewal_nc, [config.renewal_collective], self._renewal_stop)
+        )
+        log.info(
+            "%s answers renewal requests in collective %s on %s",
+            self.instance,
+            config.renewal_collective,
+            ", ".join(config.renewal_brokers),
+            extra=log_fields(event="renewal_started", instance=self.instance, site=config.site),
+        )
+
+    async def _stop_renewal(self) -> None:
+        """Stop answering (the requests in hand are answered), then close the members' connection and the signer."""
+        if self._renewal_task is not None:
+            self._renewal_stop.set()
+            with contextlib.suppress(asyncio.TimeoutError, NatsError):
+                await asyncio.wait_for(self._renewal_task, 10.0)
+            self._renewal_task = None
+        if self.renewal_nc is not None:
+            try:
+                await asyncio.wait_for(self.renewal_nc.drain(), 5.0)
+            except (NatsError, asyncio.TimeoutError):
+                with contextlib.suppress(NatsError):
+                    await self.renewal_nc.close()
+            self.renewal_nc = None
+        if self.renewal is not None:
+            self.renewal.signer.close()
+            self.renewal = None
 
     async def _open_site_state(self) -> None:
         """The claims bucket and the paused flag, tried again while the cluster is busy (electing leaders)."""
@@ -337,6 +397,7 @@ class ProvisionerDaemon(ControlHandlers):
 
     async def close(self) -> None:
         self.closing = True
+        await self._stop_renewal()
         for task in [*self._workers, *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._workers, *self._tasks, return_exceptions=True)

@@ -322,3 +322,37 @@ def test_a_signing_key_alone_is_refused_by_name(tmp_path, provisioner_files, key
     if not keys:
         text += "signing_key_passphrase: pass-SECRET\n"
     assert problems(tmp_path, text) == [expected]
+
+
+def test_the_renewal_section_configures_the_responder_on_the_members_network(tmp_path, ca_files):
+    text = f"""{MINIMAL}
+renewal:
+  brokers: [tls://members:4222]
+  collective: prod
+  site_ca: {ca_files}/ca.pem
+  signer: {{ca_cert: {ca_files}/ca.pem, ca_key: {ca_files}/ca.key, ca_passphrase: hunter2}}
+  tls_ca: {ca_files}/ca.pem
+  tls_cert: {ca_files}/client.pem
+  tls_key: {ca_files}/client.key
+"""
+    config = load(tmp_path, text)
+    assert config.renewal_brokers == ["tls://members:4222"] and config.renewal_collective == "prod"
+    assert config.renewal_signer_params["ca_key"] == f"{ca_files}/ca.key"
+    assert config.renewal_tls_cert == f"{ca_files}/client.pem"
+    assert config.redacted()["renewal_signer"]["ca_passphrase"] == "<redacted>" and "hunter2" not in repr(config)
+    assert load(tmp_path, MINIMAL).renewal_signer_params is None, "no renewal.brokers: no responder"
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("renewal:\n  brokers: [nats://m:4222]\n", "renewal.brokers: the renewal responder needs a signer"),
+        ("renewal:\n  collective: prod\n  tls_ca: /etc/hosts\n", "renewal.tls_ca: given without renewal.brokers"),
+        ("renewal:\n  brokers: nats://m:4222\n", "renewal.brokers: expected a non-empty list of broker URLs"),
+        ("renewal:\n  brokerz: []\n", "renewal.brokerz: unknown key; did you mean renewal.brokers?"),
+        ("renewal: [nats://m:4222]\n", "renewal: expected a mapping, got a list"),
+    ],
+)
+def test_renewal_problems_are_named_by_their_key(tmp_path, section, problem):
+    found = problems(tmp_path, MINIMAL + section)
+    assert any(p.startswith(problem) for p in found), found
