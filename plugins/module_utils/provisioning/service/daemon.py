@@ -98,6 +98,15 @@ def reply_scope(instance: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", instance)[:128]
 
 
+async def drain_connection(nc, timeout: float = 5.0) -> None:
+    """Drain a NATS connection (what was published goes out), closing it when draining fails or takes too long."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except (NatsError, asyncio.TimeoutError):
+        with contextlib.suppress(NatsError):
+            await nc.close()
+
+
 def config_hooks() -> ConfigHooks:
     """The checks the configuration borrows from the code each rule lives in."""
     return ConfigHooks(brokers=normalize_brokers, helper=helper_argv, signer=check_signer_params)
@@ -331,11 +340,7 @@ class ProvisionerDaemon(ControlHandlers):
                 await asyncio.wait_for(self._renewal_task, 10.0)
             self._renewal_task = None
         if self.renewal_nc is not None:
-            try:
-                await asyncio.wait_for(self.renewal_nc.drain(), 5.0)
-            except (NatsError, asyncio.TimeoutError):
-                with contextlib.suppress(NatsError):
-                    await self.renewal_nc.close()
+            await drain_connection(self.renewal_nc)
             self.renewal_nc = None
         if self.renewal is not None:
             self.renewal.signer.close()
@@ -409,11 +414,7 @@ class ProvisionerDaemon(ControlHandlers):
         if self.client is not None:
             await self.client.close()
         if self.nc is not None:
-            try:
-                await asyncio.wait_for(self.nc.drain(), 5.0)
-            except (NatsError, asyncio.TimeoutError):
-                with contextlib.suppress(NatsError):
-                    await self.nc.close()
+            await drain_connection(self.nc)
         if self.monitor is not None:
             self.monitor.stop()
 
