@@ -75,7 +75,7 @@ def signer_argument_spec() -> dict:
 def check_signer_params(params: dict) -> dict:
     """Options given outside a module (the provisioner service's ``signer:``) checked by the same argument spec:
     the validated options with their defaults; ValueError with the spec's messages (unknown, missing, wrong type)."""
-    result = ArgumentSpecValidator(signer_argument_spec()).validate(dict(params))
+    result = ArgumentSpecValidator(signer_argument_spec(), required_if=SIGNER_REQUIRED_IF).validate(dict(params))
     if result.error_messages:
         # Ansible words an unknown option for its module's error line ("Unsupported parameters for ..."): say it.
         messages = [f"unknown option {e.msg}" if isinstance(e, UnsupportedError) else e.msg for e in result.errors]

@@ -159,3 +159,18 @@ def test_builtin_backend_without_ca_files_names_the_option(tmp_path):
     with pytest.raises(PkiError) as info:
         CertificateIssuance(params(tmp_path, csr=make_csr(), ca_key=None)).run()
     assert info.value.field == "ca_key" and "backend builtin" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"ca_cert": "/ca.pem"}, "backend is builtin but all of the following are missing: ca_key"),
+        ({"backend": "cfssl", "cfssl_url": "https://ca:8888"}, "backend is cfssl but all of the following are missing"),
+    ],
+)
+def test_options_given_outside_a_module_need_what_their_backend_needs(params, problem):
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import check_signer_params
+
+    with pytest.raises(ValueError, match=problem):
+        check_signer_params(params)
+    assert check_signer_params({"ca_cert": "/ca.pem", "ca_key": "/ca-key.pem"})["backend"] == "builtin"
