@@ -152,3 +152,25 @@ def test_a_signed_trust_moves_the_site_lock_with_the_bundle(configured, ca, call
     assert unsigned_call(restarted, "trust", dict(probe, ca=permanent.pem), signer=permanent_provisioner)[0] == 0
     on_disk = {pathlib.Path(path).read_text() for path in (restarted.ssl_path("ca.pem"), restarted.site_ca_path)}
     assert on_disk == {permanent.pem}
+
+
+def test_with_a_provisioning_ca_the_trust_moves_the_site_keys_and_keeps_the_provisioning_pins(tmp_path, ca):
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.trust import AgentTrust
+    from tests.support.certificates import Authority, signer_of
+
+    provisioning = Authority("site A provisioning CA")
+    provisioner = signer_of(provisioning.issue("prov.a.example.net"))
+    node = NodeState("web1.example.net", str(tmp_path / "node"), TOKEN, trust=AgentTrust(provisioning.pem))
+    node.load()
+    provisioned_files(node, ca, signer=provisioner)
+    node.load()
+    pins = SiteLock.load(node.site_lock_text).provisioning_ca_keys
+    assert pins == ca_key_fingerprints(provisioning.pem)
+    permanent = TestCA("permanent CA")
+    code, msg, _data, _result = unsigned_call(
+        node, "trust", {"token": TOKEN, "ca": ca.pem + permanent.pem}, signer=provisioner
+    )
+    assert code == 0, msg
+    lock = SiteLock.load(node.site_lock_text)
+    assert set(lock.site_ca_keys) == {*ca_key_fingerprints(ca.pem), *ca_key_fingerprints(permanent.pem)}
+    assert lock.provisioning_ca_keys == pins
