@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.broker import free_port
+from tests.support.fleet import terminate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROVISIONER = ROOT / ".venv" / "bin" / "zeroinit-provisioner"
@@ -176,18 +176,9 @@ class ProvisionerProcess:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (drain), wait, then SIGKILL; the exit status."""
-        proc = self.process
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        status = None if self.process is None else terminate(self.process, timeout)
         self._close_log()
-        return proc.returncode
+        return status
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -15,7 +15,6 @@ import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import rpc_request_body
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.control import (
     control_subject,
@@ -31,20 +30,6 @@ HELPERS = pathlib.Path(__file__).resolve().parents[1] / "helpers"
 MEMBERS = "members"
 WRITES = ("gencsr", "configure")
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def members():
-    """The broker nodes move to once provisioned."""
-    with EmbeddedBroker() as broker:
-        yield broker
-
-
-@pytest.fixture
-def ca(tmp_path):
-    cert, key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
-    CertificateAuthority.load_or_create(cert, key, common_name="service test CA")
-    return {"ca_cert": cert, "ca_key": key}
 
 
 def member_config(members) -> dict:
