@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import os
 import pathlib
 import shutil
@@ -40,7 +39,7 @@ from bench.bench_provision import _floor, proc_stats
 from tests.support.broker import EmbeddedBroker, EmbeddedCluster
 from tests.support.bus import BusCapture
 from tests.support.fleet import AgentFleet, discover
-from tests.support.provisioner import ProvisionerProcess
+from tests.support.provisioner import ProvisionerProcess, logged_at
 
 TOKEN = "bench-token"
 ROUND_TRIPS = 4  # inventory, gencsr, configure, restart
@@ -50,10 +49,6 @@ def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as handle:
         kib = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
     return kib / 1024
-
-
-def log_time(stamp: str) -> float:
-    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
 
 
 def provisioned(instances, site: str) -> float:
@@ -132,7 +127,7 @@ class Site:
         starts, ends, done = [], [], 0
         for instance in self.instances:
             for line in instance.outcomes("provisioned"):
-                end = log_time(line["time"])
+                end = logged_at(line)
                 starts.append(end - line["duration"])
                 ends.append(end)
                 done += 1

@@ -13,6 +13,7 @@ sends SIGTERM and returns the exit status; ``kill()`` is SIGKILL. A process is n
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import os
@@ -35,6 +36,12 @@ MODULE = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioni
 def provisioner_argv() -> list:
     """The service's command: the venv's wrapper, or this Python running the module."""
     return [str(PROVISIONER)] if PROVISIONER.exists() else [sys.executable, "-m", MODULE]
+
+
+def logged_at(line: dict) -> float:
+    """When the service logged ``line`` (its ``time``, UTC with milliseconds), as time.time() counts."""
+    stamp = datetime.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def write_config(path, config: dict) -> pathlib.Path:
