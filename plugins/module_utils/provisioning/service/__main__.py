@@ -35,7 +35,7 @@ PROG = "zeroinit-provisioner"
 COMMANDS = ("run", "check", "pause", "resume", "status")
 
 
-def parse_args(argv: Optional[list]) -> argparse.Namespace:
+def parse_command_line(argv: Optional[list]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The provisioner service: run it, or pause, resume or ask every running instance of a site.",
@@ -58,8 +58,8 @@ def fail(message: str, status: int) -> int:
     return status
 
 
-def main(argv: Optional[list] = None) -> int:
-    args = parse_args(argv)
+def command_line(argv: Optional[list] = None) -> int:
+    args = parse_command_line(argv)
     try:
         require("yaml", "to read the configuration")
         require("nats", "to reach the brokers")
@@ -118,4 +118,4 @@ async def control(config: ServiceConfig, command: str, gather: float) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(command_line())
