@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +18,7 @@ from tests.support.ansible_run import run_playbook
 from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, discover
 from tests.support.netns import TestNetwork
+from tests.support.ssh import keygen
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 NODES = 4
@@ -28,9 +28,8 @@ CTL = "/opt/zeroinit/provisioner/zeroinit-provisionerctl"
 
 @pytest.fixture
 def site(tmp_path):
-    bootstrap = tmp_path / "bootstrap"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(bootstrap)], check=True)
-    net = TestNetwork.create("sitesvc", 1, authorized_keys=bootstrap.with_suffix(".pub").read_text())
+    bootstrap, public_key = keygen(tmp_path, "bootstrap")
+    net = TestNetwork.create("sitesvc", 1, authorized_keys=public_key)
     service_host = net.hosts[0]
     broker = None
     try:
