@@ -11,7 +11,6 @@ import hashlib
 import json
 import pathlib
 import sys
-import threading
 
 import pytest
 from cryptography import x509
@@ -20,13 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import BulkRun, provision
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import SignerDecider
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import NodeFailure
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
-from tests.support.broker import EmbeddedBroker
+from tests.support.bus import BusCapture
 from tests.support.fleet import AgentFleet, discover
 
 TOKEN = "fleet-token"
@@ -37,20 +34,6 @@ SECURITY_KEYS = {
     "plugin.security.file.key",
     "plugin.security.file.ca",
 }
-
-
-@pytest.fixture
-def members():
-    """The broker nodes move to once provisioned."""
-    with EmbeddedBroker() as broker:
-        yield broker
-
-
-@pytest.fixture
-def ca(tmp_path):
-    cert, key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
-    CertificateAuthority.load_or_create(cert, key, common_name="test provisioning CA")
-    return {"ca_cert": cert, "ca_key": key}
 
 
 def member_config(members, collective="members"):
@@ -94,56 +77,6 @@ def in_provisioning(broker, identities, timeout=3.0):
 
 def members_answering(members, identities, collective="members", timeout=20.0):
     return asyncio.run(discover(members.url, identities, timeout, collective=collective))
-
-
-class BusCapture:
-    """Every message on the broker (subject ``>``), from a separate connection in its own thread."""
-
-    def __init__(self, url):
-        self.url = url
-        self.messages = []
-        self._ready = threading.Event()
-        self._stop = None
-        self._loop = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        async def main():
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            nc = await connect([self.url], name="bus-capture")
-
-            async def keep(msg):
-                self.messages.append((msg.subject, bytes(msg.data)))
-
-            await nc.subscribe(">", cb=keep)
-            await nc.flush()
-            self._ready.set()
-            await self._stop.wait()
-            await nc.flush()
-            await nc.drain()
-
-        asyncio.run(main())
-
-    def __enter__(self):
-        self._thread.start()
-        assert self._ready.wait(10), "bus capture did not connect"
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def layers(self):
-        """Each message as sent, plus its base64-decoded transport payload (the secure message)."""
-        for _subject, raw in self.messages:
-            yield raw
-            try:
-                doc = json.loads(raw)
-                if isinstance(doc, dict) and isinstance(doc.get("data"), str):
-                    yield base64.b64decode(doc["data"])
-            except ValueError:
-                continue
 
 
 def test_signer_run_makes_every_node_a_member_and_no_key_crosses_the_bus(nats_broker, members, ca, tmp_path):

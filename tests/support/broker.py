@@ -54,6 +54,8 @@ class EmbeddedBroker:
     the server reports JetStream healthy. ``cluster`` (used by ``EmbeddedCluster``) is a dict with ``name``,
     ``port`` and ``routes`` (route URLs). A server with JetStream or a cluster also serves its monitoring
     endpoint on ``127.0.0.1:<monitor_port>`` (``/healthz``, ``/jsz``), which is how readiness is checked.
+    ``users`` is nats-server's ``authorization.users`` list (``user``, ``password``, ``permissions``): clients
+    then connect as ``nats://user:password@host:port``.
     """
 
     def __init__(
@@ -67,8 +69,10 @@ class EmbeddedBroker:
         jetstream: bool = False,
         server_name: str | None = None,
         cluster: dict | None = None,
+        users: list | None = None,
     ):
         self.host = host
+        self.users = users
         self.port = port or free_port(host if netns is None else "127.0.0.1")
         self.tls = tls
         self.max_payload = max_payload
@@ -87,6 +91,11 @@ class EmbeddedBroker:
     def url(self) -> str:
         scheme = "tls" if self.tls else "nats"
         return f"{scheme}://{self.host}:{self.port}"
+
+    def user_url(self, user: str) -> str:
+        """The URL a client of ``users`` connects with (its password in the URL)."""
+        password = next(entry["password"] for entry in self.users or () if entry["user"] == user)
+        return self.url.replace("://", f"://{user}:{password}@", 1)
 
     def _config(self) -> str:
         lines = [
@@ -117,6 +126,8 @@ class EmbeddedBroker:
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.users:
+            lines.append("authorization: " + json.dumps({"users": self.users}))  # the config language takes JSON
         if self.tls:
             lines += [
                 "tls {",

@@ -376,9 +376,13 @@ class ProvisionerDaemon(ControlHandlers):
             log.warning("ignored a %s %s for node %s: not a valid identity", source, kind, shown)
 
     async def _discovery_loop(self) -> None:
+        """A discovery at start, then one every ``interval`` (measured start to start)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             await self.discover()
-            await asyncio.sleep(self.config.interval)
+            due += self.config.interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
 
     async def discover(self) -> int:
         """One broadcast discovery into the queue; the number of nodes that answered."""

@@ -312,17 +312,21 @@ class WorkQueue:
     # Sharing the nodes with other instances ----------------------------------------------------------------------
 
     def set_preference(self, prefer: Optional[Callable[[str], bool]]) -> None:
-        """Which nodes are this instance's own (None: all); the ready nodes move to their lanes, in order."""
+        """Which nodes are this instance's own (None: all); the ready nodes move to their lanes, in order, and
+        nodes that become its own go first (their instance left: some of them were being worked)."""
         self._prefer = prefer
-        lanes = (self._ready, self._others)
-        self._ready, self._others = collections.deque(), collections.deque()
-        for lane in lanes:
+        own, others = collections.deque(), collections.deque()
+        for lane in (self._others, self._ready):  # the others' lane first: its nodes may have become ours
             for identity, ticket in lane:
                 entry = self._current(identity, ticket, _READY)
                 if entry is not None:
                     entry.preferred = prefer is None or prefer(identity)
-                    (self._ready if entry.preferred else self._others).append((identity, ticket))
+                    (own if entry.preferred else others).append((identity, ticket))
+        self._ready, self._others = own, collections.deque(sorted(others, key=self._ready_time))
         self._dispatch()
+
+    def _ready_time(self, reference: tuple) -> float:
+        return self._entries[reference[0]].ready_at
 
     # Housekeeping -------------------------------------------------------------------------------------------------
 
@@ -397,12 +401,14 @@ class WorkQueue:
 
     # Internals ----------------------------------------------------------------------------------------------------
 
-    def _push_ready(self, entry: QueueEntry, now: Optional[float] = None) -> None:
+    def _push_ready(self, entry: QueueEntry, now: Optional[float] = None, queue_it: bool = True) -> None:
+        """Mark ``entry`` ready; ``queue_it`` puts it last in its lane (the caller places it otherwise)."""
         entry.state = _READY
         entry.ticket += 1
         entry.ready_at = self._clock() if now is None else now
         entry.preferred = self._prefer is None or self._prefer(entry.identity)
-        (self._ready if entry.preferred else self._others).append((entry.identity, entry.ticket))
+        if queue_it:
+            (self._ready if entry.preferred else self._others).append((entry.identity, entry.ticket))
         self.waiting += 1
 
     def _push_deferred(self, entry: QueueEntry, ready_at: float) -> None:
@@ -463,12 +469,18 @@ class WorkQueue:
         return float("inf")
 
     def _promote_due(self, now: float) -> None:
+        """Entries whose time has come go first in their lane, soonest due first: they have waited already (and
+        a node whose claim expires now is how a dead instance's node is taken over)."""
+        due = []
         while self._deferred and self._deferred[0][0] <= now:
             ready_at, _sequence, identity, ticket = heapq.heappop(self._deferred)
             entry = self._current(identity, ticket, _DEFERRED)
             if entry is not None:
                 self.deferred -= 1
-                self._push_ready(entry, ready_at)
+                self._push_ready(entry, ready_at, queue_it=False)
+                due.append(entry)
+        for entry in reversed(due):
+            (self._ready if entry.preferred else self._others).appendleft((entry.identity, entry.ticket))
 
     def _dispatch(self) -> None:
         self._promote_due(self._clock())

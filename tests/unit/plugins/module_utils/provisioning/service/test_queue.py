@@ -424,3 +424,29 @@ def test_a_new_preference_moves_the_ready_nodes_to_their_lanes():
 
     first, rest, stolen = run(main())
     assert (first, rest, stolen) == ("a", ["b", "c"], 0)
+
+
+def test_a_node_whose_time_has_come_goes_before_the_nodes_waiting_behind_it():
+    async def main():
+        clock = FakeClock()
+        queue = wq.WorkQueue(clock=clock)
+        queue.add("held", "discovery")
+        held = await queue.take()
+        queue.postpone(held, 5.0, "worked by prov-b")  # its claim expires in 5 s
+        for index in range(3):
+            queue.add(f"backlog{index}", "discovery")
+        clock.now += 5.0
+        return [(await queue.take()).identity for _round in range(4)]
+
+    assert run(main()) == ["held", "backlog0", "backlog1", "backlog2"]
+
+
+def test_nodes_left_by_an_instance_that_died_go_first():
+    async def main():
+        queue = wq.WorkQueue(prefer=lambda identity: identity.startswith("mine"))
+        for name in ("mine1", "dead1", "mine2", "dead2"):
+            queue.add(name, "discovery")
+        queue.set_preference(lambda identity: True)
+        return [(await queue.take()).identity for _round in range(4)]
+
+    assert run(main()) == ["dead1", "dead2", "mine1", "mine2"]
