@@ -110,7 +110,7 @@ def certificates(fleet) -> int:
 
 
 @pytest.mark.timeout(300)
-def test_a_broker_restart_mid_run_leaves_no_half_state_and_a_second_run_completes(nats_broker, ca, tmp_path):
+def test_a_broker_restart_mid_run_leaves_no_half_state_and_a_second_run_completes(nats_broker, ca, tmp_path, figures):
     count = 300
     env = {SLOW_WRITES_ENV: "0.02"}  # configure takes a little while, so the restart lands among the runs
     with (
@@ -130,6 +130,9 @@ def test_a_broker_restart_mid_run_leaves_no_half_state_and_a_second_run_complete
             second = provision(settings(nats_broker, ca, members, timeout=10.0, retries=2))
         after = tally(node_states(fleet, ca))
         found = asyncio.run(discover(members.url, fleet.identities, 60, collective="members"))
+        tracebacks = fleet.log_tail(1_000_000).count("Traceback")
+    figures.crash("broker restarted mid-run", tracebacks)
+    assert tracebacks == 0, fleet.log_tail()
     assert after == {"member": count} and found == fleet.identities
     # A node whose configure reply the restart swallowed is a member the first run counts as failed; the second
     # run provisions exactly the nodes still waiting.
@@ -137,8 +140,9 @@ def test_a_broker_restart_mid_run_leaves_no_half_state_and_a_second_run_complete
     assert set(first["provisioned"]) <= {i for i, state in interrupted.items() if state == "member"}
     assert sorted(second["provisioned"]) == waiting
     assert bus.key_material(private_keys(fleet)) == []
-    print(
-        f"\nbroker restarted during a run of {count} ({configured_at_restart} configured by then): first run "
+    figures.send("nodes provisioned through a broker restart", count)
+    figures.line(
+        f"broker restarted during a run of {count} ({configured_at_restart} configured by then): first run "
         f"{len(first['provisioned'])} provisioned, {len(first['failed'])} failed "
         f"{sorted(set(first['failed'].values()))[:2]}; on disk then {tally(interrupted)}; "
         f"second run {len(second['provisioned'])} provisioned; all {count} members, whole sets; "
@@ -147,7 +151,7 @@ def test_a_broker_restart_mid_run_leaves_no_half_state_and_a_second_run_complete
 
 
 @pytest.mark.timeout(300)
-def test_a_fleet_killed_during_configure_comes_back_with_whole_sets(nats_broker, ca, tmp_path):
+def test_a_fleet_killed_during_configure_comes_back_with_whole_sets(nats_broker, ca, tmp_path, figures):
     count = 200
     with EmbeddedBroker() as members:
         fleet = AgentFleet(
@@ -185,9 +189,11 @@ def test_a_fleet_killed_during_configure_comes_back_with_whole_sets(nats_broker,
             again.stop()
     assert mid_write >= MID_WRITE
     assert after == {"member": count} and found == again.identities
-    assert "Traceback" not in again.log_tail(200_000)
-    print(
-        f"\nfleet of {count} SIGKILLed with {mid_write} nodes renaming their files: first run "
+    figures.send("nodes provisioned through a SIGKILL of their fleet", count)
+    figures.crash("fleet killed mid-configure, restarted", again.log_tail(1_000_000).count("Traceback"))
+    assert "Traceback" not in again.log_tail(1_000_000)
+    figures.line(
+        f"fleet of {count} SIGKILLed with {mid_write} nodes renaming their files: first run "
         f"{len(first['provisioned'])} provisioned; after the restart {tally(recovered)} (no mixed set); second run "
         f"{len(second['provisioned'])} provisioned; all {count} members"
     )
