@@ -37,30 +37,44 @@ async def _delivered(sender, subject: str, received: list, timeout: float = 10.0
     return len(received) > before
 
 
+class Victim:
+    """A connection subscribed to ``provisioning.node.victim`` that keeps its errors and messages, and a sender."""
+
+    SUBJECT = "provisioning.node.victim"
+
+    def __init__(self, broker):
+        self.broker, self.errors, self.received = broker, [], []
+
+    async def __aenter__(self):
+        async def on_error(exc):
+            self.errors.append(exc)
+
+        async def on_message(msg):
+            self.received.append(msg.data)
+
+        self.nc = await connect([self.broker.url], name="victim", error_cb=on_error)
+        self.sender = await connect([self.broker.url], name="sender")
+        await self.nc.subscribe(self.SUBJECT, cb=on_message)
+        await self.nc.flush()
+        return self
+
+    async def delivered(self, timeout: float = 10.0) -> bool:
+        return await _delivered(self.sender, self.SUBJECT, self.received, timeout)
+
+    async def __aexit__(self, *exc):
+        await self.sender.close()
+        await self.nc.close()
+
+
 def test_a_protocol_error_from_the_server_reconnects_with_the_subscriptions(nats_broker):
     """nats-py closes for good after -ERR 'maximum control line exceeded'; this connection comes back."""
 
     async def run():
-        errors, received = [], []
-
-        async def on_error(exc):
-            errors.append(exc)
-
-        async def on_message(msg):
-            received.append(msg.data)
-
-        nc = await connect([nats_broker.url], name="victim", error_cb=on_error)
-        sender = await connect([nats_broker.url], name="sender")
-        try:
-            await nc.subscribe("provisioning.node.victim", cb=on_message)
-            await nc.flush()
-            await nc.publish("provisioning.reply." + "r" * 5000, b"x")  # the server closes this connection
-            assert await _until(lambda: any("maximum control line" in str(e) for e in errors))
-            assert await _delivered(sender, "provisioning.node.victim", received)
-            return nc.is_connected, nc.is_closed, nc.stats["reconnects"]
-        finally:
-            await sender.close()
-            await nc.close()
+        async with Victim(nats_broker) as victim:
+            await victim.nc.publish("provisioning.reply." + "r" * 5000, b"x")  # the server closes this connection
+            assert await _until(lambda: any("maximum control line" in str(e) for e in victim.errors))
+            assert await victim.delivered()
+            return victim.nc.is_connected, victim.nc.is_closed, victim.nc.stats["reconnects"]
 
     connected, closed, reconnects = asyncio.run(run())
     assert connected and not closed and reconnects >= 1
@@ -84,27 +98,12 @@ def test_an_undeliverable_message_is_dropped_and_reading_goes_on(nats_broker, ra
     """Plain nats-py stops reading (connected but deaf) after any of these."""
 
     async def run():
-        errors, received = [], []
-
-        async def on_error(exc):
-            errors.append(exc)
-
-        async def on_message(msg):
-            received.append(msg.data)
-
-        nc = await connect([nats_broker.url], name="victim", error_cb=on_error)
-        sender = await connect([nats_broker.url], name="sender")
-        try:
-            await nc.subscribe("provisioning.node.victim", cb=on_message)
-            await nc.flush()
+        async with Victim(nats_broker) as victim:
             answer = await asyncio.get_running_loop().run_in_executor(None, nats_broker.send_raw, raw)
             assert b"-ERR" not in answer
-            assert await _until(lambda: nc.undeliverable == 1)
-            assert await _delivered(sender, "provisioning.node.victim", received, timeout=5)
-            return errors, nc.stats["reconnects"]
-        finally:
-            await sender.close()
-            await nc.close()
+            assert await _until(lambda: victim.nc.undeliverable == 1)
+            assert await victim.delivered(timeout=5)
+            return victim.errors, victim.nc.stats["reconnects"]
 
     errors, reconnects = asyncio.run(run())
     assert reconnects == 0
