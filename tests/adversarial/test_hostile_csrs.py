@@ -53,6 +53,7 @@ def check_issued(pem: str, identity: str, ca_cert: x509.Certificate) -> None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore:Attribute's length must be:UserWarning")  # the 10 kB names are the point
 def test_mutated_csrs_are_refused_by_their_rule_or_signed_within_the_policy(tmp_path, figures):
     params = dict(CSR_POLICY, ca_cert=str(tmp_path / "ca.pem"), ca_key=str(tmp_path / "ca.key"), create_ca=True)
     signer, created = signer_from_params(params)
