@@ -33,7 +33,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rp
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 from tests.support.broker import EmbeddedBroker
 from tests.support.bus import BusCapture
-from tests.support.certificates import Authority, provisioner_signers, signer_of
+from tests.support.certificates import UNTRUSTED_SIGNERS, Authority, provisioner_signers, signer_of
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 
 TOKEN = "trust-token"
@@ -128,12 +128,7 @@ async def call(url, identity, action, data, signer=None, agent="choria_provision
 
 @pytest.mark.parametrize(
     "who,reason",
-    [
-        (None, "request is unsigned (insecure)"),
-        ("other_site", "is not issued by the provisioning CA"),
-        ("expired", "expired at"),
-        ("no_usage", "lacks the provisioner extended key usage"),
-    ],
+    UNTRUSTED_SIGNERS,
 )
 def test_unauthenticated_provisioning_requests_are_refused_and_change_nothing(fleet, module_broker, site, who, reason):
     identity = node_name(1)
