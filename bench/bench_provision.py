@@ -12,8 +12,9 @@ A real nats-server on loopback; the fleet is one zeroinit-agent process serving 
 The trust comparison (``--trust-nodes``, default 1,000) runs the signer path on fleets of that size one after the
 other in the same run: signatures off (the token alone), every request signed with an EC P-256 provisioner key
 and verified by nodes pinning the provisioning CA, the same with an RSA-2048 key (what Choria signs with), and EC
-signatures plus each node's provisioning JWT (Ed25519) verified first. The differences in provisioner and fleet
-CPU per node, and in nodes/s, are the cost of trust on the real bulk path.
+signatures plus each node's provisioning JWT (Ed25519) verified first; ``--trust-rounds`` (default 2) repeats
+that in alternating order and reports medians. The differences in provisioner and fleet CPU per node, and in
+nodes/s, are the cost of trust on the real bulk path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import pathlib
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,6 +159,7 @@ def trust_material(workdir: str, mode: str, broker_url: str, identities: list) -
     if mode == "off":
         return {}, []
     directory = pathlib.Path(workdir) / f"trust-{mode}"
+    shutil.rmtree(directory, ignore_errors=True)  # a later round makes its own
     provisioning = Authority("bench provisioning CA")
     (directory / "ca").mkdir(parents=True)
     (directory / "ca" / "provisioning-ca.pem").write_text(provisioning.pem)
@@ -283,21 +286,36 @@ def bench_per_host(count: int, forks: int, workdir: str) -> dict:
     }
 
 
-def bench_trust(count: int, workers: int, connections: int, workdir: str) -> None:
-    """The signer path with each trust mode, same fleet size, same run; differences against signatures off."""
-    rows = {}
-    for mode in TRUST_MODES:
-        rows[mode] = row = bench_size(count, workers, connections, workdir, trust=mode)
-        print(json.dumps(row))
+def bench_trust(count: int, workers: int, connections: int, workdir: str, rounds: int = 2) -> None:
+    """The signer path with each trust mode, same fleet size, same run; differences against signatures off.
+
+    Rounds alternate the order of the modes (off first, then off last...), so load that rises or falls during
+    the run weighs on every mode alike; each figure is the median over the rounds.
+    """
+    runs: dict = {mode: [] for mode in TRUST_MODES}
+    for round_index in range(rounds):
+        order = TRUST_MODES if round_index % 2 == 0 else tuple(reversed(TRUST_MODES))
+        for mode in order:
+            row = bench_size(count, workers, connections, workdir, trust=mode)
+            row["round"] = round_index + 1
+            row["load_average"] = round(os.getloadavg()[0], 1)
+            runs[mode].append(row)
+            print(json.dumps(row))
+    figures = ("nodes_per_s", "p50_ms", "p99_ms", "prov_cpu_ms_per_node", "fleet_cpu_ms_per_node")
+    rows = {
+        mode: {name: statistics.median(row[name] for row in rows) for name in figures} for mode, rows in runs.items()
+    }
     off = rows["off"]
+    print(f"trust comparison, {count} nodes, median of {rounds} round(s) in alternating order:")
     for mode, row in rows.items():
         prov_cpu, fleet_cpu = row["prov_cpu_ms_per_node"], row["fleet_cpu_ms_per_node"]
+        failed = sum(run["failed"] for run in runs[mode])
         print(
-            f"trust {mode:<14} {count} nodes: {row['nodes_per_s']:6.0f} nodes/s, p50 {row['p50_ms']:.0f} ms "
+            f"trust {mode:<14} {row['nodes_per_s']:6.0f} nodes/s, p50 {row['p50_ms']:.0f} ms "
             f"p99 {row['p99_ms']:.0f} ms, provisioner {prov_cpu:.2f} CPU ms/node "
             f"({prov_cpu - off['prov_cpu_ms_per_node']:+.2f}), fleet {fleet_cpu:.2f} CPU ms/node "
             f"({fleet_cpu - off['fleet_cpu_ms_per_node']:+.2f}), "
-            f"throughput {row['nodes_per_s'] / off['nodes_per_s']:.2f}x of off, failed {row['failed']}"
+            f"throughput {row['nodes_per_s'] / off['nodes_per_s']:.2f}x of off, failed {failed}"
         )
 
 
@@ -312,6 +330,9 @@ def main() -> int:
     parser.add_argument("--forks", type=int, default=25, help="ansible forks for the provision.yaml run")
     parser.add_argument(
         "--trust-nodes", type=int, default=None, help="nodes for the signatures off/on comparison (0: skip)"
+    )
+    parser.add_argument(
+        "--trust-rounds", type=int, default=2, help="rounds of the trust comparison, in alternating order"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -348,7 +369,7 @@ def main() -> int:
                 f"{row['fleet_peak_rss_mb']:.0f} MB, {row['ratio_to_floor']:.2f} of the floor, failed {row['failed']}"
             )
         if trust_nodes:
-            bench_trust(trust_nodes, args.workers, args.connections, workdir)
+            bench_trust(trust_nodes, args.workers, args.connections, workdir, max(1, args.trust_rounds))
         if helper_nodes:
             ca_cert, ca_key = make_ca(workdir)
             row = bench_size(

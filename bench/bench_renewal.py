@@ -18,7 +18,6 @@ import argparse
 import os
 import pathlib
 import platform
-import resource
 import sys
 import tempfile
 import threading
@@ -28,6 +27,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, ".venv", "collections"))
 from bench_agent import cpu_seconds, machine, rss_kib
+from bench_cfssl import own_cpu_seconds
 from bench_pki import make_csrs, run
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
@@ -38,11 +38,6 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.re
 from tests.support.broker import EmbeddedBroker
 from tests.support.cfssl import CfsslServer
 from tests.support.members import MemberFleet, MemberSite, ResponderThread, certificate_of, fleet_identities
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Stopwatch:

@@ -120,8 +120,8 @@ compose:
   agent_version: zeroinit_inventory.version | default('')
 
 ---
----
-# Signed requests, with the provisioner certificate choria_provision signs with (its passphrase from a vault).
+# Signed requests, with the provisioner certificate choria_provision signs with (an encrypted key's
+# signing_key_passphrase belongs in a vault).
 plugin: zeroinit.bootstrap.provisioning
 brokers: [tls://provisioner.example.net:4222]
 tls_ca: /etc/zeroinit/ca.pem

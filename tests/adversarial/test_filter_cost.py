@@ -8,6 +8,7 @@ against ``web123.filter.example.net`` backtracks about a million steps, once per
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 import pytest
@@ -38,7 +39,7 @@ PATHOLOGICAL = {
 
 
 @pytest.mark.timeout(240)
-def test_pathological_filters_do_not_delay_other_requests(nats_broker, tmp_path):
+def test_pathological_filters_do_not_delay_other_requests(nats_broker, tmp_path, figures):
     facts = {"role": "webwebwebwebwebwebwebwebwebwebwebweb"}
     with AgentFleet(
         nats_broker.url, FLEET, tmp_path / "fleet", prefix="web", domain="filter.example.net", facts=facts
@@ -68,11 +69,16 @@ def test_pathological_filters_do_not_delay_other_requests(nats_broker, tmp_path)
 
         latencies, everyone = asyncio.run(run())
         log = fleet.log_tail(200_000)
+    figures.send("pathological filters", len(PATHOLOGICAL))
+    figures.refuse("agent", collections.Counter({"ignored, filter or filter budget": log.count("ignoring a message")}))
+    figures.crash("filter cost", log.count("Traceback"))
     assert everyone == fleet.identities
     for name, (pinged, discovered, found, ok) in latencies.items():
         assert ok and found == FLEET, name
         assert pinged < PROMPT and discovered < PROMPT + 2.0, (name, pinged, discovered)
     assert "Traceback" not in log
-    print(f"\nfilters against {FLEET} nodes in one process: ping / discovery of all right after each pathological one")
+    figures.line(
+        f"filters against {FLEET} nodes in one process: ping / discovery of all right after each pathological one"
+    )
     for name, (pinged, discovered, _found, _ok) in latencies.items():
-        print(f"  {name:34} {pinged * 1000:6.0f} ms / {discovered * 1000:6.0f} ms")
+        figures.line(f"  {name:34} {pinged * 1000:6.0f} ms / {discovered * 1000:6.0f} ms")

@@ -3,8 +3,8 @@ on node and broadcast subjects) and NATS-level garbage into a 20-node fleet on a
 
 The fleet must stay up, every node must keep answering (a liveness probe pings all of them every 5,000 messages),
 its memory must not grow past twice what it was, and its log must hold no traceback and no lost connection. The
-figures (messages, refusals by reason, ignored messages by kind, probe latency, RSS, time) are printed; run with
-``-s`` to see them.
+figures (messages, refusals by reason, ignored messages by kind, probe latency, RSS, time) go to the suite's
+summary (conftest.py).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ RAW = (
 
 
 def reason_of(statusmsg: str) -> str:
-    """A refusal's reason without the parts that vary per message (numbers, names, quoted values)."""
+    """A refusal's reason without the parts that vary per message (numbers, names, paths, quoted values)."""
     reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", statusmsg)
+    reason = re.sub(r"(unknown action|held by) \S+|/\S+", lambda match: f"{match.group(1) or ''} …".strip(), reason)
     return re.sub(r"\d+", "N", reason)[:100]
 
 
@@ -148,8 +149,15 @@ def agent_figures(log: str) -> str:
     return stopped[-1]
 
 
+def ignored_by_kind(summary: str) -> collections.Counter:
+    """The agent's ignored messages by kind, from its last line ("... ignored (12 filter, 3 undecodable)")."""
+    kinds = re.search(r"ignored \((.*)\)", summary)
+    pairs = re.findall(r"(\d+) ([^,]+)", kinds.group(1) if kinds else "")
+    return collections.Counter({f"ignored, {kind.strip()}": int(count) for count, kind in pairs})
+
+
 @pytest.mark.timeout(300)
-def test_a_fleet_stays_up_and_answers_through_100k_malformed_messages(nats_broker, tmp_path):
+def test_a_fleet_stays_up_and_answers_through_100k_malformed_messages(nats_broker, tmp_path, figures):
     started = time.monotonic()
     fleet = AgentFleet(
         nats_broker.url, FLEET, tmp_path / "fleet", token=TOKEN, prefix="node-", domain="hostile.example.net"
@@ -159,10 +167,18 @@ def test_a_fleet_stays_up_and_answers_through_100k_malformed_messages(nats_broke
         asyncio.run(attack.run())
         assert asyncio.run(discover(nats_broker.url, fleet.identities, 10)) == fleet.identities
         rss_after = rss_bytes(fleet.process.pid)
-        assert fleet.stop() == 0
+        exit_code = fleet.stop()
     log = fleet.log_path.read_text(errors="replace")
     elapsed = time.monotonic() - started
     rss_before = attack.rss[0]
+    summary = agent_figures(log)
+    figures.send("malformed messages", attack.sent)
+    figures.send("NATS-level garbage", attack.raw_sent)
+    figures.refuse("agent (reply)", attack.refusals)
+    figures.refuse("agent", ignored_by_kind(summary))
+    crashes = log.count("Traceback") + (exit_code != 0) + attack.statuscodes[StatusCode.NAMES[StatusCode.UNKNOWN_ERROR]]
+    figures.crash("hostile messages", crashes)
+    assert exit_code == 0, log[-5000:]
 
     assert attack.sent == MESSAGES and set(attack.by_class) == set(MESSAGE_CLASS_NAMES)
     assert log.count("Traceback") == 0, log[-5000:]
@@ -170,17 +186,14 @@ def test_a_fleet_stays_up_and_answers_through_100k_malformed_messages(nats_broke
     assert rss_after <= 2 * rss_before, f"RSS grew from {rss_before} to {rss_after} bytes"
     # No hostile message reached an action's unexpected-failure path.
     assert attack.statuscodes[StatusCode.NAMES[StatusCode.UNKNOWN_ERROR]] == 0, attack.refusals
-    print(
-        f"\nhostile messages: {attack.sent:,} ({attack.bytes / 1e6:.0f} MB, {len(attack.by_class)} classes) and "
+    figures.line(
+        f"hostile messages: {attack.sent:,} ({attack.bytes / 1e6:.0f} MB, {len(attack.by_class)} classes) and "
         f"{attack.raw_sent} NATS-level ones into {FLEET} nodes in {elapsed:.0f}s "
         f"({attack.sent / elapsed:,.0f}/s); {attack.replies:,} replies {dict(attack.statuscodes)}"
     )
-    print(f"agent: {agent_figures(log)}; tracebacks: 0; lost connections: 0")
-    print(
-        f"liveness probes: {len(attack.probe_latencies)}, all {FLEET} nodes each time, slowest "
+    figures.line(f"  agent: {summary}; tracebacks: 0; lost connections: 0")
+    figures.line(
+        f"  liveness probes: {len(attack.probe_latencies)}, all {FLEET} nodes each time, slowest "
         f"{max(attack.probe_latencies):.2f}s; RSS {rss_before / 2**20:.1f} MiB before, peak "
         f"{max(attack.rss) / 2**20:.1f}, {rss_after / 2**20:.1f} after"
     )
-    print("refusals by reason:")
-    for reason, count in attack.refusals.most_common():
-        print(f"  {count:7,}  {reason}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def test_role_turns_on_signed_requests_and_the_provisioning_jwt(worker, tmp_path
     assert first.rc == 0 and first.changed(host.name) > 0, explain(first, host)
     assert token not in first.stdout  # the JWT carries the token: never shown
     jwt_file = host.path("/etc/zeroinit/provisioning.jwt")
-    assert __import__("os").stat(jwt_file).st_mode & 0o777 == 0o600
+    assert os.stat(jwt_file).st_mode & 0o777 == 0o600
     assert asyncio.run(discover(broker.url, [identity], 30)) == [identity], explain(first, host)
     leaf = provisioning_ca.issue("prov.lab")
 

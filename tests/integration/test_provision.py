@@ -18,12 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import BulkRun, provision
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import SignerDecider
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import NodeFailure
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
-from tests.support.broker import EmbeddedBroker
 from tests.support.bus import BusCapture
 from tests.support.fleet import AgentFleet, discover
 
@@ -35,20 +33,6 @@ SECURITY_KEYS = {
     "plugin.security.file.key",
     "plugin.security.file.ca",
 }
-
-
-@pytest.fixture
-def members():
-    """The broker nodes move to once provisioned."""
-    with EmbeddedBroker() as broker:
-        yield broker
-
-
-@pytest.fixture
-def ca(tmp_path):
-    cert, key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
-    CertificateAuthority.load_or_create(cert, key, common_name="test provisioning CA")
-    return {"ca_cert": cert, "ca_key": key}
 
 
 def member_config(members, collective="members"):

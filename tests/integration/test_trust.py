@@ -7,7 +7,7 @@ The fleet pins site A's provisioning CA (``--provisioning-ca``) and carries one 
 provisioner certificate, a certificate without the provisioner usage, a forged signature, a stale request with a
 huge ttl, a wrong token, a captured signed gencsr and configure replayed, a node whose JWT is missing, expired,
 forged or for other identities, and, once a node is locked to its site, another site's provisioner (signed under
-another CA, or the token alone).
+another CA, or the token alone). A valid JWT's verified claims reach the helper as its ``jwt`` input.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rp
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 from tests.support.broker import EmbeddedBroker
 from tests.support.bus import BusCapture
-from tests.support.certificates import Authority, provisioner_signers, signer_of
+from tests.support.certificates import UNTRUSTED_SIGNERS, Authority, provisioner_signers, signer_of
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 
 TOKEN = "trust-token"
@@ -128,12 +128,7 @@ async def call(url, identity, action, data, signer=None, agent="choria_provision
 
 @pytest.mark.parametrize(
     "who,reason",
-    [
-        (None, "request is unsigned (insecure)"),
-        ("other_site", "is not issued by the provisioning CA"),
-        ("expired", "expired at"),
-        ("no_usage", "lacks the provisioner extended key usage"),
-    ],
+    UNTRUSTED_SIGNERS,
 )
 def test_unauthenticated_provisioning_requests_are_refused_and_change_nothing(fleet, module_broker, site, who, reason):
     identity = node_name(1)
@@ -297,6 +292,34 @@ def test_only_nodes_with_a_valid_jwt_get_a_certificate(fleet, module_broker, sit
         assert files_of(fleet.node_dir(identity)) == before[identity]  # no key made, no certificate
         assert not (fleet.node_dir(identity) / "ssl" / "certificate.pem").exists()
     assert "does not exist" in out["failed"][node_name(5)]
+
+
+def test_the_helper_gets_the_verified_jwt_claims_as_its_jwt_input(fleet, module_broker, site, tmp_path):
+    """Choria's helper contract: the request on the helper's stdin carries the node's verified JWT claims."""
+    identity = node_name(4)
+    seen = tmp_path / "helper-request.json"
+    helper = tmp_path / "helper.sh"
+    helper.write_text(f'#!/bin/sh\ncat > "{seen}"\necho \'{{"defer": true, "msg": "held by the test"}}\'\n')
+    helper.chmod(0o755)
+    out = provision(
+        ProvisionSettings(
+            brokers=[module_broker.url],
+            token=TOKEN,
+            timeout=5.0,
+            retries=1,
+            discovery_timeout=3,
+            identities=[identity],
+            helper=str(helper),
+            signing_cert=site["provisioner_files"]["cert"],
+            signing_key=site["provisioner_files"]["key"],
+            jwt_verify_key=site["jwt_verify_key"],
+        )
+    )
+    assert out["deferred"] == {identity: "held by the test"}, out
+    claims = json.loads(seen.read_text())["jwt"]
+    assert (claims["purpose"], claims["cht"], claims["chu"]) == ("choria_provisioning", TOKEN, module_broker.url)
+    assert claims["extensions"] == {"zeroinit_identity_patterns": [f"*.{DOMAIN}"]}
+    assert not (fleet.node_dir(identity) / "ssl" / "certificate.pem").exists()
 
 
 # ---------------------------------------------------------------------------------------------- the site lock

@@ -96,20 +96,19 @@ class BusCapture:
     def key_material(self, private_pems) -> list:
         """The subjects of captured messages that carry any of these private keys (PEM text, DER, base64 of the
         DER, a line of the PEM) or any PEM private key at all, in any layer; [] when none does."""
-        secrets = []
-        for pem in private_pems:
+        secrets = set()
+        for pem in set(private_pems):
             key = serialization.load_pem_private_key(pem, password=None)
             der = key.private_bytes(
                 serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            secrets += [der, base64.b64encode(der)[:48]]
-            secrets += [line for line in pem.splitlines() if len(line) == 64]
+            secrets.update([der, base64.b64encode(der)[:48]])
+            secrets.update(line for line in pem.splitlines() if len(line) == 64)
+        index = SubstringIndex(secrets)
         found = []
         for _received, subject, raw in list(self.messages):
-            for layer in self._layers_of(raw):
-                if b"PRIVATE KEY" in layer or any(secret in layer for secret in secrets):
-                    found.append(subject)
-                    break
+            if any(b"PRIVATE KEY" in layer or index.found_in(layer) for layer in self._layers_of(raw)):
+                found.append(subject)
         return found
 
     def requests(self) -> list:
@@ -140,3 +139,27 @@ class BusCapture:
     def first(self, subject: str) -> float:
         """When the first message on ``subject`` arrived (inf when none did)."""
         return min((received for received, seen, _raw in list(self.messages) if seen == subject), default=float("inf"))
+
+
+class SubstringIndex:
+    """Finds whether a text contains any of many needles (each at least WINDOW + STRIDE bytes) in time linear in the
+    text: every needle occurrence covers a text offset that is a multiple of STRIDE, where one of the needle's first
+    STRIDE windows starts, so the text is looked up only at those offsets."""
+
+    WINDOW = 16
+    STRIDE = 32
+
+    def __init__(self, needles):
+        self.windows: dict = {}
+        for needle in needles:
+            assert len(needle) >= self.WINDOW + self.STRIDE, f"needle of {len(needle)} bytes is too short"
+            for offset in range(self.STRIDE):
+                self.windows.setdefault(needle[offset : offset + self.WINDOW], []).append((needle, offset))
+
+    def found_in(self, text: bytes) -> bool:
+        for position in range(0, len(text) - self.WINDOW + 1, self.STRIDE):
+            for needle, offset in self.windows.get(text[position : position + self.WINDOW], ()):
+                start = position - offset
+                if start >= 0 and text[start : start + len(needle)] == needle:
+                    return True
+        return False

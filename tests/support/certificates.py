@@ -267,3 +267,12 @@ def provisioner_signers(provisioning: Authority) -> dict:
         "expired": signer_of(expired),
         "no_usage": signer_of(provisioning.issue("node9.a.example.net", usages=NODE)),
     }
+
+
+# The hostile signers of provisioner_signers (None: unsigned) and the reason a node pinning the CA gives for each.
+UNTRUSTED_SIGNERS = [
+    (None, "request is unsigned (insecure)"),
+    ("other_site", "is not issued by the provisioning CA"),
+    ("expired", "expired at"),
+    ("no_usage", "lacks the provisioner extended key usage"),
+]

@@ -59,6 +59,18 @@ async def discover(
     return sorted(seen & wanted)
 
 
+def terminate(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM ``proc`` if it runs, wait ``timeout`` seconds, then SIGKILL; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
 class AgentProcess:
     """``zeroinit-agent`` as a subprocess; a single node unless ``fleet`` is given (see AgentFleet)."""
 
@@ -194,19 +206,9 @@ class AgentProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait, then SIGKILL; returns the exit code."""
-        proc = self.process
-        if proc is None:
-            self._cleanup()
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        status = None if self.process is None else terminate(self.process, timeout)
         self._cleanup()
-        return proc.returncode
+        return status
 
     def _cleanup(self) -> None:
         if self._log is not None:

@@ -13,11 +13,11 @@ sends SIGTERM and returns the exit status; ``kill()`` is SIGKILL. A process is n
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.broker import free_port
+from tests.support.fleet import terminate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROVISIONER = ROOT / ".venv" / "bin" / "zeroinit-provisioner"
@@ -35,6 +36,12 @@ MODULE = "ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioni
 def provisioner_argv() -> list:
     """The service's command: the venv's wrapper, or this Python running the module."""
     return [str(PROVISIONER)] if PROVISIONER.exists() else [sys.executable, "-m", MODULE]
+
+
+def logged_at(line: dict) -> float:
+    """When the service logged ``line`` (its ``time``, UTC with milliseconds), as time.time() counts."""
+    stamp = datetime.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def write_config(path, config: dict) -> pathlib.Path:
@@ -176,18 +183,9 @@ class ProvisionerProcess:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (drain), wait, then SIGKILL; the exit status."""
-        proc = self.process
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        status = None if self.process is None else terminate(self.process, timeout)
         self._close_log()
-        return proc.returncode
+        return status
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -223,14 +223,18 @@ async def run_helper(
     too_much = asyncio.Event()
 
     async def _drain_stdout() -> None:
+        # Past the cap the helper is killed and the rest is read and dropped to the pipe's end: a pipe left unread
+        # stays paused, never sees its end, and the process is never waited for.
         while True:
             chunk = await proc.stdout.read(65536)
             if not chunk:
                 return
+            if too_much.is_set():
+                continue
             if len(stdout) + len(chunk) > MAX_HELPER_OUTPUT:
                 too_much.set()
                 _kill_group(proc)
-                return
+                continue
             stdout.extend(chunk)
 
     async def _drain_stderr() -> None:

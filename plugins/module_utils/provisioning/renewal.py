@@ -59,6 +59,10 @@ from ..pki.x509 import PkiError, certificate_matches_key, load_csr
 log = logging.getLogger("zeroinit.renewal")
 
 DEFAULT_RENEWAL_CONCURRENCY = 8
+# One responder hears every node of the site: a node's 4,096 ids would be full after 4,096 renewals within one request
+# window (a fleet of 10,000 renewing at once refused most as "replay memory full"). Only requests signed by a site
+# certificate are remembered; 131,072 ids take about 45 MB at most.
+RENEWAL_REPLAY_CAPACITY = 131_072
 
 
 @dataclass
@@ -110,7 +114,7 @@ class RenewalResponder:
         self.max_ttl = max_ttl
         self.clock = clock
         self.on_answer = on_answer
-        self.replays = ReplayGuard(max_ttl=max_ttl)
+        self.replays = ReplayGuard(capacity=RENEWAL_REPLAY_CAPACITY, max_ttl=max_ttl)
         self.record = RenewalRecord()
 
     # -- one request ---------------------------------------------------------------------------------------------------

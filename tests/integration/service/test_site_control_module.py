@@ -4,6 +4,7 @@ status list, changed only when an instance's paused state changes, check mode as
 nobody."""
 
 import asyncio
+import json
 import threading
 import time
 
@@ -11,7 +12,7 @@ import nats
 import pytest
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service import control as ct
-from tests.support.ansible_run import run_module
+from tests.support.ansible_run import run_module, run_playbook
 
 TOKEN = "site-control-token"
 SITE = "modsite"
@@ -117,18 +118,24 @@ def test_pause_resume_status_drive_every_instance_and_report_change_only_when_st
 
 
 def test_status_of_a_site_nobody_runs_is_an_empty_list_and_bad_options_are_named(nats_broker):
-    nobody = site_control(nats_broker, "status", site="emptysite")
-    assert nobody["changed"] is False and nobody["instances"] == []
-
-    no_site = run_module(
-        "zeroinit.bootstrap.choria_provision", dict(action="pause", brokers=[nats_broker.url], token=TOKEN)
+    # One play, one task per case: one Ansible start instead of four.
+    cases = {
+        "nobody": {"action": "status", "site": "emptysite", "brokers": [nats_broker.url], "token": TOKEN},
+        "no site": {"action": "pause", "brokers": [nats_broker.url], "token": TOKEN},
+        "bad site": {"action": "status", "site": "two words", "brokers": [nats_broker.url], "token": TOKEN},
+        "no key": {"action": "status", "site": SITE, "brokers": [nats_broker.url]},
+    }
+    tasks = "".join(
+        f"    - name: {name}\n      zeroinit.bootstrap.choria_provision: {json.dumps(params)}\n      ignore_errors: true\n"
+        for name, params in cases.items()
     )
+    play = run_playbook(f"- hosts: localhost\n  gather_facts: false\n  connection: local\n  tasks:\n{tasks}")
+
+    nobody = play.result("nobody")
+    assert nobody["changed"] is False and nobody["instances"] == [], nobody
+    no_site = play.result("no site")
     assert no_site["failed"] is True and "site" in no_site["msg"]
-
-    bad_site = site_control(nats_broker, "status", site="two words")
+    bad_site = play.result("bad site")
     assert bad_site["failed"] is True and "site: 'two words' is not a site name" in bad_site["msg"]
-
-    no_key = run_module(
-        "zeroinit.bootstrap.choria_provision", dict(action="status", site=SITE, brokers=[nats_broker.url])
-    )
+    no_key = play.result("no key")
     assert no_key["failed"] is True and "token or control_key is required" in no_key["msg"]

@@ -35,7 +35,7 @@ PROG = "zeroinit-provisioner"
 COMMANDS = ("run", "check", "pause", "resume", "status")
 
 
-def parse_service_args(argv: Optional[list]) -> argparse.Namespace:
+def parse_command_line(argv: Optional[list]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The provisioner service: run it, or pause, resume or ask every running instance of a site.",
@@ -58,8 +58,8 @@ def fail(message: str, status: int) -> int:
     return status
 
 
-def service_main(argv: Optional[list] = None) -> int:
-    args = parse_service_args(argv)
+def command_line(argv: Optional[list] = None) -> int:
+    args = parse_command_line(argv)
     try:
         require("yaml", "to read the configuration")
         require("nats", "to reach the brokers")
@@ -108,7 +108,7 @@ async def control(config: ServiceConfig, command: str, gather: float) -> int:
             await nc.close()
         except NatsError:
             pass
-    print(json.dumps(answers, indent=2, sort_keys=True))
+    sys.stdout.write(json.dumps(answers, indent=2, sort_keys=True) + "\n")
     if not answers:
         return fail(f"no instance of site {config.site} answered within {gather:g}s", 1)
     refused = [answer["instance"] for answer in answers if answer.get("error")]
@@ -118,4 +118,4 @@ async def control(config: ServiceConfig, command: str, gather: float) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(service_main())
+    raise SystemExit(command_line())

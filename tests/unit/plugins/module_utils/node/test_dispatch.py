@@ -10,6 +10,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.dispatch import handle
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.state import NodeState
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.trust import AgentTrust
+from tests.support.certificates import UNTRUSTED_SIGNERS
 from tests.support.node_requests import TOKEN, call, request
 
 
@@ -157,12 +158,7 @@ def signed_node(tmp_path, provisioning):
 
 @pytest.mark.parametrize(
     "who,reason",
-    [
-        (None, "request is unsigned (insecure)"),
-        ("other_site", "is not issued by the provisioning CA"),
-        ("expired", "expired at"),
-        ("no_usage", "lacks the provisioner extended key usage"),
-    ],
+    UNTRUSTED_SIGNERS,
 )
 def test_with_a_provisioning_ca_every_choria_provision_action_must_be_signed_under_it(
     signed_node, provisioning, who, reason

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import sys
+import time
 
 import pytest
 from cryptography import x509
@@ -221,3 +222,18 @@ def test_run_helper_kills_a_helper_that_prints_too_much(tmp_path):
         asyncio.run(ph.run_helper([script], ph.helper_request("n6", None, {}), timeout=20))
     assert f"helper printed more than {ph.MAX_HELPER_OUTPUT} bytes for n6 and was killed" in str(err.value)
     assert str(err.value).endswith("last words")
+
+
+def test_helpers_killed_for_printing_too_much_are_waited_for_at_once(tmp_path):
+    # One write of 8 MB fills the pipe's reader past its high-water mark: a reader that stopped at the cap left the
+    # pipe paused, its end unseen, and the run waited for the time limit instead.
+    script = _script(tmp_path, "sys.stdout.write('x' * 8 * 1024 * 1024)")
+
+    async def ten():
+        runs = (ph.run_helper([script], ph.helper_request(f"n{i}", None, {}), timeout=30) for i in range(10))
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    started = time.monotonic()
+    failures = asyncio.run(ten())
+    assert all(f"printed more than {ph.MAX_HELPER_OUTPUT} bytes" in str(failure) for failure in failures), failures
+    assert time.monotonic() - started < 15
