@@ -162,7 +162,7 @@ def test_tls_and_a_password_reach_a_secured_broker_and_nothing_less_does(secured
     async def refused(*args) -> list:
         # The server sends its -ERR and closes; when the client's PING is still unread there, the close is a reset
         # that can reach the client before the -ERR does, so the reason is looked for over a few single attempts.
-        return [await attempt(*args, reconnect=False) for _ in range(REFUSED_ATTEMPTS)]
+        return [await attempt(*args, reconnect=False) for _attempt in range(REFUSED_ATTEMPTS)]
 
     async def run():
         return (

@@ -58,6 +58,7 @@ def provisioner_command(config_path, command: str, gather: float = 1.0, timeout:
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,  # the exit status is part of the answer
     )
     try:
         printed = json.loads(proc.stdout) if proc.stdout.strip() else None

@@ -48,7 +48,7 @@ def test_the_lifetime_counts_from_arrival_so_backdating_does_not_eat_a_short_cer
 
 def test_the_share_is_drawn_within_fraction_plus_minus_jitter():
     rng = random.Random(7)
-    shares = [draw_share(RenewalSettings(), rng) for _ in range(2000)]
+    shares = [draw_share(RenewalSettings(), rng) for _draw in range(2000)]
     assert 2 / 3 - 0.1 <= min(shares) < 0.6 and 0.73 < max(shares) <= 2 / 3 + 0.1
 
 
