@@ -349,10 +349,10 @@ def test_pki_off_with_an_unchanged_choria_helper_configures_nodes_without_certif
     with (
         AgentFleet(plain_broker.url, 3, tmp_path / "fleet", token=TOKEN) as fleet,
         BusCapture(plain_broker.url, "provisioning.node.>") as bus,
+        prov as running,
     ):
-        with prov:
-            answered = answering_ping(members, fleet.identities)
-            lines = prov.lines()
+        answered = answering_ping(members, fleet.identities)
+        lines = running.lines()
     actions = {r.action for r in bus.requests()}
     assert answered == fleet.identities
     assert "gencsr" not in actions and {"inventory", "configure", "restart"} <= actions
