@@ -43,13 +43,13 @@ try:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
     from cryptography.x509 import ocsp
-    from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+    from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID, NameOID
 
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
 except ImportError:  # pragma: no cover - depends on the environment
     x509 = ocsp = hashes = serialization = ec = ed448 = ed25519 = padding = rsa = None
-    ExtendedKeyUsageOID = ExtensionOID = NameOID = None
+    AuthorityInformationAccessOID = ExtendedKeyUsageOID = ExtensionOID = NameOID = None
     InvalidSignature = UnsupportedAlgorithm = _Unavailable
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()

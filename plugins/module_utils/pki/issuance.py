@@ -45,6 +45,7 @@ def signer_argument_spec() -> dict:
         valid_days=dict(type="int", default=DEFAULT_VALID_DAYS),
         max_valid_days=dict(type="int", default=DEFAULT_MAX_VALID_DAYS),
         profile=dict(type="str", default="both", choices=list(PROFILES)),
+        ocsp_url=dict(type="str"),
     )
 
 
@@ -84,7 +85,7 @@ def signer_from_params(params: dict, check_mode: bool = False) -> tuple[Signer, 
     """(Signer, CA created) from options shaped like :func:`signer_argument_spec`."""
     policy = policy_from_params(params)
     ca, created = ca_from_params(params, check_mode)
-    return Signer(ca, policy), created
+    return Signer(ca, policy, ocsp_url=params.get("ocsp_url")), created
 
 
 CERTIFICATE_MODE = 0o644
@@ -147,7 +148,7 @@ class CertificateIssuance:
         policy = policy_from_params(p)
         facts = policy.evaluate(csr_text, identity, valid_days)  # refusals surface in check mode too
         ca, ca_created = ca_from_params(p, check_mode)
-        signer = Signer(ca, policy)
+        signer = Signer(ca, policy, ocsp_url=p.get("ocsp_url"))
         warnings = list(ca.warnings)
 
         before = {}
