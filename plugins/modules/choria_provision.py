@@ -44,9 +44,12 @@ options:
       - V(provision) provisions many nodes; the others act on the single node O(identity).
       - V(reprovision) must be sent in the node's configured collective on its configured broker
         (set O(brokers) and O(collective) accordingly).
+      - V(destroy) wipes the node's state (its keys, certificates, configuration and site lock) in either mode, then
+        brings it back in provisioning mode or stops it (O(after)); RV(data.certificates) are the certificates it
+        held, for M(zeroinit.bootstrap.pki_revoke). Not in go-choria's DDL; C(destroy.yaml) uses it.
     type: str
     default: provision
-    choices: [provision, inventory, gencsr, configure, restart, reprovision, shutdown]
+    choices: [provision, inventory, gencsr, configure, restart, reprovision, shutdown, destroy]
   identity:
     description: The node for single-node actions.
     type: str
@@ -141,6 +144,11 @@ options:
     type: str
     default: ec
     choices: [ec, rsa]
+  after:
+    description: What a node does after O(action=destroy) wiped its state.
+    type: str
+    choices: [reprovision, shutdown]
+    default: reprovision
   fail_on_node_error:
     description: Fail the task when any node failed (O(action=provision)); the per-node outcome is returned either way.
     type: bool
@@ -226,7 +234,9 @@ identity:
   returned: single-node actions
   type: str
 data:
-  description: The agent's reply data (inventory facts; gencsr csr, public_key, ssldir; otherwise message).
+  description:
+    - The agent's reply data (inventory facts; gencsr csr, public_key, ssldir; otherwise message).
+    - For V(destroy), also C(certificates) (PEM, the certificates the node held), C(removed) and C(after).
   returned: single-node actions
   type: dict
 """
@@ -270,6 +280,7 @@ ARGUMENT_SPEC = dict(
     ssldir=dict(type="str"),
     csr_subject=dict(type="dict", default={}),
     key_type=dict(type="str", default="ec", choices=["ec", "rsa"]),
+    after=dict(type="str", default="reprovision", choices=["reprovision", "shutdown"]),
     fail_on_node_error=dict(type="bool", default=False),
 )
 
@@ -285,6 +296,7 @@ def main():
             ("action", "restart", ("identity",)),
             ("action", "reprovision", ("identity",)),
             ("action", "shutdown", ("identity",)),
+            ("action", "destroy", ("identity",)),
             ("action", "provision", ("helper", "signer"), True),
         ],
         supports_check_mode=True,

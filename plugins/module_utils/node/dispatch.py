@@ -7,7 +7,7 @@ No networking here: :func:`handle` returns the reply body and, for ``restart``, 
 message naming the reason; an action that fails unexpectedly answers too, it never takes the agent down.
 
 Refused beyond go-choria's DDL: the actions ``release_update``, ``jwt`` and ``gen25519`` (statuscode 2 with the
-reason).
+reason). Added to it: ``destroy`` (``actions/destroy.py``), answered in either mode.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..choria.protocol import (
 )
 from .actions.base import ActionResult, Refusal
 from .actions.configure import ConfigureInput, configure
+from .actions.destroy import DestroyInput, destroy
 from .actions.gencsr import GencsrInput, gencsr
 from .actions.reprovision import reprovision
 from .actions.restart import RestartInput, restart
@@ -47,7 +48,7 @@ class ProvisionAction(NamedTuple):
     handler: Callable
     token_required: bool = True
     takes_lock: bool = False
-    mode: str = MODE_PROVISIONING  # the mode the node must be in
+    mode: str | None = MODE_PROVISIONING  # the mode the node must be in (None: either)
 
 
 PROVISION_ACTIONS = {
@@ -57,6 +58,8 @@ PROVISION_ACTIONS = {
     "restart": ProvisionAction(RestartInput.parse, restart),
     "reprovision": ProvisionAction(None, reprovision, mode=MODE_CONFIGURED),
     "shutdown": ProvisionAction(None, shutdown),
+    # ours (destroy.yaml): wipe the state in either mode, then come back in provisioning mode or stop
+    "destroy": ProvisionAction(DestroyInput.parse, destroy, mode=None),
 }
 
 
@@ -105,7 +108,7 @@ def _provision(node: NodeState, req: Request, at: float) -> ActionResult:
     if spec is None:
         raise Refusal(StatusCode.UNKNOWN_ACTION, f"unknown action choria_provision#{action}")
     check_token(node, data, required=spec.token_required)
-    if node.mode != spec.mode:
+    if spec.mode is not None and node.mode != spec.mode:
         if spec.mode == MODE_CONFIGURED:
             raise Refusal(StatusCode.ABORTED, f"{node.identity} is already in provisioning mode")
         raise Refusal(

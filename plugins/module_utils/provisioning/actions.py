@@ -18,7 +18,7 @@ from .helper import NodeFailure, check_configuration, merge_configuration
 from .rpc import RpcClient, RpcError
 from .settings import ProvisionError, ProvisionSettings
 
-SINGLE_ACTIONS = ("inventory", "gencsr", "configure", "restart", "reprovision", "shutdown")
+SINGLE_ACTIONS = ("inventory", "gencsr", "configure", "restart", "reprovision", "shutdown", "destroy")
 
 
 def action_data(settings: ProvisionSettings, action: str, identity: str, params: dict) -> dict:
@@ -36,6 +36,8 @@ def action_data(settings: ProvisionSettings, action: str, identity: str, params:
         )
     if action == "restart":
         return options.token_data(splay=settings.splay)
+    if action == "destroy":
+        return options.token_data(after=params.get("after") or "reprovision")
     return options.token_data()
 
 

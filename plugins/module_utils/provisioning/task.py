@@ -73,7 +73,7 @@ def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
         if params["action"] == "provision":
             result = provision(settings)
         else:
-            extra = {"certificate": params["certificate"], "ca": params["ca"], "ssldir": params["ssldir"]}
+            extra = {name: params.get(name) for name in ("certificate", "ca", "ssldir", "after")}
             result = run_action(settings, params["action"], params["identity"], extra)
     except ProvisionError as exc:
         where = f" (node {params['identity']})" if params["identity"] else ""

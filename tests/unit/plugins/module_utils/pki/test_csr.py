@@ -43,7 +43,9 @@ def test_the_key_is_made_0600_once_and_the_csr_kept_while_it_asks_for_the_same(t
     assert (tmp_path / "tls.csr").read_text() == renamed["csr"] != first["csr"]
     assert (tmp_path / "tls-key.pem").read_bytes() == key_before
 
-    issued = Signer(ca, CsrPolicy(allowed_sans=["{identity}", r"10\.0\.0\.6"])).sign(renamed["csr"], "broker1.example.net")
+    issued = Signer(ca, CsrPolicy(allowed_sans=["{identity}", r"10\.0\.0\.6"])).sign(
+        renamed["csr"], "broker1.example.net"
+    )
     assert certificate_matches_key(issued.certificate, key_before)
 
 
