@@ -60,6 +60,15 @@ options:
     type: list
     elements: str
     default: []
+  node_certificates:
+    description:
+      - Certificates as the nodes that held them reported them (C(destroy.yaml) passes what each node's
+        C(choria_provision#destroy) reply returned). Each item has C(identity) and C(certificates) (PEM list).
+      - A certificate is revoked only when this CA issued it and its common name is that identity, so a node cannot
+        have another node's certificate revoked; any other is left out with a warning.
+    type: list
+    elements: dict
+    default: []
   serials:
     description:
       - Certificates to revoke by serial, for those not at hand. Each item has C(serial) (hexadecimal, colons
@@ -167,6 +176,7 @@ def main():
             records=dict(type="path", required=True),
             crl=dict(type="path", required=True),
             certificates=dict(type="list", elements="str", default=[]),
+            node_certificates=dict(type="list", elements="dict", default=[]),
             serials=dict(type="list", elements="dict", default=[]),
             reason=dict(type="str", default=DEFAULT_REVOCATION_REASON, choices=list(REVOCATION_REASONS)),
             crl_valid_days=dict(type="int", default=DEFAULT_CRL_VALID_DAYS),

@@ -267,13 +267,30 @@ def certificate_identity(cert) -> str:
 class CertificateRevocation:
     """Revoke certificates and keep the CRL current: the whole flow of the ``pki_revoke`` module.
 
-    Load the CA and the records -> judge each certificate given (issued by this CA, else left out with a warning)
-    and each serial given -> add what is new -> sign a CRL when the records changed or the CRL is not current ->
+    Load the CA and the records -> judge each certificate given (issued by this CA, and for one a node reported,
+    naming that node; else left out with a warning) and each serial given -> add what is new -> sign a CRL when the records changed or the CRL is not current ->
     write the records, then the CRL, each atomically (0600, 0644). Check mode computes everything and writes nothing.
     """
 
     def __init__(self, params: dict):
         self.params = params
+
+    @staticmethod
+    def _judge(cert, ca, reason: str, now, expected_identity: str | None = None):
+        """(record, None) for a certificate this run may revoke, else (None, why not)."""
+        identity = certificate_identity(cert)
+        if not is_issued_by(cert, ca.certificate):
+            return None, (
+                f"certificate of {identity or '(no CN)'} serial {cert.serial_number:x} was not issued by "
+                f"{ca.subject.rfc4514_string()}; it is not revoked here"
+            )
+        if expected_identity is not None and identity != expected_identity:
+            # A node may only have its own certificates revoked: a hostile one must not shut another out.
+            return None, (
+                f"{expected_identity} reported a certificate of {identity or '(no CN)'} (serial {cert.serial_number:x}); "
+                "it is not revoked"
+            )
+        return RevocationRecord(cert.serial_number, identity, reason, now, not_after(cert)), None
 
     def _candidates(self, ca: CertificateAuthority, now) -> tuple[list, list[str]]:
         reason = self.params.get("reason") or DEFAULT_REVOCATION_REASON
@@ -282,14 +299,25 @@ class CertificateRevocation:
         found, warnings = [], []
         for index, pem in enumerate(self.params.get("certificates") or []):
             for cert in load_certificates(pem, f"certificates[{index}]", "certificates"):
-                identity = certificate_identity(cert)
-                if not is_issued_by(cert, ca.certificate):
-                    warnings.append(
-                        f"certificate of {identity or '(no CN)'} serial {cert.serial_number:x} was not issued by "
-                        f"{ca.subject.rfc4514_string()}; it is not revoked here"
-                    )
-                    continue
-                found.append(RevocationRecord(cert.serial_number, identity, reason, now, not_after(cert)))
+                record, problem = self._judge(cert, ca, reason, now)
+                if record is None:
+                    warnings.append(problem)
+                else:
+                    found.append(record)
+        for index, item in enumerate(self.params.get("node_certificates") or []):
+            where = f"node_certificates[{index}]"
+            if not isinstance(item, dict) or not isinstance(item.get("identity"), str) or not item["identity"]:
+                raise RevocationError(f"{where} must be a dict with 'identity' and 'certificates'", field=where)
+            pems = item.get("certificates") or []
+            if isinstance(pems, str) or not isinstance(pems, list):
+                raise RevocationError(f"{where}.certificates must be a list of PEM certificates", field=where)
+            for number, pem in enumerate(pems):
+                for cert in load_certificates(pem, f"{where}.certificates[{number}]", "node_certificates"):
+                    record, problem = self._judge(cert, ca, reason, now, expected_identity=item["identity"])
+                    if record is None:
+                        warnings.append(problem)
+                    else:
+                        found.append(record)
         for index, item in enumerate(self.params.get("serials") or []):
             where = f"serials[{index}]"
             if not isinstance(item, dict) or "serial" not in item:

@@ -177,3 +177,14 @@ def test_a_symlink_as_records_is_refused(site, tmp_path):
     with pytest.raises(RevocationError) as info:
         CertificateRevocation(dict(site)).run()
     assert info.value.field == "records"
+
+
+def test_a_node_may_have_only_its_own_certificates_revoked(site, ca, signer):
+    own, other = issue(signer, "node5.example.net"), issue(signer, "node6.example.net")
+    result = CertificateRevocation(
+        dict(site, node_certificates=[{"identity": "node5.example.net", "certificates": [own, other]}])
+    ).run()
+    assert [r["identity"] for r in result["revoked"]] == ["node5.example.net"]
+    assert "node5.example.net reported a certificate of node6.example.net" in result["warnings"][0]
+    with pytest.raises(RevocationError):
+        CertificateRevocation(dict(site, node_certificates=[{"certificates": [own]}])).run()
