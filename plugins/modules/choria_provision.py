@@ -44,12 +44,14 @@ options:
       - V(provision) provisions many nodes; the others act on the single node O(identity).
       - V(reprovision) must be sent in the node's configured collective on its configured broker
         (set O(brokers) and O(collective) accordingly).
+      - V(discover) lists the nodes that answer a broadcast discovery in O(collective) (RV(identities)); it changes
+        nothing, and asks in check mode too. O(discovery_timeout) and O(expect) bound the wait.
       - V(destroy) wipes the node's state (its keys, certificates, configuration and site lock) in either mode, then
         brings it back in provisioning mode or stops it (O(after)); RV(data.certificates) are the certificates it
         held, for M(zeroinit.bootstrap.pki_revoke). Not in go-choria's DDL; C(destroy.yaml) uses it.
     type: str
     default: provision
-    choices: [provision, inventory, gencsr, configure, restart, reprovision, shutdown, destroy]
+    choices: [provision, discover, inventory, gencsr, configure, restart, reprovision, shutdown, destroy]
   identity:
     description: The node for single-node actions.
     type: str
@@ -229,6 +231,11 @@ timings:
   description: Per step p50/p99 in ms, per node p50/p99, discovery and total seconds, nodes per second.
   returned: action=provision
   type: dict
+identities:
+  description: The nodes that answered discovery, sorted.
+  returned: action=discover
+  type: list
+  elements: str
 identity:
   description: The node a single-node action went to.
   returned: single-node actions
@@ -258,7 +265,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.ta
 
 ARGUMENT_SPEC = dict(
     broker_argument_spec(),
-    action=dict(type="str", default="provision", choices=["provision", *SINGLE_ACTIONS]),
+    action=dict(type="str", default="provision", choices=["provision", "discover", *SINGLE_ACTIONS]),
     identity=dict(type="str"),
     identities=dict(type="list", elements="str"),
     token=dict(type="str", default="", no_log=True),

@@ -77,6 +77,26 @@ async def single_action(
         await client.close()
 
 
+async def discovery(settings: ProvisionSettings, client_factory: Callable[[], RpcClient] | None = None) -> dict:
+    """Who answers a broadcast discovery in the settings' collective (read-only, so check mode asks too)."""
+    client = (client_factory or settings.client)()
+    try:
+        await client.connect()
+    except (ConnectError, RpcError) as exc:
+        raise ProvisionError(str(exc)) from None
+    try:
+        found = await client.discover(timeout=settings.discovery_timeout, expect=settings.expect)
+    finally:
+        await client.close()
+    identities = [identity for identity in found if valid_identity(identity)]
+    return {"changed": False, "identities": identities, "count": len(identities), "collective": settings.collective}
+
+
+def run_discovery(settings: ProvisionSettings) -> dict:
+    """Synchronous entry point for ``action=discover``."""
+    return asyncio.run(discovery(settings))
+
+
 def run_action(settings: ProvisionSettings, action: str, identity: str, params: dict | None = None) -> dict:
     """Synchronous entry point for a single-node action."""
     return asyncio.run(single_action(settings, action, identity, params))

@@ -5,7 +5,7 @@ action -> the module's result (``failed`` renamed ``failed_nodes``: ``failed`` i
 
 from __future__ import annotations
 
-from .actions import run_action
+from .actions import run_action, run_discovery
 from .bulk import provision
 from .settings import ProvisionError, ProvisionSettings
 
@@ -72,6 +72,8 @@ def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
     try:
         if params["action"] == "provision":
             result = provision(settings)
+        elif params["action"] == "discover":
+            result = run_discovery(settings)
         else:
             extra = {name: params.get(name) for name in ("certificate", "ca", "ssldir", "after")}
             result = run_action(settings, params["action"], params["identity"], extra)

@@ -24,3 +24,22 @@ def test_single_action_in_check_mode_only_pings():
     client = ScriptedClient(["a"])
     out = asyncio.run(single_action(scripted_settings(check_mode=True), "restart", "a", client_factory=lambda: client))
     assert out["changed"] is True and [sent[1] for sent in client.sent] == ["ping"]
+
+
+def test_discover_lists_who_answers_and_leaves_out_names_that_are_not_identities():
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import discovery
+
+    client = ScriptedClient(["b.example.net", "a.example.net", "not an identity"])
+    out = asyncio.run(discovery(scripted_settings(check_mode=True), client_factory=lambda: client))
+    assert out == {
+        "changed": False,
+        "identities": ["a.example.net", "b.example.net"],
+        "count": 2,
+        "collective": "provisioning",
+    }
+
+
+def test_destroy_sends_the_token_and_after():
+    client = ScriptedClient(["a"])
+    asyncio.run(single_action(scripted_settings(token="t"), "destroy", "a", {"after": "shutdown"}, lambda: client))
+    assert client.sent[-1][1:] == ("destroy", {"token": "t", "after": "shutdown"})
