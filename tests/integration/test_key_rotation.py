@@ -28,38 +28,6 @@ def keygen(directory, name):
         return path, handle.read().strip()
 
 
-def ssh_login(net: netns.TestNetwork, host, key: str) -> subprocess.CompletedProcess:
-    """A fresh login with exactly ``key`` (no agent, no master), as an operator would try it."""
-    return subprocess.run(
-        [
-            "ssh",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            f"UserKnownHostsFile={net.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-i",
-            key,
-            f"root@{host.address}",
-            "hostname",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 @pytest.fixture
 def fleet(tmp_path):
     """Three namespace hosts trusting the bootstrap key, an inventory for them, and the keys' paths."""
@@ -141,8 +109,8 @@ def test_check_real_check_real(fleet):
         assert content == fleet["initial"].replace(fleet["bootstrap_pub"], new_pub)
         assert mode == 0o600
         assert out["diff"]["before"] == fleet["initial"] and out["diff"]["after"] == content
-        assert ssh_login(net, host, fleet["new"]).stdout.strip() == host.name
-        refused = ssh_login(net, host, fleet["bootstrap"])
+        assert net.login(host, fleet["new"], "hostname").stdout.strip() == host.name
+        refused = net.login(host, fleet["bootstrap"], "hostname")
         assert refused.returncode != 0 and "Permission denied" in refused.stderr
     assert len(fingerprints) == 1, "hosts got different keys"
 
@@ -191,12 +159,12 @@ def test_host_whose_sshd_stops_keeps_bootstrap_key_others_rotate(fleet):
         out = res.result("rotate", host.name)
         assert out["verified"] and out["revoked"] == [PublicKey.parse(fleet["bootstrap_pub"]).fingerprint]
         assert authorized_keys(host)[0] == fleet["initial"].replace(fleet["bootstrap_pub"], new_pub)
-        assert ssh_login(net, host, fleet["bootstrap"]).returncode != 0
+        assert net.login(host, fleet["bootstrap"], "hostname").returncode != 0
 
     victim.sshd_pid = 0  # killed by the play
     net.start_sshd(victim)
-    assert ssh_login(net, victim, fleet["bootstrap"]).stdout.strip() == victim.name
-    assert ssh_login(net, victim, fleet["new"]).returncode != 0
+    assert net.login(victim, fleet["bootstrap"], "hostname").stdout.strip() == victim.name
+    assert net.login(victim, fleet["new"], "hostname").returncode != 0
 
     # Fixed: the role, run again, logs in with the rotated key where it works and with the bootstrap key on the
     # victim, rotates the victim and changes nothing on the others.
@@ -206,7 +174,7 @@ def test_host_whose_sshd_stops_keeps_bootstrap_key_others_rotate(fleet):
         out = role_result(again, host.name)
         assert out["verified"] and out["changed"] is (host is victim), (host.name, out)
         assert authorized_keys(host)[0] == fleet["initial"].replace(fleet["bootstrap_pub"], new_pub)
-    assert ssh_login(net, victim, fleet["bootstrap"]).returncode != 0
+    assert net.login(victim, fleet["bootstrap"], "hostname").returncode != 0
 
 
 ROLE_PLAY = """
@@ -247,7 +215,7 @@ def test_symlinked_authorized_keys_is_refused_on_the_host(fleet):
     out = res.result("rotate", host.name)
     assert out.get("failed") and "symbolic link" in out["msg"] and host.name in out["msg"]
     assert os.path.islink(link) and pathlib.Path(real).read_text() == fleet["initial"]
-    assert ssh_login(net, host, fleet["bootstrap"]).stdout.strip() == host.name
+    assert net.login(host, fleet["bootstrap"], "hostname").stdout.strip() == host.name
 
 
 def test_revoking_the_new_key_is_refused_before_any_host_changes(fleet):

@@ -22,36 +22,6 @@ def keygen(path):
     return path.with_suffix(".pub").read_text()
 
 
-def fresh_login(net, host, key) -> int:
-    return subprocess.run(
-        [
-            "ssh",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            f"UserKnownHostsFile={net.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-i",
-            str(key),
-            f"root@{host.address}",
-            "true",
-        ],
-        capture_output=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    ).returncode
-
-
 @pytest.fixture
 def site(tmp_path, nats_broker):
     bootstrap = tmp_path / "bootstrap"
@@ -109,8 +79,10 @@ def test_site_elects_rotates_and_provisions_then_changes_nothing(site):
 
     new_key = tmp / "controller" / "site_ed25519"
     for host in net.hosts:
-        assert fresh_login(net, host, new_key) == 0, f"new key does not log in to {host.name}"
-        assert fresh_login(net, host, site["bootstrap"]) != 0, f"sshd still accepts the bootstrap key on {host.name}"
+        assert net.login(host, new_key).returncode == 0, f"new key does not log in to {host.name}"
+        assert net.login(host, site["bootstrap"]).returncode != 0, (
+            f"sshd still accepts the bootstrap key on {host.name}"
+        )
 
     ca = x509.load_pem_x509_certificate((tmp / "ca" / "ca.pem").read_bytes())
     for identity in fleet.identities:

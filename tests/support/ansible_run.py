@@ -100,8 +100,12 @@ def run_playbook(
     env: dict | None = None,
     timeout: float = 900,
     args: list[str] | None = None,
+    wrap: list[str] | None = None,
 ) -> PlayResult:
-    """Run a playbook file (path) or playbook text (a string containing a newline)."""
+    """Run a playbook file (path), playbook name (FQCN) or playbook text (a string containing a newline).
+
+    ``wrap`` prefixes the command, e.g. ``Host.nsenter([])`` to run it inside a namespace host.
+    """
     with tempfile.TemporaryDirectory(prefix="zeroinit-play-") as tmpdir:
         path = str(playbook)
         if "\n" in path:
@@ -126,7 +130,7 @@ def run_playbook(
             argv += ["--limit", limit]
         argv += args or []
         proc = subprocess.run(
-            argv,
+            (wrap or []) + argv,
             cwd=str(ROOT),
             env=ansible_env(env),
             capture_output=True,

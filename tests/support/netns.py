@@ -271,6 +271,39 @@ class TestNetwork:
             handle.write("\n".join(lines) + "\n")
         return self.known_hosts
 
+    def login(self, host: Host, private_key: str, command: str = "true") -> subprocess.CompletedProcess:
+        """A fresh SSH login as root with exactly ``private_key`` (no agent, no multiplexing), as an operator would."""
+        return subprocess.run(
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "IdentityAgent=none",
+                "-o",
+                "ControlPath=none",
+                "-o",
+                f"UserKnownHostsFile={self.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-i",
+                str(private_key),
+                f"root@{host.address}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
     def ansible_hosts(self, private_key: str, user: str = "root", **extra) -> dict:
         """Inventory host entries for every host: address, user, key, this network's known_hosts, the venv Python."""
         ssh_args = f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"

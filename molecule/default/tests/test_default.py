@@ -5,9 +5,11 @@ also proves the new key logs in there. ZMOL_DIR is molecule's ephemeral director
 """
 
 import os
-import subprocess
+
+from tests.support.netns import TestNetwork
 
 ZMOL_DIR = os.environ["ZMOL_DIR"]
+NET = TestNetwork.load(os.path.join(ZMOL_DIR, "netns.json"))
 
 
 def read(name):
@@ -15,9 +17,14 @@ def read(name):
         return handle.read()
 
 
+def spec_of(host):
+    """The namespace host testinfra is connected to (its name carries ZEROINIT_NET_TAG)."""
+    return next(h for h in NET.hosts if h.address == host.backend.hostname)
+
+
 def test_new_key_logs_in_as_root(host):
     assert host.run("id -u").stdout.strip() == "0"
-    assert host.run("hostname").stdout.strip().startswith("zmol-h")
+    assert host.run("hostname").stdout.strip() == spec_of(host).name
 
 
 def test_authorized_keys_holds_new_key_and_unrelated_lines_only(host):
@@ -30,33 +37,6 @@ def test_authorized_keys_holds_new_key_and_unrelated_lines_only(host):
 
 
 def test_sshd_refuses_the_bootstrap_key(host):
-    proc = subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            "UserKnownHostsFile={}".format(os.path.join(ZMOL_DIR, "known_hosts")),
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-i",
-            os.path.join(ZMOL_DIR, "bootstrap_ed25519"),
-            f"root@{host.backend.hostname}",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    proc = NET.login(spec_of(host), os.path.join(ZMOL_DIR, "bootstrap_ed25519"))
     assert proc.returncode == 255
     assert "Permission denied (publickey)" in proc.stderr

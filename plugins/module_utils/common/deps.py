@@ -27,6 +27,8 @@ class _Unavailable(Exception):
 
 try:
     import nats
+    import nats.js.api  # the service's JetStream key-value buckets
+    import nats.js.errors
     from nats.errors import Error as NatsError
 
     HAS_NATS = True
@@ -71,6 +73,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 try:
     import prometheus_client
+    import prometheus_client.utils  # floatToGoString, for the service's exposition text
 
     HAS_PROMETHEUS_CLIENT = True
     PROMETHEUS_CLIENT_IMPORT_ERROR = None
