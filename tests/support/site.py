@@ -4,19 +4,26 @@ the members' broker that says whether the broker let it in."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import ssl
+import subprocess
+import sys
 
 from ansible.parsing.vault import VaultLib, VaultSecret
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, connect
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import CsrPolicy
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 from ansible_collections.zeroinit.bootstrap.plugins.plugin_utils.site_secrets import SiteOptions, SiteSecrets
+from tests.support import netns
+from tests.support.ansible_run import run_playbook
+from tests.support.broker import find_nats_server
 from tests.support.x509 import make_csr
 
 VAULT_PASSWORD = "zeroinit test site vault password"
@@ -73,8 +80,6 @@ def member_certificate(ca: CertificateAuthority, identity: str, directory, ocsp_
 
 
 async def _members_connect(url: str, ca: str, cert: str, key: str) -> str:
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import ConnectError, connect
-
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
     context.load_cert_chain(cert, key)
     try:
@@ -93,3 +98,117 @@ async def _members_connect(url: str, ca: str, cert: str, key: str) -> str:
 def members_connect(url: str, ca: str, cert: str, key: str) -> str:
     """``connected``, or ``refused: <why>``: a TLS client connection to the members' broker with this certificate."""
     return asyncio.run(_members_connect(url, ca, cert, key))
+
+
+BROKER_PLAY = """
+- name: Run the brokers
+  hosts: brokers
+  gather_facts: false
+  vars:
+    site_secrets_dir: "{{ site_dir }}"
+  pre_tasks:
+    - name: Unlock the site CA for this run
+      ansible.builtin.include_role:
+        name: zeroinit.bootstrap.site_secrets
+        tasks_from: unlock
+        apply: {delegate_to: localhost, run_once: true}
+  roles:
+    - role: zeroinit.bootstrap.broker
+      vars:
+        broker_site_dir: "{{ site_dir }}"
+        broker_ca_key: "{{ site_secrets_unlocked.ca }}"
+        broker_nats_server: "{{ nats_server }}"
+        broker_python: "{{ venv_python }}"
+        broker_supervisor: background
+  post_tasks:
+    - name: Lock the site CA again
+      ansible.builtin.include_role:
+        name: zeroinit.bootstrap.site_secrets
+        tasks_from: lock
+        apply: {delegate_to: localhost, run_once: true}
+"""
+
+BROKERCTL = "/opt/zeroinit/broker/zeroinit-brokerctl"
+
+
+class SiteBrokerHost:
+    """A site (secrets as init-site makes them) and one namespace host running its brokers with the broker role."""
+
+    def __init__(self, workdir, name: str = "sitebroker"):
+        self.tmp = pathlib.Path(workdir)
+        key = self.tmp / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        self.key = key
+        self.net = netns.TestNetwork.create(name, 1, authorized_keys=(self.tmp / "id_ed25519.pub").read_text())
+        self.host = self.net.hosts[0]
+        self.site = make_site(self.tmp / "site")
+        self.extra = {
+            "site_dir": str(self.site["dir"]),
+            "nats_server": find_nats_server(),
+            "venv_python": sys.executable,
+        }
+        self.first = None
+
+    @property
+    def provisioning_url(self) -> str:
+        return f"nats://{self.host.address}:4222"
+
+    @property
+    def members_url(self) -> str:
+        return f"tls://{self.host.address}:4223"
+
+    def inventory(self, **groups) -> str:
+        """An inventory with the broker host in ``brokers``, localhost, and ``groups`` (name: {host: vars})."""
+        document = {
+            "all": {
+                "hosts": {"localhost": {"ansible_connection": "local"}},
+                "children": {
+                    "brokers": {"hosts": self.net.ansible_hosts(self.key, ansible_pipelining=True)},
+                    **{name: {"hosts": hosts} for name, hosts in groups.items()},
+                },
+            }
+        }
+        path = self.tmp / f"inventory-{len(list(self.tmp.glob('inventory-*')))}.json"
+        path.write_text(json.dumps(document))
+        return str(path)
+
+    def play(self, text, inventory=None, check=False, limit=None, **extra):
+        return run_playbook(
+            text,
+            inventory=inventory or self.inventory(),
+            extra_vars=dict(self.extra, **extra),
+            check=check,
+            limit=limit,
+            args=["--vault-password-file", self.site["password"]],
+        )
+
+    def start(self):
+        self.first = self.play(BROKER_PLAY)
+        return self
+
+    def logs(self) -> str:
+        logs = []
+        for name in ("ocsp", "members", "provisioning"):
+            try:
+                with open(self.host.path(f"/var/lib/zeroinit/zeroinit-broker-{name}.log")) as handle:
+                    logs.append(f"--- {name}\n{handle.read()[-1500:]}")
+            except OSError:
+                logs.append(f"--- {name}: no log")
+        return "\n".join(logs)
+
+    def explain(self, result) -> str:
+        return f"{result.stdout[-3000:]}\n{result.stderr[-1500:]}\n{self.logs()}"
+
+    def connections(self) -> dict:
+        """The members' broker's connz, read on the host (its monitor listens on the host's loopback)."""
+        code = (
+            "import http.client, sys; c = http.client.HTTPConnection('127.0.0.1', 8222, timeout=10); "
+            "c.request('GET', '/connz?auth=1'); sys.stdout.write(c.getresponse().read().decode())"
+        )
+        return json.loads(self.host.run([sys.executable, "-c", code]).stdout)
+
+    def destroy(self) -> None:
+        try:
+            self.host.run([BROKERCTL, "stop", "all"], check=False, timeout=60)
+        finally:
+            self.net.destroy()
