@@ -1,0 +1,56 @@
+"""destroy: the node's whole state goes, the certificates it held come back for revocation, then provisioning or a stop."""
+
+import os
+
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import StatusCode
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.state import MODE_CONFIGURED, MODE_PROVISIONING
+from tests.support.node_requests import TOKEN, call, provisioned_files
+
+
+def state_files(node):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), node.node_dir)
+        for root, dirs, files in os.walk(node.node_dir)
+        for name in files + dirs
+    )
+
+
+def test_a_configured_node_wipes_everything_and_returns_the_certificate_it_held(node, ca):
+    cert = provisioned_files(node, ca)
+    node.load()
+    assert node.mode == MODE_CONFIGURED
+    with open(os.path.join(node.node_dir, "site.lock"), "w") as handle:
+        handle.write("{}")  # whatever else the node keeps in its state directory goes too
+    code, msg, data, result = call(node, "destroy", {"token": TOKEN})
+    assert code == 0, msg
+    assert data["certificates"] == [cert] and data["after"] == "reprovision"
+    assert data["removed"] == ["server.conf", "ssl", "site.lock"]
+    assert result.effect == "reprovision"
+    assert state_files(node) == ["ssl"]  # an empty ssl/ (0700) for the next gencsr
+    node.load()
+    assert node.mode == MODE_PROVISIONING
+
+
+def test_a_reprovisioned_node_returns_the_certificate_it_set_aside_and_loses_it(node, ca):
+    cert = provisioned_files(node, ca)
+    node.load()
+    assert call(node, "reprovision", {"token": TOKEN})[0] == 0
+    node.load()
+    code, _msg, data, result = call(node, "destroy", {"token": TOKEN, "after": "shutdown"})
+    assert code == 0 and data["certificates"] == [cert] and result.effect == "shutdown"
+    assert state_files(node) == ["ssl"]
+
+
+def test_wrong_token_or_bad_input_removes_nothing(node, ca):
+    provisioned_files(node, ca)
+    node.load()
+    before = state_files(node)
+    assert call(node, "destroy", {"token": "wrong"})[:2] == (StatusCode.ABORTED, "incorrect provisioning token")
+    code, msg, _data, _result = call(node, "destroy", {"token": TOKEN, "after": "reboot"})
+    assert code == StatusCode.INVALID_DATA and "after" in msg
+    assert state_files(node) == before
+
+
+def test_a_fresh_node_has_nothing_to_give_back(node):
+    code, _msg, data, _result = call(node, "destroy", {"token": TOKEN})
+    assert code == 0 and data["certificates"] == [] and data["removed"] == ["ssl"]
