@@ -37,7 +37,7 @@ def site(tmp_path):
     try:
         secrets = make_site(tmp_path / "site", name="lab")
         token = vault().decrypt((secrets["dir"] / "token").read_bytes()).decode()
-        hosts = net.ansible_hosts(bootstrap)
+        hosts = net.ansible_hosts(bootstrap, ansible_pipelining=True)
         inventory = tmp_path / "inventory.json"
         inventory.write_text(
             json.dumps(
