@@ -13,6 +13,7 @@ from cryptography import x509
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient
 from tests.support.ansible_run import run_playbook
+from tests.support.certificates import Authority
 from tests.support.fleet import AgentFleet, discover
 from tests.support.site import OCSP_URL, members_connect, unlocked, vault
 
@@ -28,8 +29,12 @@ def fleet(site_broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("destroy")
     site = site_broker.site
     token = vault().decrypt((site["dir"] / "token").read_bytes()).decode()
-    with AgentFleet(site_broker.provisioning_url, NODES, tmp / "fleet", token=token) as agents:
+    # The nodes pin the site's provisioning CA, as an image made for the site does: provisioning, and destroy after it
+    # (a configured node is locked to its site), are signed by the site's provisioner.
+    pinned = ["--provisioning-ca", str(site["dir"] / "provisioning-ca.pem")]
+    with AgentFleet(site_broker.provisioning_url, NODES, tmp / "fleet", token=token, extra_args=pinned) as agents:
         ca_key = unlocked(site, "ca-key.pem", tmp)
+        provisioner_key = unlocked(site, "provisioner-key.pem", tmp)
         try:
             provisioned = run_playbook(
                 "playbooks/provision_fleet.yaml",
@@ -38,6 +43,8 @@ def fleet(site_broker, tmp_path_factory):
                     "zeroinit_provision_token": token,
                     "zeroinit_provision_expect": NODES,
                     "zeroinit_provision_fail_on_node_error": True,
+                    "zeroinit_provision_signing_cert": str(site["dir"] / "provisioner.pem"),
+                    "zeroinit_provision_signing_key": provisioner_key,
                     "zeroinit_provision_signer": {
                         "ca_cert": str(site["dir"] / "ca.pem"),
                         "ca_key": ca_key,
@@ -53,6 +60,7 @@ def fleet(site_broker, tmp_path_factory):
             )
         finally:
             os.unlink(ca_key)
+            os.unlink(provisioner_key)
         assert provisioned.rc == 0, provisioned.stdout[-3000:]
         assert sorted(members(site_broker, tmp)) == IDENTITIES, agents.log_tail()
         yield {"agents": agents, "tmp": tmp, "site": site}
@@ -81,9 +89,9 @@ def waiting(site_broker, wanted, timeout=20.0) -> list:
     return asyncio.run(discover(site_broker.provisioning_url, wanted, timeout))
 
 
-def destroy(site_broker, *, confirm=None, after=None, limit=None, check=False, listed=IDENTITIES):
+def destroy(site_broker, *, confirm=None, after=None, limit=None, check=False, listed=IDENTITIES, **variables):
     """destroy.yaml with the ``listed`` nodes in the inventory's members group (confirm=all finds the others)."""
-    extra = {"zeroinit_site_dir": str(site_broker.site["dir"]), "zeroinit_site_name": "lab"}
+    extra = {"zeroinit_site_dir": str(site_broker.site["dir"]), "zeroinit_site_name": "lab", **variables}
     if confirm is not None:
         extra["confirm"] = confirm
     if after is not None:
@@ -131,6 +139,28 @@ def test_destroy_in_check_mode_asks_each_node_and_changes_nothing(site_broker, f
     result = destroy(site_broker, confirm="all", check=True)
     assert result.rc == 0, failure_messages(result) + site_broker.explain(result)
     assert all("would be wiped" in result.result("Report what was destroyed and revoked", n)["msg"] for n in IDENTITIES)
+    assert (site_broker.site["dir"] / "crl.pem").read_bytes() == crl
+    assert sorted(members(site_broker, fleet["tmp"])) == IDENTITIES
+
+
+def test_destroy_signed_by_another_sites_provisioner_is_refused_and_removes_nothing(site_broker, fleet):
+    node = IDENTITIES[2]
+    other = Authority("another site's provisioning CA").issue("prov.other.example.net")
+    (fleet["tmp"] / "other-provisioner.pem").write_text(other.pem)
+    (fleet["tmp"] / "other-provisioner-key.pem").write_text(other.key_pem)
+    os.chmod(fleet["tmp"] / "other-provisioner-key.pem", 0o600)
+    before = state(fleet["agents"], node)
+    crl = (site_broker.site["dir"] / "crl.pem").read_bytes()
+    result = destroy(
+        site_broker,
+        confirm="host",
+        limit=node,
+        zeroinit_provision_signing_cert=str(fleet["tmp"] / "other-provisioner.pem"),
+        zeroinit_provision_signing_key=str(fleet["tmp"] / "other-provisioner-key.pem"),
+    )
+    assert result.rc != 0
+    assert f"request not authenticated by {node}" in failure_messages(result), site_broker.explain(result)
+    assert state(fleet["agents"], node) == before
     assert (site_broker.site["dir"] / "crl.pem").read_bytes() == crl
     assert sorted(members(site_broker, fleet["tmp"])) == IDENTITIES
 
