@@ -12,12 +12,15 @@ import sys
 
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security import ca_key_fingerprints
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.state import SITE_LOCK_FILE
 from tests.support.ansible_run import run_playbook
 from tests.support.broker import find_nats_server
 from tests.support.fleet import AgentFleet, discover
 from tests.support.netns import TestNetwork
-from tests.support.site import make_site, unlocked, vault
+from tests.support.site import OCSP_URL, make_site, unlocked, vault
 
 pytestmark = pytest.mark.netns
 
@@ -64,8 +67,11 @@ def site(tmp_path):
             "broker_python": sys.executable,
             "broker_supervisor": "background",
         }
-        # The fleet boots before its broker exists and retries until site.yaml starts it.
-        fleet = AgentFleet(f"nats://{broker.address}:4222", NODES, tmp_path / "fleet", token=token).launch()
+        # The fleet boots before its broker exists and retries until site.yaml starts it; its image pins the site's
+        # provisioning CA, so only the site's provisioner is obeyed.
+        pinned = ["--provisioning-ca", str(secrets["dir"] / "provisioning-ca.pem")]
+        broker_url = f"nats://{broker.address}:4222"
+        fleet = AgentFleet(broker_url, NODES, tmp_path / "fleet", token=token, extra_args=pinned).launch()
         try:
             yield {
                 "net": net,
@@ -122,6 +128,7 @@ def test_site_elects_rotates_runs_the_brokers_and_makes_every_worker_a_member_th
         assert net.login(host, site["bootstrap"]).returncode != 0, f"sshd accepts the bootstrap key on {host.name}"
 
     ca = x509.load_pem_x509_certificate((site["secrets"]["dir"] / "ca.pem").read_bytes())
+    provisioning_ca_keys = list(ca_key_fingerprints((site["secrets"]["dir"] / "provisioning-ca.pem").read_text()))
     for identity in fleet.identities:
         node = fleet.node_dir(identity)
         conf = (node / "server.conf").read_text()
@@ -131,6 +138,13 @@ def test_site_elects_rotates_runs_the_brokers_and_makes_every_worker_a_member_th
         cert = x509.load_pem_x509_certificate((node / "ssl" / "certificate.pem").read_bytes())
         cert.verify_directly_issued_by(ca)
         assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == identity
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        assert [d.access_location.value for d in access if d.access_method == AuthorityInformationAccessOID.OCSP] == [
+            OCSP_URL
+        ]
+        # Configured by a request the site's provisioner signed: the node is locked to the site's provisioning CA too.
+        lock = json.loads((node / SITE_LOCK_FILE).read_text())
+        assert lock["provisioning_ca_keys_sha256"] == provisioning_ca_keys
     assert members(site) == fleet.identities
 
     # The inventory still names the bootstrap key: the run logs in with the rotated one where it works.
