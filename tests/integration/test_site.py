@@ -151,3 +151,20 @@ def test_site_elects_rotates_runs_the_brokers_and_makes_every_worker_a_member_th
     second = run_site(site, zeroinit_provision_wait=0)
     assert second.rc == 0, second.stdout[-4000:] + second.stderr[-2000:]
     assert {host: stats["changed"] for host, stats in second.stats.items()} == dict.fromkeys(second.stats, 0)
+
+
+def test_site_in_service_mode_refuses_a_signer_without_the_sites_ocsp_responder(tmp_path):
+    # Checked before anything runs: no master, broker or secret is touched.
+    signer = {"ca_cert": "/etc/zeroinit/provisioner/ca.pem", "ca_key": "/etc/zeroinit/provisioner/ca-key.pem"}
+    result = run_playbook(
+        "playbooks/site.yaml",
+        extra_vars={
+            "zeroinit_site_dir": str(tmp_path / "site"),
+            "zeroinit_provisioner_mode": "service",
+            "provisioner_signer": signer,
+        },
+    )
+    assert result.rc != 0
+    message = result.result("Check the service's signer names the site's OCSP responder", "localhost")["msg"]
+    assert "provisioner_signer needs ocsp_url (the site's OCSP responder, http://127.0.0.1:8889/)" in message
+    assert not (tmp_path / "site").exists()
