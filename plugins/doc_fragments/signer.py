@@ -134,8 +134,10 @@ options:
     description:
       - What the certificate is for. V(server) gives ExtendedKeyUsage serverAuth, V(client) clientAuth, V(both) both.
         KeyUsage is digitalSignature, plus keyEncipherment for RSA keys.
+      - V(ocsp) is a delegated OCSP responder's certificate (RFC 6960 4.2.2.2), as the C(broker) role's responder
+        uses it. It carries ExtendedKeyUsage OCSPSigning and the id-pkix-ocsp-nocheck extension, and no O(ocsp_url).
     type: str
-    choices: [server, client, both]
+    choices: [server, client, both, ocsp]
     default: both
   cfssl_url:
     description:
@@ -172,6 +174,14 @@ options:
       - Seconds each request to the CFSSL server may take, including the whole answer.
     type: float
     default: 10
+  ocsp_url:
+    description:
+      - URL of the site's OCSP responder (C(http://) or C(https://)), written into every certificate as its
+        Authority Information Access. A TLS endpoint that checks peers over OCSP (the members' broker of the
+        C(broker) role) asks it at every handshake whether the certificate is revoked; a certificate without it is
+        never checked there.
+      - A certificate kept at a destination is re-issued when it does not name this URL.
+    type: str
 """
 
 

@@ -57,12 +57,18 @@ options:
       - V(provision) provisions many nodes; the others act on the single node O(identity).
       - V(reprovision) must be sent in the node's configured collective on its configured broker
         (set O(brokers) and O(collective) accordingly).
+      - V(discover) lists the nodes that answer a broadcast discovery in O(collective) (RV(identities)); it changes
+        nothing, and asks in check mode too. O(discovery_timeout) and O(expect) bound the wait.
+      - V(destroy) wipes the node's state (its keys, certificates, configuration and site lock) in either mode, then
+        brings it back in provisioning mode or stops it (O(after)); RV(data.certificates) are the certificates it
+        held, for M(zeroinit.bootstrap.pki_revoke). Not in go-choria's DDL; C(destroy.yaml) uses it.
       - V(pause) stops every instance of the provisioner service of O(site) from starting new nodes within a
         second (nodes in flight finish); V(resume) lets them go on from their queues; V(status) returns each
         instance's state. The task changes something only when an instance's paused state changes.
     type: str
     default: provision
-    choices: [provision, inventory, gencsr, configure, restart, reprovision, shutdown, pause, resume, status]
+    choices: [provision, discover, inventory, gencsr, configure, restart, reprovision, shutdown, destroy, pause, resume,
+      status]
   site:
     description:
       - The provisioner service's site (its configuration's C(site)) for O(action=pause), O(action=resume) and
@@ -174,6 +180,11 @@ options:
     type: str
     default: ec
     choices: [ec, rsa]
+  after:
+    description: What a node does after O(action=destroy) wiped its state.
+    type: str
+    choices: [reprovision, shutdown]
+    default: reprovision
   fail_on_node_error:
     description: Fail the task when any node failed (O(action=provision)); the per-node outcome is returned either way.
     type: bool
@@ -287,12 +298,19 @@ timings:
   description: Per step p50/p99 in ms, per node p50/p99, discovery and total seconds, nodes per second.
   returned: action=provision
   type: dict
+identities:
+  description: The nodes that answered discovery, sorted.
+  returned: action=discover
+  type: list
+  elements: str
 identity:
   description: The node a single-node action went to.
   returned: single-node actions
   type: str
 data:
-  description: The agent's reply data (inventory facts; gencsr csr, public_key, ssldir; otherwise message).
+  description:
+    - The agent's reply data (inventory facts; gencsr csr, public_key, ssldir; otherwise message).
+    - For V(destroy), also C(certificates) (PEM, the certificates the node held), C(removed) and C(after).
   returned: single-node actions
   type: dict
 site:
@@ -345,7 +363,7 @@ ARGUMENT_SPEC = dict(
     broker_argument_spec(),
     **request_signing_argument_spec(),
     **jwt_verification_argument_spec(),
-    action=dict(type="str", default="provision", choices=["provision", *SINGLE_ACTIONS, *SITE_OPERATIONS]),
+    action=dict(type="str", default="provision", choices=["provision", "discover", *SINGLE_ACTIONS, *SITE_OPERATIONS]),
     site=dict(type="str"),
     control_key=dict(type="str", no_log=True),
     gather=dict(type="float", default=1),
@@ -370,6 +388,7 @@ ARGUMENT_SPEC = dict(
     ssldir=dict(type="str"),
     csr_subject=dict(type="dict", default={}),
     key_type=dict(type="str", default="ec", choices=["ec", "rsa"]),
+    after=dict(type="str", default="reprovision", choices=["reprovision", "shutdown"]),
     fail_on_node_error=dict(type="bool", default=False),
 )
 
@@ -386,6 +405,7 @@ def main():
             ("action", "restart", ("identity",)),
             ("action", "reprovision", ("identity",)),
             ("action", "shutdown", ("identity",)),
+            ("action", "destroy", ("identity",)),
             ("action", "provision", ("helper", "signer"), True),
             ("action", "pause", ("site",)),
             ("action", "resume", ("site",)),

@@ -44,13 +44,14 @@ try:
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+    from cryptography.x509 import ocsp
+    from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID, NameOID
 
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
 except ImportError:  # pragma: no cover - depends on the environment
-    x509 = hashes = serialization = ec = ed448 = ed25519 = padding = rsa = None
-    ExtendedKeyUsageOID = ExtensionOID = NameOID = None
+    x509 = ocsp = hashes = serialization = ec = ed448 = ed25519 = padding = rsa = None
+    AuthorityInformationAccessOID = ExtendedKeyUsageOID = ExtensionOID = NameOID = None
     InvalidSignature = UnsupportedAlgorithm = _Unavailable
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()

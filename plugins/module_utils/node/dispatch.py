@@ -11,8 +11,8 @@ The checks, each refusal a reply whose statusmsg names the reason:
    ``message``. Without one, a site-locked action on a locked node is verified against the site CA it was
    locked with (``trust.py``); anything else is judged by the token alone;
 3. the token (constant-time);
-4. the site lock: on a node that committed a configuration, ``gencsr``, ``configure`` and ``reprovision`` only
-   when signed under that site (``site_lock.py``);
+4. the site lock: on a node that committed a configuration, ``gencsr``, ``configure``, ``reprovision``, ``trust``
+   and ``destroy`` only when signed under that site (``site_lock.py``);
 5. the replay memory: a request id this node accepted within its window is refused (``replay.py``);
 6. the mode the action needs, and the per-caller provisioning lock.
 
@@ -22,6 +22,8 @@ what the daemon must do after the reply is sent. An action that fails unexpected
 the agent down.
 
 Refused beyond go-choria's DDL: the actions ``release_update`` and ``gen25519`` (statuscode 2 with the reason).
+Added to it: ``trust`` and ``renew`` (a configured node's certificates), and ``destroy`` (``actions/destroy.py``,
+answered in either mode).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..choria.replay import request_window_refusal
 from ..choria.security import RequestTrustError, TrustConfigError, VerifiedSigner, is_unsigned
 from .actions.base import ActionResult, Refusal, RequestOrigin
 from .actions.configure import ConfigureInput, configure
+from .actions.destroy import DestroyInput, destroy
 from .actions.gencsr import GencsrInput, gencsr
 from .actions.jwt import provisioning_jwt
 from .actions.renew import renew
@@ -66,7 +69,7 @@ class ProvisionAction(NamedTuple):
     handler: Callable
     token_required: bool = True
     takes_lock: bool = False
-    mode: str = MODE_PROVISIONING  # the mode the node must be in
+    mode: str | None = MODE_PROVISIONING  # the mode the node must be in (None: either)
     takes_origin: bool = False  # the handler records who sent the request (configure, trust: the site lock)
 
 
@@ -84,6 +87,8 @@ PROVISION_ACTIONS = {
     "trust": ProvisionAction(TrustInput.parse, trust, mode=MODE_CONFIGURED, takes_origin=True),
     "renew": ProvisionAction(None, renew, mode=MODE_CONFIGURED),
     "shutdown": ProvisionAction(None, shutdown),
+    # ours (destroy.yaml): wipe the state in either mode, then come back in provisioning mode or stop
+    "destroy": ProvisionAction(DestroyInput.parse, destroy, mode=None),
 }
 
 
@@ -133,7 +138,7 @@ def _provision(node: NodeState, req: Request, at: float) -> ActionResult:
     replay = node.replay.admit(req.requestid, req.time, req.ttl, at)
     if replay is not None:
         raise Refusal(StatusCode.ABORTED, replay)
-    if node.mode != spec.mode:
+    if spec.mode is not None and node.mode != spec.mode:
         if spec.mode == MODE_CONFIGURED:
             raise Refusal(StatusCode.ABORTED, f"{node.identity} is already in provisioning mode")
         raise Refusal(

@@ -33,7 +33,7 @@ from .state import NodeState
 log = logging.getLogger("zeroinit.agent")
 
 # choria_provision actions that do crypto or disk I/O: run in threads, serialised per node.
-BLOCKING_ACTIONS = frozenset(("gencsr", "configure", "reprovision", "restart", "trust"))
+BLOCKING_ACTIONS = frozenset(("gencsr", "configure", "reprovision", "restart", "trust", "destroy"))
 
 
 class RateLimitedLog:

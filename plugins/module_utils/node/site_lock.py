@@ -3,9 +3,9 @@
 """The one-way site lock: once a node committed a configuration, only its site may move it again.
 
 As Constellation's node lock: when ``configure`` commits, the node records the site it was configured under, and
-from then on :data:`SITE_LOCKED_ACTIONS` (``gencsr``, ``configure``, ``reprovision``, ``trust``: what changes the
-node's keys, certificates or trust) are accepted only in a request signed by a provisioner of that site. A request with the
-token alone is refused, and so is one signed under another CA; each refusal says which. ``restart``, ``shutdown``
+from then on :data:`SITE_LOCKED_ACTIONS` (``gencsr``, ``configure``, ``reprovision``, ``trust``, ``destroy``:
+what changes the node's keys, certificates or trust) are accepted only in a request signed by a provisioner of that
+site. A request with the token alone is refused, and so is one signed under another CA; each refusal says which. ``restart``, ``shutdown``
 and the read-only agents are not locked: they change no trust (``restart`` keeps its loop guard).
 
 What identifies the site: the SHA-256 of the public key (DER SubjectPublicKeyInfo) of every CA certificate in
@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from ..choria.security import TrustConfigError, ca_key_fingerprints
 
 SITE_LOCK_VERSION = 1
-SITE_LOCKED_ACTIONS = frozenset({"gencsr", "configure", "reprovision", "trust"})
+SITE_LOCKED_ACTIONS = frozenset({"gencsr", "configure", "reprovision", "trust", "destroy"})
 MAX_SITE_LOCK_TEXT = 64 * 1024
 MAX_SITE_LOCK_KEYS = 64
 MAX_SITE_NAME = 253

@@ -45,7 +45,8 @@ def _signature_hash(private_key):
     return hashes.SHA256()
 
 
-def _generate_key(key_type: str):
+def new_private_key(key_type: str):
+    """A new private key of ``key_type`` (ec: P-256, rsa: 3072 bits, ed25519)."""
     if key_type == "ec":
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "rsa":
@@ -141,7 +142,7 @@ class CertificateAuthority:
             raise PkiError("ca_common_name must not be empty", field="ca_common_name")
         if int(valid_days) < 1:
             raise PkiError(f"ca_valid_days must be at least 1, not {valid_days}", field="ca_valid_days")
-        key = private_key if private_key is not None else _generate_key(key_type)
+        key = private_key if private_key is not None else new_private_key(key_type)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = utc_now()
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())

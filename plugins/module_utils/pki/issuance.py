@@ -69,6 +69,7 @@ def signer_argument_spec() -> dict:
         max_valid_days=dict(type="int", default=DEFAULT_MAX_VALID_DAYS),
         profile=dict(type="str", default="both", choices=list(PROFILES)),
         **CFSSL_SIGNER_OPTIONS,
+        ocsp_url=dict(type="str"),
     )
 
 
@@ -139,12 +140,17 @@ def signer_from_params(params: dict, check_mode: bool = False):
                 "valid_seconds is for the builtin backend: with cfssl the CFSSL profile's expiry sets the lifetime",
                 field="valid_seconds",
             )
+        if params.get("ocsp_url"):
+            raise PkiError(
+                "ocsp_url is for the builtin backend: a CFSSL server names its OCSP responder in its own configuration",
+                field="ocsp_url",
+            )
         return cfssl_signer_from_params(params, policy), False
     problem = lifetime_problem(params.get("valid_seconds"), policy.max_valid_days)
     if problem:  # before a CA is made for it
         raise PkiError(problem, field="valid_seconds")
     ca, created = ca_from_params(params, check_mode)
-    return Signer(ca, policy, params.get("valid_seconds")), created
+    return Signer(ca, policy, params.get("valid_seconds"), ocsp_url=params.get("ocsp_url")), created
 
 
 CERTIFICATE_MODE = 0o644

@@ -126,7 +126,11 @@ def load_certificates(pem, what: str = "certificate", field_name: str | None = N
 
 
 EKU_NAMES = (
-    {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+    {
+        ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+        ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+        ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+    }
     if HAS_CRYPTOGRAPHY
     else {}
 )

@@ -20,7 +20,7 @@ from .helper import NodeFailure, check_configuration, merge_configuration
 from .rpc import RpcClient, RpcError
 from .settings import ProvisionError, ProvisionSettings
 
-SINGLE_ACTIONS = ("inventory", "gencsr", "configure", "restart", "reprovision", "shutdown")
+SINGLE_ACTIONS = ("inventory", "gencsr", "configure", "restart", "reprovision", "shutdown", "destroy")
 JWT_CHECKED_ACTIONS = ("gencsr", "configure")
 
 
@@ -39,6 +39,8 @@ def action_data(settings: ProvisionSettings, action: str, identity: str, params:
         )
     if action == "restart":
         return options.token_data(splay=settings.splay)
+    if action == "destroy":
+        return options.token_data(after=params.get("after") or "reprovision")
     return options.token_data()
 
 
@@ -78,6 +80,26 @@ async def single_action(
         raise ProvisionError(str(exc)) from None
     finally:
         await client.close()
+
+
+async def discovery(settings: ProvisionSettings, client_factory: Callable[[], RpcClient] | None = None) -> dict:
+    """Who answers a broadcast discovery in the settings' collective (read-only, so check mode asks too)."""
+    client = (client_factory or settings.client)()
+    try:
+        await client.connect()
+    except (ConnectError, RpcError) as exc:
+        raise ProvisionError(str(exc)) from None
+    try:
+        found = await client.discover(timeout=settings.discovery_timeout, expect=settings.expect)
+    finally:
+        await client.close()
+    identities = [identity for identity in found if valid_identity(identity)]
+    return {"changed": False, "identities": identities, "count": len(identities), "collective": settings.collective}
+
+
+def run_discovery(settings: ProvisionSettings) -> dict:
+    """Synchronous entry point for ``action=discover``."""
+    return asyncio.run(discovery(settings))
 
 
 def run_action(settings: ProvisionSettings, action: str, identity: str, params: dict | None = None) -> dict:

@@ -6,7 +6,7 @@ action or an operation on a running provisioner service -> the module's result (
 
 from __future__ import annotations
 
-from .actions import run_action
+from .actions import run_action, run_discovery
 from .bulk import provision
 from .service.steering import SITE_OPERATIONS, SiteControlRequest, run_site_control
 from .settings import ProvisionError, ProvisionSettings
@@ -105,8 +105,10 @@ def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
     try:
         if params["action"] == "provision":
             result = provision(settings)
+        elif params["action"] == "discover":
+            result = run_discovery(settings)
         else:
-            extra = {"certificate": params["certificate"], "ca": params["ca"], "ssldir": params["ssldir"]}
+            extra = {name: params.get(name) for name in ("certificate", "ca", "ssldir", "after")}
             result = run_action(settings, params["action"], params["identity"], extra)
     except ProvisionError as exc:
         where = f" (node {params['identity']})" if params["identity"] else ""

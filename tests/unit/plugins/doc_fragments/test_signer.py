@@ -8,7 +8,7 @@ ModuleDocFragment = load_plugin("doc_fragments/signer.py").ModuleDocFragment
 
 def test_pki_sign_options_match_the_argument_spec():
     assert differences(documented(ModuleDocFragment.DOCUMENTATION), signer_argument_spec()) == []
-    assert len(signer_argument_spec()) == 25
+    assert len(signer_argument_spec()) == 26
 
 
 def test_choria_provision_signer_suboptions_are_the_same_text():

@@ -198,3 +198,42 @@ def test_valid_seconds_out_of_range_is_refused_naming_the_option(ca, value, reas
     with pytest.raises(PkiError) as info:
         Signer(ca, CsrPolicy(max_valid_days=1), valid_seconds=value)
     assert info.value.field == "valid_seconds" and reason in str(info.value)
+
+
+OCSP_URL = "http://127.0.0.1:8889/"
+
+
+def test_certificates_name_the_ocsp_responder_and_are_renewed_when_they_do_not(ca, signer):
+    with_url = Signer(ca, CsrPolicy(), ocsp_url=OCSP_URL)
+    cert = load(with_url.sign(make_csr(), IDENTITY).certificate)
+    access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    assert not access.critical
+    assert [(d.access_method, d.access_location.value) for d in access.value] == [
+        (x509.oid.AuthorityInformationAccessOID.OCSP, OCSP_URL)
+    ]
+    without = signer.sign(make_csr(), IDENTITY).certificate
+    with pytest.raises(x509.ExtensionNotFound):
+        load(without).extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    assert certificate_needs_renewal(with_url, without, make_csr(), 30, identity=IDENTITY, profile="both") == (
+        True,
+        f"the existing certificate does not name the OCSP responder {OCSP_URL}",
+    )
+    kept, _reason = certificate_needs_renewal(with_url, cert.public_bytes(serialization.Encoding.PEM), make_csr(), 30)
+    assert not kept
+
+
+def test_the_ocsp_profile_makes_a_delegated_responder_certificate(ca):
+    issued = load(Signer(ca, CsrPolicy(), ocsp_url=OCSP_URL).sign(make_csr(), IDENTITY, profile="ocsp").certificate)
+    assert list(issued.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.OCSP_SIGNING
+    ]
+    assert issued.extensions.get_extension_for_class(x509.OCSPNoCheck)
+    with pytest.raises(x509.ExtensionNotFound):  # a responder is not checked over OCSP itself
+        issued.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+
+
+@pytest.mark.parametrize("url", ["ftp://x/", "http://a b/", "127.0.0.1:8889", "http://x/" + "a" * 2100, "http://é/"])
+def test_an_ocsp_url_that_cannot_go_in_a_certificate_is_refused_naming_it(ca, url):
+    with pytest.raises(PkiError) as info:
+        Signer(ca, CsrPolicy(), ocsp_url=url)
+    assert info.value.field == "ocsp_url"

@@ -48,3 +48,22 @@ def test_a_single_gencsr_waits_for_a_valid_jwt(tmp_path):
     client = ScriptedClient(["a"], jwts={"a": issue_provisioning_jwt(issuer, "tok", ["nats://h:4222"], ["a"])})
     out = asyncio.run(single_action(settings, "gencsr", "a", client_factory=lambda: client))
     assert out["changed"] and [sent[1] for sent in client.sent] == ["jwt", "gencsr"]
+
+
+def test_discover_lists_who_answers_and_leaves_out_names_that_are_not_identities():
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import discovery
+
+    client = ScriptedClient(["b.example.net", "a.example.net", "not an identity"])
+    out = asyncio.run(discovery(scripted_settings(check_mode=True), client_factory=lambda: client))
+    assert out == {
+        "changed": False,
+        "identities": ["a.example.net", "b.example.net"],
+        "count": 2,
+        "collective": "provisioning",
+    }
+
+
+def test_destroy_sends_the_token_and_after():
+    client = ScriptedClient(["a"])
+    asyncio.run(single_action(scripted_settings(token="t"), "destroy", "a", {"after": "shutdown"}, lambda: client))
+    assert client.sent[-1][1:] == ("destroy", {"token": "t", "after": "shutdown"})

@@ -1,0 +1,97 @@
+"""init-site.yaml as an operator runs it: ansible-playbook with a vault password file, on the controller."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from ansible.parsing.vault import VaultLib, VaultSecret
+
+from tests.support.ansible_run import run_playbook
+
+PASSWORD = "init-site test vault password"
+SECRETS = ["ca", "operator", "provisioning_ca", "provisioner", "jwt_issuer", "token"]
+PRIVATE = {
+    "ca-key.pem",
+    "operator-key.pem",
+    "provisioning-ca-key.pem",
+    "provisioner-key.pem",
+    "jwt-issuer-key.pem",
+    "token",
+}
+
+
+@pytest.fixture
+def site(tmp_path):
+    password = tmp_path / "vault-password"
+    password.write_text(PASSWORD + "\n")
+    os.chmod(password, 0o600)
+    return {"dir": tmp_path / "site", "password": str(password)}
+
+
+def init_site(site, *args, check=False, password=True, **extra):
+    options = ["--vault-password-file", site["password"]] if password else []
+    return run_playbook(
+        "playbooks/init-site.yaml",
+        extra_vars=dict({"zeroinit_site_dir": str(site["dir"]), "zeroinit_site_name": "lab"}, **extra),
+        check=check,
+        args=[*options, *args],
+    )
+
+
+def made(result) -> dict:
+    return result.result("Make the site's secrets that do not exist yet (and the ones named in rotate)")
+
+
+def files(site) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(site["dir"].iterdir()) if p.is_file()}
+
+
+def test_init_site_makes_vaulted_0600_secrets_once_refuses_to_overwrite_and_rotates_by_name(site):
+    preview = init_site(site, check=True)
+    assert preview.rc == 0, preview.stdout[-3000:]
+    assert made(preview)["created"] == SECRETS and "would make" in made(preview)["msg"]
+    assert not site["dir"].exists()
+
+    first = init_site(site)
+    assert first.rc == 0, first.stdout[-3000:]
+    assert made(first)["changed"] and made(first)["created"] == SECRETS
+    assert stat.S_IMODE(os.stat(site["dir"]).st_mode) == 0o700
+    written = files(site)
+    vault = VaultLib([("default", VaultSecret(PASSWORD.encode()))])
+    for name, data in written.items():
+        assert stat.S_IMODE(os.stat(site["dir"] / name).st_mode) == 0o600, name
+        assert data.startswith(b"$ANSIBLE_VAULT;") == (name in PRIVATE), name
+        if name in PRIVATE:
+            assert vault.decrypt(data)  # the play's own vault password opens it
+    assert b"PRIVATE KEY" not in b"".join(written.values())
+
+    second = init_site(site)
+    assert second.rc == 0 and second.changed() == 0, second.stdout[-3000:]
+    assert made(second)["kept"] == SECRETS and "nothing was overwritten" in made(second)["msg"]
+    assert files(site) == written
+
+    nothing = init_site(site, check=True, rotate="all")
+    assert made(nothing)["rotated"] == SECRETS and files(site) == written
+
+    rotated = init_site(site, rotate="token")
+    assert made(rotated)["rotated"] == ["token"], rotated.stdout[-3000:]
+    after = files(site)
+    assert {name for name in after if after[name] != written[name]} == {"token"}
+    assert vault.decrypt(after["token"]) != vault.decrypt(written["token"])
+
+
+def test_init_site_without_a_vault_password_fails_saying_how_to_give_one_and_writes_nothing(site):
+    result = init_site(site, password=False)
+    assert result.rc != 0
+    assert "--vault-password-file" in made(result)["msg"]
+    assert not site["dir"].exists()
+
+
+def test_init_site_refuses_a_secret_with_a_missing_file_naming_it(site):
+    assert init_site(site).rc == 0
+    (site["dir"] / "provisioner-key.pem").unlink()
+    result = init_site(site)
+    assert result.rc != 0
+    assert "provisioner.pem exists but provisioner-key.pem does not" in made(result)["msg"]
