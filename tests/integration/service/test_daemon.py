@@ -23,6 +23,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.se
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.metrics import CHORIA_SERIES
 from tests.support.broker import EmbeddedBroker
 from tests.support.bus import BusCapture
+from tests.support.certificates import Authority
 from tests.support.fleet import AgentFleet, AgentProcess
 from tests.support.provisioner import ProvisionerProcess, logged_at, provisioner_command, write_config
 
@@ -114,8 +115,21 @@ def test_three_instances_on_three_servers_one_killed_mid_run_every_node_configur
     site, ttl = "killed", 5
     helper = policy_helper(tmp_path, ca, members)
     fleets = [AgentFleet(cluster.urls[i], 25, tmp_path / f"fleet{i}", token=TOKEN, prefix=f"s{i}n") for i in range(3)]
+    # The site's provisioner certificate: a node the victim configured but did not restart is locked to the site
+    # CA, and only a signed request of the site finishes it.
+    signing = Authority.from_files(ca["ca_cert"], ca["ca_key"]).write_leaf(tmp_path / "signing", "prov.killed.test")
     instances = [
-        service(tmp_path, f"prov-{i}", site, [cluster.urls[i]], workers=8, helper=helper, claim_ttl=ttl)
+        service(
+            tmp_path,
+            f"prov-{i}",
+            site,
+            [cluster.urls[i]],
+            workers=8,
+            helper=helper,
+            claim_ttl=ttl,
+            signing_cert=str(signing["cert"]),
+            signing_key=str(signing["key"]),
+        )
         for i in range(3)
     ]
     identities = sorted(identity for fleet in fleets for identity in fleet.identities)
