@@ -44,6 +44,18 @@ def action_data(settings: ProvisionSettings, action: str, identity: str, params:
     return options.token_data()
 
 
+async def connected_client(
+    settings: ProvisionSettings, client_factory: Callable[[], RpcClient] | None = None
+) -> RpcClient:
+    """A client of the settings' brokers, connected; ProvisionError when no broker can be reached."""
+    client = (client_factory or settings.client)()
+    try:
+        await client.connect()
+    except (ConnectError, RpcError) as exc:
+        raise ProvisionError(str(exc)) from None
+    return client
+
+
 async def single_action(
     settings: ProvisionSettings,
     action: str,
@@ -61,11 +73,7 @@ async def single_action(
     except NodeFailure as exc:
         raise ProvisionError(str(exc)) from None
     options = settings.flow_options()
-    client = (client_factory or settings.client)()
-    try:
-        await client.connect()
-    except (ConnectError, RpcError) as exc:
-        raise ProvisionError(str(exc)) from None
+    client = await connected_client(settings, client_factory)
     try:
         if action == "inventory":
             reply = await ask(client, options, identity, "inventory", agent="rpcutil")
@@ -84,11 +92,7 @@ async def single_action(
 
 async def discovery(settings: ProvisionSettings, client_factory: Callable[[], RpcClient] | None = None) -> dict:
     """Who answers a broadcast discovery in the settings' collective (read-only, so check mode asks too)."""
-    client = (client_factory or settings.client)()
-    try:
-        await client.connect()
-    except (ConnectError, RpcError) as exc:
-        raise ProvisionError(str(exc)) from None
+    client = await connected_client(settings, client_factory)
     try:
         found = await client.discover(timeout=settings.discovery_timeout, expect=settings.expect)
     finally:

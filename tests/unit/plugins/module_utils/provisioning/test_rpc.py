@@ -125,31 +125,20 @@ def test_a_reply_scope_must_be_one_subject_token():
         RpcClient([], reply_scope="a.b")
 
 
-class AnsweringConnection:
+class AnsweringConnection(RecordingConnection):
     """Answers every request it is asked to publish with the replies ``answer(request)`` makes."""
 
     def __init__(self, answer):
+        super().__init__()
         self.answer = answer
-        self.callback = None
-
-    async def subscribe(self, subject, cb):
-        self.callback = cb
-        return SimpleNamespace(unsubscribe=self._nothing)
-
-    async def flush(self):
-        return None
-
-    async def _nothing(self):
-        return None
 
     async def publish(self, subject, payload):
-        request = protocol.decode_request(payload)
+        await super().publish(subject, payload)
+        request = self.published[-1][1]
         for reply in self.answer(request):
             data = reply if isinstance(reply, bytes) else protocol.encode_reply(reply)
             asyncio.get_running_loop().call_soon(
-                lambda data=data: asyncio.ensure_future(
-                    self.callback(SimpleNamespace(subject=request.reply_to, data=data))
-                )
+                lambda data=data: asyncio.ensure_future(self.deliver(request.reply_to, data))
             )
 
 
