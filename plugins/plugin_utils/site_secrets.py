@@ -56,6 +56,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import (
     CertificateAuthority,
     random_serial,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import leaf_key_usage
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import (
     PkiError,
     iso8601,
@@ -127,20 +128,7 @@ def issue_client_certificate(ca: CertificateAuthority, name: str, valid_days: in
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(leaf_key_usage("ec"), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(ca.authority_key_identifier, critical=False)
     )

@@ -96,8 +96,9 @@ class IssuedCertificate:
         )
 
 
-def _key_usage(profile: str, key_type: str):
-    # keyEncipherment only for RSA: TLS RSA key transport; EC and EdDSA keys only sign.
+def leaf_key_usage(key_type: str):
+    """The KeyUsage of a certificate that is no CA: keyEncipherment only for RSA (TLS RSA key transport); EC and
+    EdDSA keys only sign."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -226,7 +227,7 @@ class Signer:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(profile, facts.key_type), critical=True)
+            .add_extension(leaf_key_usage(facts.key_type), critical=True)
             .add_extension(extended_key_usage(profile), critical=False)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(facts.public_key), critical=False)
