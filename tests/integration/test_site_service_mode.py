@@ -18,6 +18,7 @@ from tests.support.ansible_run import run_playbook
 from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet, discover
 from tests.support.netns import TestNetwork
+from tests.support.site import OCSP_URL, make_site
 from tests.support.ssh import keygen
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -46,7 +47,9 @@ def site(tmp_path):
                 }
             )
         )
+        secrets = make_site(tmp_path / "site", name="sitesvc")  # site.yaml keeps what init-site made
         extra = {
+            "zeroinit_site_dir": str(secrets["dir"]),
             "key_rotation_private_key": str(tmp_path / "controller" / "site_ed25519"),
             "zeroinit_provisioner_mode": "service",
             "zeroinit_provisioner_hosts": service_host.name,
@@ -60,6 +63,8 @@ def site(tmp_path):
                 "ca_key": "/etc/zeroinit/ca/ca-key.pem",
                 "create_ca": True,
                 "allowed_sans": [r"^node\d+\.fleet\.example\.net$"],
+                # site.yaml refuses a service whose certificates would not name the site's OCSP responder
+                "ocsp_url": OCSP_URL,
             },
             "provisioner_configuration": {
                 "plugin.choria.middleware_hosts": broker.url,
@@ -67,7 +72,14 @@ def site(tmp_path):
                 "main_collective": "sitesvc",
             },
         }
-        yield {"net": net, "host": service_host, "broker": broker, "inventory": inventory, "extra": extra}
+        yield {
+            "net": net,
+            "host": service_host,
+            "broker": broker,
+            "inventory": inventory,
+            "extra": extra,
+            "password": secrets["password"],
+        }
     finally:
         try:
             service_host.run([CTL, "stop"], check=False, timeout=120)
@@ -80,9 +92,16 @@ def site(tmp_path):
 def test_site_in_service_mode_installs_the_service_which_provisions_the_fleet(site, tmp_path):
     host, broker = site["host"], site["broker"]
     with AgentFleet(broker.url, NODES, tmp_path / "fleet", token=TOKEN) as fleet:
-        run = run_playbook("playbooks/site.yaml", inventory=site["inventory"], extra_vars=site["extra"])
+        run = run_playbook(
+            "playbooks/site.yaml",
+            inventory=site["inventory"],
+            extra_vars=site["extra"],
+            args=["--vault-password-file", site["password"]],
+        )
         assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
-        assert run.result("Discover and provision the nodes")["skipped"] is True, "no one-shot run from the controller"
+        assert run.result("Provision the workers waiting on the site's provisioning brokers")["skipped"] is True, (
+            "no one-shot run from the controller"
+        )
         health = run.result("Wait for the service's /healthz", host.name)
         assert health["status"] == 200
         assert TOKEN not in run.stdout + run.stderr
