@@ -60,7 +60,7 @@ options:
       - V(discover) lists the nodes that answer a broadcast discovery in O(collective) (RV(identities)); it changes
         nothing, and asks in check mode too. O(discovery_timeout) and O(expect) bound the wait.
       - V(destroy) wipes the node's state (its keys, certificates, configuration and site lock) in either mode, then
-        brings it back in provisioning mode or stops it (O(after)); RV(data.certificates) are the certificates it
+        brings it back in provisioning mode or stops it (O(after)); C(certificates) in RV(data) are the certificates it
         held, for M(zeroinit.bootstrap.pki_revoke). Not in go-choria's DDL; C(destroy.yaml) uses it.
       - V(pause) stops every instance of the provisioner service of O(site) from starting new nodes within a
         second (nodes in flight finish); V(resume) lets them go on from their queues; V(status) returns each

@@ -19,8 +19,8 @@ description:
     random provisioning token (C(token))."
   - A secret is made when none of its files exist and kept when all of them do; it is never overwritten unless named
     in O(rotate), and the result says what was kept. A secret with some of its files missing is an error naming them.
-  - A rotated secret's old files are kept in C(previous/). Rotating a CA re-issues the certificate it signs here:
-    V(ca) re-issues V(operator), V(provisioning_ca) re-issues V(provisioner).
+  - A rotated secret's old files are kept in C(previous/). Rotating a CA re-issues the certificate it signs here
+    (V(ca) re-issues V(operator), V(provisioning_ca) re-issues V(provisioner)).
   - Read the private files back with Ansible's own means, which decrypt vault files on the controller (the C(file)
     lookup, M(ansible.builtin.copy) with C(decrypt)); the C(site_secrets) role's C(unlock) tasks do so for the CA key.
   - This is an action plugin; it runs on the controller and connects to no host.
@@ -40,6 +40,8 @@ attributes:
   check_mode:
     support: full
     details: Everything is planned and checked, and nothing is written; RV(created) and RV(rotated) say what would be.
+  become:
+    support: none
   connection:
     support: none
   delegation:
@@ -148,5 +150,7 @@ msg:
   description: What was made, rotated and kept.
   returned: always
   type: str
-  sample: "the site's secrets exist in /srv/site (ca, provisioning_ca, provisioner, jwt_issuer, token): nothing was overwritten; -e rotate=<secret> makes one anew"
+  sample: >-
+    the site's secrets exist in /srv/site (ca, provisioning_ca, provisioner, jwt_issuer, token): nothing was
+    overwritten; -e rotate=<secret> makes one anew
 """

@@ -159,4 +159,4 @@ def serve_ocsp(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve_ocsp())
+    raise SystemExit(serve_ocsp())

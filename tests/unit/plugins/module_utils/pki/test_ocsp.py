@@ -143,8 +143,13 @@ def test_hostile_bytes_get_malformed_request_and_never_an_exception(responder, a
         .public_bytes(serialization.Encoding.DER)
     )
     generator = random.Random(929)
-    samples = [b"", b"\x00", b"x" * 5000, *(bytes(generator.getrandbits(8) for _ in range(64)) for _ in range(100))]
-    for _ in range(300):
+    samples = [
+        b"",
+        b"\x00",
+        b"x" * 5000,
+        *(bytes(generator.getrandbits(8) for _byte in range(64)) for _sample in range(100)),
+    ]
+    for _mutation in range(300):
         mutated = bytearray(good)
         for _flip in range(generator.randint(1, 4)):
             mutated[generator.randrange(len(mutated))] = generator.getrandbits(8)
