@@ -151,7 +151,7 @@ def test_tls_and_a_password_reach_a_secured_broker_and_nothing_less_does(secured
     broker, ca = secured_broker
 
     async def attempt(tls, user=None, password=None, reconnect=True):
-        options = dict(name="client", tls=tls, user=user, password=password, connect_timeout=2, reconnect=reconnect)
+        options = dict(name="client", tls=tls, user=user, password=password, connect_timeout=10, reconnect=reconnect)
         try:
             nc = await connect([broker.url], **options)
         except ConnectError as exc:

@@ -83,7 +83,7 @@ async def _members_connect(url: str, ca: str, cert: str, key: str) -> str:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
     context.load_cert_chain(cert, key)
     try:
-        connection = await connect([url], name="site-test", tls=context, connect_timeout=4, reconnect=False)
+        connection = await connect([url], name="site-test", tls=context, connect_timeout=10, reconnect=False)
     except ConnectError as exc:
         return f"refused: {exc}"
     try:
