@@ -58,7 +58,7 @@ from ..common.deps import (
 )
 from .policy import PolicyError
 from .signer import PROFILE_USAGES, IssuedCertificate, check_profile, extended_key_usage
-from .x509 import PkiError, is_issued_by
+from .x509 import PkiError, is_issued_by, san_strings
 
 CFSSL_API_PATH = "/api/v1/cfssl/"
 CFSSL_MAX_RESPONSE_BYTES = 1024 * 1024  # a certificate or CA answer is a few KiB; anything near this is not CFSSL
@@ -675,14 +675,7 @@ class CfsslSigner:
         except x509.ExtensionNotFound:
             names = []
         wanted = sorted([f"DNS:{n.lower()}" for n in facts.dns_names] + [f"IP:{a}" for a in facts.ip_addresses])
-        have = []
-        for name in names:
-            if isinstance(name, x509.DNSName):
-                have.append(f"DNS:{name.value.lower()}")
-            elif isinstance(name, x509.IPAddress):
-                have.append(f"IP:{name.value}")
-            else:
-                have.append(f"{type(name).__name__}:{_printable(getattr(name, 'value', ''), 80)}")
+        have = san_strings(names)
         if sorted(have) != wanted:
             raise refuse(f"names {sorted(have)}, the policy allowed {wanted}")
 

@@ -16,7 +16,7 @@ import os
 from ..common.deps import NameOID, hashes, serialization, x509
 from ..common.files import atomic_write, read_bytes
 from .ca import CA_KEY_TYPES, new_private_key, require_directory
-from .x509 import PkiError, key_description, load_csr, public_key_der, public_key_sha256
+from .x509 import PkiError, key_description, load_csr, public_key_der, public_key_sha256, san_strings
 
 KEY_MODE = 0o600
 CSR_MODE = 0o644
@@ -45,10 +45,6 @@ def requested_names(names) -> list:
         else:
             raise PkiError(f"subject_alt_names: {name!r} names nothing", field="subject_alt_names")
     return general
-
-
-def _san_strings(general) -> list[str]:
-    return sorted(f"DNS:{n.value.lower()}" if isinstance(n, x509.DNSName) else f"IP:{n.value}" for n in general)
 
 
 class KeyAndCsr:
@@ -98,7 +94,7 @@ class KeyAndCsr:
             and public_key_der(csr.public_key()) == public_key_der(key.public_key())
             and cns == [identity]
             and len(csr.subject) == 1
-            and _san_strings(names) == _san_strings(general)
+            and sorted(san_strings(names)) == sorted(san_strings(general))
         )
 
     def run(self, check_mode: bool = False) -> dict:
@@ -147,7 +143,7 @@ class KeyAndCsr:
             "path": path,
             "csr_path": csr_path,
             "identity": identity,
-            "subject_alt_names": _san_strings(general),
+            "subject_alt_names": sorted(san_strings(general)),
             "public_key_sha256": public_key_sha256(key.public_key()),
             "msg": "key made" if key_created else "key kept",
         }

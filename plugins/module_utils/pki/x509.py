@@ -87,15 +87,19 @@ def public_key_sha256(public_key) -> str:
     return hashlib.sha256(public_key_der(public_key)).hexdigest()
 
 
-def _san_strings(general_names: Iterable) -> list[str]:
+def san_strings(general_names: Iterable) -> list[str]:
+    """Subject alternative names as ``DNS:name`` (lower case: DNS is) and ``IP:address``, in their order; any other
+    kind as ``Kind:value``, its value made printable and capped (it can come from a hostile CSR)."""
     out = []
     for name in general_names:
         if isinstance(name, x509.DNSName):
-            out.append(f"DNS:{name.value}")
+            out.append(f"DNS:{name.value.lower()}")
         elif isinstance(name, x509.IPAddress):
             out.append(f"IP:{name.value}")
         else:
-            out.append("{}:{}".format(type(name).__name__, getattr(name, "value", "")))
+            value = str(getattr(name, "value", ""))
+            value = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+            out.append(f"{type(name).__name__}:{value[:80]}{'...' if len(value) > 80 else ''}")
     return out
 
 
@@ -139,7 +143,7 @@ EKU_NAMES = (
 def certificate_properties(cert) -> dict:
     """Parsed, non-secret properties of a certificate, for diffs and reports."""
     try:
-        sans = _san_strings(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        sans = san_strings(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         sans = []
     try:
