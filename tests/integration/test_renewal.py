@@ -9,6 +9,7 @@ while a watcher pings every node twice a second and records the longest time any
 from __future__ import annotations
 
 import collections
+import re
 import time
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.renewal import RenewalResponder
@@ -164,6 +165,12 @@ def test_the_provisioner_service_with_renewal_configured_renews_the_members_cert
         ):
             service.wait_for(lambda line: line.get("event") == "renewal_started", 10, "to serve renewals")
             assert wait_until(lambda: all(events.of("renewed", i) for i in identities), 60), service.log_tail()
+            status, metrics = service.get("/metrics")
+            assert status == 200
+            counted = re.search(
+                r'^zeroinit_provisioner_renewals\{outcome="renewed",site="renewal"\} (\S+)$', metrics, re.M
+            )
+            assert counted and float(counted.group(1)) >= len(identities), metrics
             log = fleet.log_tail(100_000)
         assert service.process.returncode == 0, service.log_tail()
     for identity in identities:

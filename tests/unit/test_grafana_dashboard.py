@@ -13,7 +13,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.se
 DASHBOARD = pathlib.Path(__file__).resolve().parents[2] / "docs/grafana/zeroinit-provisioner.json"
 SERIES = re.compile(r"\b((?:choria|zeroinit)_provisioner_[a-z_]+)\b")
 # Labels the service puts on its series, plus the scrape target's label Prometheus adds.
-LABELS = {"site", "rpc", "provisioner", "mode", "instance"}
+LABELS = {"site", "rpc", "provisioner", "mode", "instance", "outcome"}
 
 
 def panels(items):

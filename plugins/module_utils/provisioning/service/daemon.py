@@ -310,6 +310,7 @@ class ProvisionerDaemon(ControlHandlers):
             raise ServiceError(f"renewal.site_ca: {exc}") from None
         try:
             self.renewal = responder_from_params(config.renewal_signer_params, site_ca)
+            self.renewal.on_answer = self.metrics.renewal_answered
         except RenewalSetupError as exc:
             raise ServiceError(f"renewal.{exc}") from None
         try:

@@ -91,6 +91,12 @@ OWN_SERIES = (
         (),
         "How many control messages were refused (bad signature, too old, replayed, malformed)",
     ),
+    (
+        "zeroinit_provisioner_renewals",
+        "counter",
+        ("outcome",),
+        "How many certificate renewal requests were answered, by outcome (renewed, or why it was refused)",
+    ),
     # Not "instance": Prometheus gives that label to the scrape target and would rename ours exported_instance.
     (
         "zeroinit_provisioner_info",
@@ -151,6 +157,10 @@ class ServiceMetrics:
 
     def rpc_errors(self, rpc: str) -> Any:
         return self._families["choria_provisioner_rpc_errors"].labels(self.site, rpc)
+
+    def renewal_answered(self, answer: Any) -> None:
+        """Count one renewal answer by its outcome code (a short tag from a fixed set, never the sender's text)."""
+        self._families["zeroinit_provisioner_renewals"].labels(self.site, answer.code or "error").inc()
 
     def set_paused(self, paused: bool) -> None:
         self.paused.set(1 if paused else 0)

@@ -3,6 +3,7 @@
 import socket
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
@@ -54,6 +55,7 @@ def used(metrics):
     metrics.provisioned.inc(3)
     metrics.set_paused(True)
     metrics.set_instance("prov-a", "cluster")
+    metrics.renewal_answered(SimpleNamespace(code="renewed"))
     return metrics
 
 
@@ -81,6 +83,7 @@ def test_counters_carry_choria_names_without_total_or_created():
     assert "_created" not in text
     assert 'choria_provisioner_paused{site="dc1"} 1.0\n' in text
     assert 'zeroinit_provisioner_info{mode="cluster",provisioner="prov-a",site="dc1"} 1.0\n' in text
+    assert 'zeroinit_provisioner_renewals{outcome="renewed",site="dc1"} 1.0\n' in text
 
 
 def test_every_own_series_has_the_site_label_and_names_lists_what_is_rendered():
