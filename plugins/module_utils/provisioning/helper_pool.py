@@ -66,10 +66,13 @@ def helper_reply_document(identity: str, request_id: str, line: bytes) -> dict:
     if doc is None:
         raise HelperProtocolError(f"helper reply for {identity} {problem}")
     if REQUEST_ID not in doc:
-        raise HelperProtocolError(f"helper reply for {identity} has no {REQUEST_ID!r} (expected {request_id!r})")
+        raise HelperProtocolError(
+            f"helper reply for {identity} has no {REQUEST_ID!r} (expected {json.dumps(request_id)})"
+        )
     if doc[REQUEST_ID] != request_id:
         raise HelperProtocolError(
-            f"helper reply for {identity} carries {REQUEST_ID} {str(doc[REQUEST_ID])[:80]!r}, expected {request_id!r}"
+            f"helper reply for {identity} carries {REQUEST_ID} {json.dumps(doc[REQUEST_ID])[:80]}, "
+            f"expected {json.dumps(request_id)}"
         )
     del doc[REQUEST_ID]
     return doc
