@@ -117,6 +117,15 @@ CONFIG_KEYS = (
         choices=HELPER_MODES,
     ),
     ConfigKey(
+        "helper_concurrency",
+        "integer",
+        0,
+        "Helpers running at once; with `helper_mode: persistent`, the long-lived helper processes. 0: four per "
+        "CPU one-shot, two per CPU persistent, at most `workers`.",
+        minimum=0,
+        maximum=10000,
+    ),
+    ConfigKey(
         "features.pki",
         "boolean",
         True,
@@ -350,6 +359,7 @@ class ServiceConfig:
     helper: Any = None
     helper_timeout: float = 10.0
     helper_mode: str = ONESHOT
+    helper_concurrency: int = 0
     features_pki: bool = True
     signer: Optional[dict] = dataclasses.field(default=None, repr=False)
     configuration: dict = dataclasses.field(default_factory=dict)

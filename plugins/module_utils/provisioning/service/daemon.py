@@ -123,6 +123,7 @@ def provision_settings(config: ServiceConfig) -> ProvisionSettings:
         helper=config.helper,
         helper_timeout=config.helper_timeout,
         helper_mode=config.helper_mode,
+        helper_concurrency=config.helper_concurrency,
         signer=config.signer,
         configuration=dict(config.configuration),
         tls_ca=config.tls_ca,
