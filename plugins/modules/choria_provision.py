@@ -145,9 +145,23 @@ options:
     type: float
     default: 10
   helper_concurrency:
-    description: Helpers running at once (default four per CPU, at most O(workers)).
+    description:
+      - Helpers running at once (default four per CPU for O(helper_mode=oneshot), two per CPU for
+        O(helper_mode=persistent), at most O(workers)).
+      - With O(helper_mode=persistent) it is the number of long-lived helper processes.
     type: int
     default: 0
+  helper_mode:
+    description:
+      - V(oneshot) runs the helper once per node (Choria's contract).
+      - V(persistent) keeps O(helper_concurrency) helper processes running (the same program and arguments) and
+        writes each one a JSON request per line, Choria's helper input plus an C(id); it answers one JSON line,
+        Choria's helper output plus the same C(id).
+      - A persistent helper that does not answer within O(helper_timeout), exits, or prints a line that is not
+        a JSON object with the request's C(id) is killed and started again; only the node it was answering fails.
+    type: str
+    choices: [oneshot, persistent]
+    default: oneshot
   signer:
     description:
       - The policy signer, built in or a CFSSL server (the same backend, CA and policy options as
@@ -381,6 +395,7 @@ ARGUMENT_SPEC = dict(
     helper=dict(type="raw"),
     helper_timeout=dict(type="float", default=10),
     helper_concurrency=dict(type="int", default=0),
+    helper_mode=dict(type="str", default="oneshot", choices=["oneshot", "persistent"]),
     signer=dict(type="dict", options=signer_argument_spec(), required_if=SIGNER_REQUIRED_IF),
     configuration=dict(type="dict", default={}),
     certificate=dict(type="str"),

@@ -73,6 +73,9 @@ class StaticDecider:
     def turn(self):
         return _NoTurn()
 
+    async def finish(self):
+        """Nothing lives in the event loop."""
+
     async def decide(self, identity, inventory, csr, jwt=None):
         self.jwts[identity] = jwt
         if identity in self.refuse:

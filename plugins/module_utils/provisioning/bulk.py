@@ -208,8 +208,16 @@ class BulkRun:
 def provision(settings: ProvisionSettings) -> dict:
     """Synchronous entry point for a bulk run (the module, playbooks, benchmarks)."""
     decider = decider_for(settings)
+
+    async def run() -> dict:
+        try:
+            return await BulkRun(settings, decider).run()
+        finally:
+            if decider is not None:
+                await decider.finish()  # persistent helpers live in this loop
+
     try:
-        return asyncio.run(BulkRun(settings, decider).run())
+        return asyncio.run(run())
     finally:
         if decider is not None:
             decider.close()

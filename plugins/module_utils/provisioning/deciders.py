@@ -5,7 +5,14 @@
 
 A decider has ``async decide(identity, inventory, csr, jwt) -> HelperDecision`` (``jwt``: the node's verified
 provisioning-JWT claims, or None), ``turn()`` (an async context that bounds concurrent decisions), ``warnings()``
-for the run's report and ``close()`` when the run is over. The flow checks every decision's
+for the run's report, ``async finish()`` before the run's event loop ends (persistent helpers are stopped) and
+``close()`` when the run is over.
+
+A helper runs ``oneshot`` (Choria's contract: a process per node) or ``persistent`` (``helper_pool.py``: a pool
+of long-lived processes, one request line and one reply line per node). The persistent pool has
+``helper_concurrency`` processes, by default the workers capped at two per CPU: a Python helper that signs is
+CPU-bound once its start-up is gone, so more processes than that add memory and context switches, not
+throughput (a helper that waits on a remote service is given more with ``helper_concurrency``). The flow checks every decision's
 configuration against the loop guard, whoever made it.
 """
 
@@ -21,6 +28,9 @@ from ..pki.policy import DEFAULT_VALID_DAYS, PolicyError
 from ..pki.x509 import PkiError
 from .helper import (
     DEFAULT_HELPER_TIMEOUT,
+    HELPER_MODES,
+    ONESHOT,
+    PERSISTENT,
     HelperDecision,
     NodeFailure,
     certificate_problem,
@@ -29,11 +39,23 @@ from .helper import (
     merge_configuration,
     run_helper,
 )
+from .helper_pool import PersistentHelperPool
 from .settings import ProvisionError, ProvisionSettings
 
 
+def helper_concurrency(mode: str, workers: int, configured: int = 0) -> int:
+    """Helpers at once: ``configured``, else for one-shot helpers four per CPU (each mostly starts up), for
+    persistent ones two per CPU (each mostly computes); never more than the workers."""
+    if configured:
+        return configured
+    per_cpu = 2 if mode == PERSISTENT else 4
+    return max(2, min(workers, per_cpu * (os.cpu_count() or 1)))
+
+
 class HelperDecider:
-    """A helper program per node, at most ``concurrency`` at once; its configuration goes over the base one."""
+    """A helper program deciding per node, at most ``concurrency`` at once; its configuration goes over the base one.
+
+    ``mode`` oneshot: a process per node (Choria's contract); persistent: ``concurrency`` long-lived processes."""
 
     def __init__(
         self,
@@ -41,11 +63,16 @@ class HelperDecider:
         base_configuration: dict | None = None,
         timeout: float = DEFAULT_HELPER_TIMEOUT,
         concurrency: int = 4,
+        mode: str = ONESHOT,
     ):
+        if mode not in HELPER_MODES:
+            raise ValueError(f"helper_mode must be one of {', '.join(HELPER_MODES)}, not {mode!r}")
         self.argv = argv
         self.base = dict(base_configuration or {})
         self.timeout = timeout
         self.concurrency = max(1, concurrency)
+        self.mode = mode
+        self.pool = PersistentHelperPool(argv, self.concurrency) if mode == PERSISTENT else None
         self.ignored_fields: dict[str, int] = {}
         self._slots: asyncio.Semaphore | None = None
 
@@ -55,7 +82,11 @@ class HelperDecider:
         return self._slots
 
     async def decide(self, identity: str, inventory: dict, csr: dict | None, jwt: dict | None = None) -> HelperDecision:
-        decision = await run_helper(self.argv, helper_request(identity, csr, inventory, jwt), timeout=self.timeout)
+        request = helper_request(identity, csr, inventory, jwt)
+        if self.pool is not None:
+            decision = await self.pool.decide(identity, request, self.timeout)
+        else:
+            decision = await run_helper(self.argv, request, timeout=self.timeout)
         for name in decision.ignored:
             self.ignored_fields[name] = self.ignored_fields.get(name, 0) + 1
         if not (decision.defer or decision.shutdown):
@@ -76,8 +107,13 @@ class HelperDecider:
             for name, count in sorted(self.ignored_fields.items())
         ]
 
+    async def finish(self) -> None:
+        """Stop the persistent helpers (stdin closed, a grace period, then killed); nothing for one-shot ones."""
+        if self.pool is not None:
+            await self.pool.close()
+
     def close(self) -> None:
-        """Nothing held between decisions."""
+        """Nothing held outside the event loop."""
 
 
 class SignerDecider:
@@ -125,6 +161,9 @@ class SignerDecider:
     def warnings(self) -> list[str]:
         return list(getattr(self.ca, "warnings", []) or [])
 
+    async def finish(self) -> None:
+        """Nothing lives in the event loop."""
+
     def close(self) -> None:
         self.signer.close()
 
@@ -141,8 +180,10 @@ def decider_for(settings: ProvisionSettings) -> HelperDecider | SignerDecider | 
     """The decider the settings ask for; None without one, and no signer in check mode (loading with create_ca
     would write a CA)."""
     if settings.helper_argv is not None:
-        concurrency = settings.helper_concurrency or max(2, min(settings.workers, 4 * (os.cpu_count() or 1)))
-        return HelperDecider(settings.helper_argv, settings.configuration, settings.helper_timeout, concurrency)
+        concurrency = helper_concurrency(settings.helper_mode, settings.workers, settings.helper_concurrency)
+        return HelperDecider(
+            settings.helper_argv, settings.configuration, settings.helper_timeout, concurrency, settings.helper_mode
+        )
     if settings.signer and not settings.check_mode:
         return SignerDecider(settings.signer, settings.configuration)
     return None

@@ -49,7 +49,8 @@ PROVISIONED, DEFERRED, FAILED, SHUTDOWN, WOULD_PROVISION = (
 
 
 class Decider(Protocol):
-    """What decides for one node. ``turn()`` bounds how many decisions run at once (a helper is a process each)."""
+    """What decides for one node. ``turn()`` bounds how many decisions run at once (a helper is a process each);
+    ``finish()`` lets go of what lives in the event loop (persistent helper processes) before it ends."""
 
     async def decide(
         self, identity: str, inventory: dict, csr: dict | None, jwt: dict | None = None
@@ -58,6 +59,8 @@ class Decider(Protocol):
     def turn(self) -> contextlib.AbstractAsyncContextManager: ...
 
     def warnings(self) -> list[str]: ...
+
+    async def finish(self) -> None: ...
 
 
 @dataclass

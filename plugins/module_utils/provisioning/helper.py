@@ -36,6 +36,9 @@ from ..common.deps import HAS_CRYPTOGRAPHY, x509
 from ..pki.x509 import certificate_matches_csr
 
 DEFAULT_HELPER_TIMEOUT = 10.0
+# oneshot: a process per node, Choria's contract; persistent: long-lived processes, a line per node (helper_pool.py)
+ONESHOT, PERSISTENT = "oneshot", "persistent"
+HELPER_MODES = (ONESHOT, PERSISTENT)
 STDERR_TAIL = 2000
 # Choria's configure inputs are at most 2 KiB of configuration, 10 KiB of certificate and 20 KiB of CA; a helper
 # printing more than this is killed, so a thousand helpers at once cannot fill the provisioner's memory.
@@ -99,31 +102,45 @@ def merge_configuration(base: dict | None, decided: dict | None) -> dict:
     return merged
 
 
-def _tail(text: str) -> str:
+def stderr_tail(text: str) -> str:
+    """The end of a helper's stderr for an error message ("(empty)" when it printed nothing)."""
     text = (text or "").strip()
     return text[-STDERR_TAIL:] if text else "(empty)"
+
+
+def json_object(text: str) -> tuple[dict | None, str]:
+    """The JSON object ``text`` holds, or None and why not; never raises (deep nesting included)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return None, f"is not JSON ({str(exc)[:200] or type(exc).__name__})"
+    if not isinstance(doc, dict):
+        return None, f"is a JSON {type(doc).__name__}, not an object"
+    return doc, ""
 
 
 def parse_helper_output(
     identity: str, returncode: int, stdout: str, stderr: str, require_certificate: bool = True
 ) -> HelperDecision:
-    """Judge a helper's output for one node. Raises NodeFailure with the helper's stderr in the text.
+    """Judge a one-shot helper's exit and output for one node. Raises NodeFailure with the helper's stderr in the
+    text. ``require_certificate``: see :func:`helper_decision`."""
+    if returncode != 0:
+        raise NodeFailure(f"helper exited with status {returncode} for {identity}; stderr: {stderr_tail(stderr)}")
+    text = (stdout or "").strip()
+    if not text:
+        raise NodeFailure(f"helper printed nothing for {identity}; stderr: {stderr_tail(stderr)}")
+    doc, problem = json_object(text)
+    if doc is None:
+        raise NodeFailure(f"helper output for {identity} {problem}; stderr: {stderr_tail(stderr)}")
+    return helper_decision(identity, doc, stderr, require_certificate)
+
+
+def helper_decision(identity: str, doc: dict, stderr: str, require_certificate: bool = True) -> HelperDecision:
+    """Judge a helper's answer (a JSON object, however it came: one-shot or persistent). Raises NodeFailure with the
+    helper's stderr in the text.
 
     ``require_certificate`` false (no PKI): ``certificate`` and ``ca`` may be absent or empty; when given they
     must still be PEM certificates."""
-    if returncode != 0:
-        raise NodeFailure(f"helper exited with status {returncode} for {identity}; stderr: {_tail(stderr)}")
-    text = (stdout or "").strip()
-    if not text:
-        raise NodeFailure(f"helper printed nothing for {identity}; stderr: {_tail(stderr)}")
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise NodeFailure(f"helper output for {identity} is not JSON ({exc}); stderr: {_tail(stderr)}") from None
-    if not isinstance(doc, dict):
-        raise NodeFailure(
-            f"helper output for {identity} is a JSON {type(doc).__name__}, not an object; stderr: {_tail(stderr)}"
-        )
     ignored = tuple(sorted(k for k in doc if k not in KNOWN_FIELDS and doc[k] not in (None, "", {}, [])))
     msg = doc.get("msg") if isinstance(doc.get("msg"), str) else ""
     if doc.get("defer") is True:
@@ -132,9 +149,10 @@ def parse_helper_output(
         return HelperDecision(shutdown=True, msg=msg or "shutdown requested by helper", ignored=ignored)
     configuration = doc.get("configuration")
     if not isinstance(configuration, dict) or not configuration:
+        said = f" (helper's msg: {msg[:STDERR_TAIL]})" if msg else ""
         raise NodeFailure(
             f"helper returned no configuration for {identity} (field 'configuration' must be an object of "
-            f"strings); stderr: {_tail(stderr)}"
+            f"strings){said}; stderr: {stderr_tail(stderr)}"
         )
     for key, value in configuration.items():
         if not isinstance(value, str):
@@ -154,7 +172,9 @@ def _pem_field(doc: dict, name: str, what: str, identity: str, stderr: str, requ
     if not required and value in (None, ""):
         return ""
     if not isinstance(value, str) or not value.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
-        raise NodeFailure(f"helper returned no PEM {what} for {identity} (field {name!r}); stderr: {_tail(stderr)}")
+        raise NodeFailure(
+            f"helper returned no PEM {what} for {identity} (field {name!r}); stderr: {stderr_tail(stderr)}"
+        )
     return value
 
 
@@ -190,7 +210,7 @@ def check_configuration(identity: str, configuration: dict) -> None:
         raise NodeFailure(f"configuration for {identity}: {exc}") from None
 
 
-def _kill_group(proc) -> None:
+def kill_group(proc) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -233,7 +253,7 @@ async def run_helper(
                 continue
             if len(stdout) + len(chunk) > MAX_HELPER_OUTPUT:
                 too_much.set()
-                _kill_group(proc)
+                kill_group(proc)
                 continue
             stdout.extend(chunk)
 
@@ -261,21 +281,21 @@ async def run_helper(
     try:
         await asyncio.wait_for(_converse(), timeout)
     except asyncio.TimeoutError:
-        _kill_group(proc)
+        kill_group(proc)
         await proc.wait()
         raise NodeFailure(
             "helper ran longer than {:g}s for {} and was killed; stderr: {}".format(
-                timeout, identity, _tail(stderr.decode("utf-8", "replace"))
+                timeout, identity, stderr_tail(stderr.decode("utf-8", "replace"))
             )
         ) from None
     except BaseException:
-        _kill_group(proc)
+        kill_group(proc)
         await proc.wait()
         raise
     if too_much.is_set():
         raise NodeFailure(
             f"helper printed more than {MAX_HELPER_OUTPUT} bytes for {identity} and was killed; "
-            f"stderr: {_tail(stderr.decode('utf-8', 'replace'))}"
+            f"stderr: {stderr_tail(stderr.decode('utf-8', 'replace'))}"
         )
     return parse_helper_output(
         identity,

@@ -25,7 +25,7 @@ from ..choria.security import RequestSigner, TrustConfigError
 from ..choria.subjects import PROVISIONING_COLLECTIVE
 from ..choria.transport import tls_context
 from .flow import FlowOptions
-from .helper import DEFAULT_HELPER_TIMEOUT, helper_argv
+from .helper import DEFAULT_HELPER_TIMEOUT, HELPER_MODES, ONESHOT, helper_argv
 from .rpc import RpcClient
 
 
@@ -91,6 +91,7 @@ class ProvisionSettings:
     helper: Any = None
     helper_timeout: float = DEFAULT_HELPER_TIMEOUT
     helper_concurrency: int = 0
+    helper_mode: str = ONESHOT
     signer: dict | None = None
     configuration: dict = field(default_factory=dict)
     csr_subject: dict = field(default_factory=dict)
@@ -117,6 +118,8 @@ class ProvisionSettings:
         for name in ("retries", "splay", "helper_concurrency"):
             if getattr(self, name) < 0:
                 raise ProvisionError(f"{name} must not be negative, not {getattr(self, name)}")
+        if self.helper_mode not in HELPER_MODES:
+            raise ProvisionError(f"helper_mode must be one of {', '.join(HELPER_MODES)}, not {self.helper_mode!r}")
         if self.expect is not None and self.expect < 1:
             raise ProvisionError(f"expect must be at least 1, not {self.expect}")
         try:

@@ -27,6 +27,7 @@ SETTINGS_FROM_PARAMS = (
     "helper",
     "helper_timeout",
     "helper_concurrency",
+    "helper_mode",
     "signer",
     "csr_subject",
     "key_type",

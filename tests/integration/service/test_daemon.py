@@ -383,6 +383,36 @@ def test_pki_off_with_an_unchanged_choria_helper_configures_nodes_without_certif
     assert all(line["outcome"] == "provisioned" and "gencsr" not in line["timings_ms"] for line in outcomes)
 
 
+def test_persistent_helpers_provision_and_end_with_the_service(plain_broker, members, ca, tmp_path):
+    helper = [*policy_helper(tmp_path, ca, members), "--persistent"]
+    marker = str(tmp_path / "base.json")  # in every helper's command line, and in no other process's
+
+    def helpers_running() -> list:
+        found = []
+        for proc in pathlib.Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+        return found
+
+    prov = service(
+        tmp_path, "prov", "steady", [plain_broker.url], helper=helper, helper_mode="persistent", helper_concurrency=2
+    )
+    with (
+        AgentFleet(plain_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet,
+        prov as running,
+    ):
+        assert answering_ping(members, fleet.identities) == fleet.identities
+        assert 1 <= len(helpers_running()) <= 2  # long-lived: the pool's processes, not one per node
+        status = running.stop(timeout=60)
+    outcomes = [line for line in running.lines() if line.get("event") == "node"]
+    assert status == 0 and sorted(line["identity"] for line in outcomes) == fleet.identities
+    assert all(line["outcome"] == "provisioned" for line in outcomes)
+    assert helpers_running() == []  # the drain closed their input and they exited
+
+
 # ---------------------------------------------------------------------------------------------- draining
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ...common.deps import HAS_YAML, YAML_IMPORT_ERROR, yaml
+from ..helper import HELPER_MODES, ONESHOT
 
 REQUIRED = object()
 # KV bucket names allow [A-Za-z0-9_-]; a NATS subject token must not hold '.', '*', '>' or spaces. A site name
@@ -107,6 +108,23 @@ CONFIG_KEYS = (
         choria=True,
     ),
     ConfigKey("helper_timeout", "duration", 10.0, "Time a helper may run for one node.", minimum=1, maximum=600),
+    ConfigKey(
+        "helper_mode",
+        "choice",
+        ONESHOT,
+        "`oneshot`: a helper process per node (Choria's contract); `persistent`: long-lived helper processes, "
+        'one JSON request line and one JSON reply line per node (README "Persistent helpers").',
+        choices=HELPER_MODES,
+    ),
+    ConfigKey(
+        "helper_concurrency",
+        "integer",
+        0,
+        "Helpers running at once; with `helper_mode: persistent`, the long-lived helper processes. 0: four per "
+        "CPU one-shot, two per CPU persistent, at most `workers`.",
+        minimum=0,
+        maximum=10000,
+    ),
     ConfigKey(
         "features.pki",
         "boolean",
@@ -340,6 +358,8 @@ class ServiceConfig:
     token: str = dataclasses.field(default="", repr=False)
     helper: Any = None
     helper_timeout: float = 10.0
+    helper_mode: str = ONESHOT
+    helper_concurrency: int = 0
     features_pki: bool = True
     signer: Optional[dict] = dataclasses.field(default=None, repr=False)
     configuration: dict = dataclasses.field(default_factory=dict)

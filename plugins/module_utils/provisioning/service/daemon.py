@@ -122,6 +122,8 @@ def provision_settings(config: ServiceConfig) -> ProvisionSettings:
         workers=config.workers,
         helper=config.helper,
         helper_timeout=config.helper_timeout,
+        helper_mode=config.helper_mode,
+        helper_concurrency=config.helper_concurrency,
         signer=config.signer,
         configuration=dict(config.configuration),
         tls_ca=config.tls_ca,
@@ -408,6 +410,8 @@ class ProvisionerDaemon(ControlHandlers):
             task.cancel()
         await asyncio.gather(*self._workers, *self._tasks, return_exceptions=True)
         self._workers, self._tasks = [], []
+        if self.decider is not None:
+            await self.decider.finish()
         for part in (self.listener, self.control):
             if part is not None:
                 with contextlib.suppress(NatsError):

@@ -27,6 +27,13 @@ def test_brokers_follow_the_one_rule(value, expected):
             scripted_settings(brokers=value)
 
 
+def test_helper_mode_is_oneshot_unless_persistent_is_asked_for():
+    assert scripted_settings(helper="/bin/true").helper_mode == "oneshot"
+    assert scripted_settings(helper="/bin/true", helper_mode="persistent").helper_mode == "persistent"
+    with pytest.raises(ProvisionError, match="helper_mode must be one of oneshot, persistent, not 'daemon'"):
+        scripted_settings(helper="/bin/true", helper_mode="daemon")
+
+
 def test_the_built_in_signer_needs_pki():
     with pytest.raises(ProvisionError, match="cannot be used with pki off"):
         scripted_settings(signer={"ca_cert": "x"}, pki=False)

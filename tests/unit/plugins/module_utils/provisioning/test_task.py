@@ -22,6 +22,7 @@ def params(**overrides) -> dict:
         splay=0,
         helper_timeout=10.0,
         helper_concurrency=0,
+        helper_mode="oneshot",
         csr_subject={},
         key_type="ec",
         configuration={},

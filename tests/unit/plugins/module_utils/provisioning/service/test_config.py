@@ -148,6 +148,9 @@ def test_durations_choria_refuses(text):
         ("features: [pki]", "features: expected a mapping, got a list"),
         ("tls_ca: /nonexistent/ca.pem", "tls_ca: /nonexistent/ca.pem: no such file"),
         ("helper_timeout: 0s", "helper_timeout: must be at least 1, got 0"),
+        ("helper_mode: daemon", "helper_mode: expected one of oneshot, persistent, got 'daemon'"),
+        ("helper_mode: persistent", None),
+        ("helper_concurrency: -1", "helper_concurrency: must be at least 0, got -1"),
     ],
 )
 def test_one_wrong_key_is_named_by_its_path(tmp_path, line, expected):
