@@ -266,6 +266,28 @@ def test_the_compile_memo_passes_other_arguments_through_and_removes_itself():
     assert "_compile_expression" not in vars(engine)
 
 
+def test_node_data_on_the_hosts_is_never_trusted_as_a_template(tmp_path):
+    plugin, inventory, _path = load_plugin(tmp_path, {"flatten_facts": True})
+    plugin._populate(FLEET)
+    variables = hostvars(inventory, "web1.example.net")
+    strings = [
+        variables["zeroinit_identity"],
+        variables["zeroinit_facts"]["role"],
+        variables["zeroinit_facts"]["os"]["family"],
+        variables["zeroinit_inventory"]["agents"][0],
+        variables["role"],
+    ]
+    assert strings == ["web1.example.net", "web", "Debian", "rpcutil", "web"]
+    if plugin_module.UNTRUSTED_BY_DEFAULT:
+        from ansible._internal._datatag._tags import TrustedAsTemplate
+
+        assert not any(TrustedAsTemplate.is_tagged_on(text) for text in strings)
+    else:
+        from ansible.utils.unsafe_proxy import AnsibleUnsafe
+
+        assert all(isinstance(text, AnsibleUnsafe) for text in strings)
+
+
 def test_invalid_identities_are_skipped(tmp_path):
     plugin, inventory, _path = load_plugin(tmp_path, {})
     plugin._populate({"ok.example.net": record(), "bad..name": record(), "x:1": record()})
