@@ -153,15 +153,6 @@ from ansible.vars.reserved import is_reserved_name
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.brokers import BrokerUrlError, normalize_brokers
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.subjects import valid_identity
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import (
-    DEFAULT_CALLERID,
-    DiscoveryError,
-    discover_fleet,
-)
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
-    ProvisionError,
-    load_request_signer,
-)
 
 PROVISIONING_GROUP = "provisioning"
 CACHE_FORMAT = 1
@@ -325,6 +316,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
 
     def _request_signer(self):
+        from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
+            ProvisionError,
+            load_request_signer,
+        )
+
         try:
             return load_request_signer(
                 self.get_option("signing_cert"),
@@ -335,6 +331,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError(f"zeroinit.bootstrap.provisioning: {to_native(exc)}") from None
 
     def _query(self, brokers):
+        # Imported here: nats-py (with aiohttp) and cryptography are a tenth of a 10,000-host listing's memory, and a
+        # listing served from the cache needs neither.
+        from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import (
+            DEFAULT_CALLERID,
+            DiscoveryError,
+            discover_fleet,
+        )
+
         tls = {"ca": self.get_option("tls_ca"), "cert": self.get_option("tls_cert"), "key": self.get_option("tls_key")}
         signer = self._request_signer()
         started = time.monotonic()
