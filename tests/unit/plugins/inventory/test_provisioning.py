@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
 import sys
 
 import pytest
@@ -286,6 +287,16 @@ def test_node_data_on_the_hosts_is_never_trusted_as_a_template(tmp_path):
         from ansible.utils.unsafe_proxy import AnsibleUnsafe
 
         assert all(isinstance(text, AnsibleUnsafe) for text in strings)
+
+
+def test_the_plugin_leaves_the_messaging_libraries_unloaded_until_it_queries_the_fleet():
+    # A listing served from the cache needs no NATS client: its imports are a tenth of a 10,000-host listing's memory.
+    code = (
+        "import sys, ansible_collections.zeroinit.bootstrap.plugins.inventory.provisioning\n"
+        "print(sorted(name for name in ('nats', 'aiohttp', 'zeroconf') if name in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_invalid_identities_are_skipped(tmp_path):
