@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench_agent import machine
 
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.discovery import FleetDiscovery
-from tests.support.ansible_run import VENV_BIN, ansible_env
+from tests.support.ansible_run import VENV_BIN, ansible_env, plain
 from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet
 
@@ -117,17 +117,6 @@ class Listing:
 
     def figures(self) -> str:
         return f"{self.wall:.2f} s wall, {self.cpu:.2f} s CPU, peak RSS {self.peak_mib:.0f} MiB, rc {self.rc}"
-
-
-def plain(value):
-    """A listing's value with Ansible's untrusted-string markers taken off: data as a static source holds it."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
 
 
 def static_source(listing_text: str, workdir: str) -> tuple[str, dict]:

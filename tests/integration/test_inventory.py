@@ -21,7 +21,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.di
     FleetDiscovery,
     discover_fleet,
 )
-from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, run_playbook
+from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, plain, run_playbook
 from tests.support.broker import EmbeddedBroker, free_port
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 
@@ -47,17 +47,6 @@ def write_config(directory, brokers, name="provisioning.yml", **options) -> str:
     path = directory / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return str(path)
-
-
-def plain(value):
-    """ansible-inventory marks untrusted strings as {"__ansible_unsafe": text}; the text is what a user reads."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
 
 
 def ansible_inventory(path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
