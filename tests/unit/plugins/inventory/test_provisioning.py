@@ -259,7 +259,7 @@ def test_the_compile_memo_passes_other_arguments_through_and_removes_itself():
     engine = EngineWithOtherArguments()
     templar = type("BareTemplar", (), {"_engine": engine})()
     with plugin_module.compiled_once(templar):
-        results = [engine._compile_expression("a.b", "options") for _ in range(3)]
+        results = [engine._compile_expression("a.b", "options") for attempt in ("first", "second", "third")]
         results.append(engine._compile_expression("a.b", {"unhashable": "options"}))
         results.append(engine._compile_expression("c", "options", origin="x"))
     assert results == ["compiled a.b"] * 4 + ["compiled c"]
