@@ -21,7 +21,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.di
     FleetDiscovery,
     discover_fleet,
 )
-from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, run_playbook
+from tests.support.ansible_run import ROOT, VENV_BIN, ansible_env, plain, run_playbook
 from tests.support.broker import EmbeddedBroker, free_port
 from tests.support.fleet import AgentFleet, AgentProcess, TestCA
 
@@ -49,17 +49,6 @@ def write_config(directory, brokers, name="provisioning.yml", **options) -> str:
     return str(path)
 
 
-def plain(value):
-    """ansible-inventory marks untrusted strings as {"__ansible_unsafe": text}; the text is what a user reads."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
-
-
 def ansible_inventory(path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
     # check=False: callers assert on the return code and on stderr (some expect a failure).
     return subprocess.run(
@@ -74,10 +63,15 @@ def ansible_inventory(path, *args, env=None, timeout=120) -> subprocess.Complete
     )
 
 
-def inventory_list(path, *args, env=None) -> dict:
+def inventory_list_text(path, *args, env=None) -> str:
+    """``ansible-inventory --list`` as printed, untrusted-string markers included."""
     proc = ansible_inventory(path, "--list", *args, env=env)
     assert proc.returncode == 0, proc.stderr
-    return plain(json.loads(proc.stdout))
+    return proc.stdout
+
+
+def inventory_list(path, *args, env=None) -> dict:
+    return plain(json.loads(inventory_list_text(path, *args, env=env)))
 
 
 def group_hosts(listing: dict, group: str) -> list[str]:
@@ -194,12 +188,16 @@ def test_cache_serves_a_stopped_fleet_until_refreshed(nats_broker, tmp_path):
     )
     uncached = write_config(tmp_path, [nats_broker.url], name="live.provisioning.yml", discovery_timeout=1)
     with fleet:
-        first = inventory_list(path)
+        first_text = inventory_list_text(path)
+        first = plain(json.loads(first_text))
         assert all_hosts(first) == fleet.identities
         assert list((tmp_path / "cache").iterdir()), "nothing was written to the jsonfile cache"
-    # The fleet is gone: the cache still answers, with the same hosts, variables and groups.
-    second = inventory_list(path)
-    assert second == first
+    # The fleet is gone: the cache still answers, with the same hosts, variables and groups, and the node data
+    # still marked untrusted: the output is the live run's, character for character.
+    second_text = inventory_list_text(path)
+    assert second_text == first_text
+    assert '"__ansible_unsafe": "web"' in second_text
+    second = plain(json.loads(second_text))
     assert group_hosts(second, "role_web") == fleet.identities
     # Without the cache, and with a refresh of the cached source, nobody is there any more.
     assert all_hosts(inventory_list(uncached)) == []

@@ -18,6 +18,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 VENV_BIN = pathlib.Path(sys.executable).parent
 
 
+def plain(value):
+    """ansible-inventory marks untrusted strings as {"__ansible_unsafe": text}; the text is what a user reads."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
 def ansible_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
 import sys
 
 import pytest
@@ -212,6 +213,90 @@ def test_facts_carrying_templates_are_never_rendered(tmp_path):
     assert variables["node_role"] == evil and variables["role"] == evil
     assert not marker.exists()
     assert not any("42" in group for group in inventory.groups)
+
+
+def test_each_constructed_expression_is_compiled_once_for_the_whole_fleet(tmp_path, monkeypatch):
+    engine_class = type(inventory_loader.get(NAME).templar._engine)
+    compiled = []
+    real_compile = engine_class._compile_expression
+
+    def counting_compile(self, expression, options):
+        compiled.append(str(expression))
+        return real_compile(self, expression, options)
+
+    monkeypatch.setattr(engine_class, "_compile_expression", counting_compile)
+    keyed = [{"key": "zeroinit_facts.role", "prefix": "role"}]
+    plugin, inventory, _path = load_plugin(tmp_path, {"keyed_groups": keyed, "compose": {"r": "zeroinit_facts.role"}})
+    fleet = {f"n{number}.example.net": record({"role": f"r{number % 3}"}) for number in range(30)}
+    plugin._populate(fleet)
+    assert compiled == ["zeroinit_facts.role"]  # one text, compose and key alike, 30 hosts: one compilation
+    assert members(inventory, "role_r1") == sorted(name for name in fleet if int(name[1:].split(".")[0]) % 3 == 1)
+    assert hostvars(inventory, "n4.example.net")["r"] == "r1"
+    # The memo lives only while the plugin populates: the next run compiles (and checks) afresh.
+    assert "_compile_expression" not in vars(plugin.templar._engine)
+    plugin._populate({"n99.example.net": record({"role": "late"})})
+    assert compiled == ["zeroinit_facts.role"] * 2 and members(inventory, "role_late") == ["n99.example.net"]
+
+
+class EngineWithOtherArguments:
+    def __init__(self):
+        self.calls = []
+
+    def _compile_expression(self, expression, options, *, origin=None):
+        self.calls.append(expression)
+        return f"compiled {expression}"
+
+
+@pytest.mark.parametrize("engine", [None, object(), type("SlottedEngine", (), {"__slots__": ()})()])
+def test_the_compile_memo_leaves_an_engine_without_its_internals_alone(engine):
+    templar = type("BareTemplar", (), {"_engine": engine})()
+    with plugin_module.compiled_once(templar):
+        assert templar._engine is engine
+    assert engine is None or not getattr(engine, "__dict__", {})
+
+
+def test_the_compile_memo_passes_other_arguments_through_and_removes_itself():
+    engine = EngineWithOtherArguments()
+    templar = type("BareTemplar", (), {"_engine": engine})()
+    with plugin_module.compiled_once(templar):
+        results = [engine._compile_expression("a.b", "options") for attempt in ("first", "second", "third")]
+        results.append(engine._compile_expression("a.b", {"unhashable": "options"}))
+        results.append(engine._compile_expression("c", "options", origin="x"))
+    assert results == ["compiled a.b"] * 4 + ["compiled c"]
+    assert engine.calls == ["a.b", "a.b", "c"]  # once for the key, once for options that cannot be a key, keywords
+    assert "_compile_expression" not in vars(engine)
+
+
+def test_node_data_on_the_hosts_is_never_trusted_as_a_template(tmp_path):
+    plugin, inventory, _path = load_plugin(tmp_path, {"flatten_facts": True})
+    plugin._populate(FLEET)
+    variables = hostvars(inventory, "web1.example.net")
+    strings = [
+        variables["zeroinit_identity"],
+        variables["zeroinit_facts"]["role"],
+        variables["zeroinit_facts"]["os"]["family"],
+        variables["zeroinit_inventory"]["agents"][0],
+        variables["role"],
+    ]
+    assert strings == ["web1.example.net", "web", "Debian", "rpcutil", "web"]
+    if plugin_module.UNTRUSTED_BY_DEFAULT:
+        from ansible._internal._datatag._tags import TrustedAsTemplate
+
+        assert not any(TrustedAsTemplate.is_tagged_on(text) for text in strings)
+    else:
+        from ansible.utils.unsafe_proxy import AnsibleUnsafe
+
+        assert all(isinstance(text, AnsibleUnsafe) for text in strings)
+
+
+def test_the_plugin_leaves_the_messaging_libraries_unloaded_until_it_queries_the_fleet():
+    # A listing served from the cache needs no NATS client: its imports are a tenth of a 10,000-host listing's memory.
+    code = (
+        "import sys, ansible_collections.zeroinit.bootstrap.plugins.inventory.provisioning\n"
+        "print(sorted(name for name in ('nats', 'aiohttp', 'zeroconf') if name in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_invalid_identities_are_skipped(tmp_path):
