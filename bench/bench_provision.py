@@ -2,7 +2,7 @@
 the fleet grows.
 
     .venv/bin/python bench/bench_provision.py            # 1,000, 10,000 and 50,000 nodes, then the trust comparison
-    .venv/bin/python bench/bench_provision.py --quick    # 200, 1,000 and 2,000 nodes, no trust comparison (<= 60 s)
+    .venv/bin/python bench/bench_provision.py --quick    # 200, 500 and 1,000 nodes, no trust comparison (<= 60 s)
     .venv/bin/python bench/bench_provision.py --sizes 0 --trust-nodes 1000   # the trust comparison only
 
 For each fleet size: nodes/s and its ratio to the floor measured just before it in the same run (the raw NATS
@@ -334,7 +334,7 @@ def bench_trust(
 def measure_floor(quick: bool) -> float:
     """The floor in nodes/s: raw request/reply through a fresh nats-server, divided by 4 round trips per node."""
     with EmbeddedBroker() as broker:
-        return asyncio.run(_floor(broker.url, 3000 if quick else 20000, 1000)) / 4
+        return asyncio.run(_floor(broker.url, 2000 if quick else 20000, 1000)) / 4
 
 
 def size_line(row: dict) -> str:
@@ -375,7 +375,7 @@ def growth_checks(rows: dict) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="200, 1,000 and 2,000 nodes, no trust comparison")
+    parser.add_argument("--quick", action="store_true", help="200, 500 and 1,000 nodes, no trust comparison")
     parser.add_argument("--sizes", default="", help="comma-separated fleet sizes (default 1000,10000,50000)")
     parser.add_argument("--workers", type=int, default=1000, help="nodes in flight")
     parser.add_argument("--connections", type=int, default=4, help="NATS connections of each fleet process")
@@ -402,7 +402,7 @@ def main() -> int:
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",") if s]
     else:
-        sizes = [200, 1000, 2000] if args.quick else [1000, 10000, 50000]
+        sizes = [200, 500, 1000] if args.quick else [1000, 10000, 50000]
     sizes = [s for s in sizes if s > 0]
     trust_nodes = args.trust_nodes if args.trust_nodes is not None else (0 if args.quick else 1000)
     print(
