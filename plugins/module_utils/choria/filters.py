@@ -18,7 +18,7 @@ so its cost is bounded three ways:
   ranged (``?`` is the other kind). One such repetition over a 253-character identity costs about a millisecond
   at worst; two unbounded ones cost hundreds. Regular expressions are matched against at most
   :data:`MAX_MATCHED_TEXT` characters (identities are at most 253); a longer fact value does not match.
-* **A time budget per request** (:class:`FilterBudget`): once matching one request has taken longer than a base
+* **A CPU-time budget per request** (:class:`FilterBudget`): once matching one request has taken longer than a base
   plus a small allowance per node, the remaining nodes do not act on it.
 
 Compound filters (Choria's expression language) are not evaluated: a request carrying one matches nothing rather
@@ -440,7 +440,7 @@ def filter_matches(flt: Any, identity: str, agents, facts: dict, classes=()) -> 
 
 
 class FilterBudget:
-    """The time one request's filter may take across the nodes of a process: a base plus a little per node."""
+    """The CPU time one request's filter may take across the nodes of a process: a base plus a little per node."""
 
     __slots__ = ("limit", "used")
 

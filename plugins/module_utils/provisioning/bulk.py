@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from array import array
 from typing import Callable
 
 from ..choria.filters import identity_filter
@@ -32,6 +33,7 @@ from .flow import (
 from .listener import ARRIVAL_EVENTS, NodeEvent, NodeEventListener
 from .rpc import RpcClient, RpcError
 from .settings import ProvisionError, ProvisionSettings
+from .signing_pool import default_signing_processes
 
 # Above this many wanted identities, discover everyone and intersect locally: an identity filter is
 # evaluated by every node against every listed identity (O(n^2) across the fleet).
@@ -47,7 +49,7 @@ def percentile(sorted_values: list, fraction: float) -> float:
     return round(sorted_values[rank], 1)
 
 
-def summarize_ms(values: list) -> dict:
+def summarize_ms(values) -> dict:
     ordered = sorted(values)
     return {"count": len(ordered), "p50_ms": percentile(ordered, 0.50), "p99_ms": percentile(ordered, 0.99)}
 
@@ -66,7 +68,12 @@ class BulkRun:
         self.client_factory = client_factory or settings.client
         self.client: RpcClient | None = None
         self.flow: ProvisioningFlow | None = None
-        self.outcomes: dict[str, NodeOutcome] = {}
+        # Per node only what the result needs: its status, and a reason unless it was provisioned. Step timings go
+        # into one array of floats per step (8 bytes a node), not a dict per node: memory grows with the fleet.
+        self.statuses: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
+        self.step_ms: dict[str, array] = {step: array("d") for step in STEPS}
+        self.node_ms = array("d")  # of the provisioned nodes
         self.discovered: set[str] = set()
         self.absent: list[str] = []
         self.wanted = set(settings.identities) if settings.identities else None
@@ -98,11 +105,18 @@ class BulkRun:
                 self._queue.task_done()
 
     def _record(self, outcome: NodeOutcome) -> None:
-        self.outcomes[outcome.identity] = outcome
+        self.statuses[outcome.identity] = outcome.status
+        for step, ms in outcome.timings.items():
+            if step in self.step_ms:
+                self.step_ms[step].append(ms)
         if outcome.status == PROVISIONED:
+            self.reasons.pop(outcome.identity, None)
+            self.node_ms.append(outcome.elapsed_ms)
             self._provisioned += 1
             if self._expect_reached():
                 self._expect_met.set()
+        elif outcome.reason:
+            self.reasons[outcome.identity] = outcome.reason
 
     def _on_event(self, event: NodeEvent) -> None:
         if event.kind in ARRIVAL_EVENTS:
@@ -163,28 +177,23 @@ class BulkRun:
         return self.result(time.monotonic() - started, discovery_s)
 
     def result(self, total_s: float, discovery_s: float = 0.0) -> dict:
-        by_status: dict[str, dict[str, NodeOutcome]] = {}
-        for outcome in self.outcomes.values():
-            by_status.setdefault(outcome.status, {})[outcome.identity] = outcome
-        provisioned = by_status.get(PROVISIONED, {})
+        by_status: dict[str, list[str]] = {}
+        for identity, status in self.statuses.items():
+            by_status.setdefault(status, []).append(identity)
+        provisioned = sorted(by_status.get(PROVISIONED, []))
 
         def messages(status: str) -> dict:
-            return {identity: outcome.reason for identity, outcome in sorted(by_status.get(status, {}).items())}
+            return {identity: self.reasons.get(identity, "") for identity in sorted(by_status.get(status, []))}
 
-        step_ms: dict[str, list] = {step: [] for step in STEPS}
-        for outcome in self.outcomes.values():
-            for step, ms in outcome.timings.items():
-                if step in step_ms:
-                    step_ms[step].append(ms)
-        timings = {name: summarize_ms(values) for name, values in step_ms.items() if values}
-        timings["node"] = summarize_ms([outcome.elapsed_ms for outcome in provisioned.values()])
+        timings = {name: summarize_ms(values) for name, values in self.step_ms.items() if values}
+        timings["node"] = summarize_ms(self.node_ms)
         timings["discovery_seconds"] = round(discovery_s, 3)
         timings["total_seconds"] = round(total_s, 3)
         timings["nodes_per_second"] = round(len(provisioned) / total_s, 1) if total_s > 0 else 0.0
         deferred, failed, shutdown = messages(DEFERRED), messages(FAILED), messages(SHUTDOWN)
         out = {
             "changed": bool(provisioned or shutdown),
-            "provisioned": sorted(provisioned),
+            "provisioned": provisioned,
             "deferred": deferred,
             "failed": failed,
             "shutdown": shutdown,
@@ -200,14 +209,15 @@ class BulkRun:
             "warnings": self.decider.warnings() if self.decider is not None else [],
         }
         if self.s.check_mode:
-            out["would_provision"] = sorted(by_status.get(WOULD_PROVISION, {}))
+            out["would_provision"] = sorted(by_status.get(WOULD_PROVISION, []))
             out["changed"] = bool(out["would_provision"])
         return out
 
 
 def provision(settings: ProvisionSettings) -> dict:
-    """Synchronous entry point for a bulk run (the module, playbooks, benchmarks)."""
-    decider = decider_for(settings)
+    """Synchronous entry point for a bulk run (the module, playbooks, benchmarks): the built-in signer signs in
+    worker processes, forked here before the run's event loop starts."""
+    decider = decider_for(settings, signing_processes=default_signing_processes())
 
     async def run() -> dict:
         try:

@@ -25,6 +25,7 @@ import os
 from ..choria.config import IDENTITY_KEY, PROVISION_KEY
 from ..pki.issuance import signer_from_params
 from ..pki.policy import DEFAULT_VALID_DAYS, PolicyError
+from ..pki.signer import Signer
 from ..pki.x509 import PkiError
 from .helper import (
     DEFAULT_HELPER_TIMEOUT,
@@ -41,6 +42,7 @@ from .helper import (
 )
 from .helper_pool import PersistentHelperPool
 from .settings import ProvisionError, ProvisionSettings
+from .signing_pool import ERROR, ISSUED, REFUSED, BrokenProcessPool, SigningPool
 
 
 def helper_concurrency(mode: str, workers: int, configured: int = 0) -> int:
@@ -120,10 +122,11 @@ class SignerDecider:
     """The built-in decision: the collection's signer (built-in CA or CFSSL server) and a ``CsrPolicy``.
 
     Configuration = the base configuration, ``identity`` set to the node and provisioning forced off. A CFSSL server
-    that cannot be reached fails the run here, once, rather than every node.
+    that cannot be reached fails the run here, once, rather than every node. With ``processes`` the built-in signer
+    signs in that many worker processes (a bulk run: ``signing_pool.py``); the CFSSL backend's work is the server's.
     """
 
-    def __init__(self, signer_options: dict, base_configuration: dict | None = None):
+    def __init__(self, signer_options: dict, base_configuration: dict | None = None, processes: int = 0):
         self.valid_days = signer_options.get("valid_days") or DEFAULT_VALID_DAYS
         self.profile = signer_options.get("profile") or "both"
         self.base = dict(base_configuration or {})
@@ -134,37 +137,62 @@ class SignerDecider:
         except (PkiError, OSError, ValueError, TypeError) as exc:
             raise ProvisionError(f"signer: {exc}") from None
         self.ca = self.signer.ca
+        self.pool: SigningPool | None = None
+        if processes > 0 and isinstance(self.signer, Signer) and SigningPool.available():
+            self.pool = SigningPool(self.signer, processes)
 
     def turn(self) -> contextlib.AbstractAsyncContextManager:
-        return _NO_LIMIT  # signing is sub-millisecond and inline
+        return _NO_LIMIT  # signing is sub-millisecond (inline) or in the pool's workers
 
     async def decide(self, identity: str, inventory: dict, csr: dict | None, jwt: dict | None = None) -> HelperDecision:
         if csr is None:
             raise NodeFailure(f"the built-in signer needs the CSR of {identity}: it signs only with PKI on (gencsr)")
-        try:
-            issued = self.signer.sign(csr.get("csr", ""), identity, valid_days=self.valid_days, profile=self.profile)
-        except PolicyError as exc:
-            raise NodeFailure(f"signer refused the CSR of {identity}: {exc}") from None
-        except PkiError as exc:
-            raise NodeFailure(f"signer could not sign the CSR of {identity}: {exc}") from None
+        csr_pem = csr.get("csr", "")
+        if self.pool is not None and not self.pool.broken:
+            try:
+                outcome = await self.pool.sign(csr_pem, identity, self.valid_days, self.profile)
+            except BrokenProcessPool:
+                raise NodeFailure(
+                    f"signer could not sign the CSR of {identity}: {self.pool.broken} (later nodes are signed inline)"
+                ) from None
+        else:
+            outcome = self._sign_inline(csr_pem, identity)
+        if outcome[0] != ISSUED:
+            verb = "refused" if outcome[0] == REFUSED else "could not sign"
+            raise NodeFailure(f"signer {verb} the CSR of {identity}: {outcome[1]}")
+        _issued, certificate, ca, serial_hex = outcome
         configuration = dict(self.base)
         configuration[IDENTITY_KEY] = identity
         configuration[PROVISION_KEY] = "false"
         return HelperDecision(
-            certificate=issued.certificate,
-            ca=issued.ca,
+            certificate=certificate,
+            ca=ca,
             ssldir=csr.get("ssldir", ""),
             configuration=configuration,
-            msg=f"signed serial {issued.serial_hex}",
+            msg=f"signed serial {serial_hex}",
         )
 
+    def _sign_inline(self, csr_pem: str, identity: str) -> tuple:
+        try:
+            issued = self.signer.sign(csr_pem, identity, valid_days=self.valid_days, profile=self.profile)
+        except PolicyError as exc:
+            return (REFUSED, str(exc))
+        except PkiError as exc:
+            return (ERROR, str(exc))
+        return (ISSUED, issued.certificate, issued.ca, issued.serial_hex)
+
     def warnings(self) -> list[str]:
-        return list(getattr(self.ca, "warnings", []) or [])
+        warnings = list(getattr(self.ca, "warnings", []) or [])
+        if self.pool is not None and self.pool.broken:
+            warnings.append(f"the signing worker processes stopped ({self.pool.broken}); the rest was signed inline")
+        return warnings
 
     async def finish(self) -> None:
         """Nothing lives in the event loop."""
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         self.signer.close()
 
 
@@ -176,14 +204,14 @@ class _NoLimit(contextlib.AbstractAsyncContextManager):
 _NO_LIMIT = _NoLimit()
 
 
-def decider_for(settings: ProvisionSettings) -> HelperDecider | SignerDecider | None:
+def decider_for(settings: ProvisionSettings, signing_processes: int = 0) -> HelperDecider | SignerDecider | None:
     """The decider the settings ask for; None without one, and no signer in check mode (loading with create_ca
-    would write a CA)."""
+    would write a CA). ``signing_processes``: worker processes for the built-in signer (a bulk run)."""
     if settings.helper_argv is not None:
         concurrency = helper_concurrency(settings.helper_mode, settings.workers, settings.helper_concurrency)
         return HelperDecider(
             settings.helper_argv, settings.configuration, settings.helper_timeout, concurrency, settings.helper_mode
         )
     if settings.signer and not settings.check_mode:
-        return SignerDecider(settings.signer, settings.configuration)
+        return SignerDecider(settings.signer, settings.configuration, processes=signing_processes)
     return None

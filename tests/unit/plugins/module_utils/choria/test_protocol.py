@@ -268,3 +268,8 @@ def test_a_well_formed_body_has_no_problem():
 def test_token_compare_takes_any_text():
     assert not p.constant_time_equal("x\ud800", "x")
     assert p.constant_time_equal("s3cret", "s3cret") and not p.constant_time_equal(["s3cret"], "s3cret")
+
+
+def test_request_ids_are_32_hex_characters_and_never_repeat_across_batches():
+    ids = [p.new_request_id() for _index in range(1000)]  # several batches of the kernel's random bytes
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
