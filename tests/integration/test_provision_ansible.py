@@ -207,20 +207,26 @@ def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, mem
         assert chains_to(fleet, node, ca_cert)
 
 
-def test_per_host_provision_playbook(nats_broker, members, tmp_path):
-    """Hosts come from the provisioning inventory plugin; once provisioned, they are no longer found."""
-    ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
-    (tmp_path / "pki").mkdir()
+def per_host_vars(nats_broker, members, tmp_path) -> dict:
+    """provision.yaml's variables (also the roles' here): the brokers, the token, a new CA, the members' settings."""
     from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
+    ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
+    (tmp_path / "pki").mkdir()
     CertificateAuthority.load_or_create(ca_cert, ca_key)
-    extra = {
+    return {
         "zeroinit_provision_brokers": [nats_broker.url],
         "zeroinit_provision_token": TOKEN,
         "zeroinit_provision_ca_cert": ca_cert,
         "zeroinit_provision_ca_key": ca_key,
         "zeroinit_provision_configuration": member_config(members),
     }
+
+
+def test_per_host_provision_playbook(nats_broker, members, tmp_path):
+    """Hosts come from the provisioning inventory plugin; once provisioned, they are no longer found."""
+    extra = per_host_vars(nats_broker, members, tmp_path)
+    ca_cert = extra["zeroinit_provision_ca_cert"]
     with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet:
         inventory = tmp_path / "fleet.provisioning.yml"
         inventory.write_text(
@@ -285,17 +291,8 @@ ROLES_PLAY = """
 
 def test_roles_over_the_inventory_plugin(nats_broker, members, tmp_path):
     """The roles' separate steps (gencsr, sign, configure, restart) for users who customise them; pki_sign's diff."""
-    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
-
-    ca_cert, ca_key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
-    CertificateAuthority.load_or_create(ca_cert, ca_key)
-    extra = {
-        "zeroinit_provision_brokers": [nats_broker.url],
-        "zeroinit_provision_token": TOKEN,
-        "zeroinit_provision_ca_cert": ca_cert,
-        "zeroinit_provision_ca_key": ca_key,
-        "zeroinit_provision_configuration": member_config(members),
-    }
+    extra = per_host_vars(nats_broker, members, tmp_path)
+    ca_cert = extra["zeroinit_provision_ca_cert"]
     with AgentFleet(nats_broker.url, 2, tmp_path / "fleet", token=TOKEN) as fleet:
         inventory = tmp_path / "fleet.provisioning.yml"
         inventory.write_text(
