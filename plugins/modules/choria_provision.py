@@ -19,7 +19,14 @@ description:
   - A node that was configured is locked to its site (the CA it was configured with, and the provisioning CA
     it pins). C(gencsr), C(configure) and C(reprovision) reach it again only signed with a provisioner certificate
     of that site (O(signing_cert)); the token alone is refused.
+  - O(action=provision) with O(identity) runs that one node's pipeline without a discovery (the node is known, for
+    example from the C(zeroinit.bootstrap.provisioning) inventory; C(provision.yaml) runs one such task per host). The
+    result has the same keys for that node, plus RV(status) and RV(msg); a node that does not answer fails.
   - The other actions send one request to one node (O(identity)) and return the agent's reply data.
+  - On the controller (C(connection=local), no C(become), no C(async), no task C(environment), and the controller's
+    own Python or no C(ansible_python_interpreter)) the action plugin does the module's work in Ansible's worker
+    process instead of starting the module (no new Python importing nats-py and cryptography per task); the
+    arguments, checks, results and errors are the same. Elsewhere the module runs as usual.
   - O(action=pause), O(action=resume) and O(action=status) drive a running C(zeroinit-provisioner) service (the role
     C(zeroinit.bootstrap.provisioner) installs it). The request goes to every live
     instance of O(site) over the brokers, authenticated with the site's control key (derived from O(token) and
@@ -42,7 +49,9 @@ attributes:
       - O(action=pause) and O(action=resume) ask the instances for their status only and list under
         RV(changed_instances) those whose paused state would change.
   diff_mode:
-    support: none
+    support: partial
+    details:
+      - O(action=provision) with O(identity) shows the node's state before (C(provisioning)) and after (its RV(status)).
   platform:
     platforms: posix
   idempotent:
@@ -84,7 +93,9 @@ options:
     type: float
     default: 1
   identity:
-    description: The node for single-node actions.
+    description:
+      - The node for single-node actions.
+      - With O(action=provision), provision only this node, without a discovery.
     type: str
   identities:
     description:
@@ -209,6 +220,9 @@ requirements:
   - PyJWT (for O(jwt_verify_key))
 seealso:
   - module: zeroinit.bootstrap.pki_sign
+notes:
+  - When the task runs on the controller, C(ansible_python_interpreter) set to another Python than the one running
+    Ansible makes the module run in that Python instead of in Ansible's worker.
 """
 
 EXAMPLES = r"""
@@ -262,6 +276,18 @@ EXAMPLES = r"""
       ca_key: /etc/zeroinit/ca/ca.key
     configuration:
       plugin.choria.middleware_hosts: "tls://10.0.0.1:4223"
+
+- name: Provision one node the inventory plugin found (one task per host; provision.yaml)
+  zeroinit.bootstrap.choria_provision:
+    action: provision
+    identity: "{{ inventory_hostname }}"
+    brokers: ["nats://10.0.0.1:4222"]
+    token: "{{ provisioning_token }}"
+    signer:
+      ca_cert: /etc/zeroinit/ca/ca.pem
+      ca_key: /etc/zeroinit/ca/ca.key
+    fail_on_node_error: true
+  connection: local
 
 - name: Ask one node for its inventory
   zeroinit.bootstrap.choria_provision:
@@ -319,8 +345,18 @@ identities:
   elements: str
 identity:
   description: The node a single-node action went to.
-  returned: single-node actions
+  returned: single-node actions, action=provision with identity
   type: str
+status:
+  description: How the node's run ended (provisioned, would_provision, deferred, failed, shutdown).
+  returned: action=provision with identity
+  type: str
+  sample: provisioned
+msg:
+  description: What happened to the node, with the helper's message or the failure.
+  returned: action=provision with identity
+  type: str
+  sample: "node1.example.net deferred: waiting for the asset database"
 data:
   description:
     - The agent's reply data (inventory facts; gencsr csr, public_key, ssldir; otherwise message).
@@ -348,30 +384,20 @@ changed_instances:
   elements: str
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HAS_CRYPTOGRAPHY,
-    HAS_JWT,
-    HAS_NATS,
-    JWT_IMPORT_ERROR,
-    NATS_IMPORT_ERROR,
-)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
     SIGNER_REQUIRED_IF,
     signer_argument_spec,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import SINGLE_ACTIONS
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.steering import SITE_OPERATIONS
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service import SITE_OPERATIONS
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import (
     broker_argument_spec,
     jwt_verification_argument_spec,
     request_signing_argument_spec,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.task import TaskFailure, run_task
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.task import task_outcome
 
 ARGUMENT_SPEC = dict(
     broker_argument_spec(),
@@ -408,44 +434,35 @@ ARGUMENT_SPEC = dict(
 )
 
 
+# The argument spec and its constraints, shared with the action plugin (plugins/action/choria_provision.py).
+MODULE_OPTIONS = dict(
+    argument_spec=ARGUMENT_SPEC,
+    mutually_exclusive=[("helper", "signer")],
+    required_together=[("signing_cert", "signing_key")],
+    required_if=[
+        ("action", "inventory", ("identity",)),
+        ("action", "gencsr", ("identity",)),
+        ("action", "configure", ("identity", "certificate", "ca")),
+        ("action", "restart", ("identity",)),
+        ("action", "reprovision", ("identity",)),
+        ("action", "shutdown", ("identity",)),
+        ("action", "destroy", ("identity",)),
+        ("action", "provision", ("helper", "signer"), True),
+        ("action", "pause", ("site",)),
+        ("action", "resume", ("site",)),
+        ("action", "status", ("site",)),
+    ],
+)
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        mutually_exclusive=[("helper", "signer")],
-        required_together=[("signing_cert", "signing_key")],
-        required_if=[
-            ("action", "inventory", ("identity",)),
-            ("action", "gencsr", ("identity",)),
-            ("action", "configure", ("identity", "certificate", "ca")),
-            ("action", "restart", ("identity",)),
-            ("action", "reprovision", ("identity",)),
-            ("action", "shutdown", ("identity",)),
-            ("action", "destroy", ("identity",)),
-            ("action", "provision", ("helper", "signer"), True),
-            ("action", "pause", ("site",)),
-            ("action", "resume", ("site",)),
-            ("action", "status", ("site",)),
-        ],
-        supports_check_mode=True,
-    )
-    if not HAS_NATS:
-        module.fail_json(msg=missing_required_lib("nats-py"), exception=NATS_IMPORT_ERROR)
-    needs_cryptography = module.params["signer"] or module.params["signing_cert"] or module.params["jwt_verify_key"]
-    if needs_cryptography and not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-    if module.params["jwt_verify_key"] and not HAS_JWT:
-        module.fail_json(msg=missing_required_lib("PyJWT"), exception=JWT_IMPORT_ERROR)
-    try:
-        result, warnings = run_task(module.params, module.check_mode)
-    except TaskFailure as exc:
-        for warning in exc.result.pop("warnings", []):
-            module.warn(warning)
-        module.fail_json(msg=exc.msg, **exc.result)
-    except Exception as exc:  # pylint: disable=broad-except
-        module.fail_json(msg=f"choria_provision failed: {exc}", exception=traceback.format_exc())
-    for warning in warnings:
+    module = AnsibleModule(supports_check_mode=True, **MODULE_OPTIONS)
+    outcome = task_outcome(module.params, module.check_mode, module._diff)
+    for warning in outcome.pop("warnings"):
         module.warn(warning)
-    module.exit_json(**result)
+    if outcome.pop("failed", False):
+        module.fail_json(**outcome)
+    module.exit_json(**outcome)
 
 
 if __name__ == "__main__":

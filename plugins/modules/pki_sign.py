@@ -79,6 +79,9 @@ seealso:
     description: Internet X.509 Public Key Infrastructure Certificate and CRL Profile.
     link: https://www.rfc-editor.org/rfc/rfc5280
 notes:
+  - With C(connection=local) (no C(become), C(async) or task C(environment), the controller's own Python or no
+    C(ansible_python_interpreter)) the action plugin signs in Ansible's worker process instead of starting the
+    module; the arguments, checks, results and errors are the same. Elsewhere the module runs on the target.
   - Private keys never pass through this module, except the CA key it reads (and creates with O(create_ca)). Node
     keys are made on the nodes; only their CSRs travel.
 requirements:
@@ -162,19 +165,13 @@ msg:
   sample: "kept: the existing certificate is valid until 2027-11-21T05:39:34Z"
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HAS_CRYPTOGRAPHY,
-)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
     SIGNER_REQUIRED_IF,
-    CertificateIssuance,
+    issuance_outcome,
     signer_argument_spec,
 )
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy import PolicyError
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 
 
 def argument_spec() -> dict:
@@ -190,28 +187,23 @@ def argument_spec() -> dict:
     return spec
 
 
+# The argument spec and its constraints, shared with the action plugin (plugins/action/pki_sign.py).
+MODULE_OPTIONS = dict(
+    argument_spec=argument_spec(),
+    mutually_exclusive=[("csr", "csr_path")],
+    required_one_of=[("csr", "csr_path")],
+    required_if=SIGNER_REQUIRED_IF,
+)
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        mutually_exclusive=[("csr", "csr_path")],
-        required_one_of=[("csr", "csr_path")],
-        required_if=SIGNER_REQUIRED_IF,
-        supports_check_mode=True,
-    )
-    if not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-    identity = module.params["identity"]
-    try:
-        result = CertificateIssuance(module.params).run(check_mode=module.check_mode)
-    except PolicyError as exc:
-        module.fail_json(msg=f"identity {identity}: {exc}", rule=exc.rule, field=exc.field)
-    except PkiError as exc:
-        module.fail_json(msg=f"identity {identity}: {exc}", field=exc.field)
-    for warning in result.pop("warnings"):
+    module = AnsibleModule(supports_check_mode=True, **MODULE_OPTIONS)
+    outcome = issuance_outcome(module.params, module.check_mode, module._diff)
+    for warning in outcome.pop("warnings"):
         module.warn(warning)
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+    if outcome.pop("failed", False):
+        module.fail_json(**outcome)
+    module.exit_json(**outcome)
 
 
 if __name__ == "__main__":

@@ -207,20 +207,26 @@ def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, mem
         assert chains_to(fleet, node, ca_cert)
 
 
-def test_per_host_provision_playbook(nats_broker, members, tmp_path):
-    """Hosts come from the provisioning inventory plugin; once provisioned, they are no longer found."""
-    ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
-    (tmp_path / "pki").mkdir()
+def per_host_vars(nats_broker, members, tmp_path) -> dict:
+    """provision.yaml's variables (also the roles' here): the brokers, the token, a new CA, the members' settings."""
     from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 
+    ca_cert, ca_key = str(tmp_path / "pki" / "ca.pem"), str(tmp_path / "pki" / "ca.key")
+    (tmp_path / "pki").mkdir()
     CertificateAuthority.load_or_create(ca_cert, ca_key)
-    extra = {
+    return {
         "zeroinit_provision_brokers": [nats_broker.url],
         "zeroinit_provision_token": TOKEN,
         "zeroinit_provision_ca_cert": ca_cert,
         "zeroinit_provision_ca_key": ca_key,
         "zeroinit_provision_configuration": member_config(members),
     }
+
+
+def test_per_host_provision_playbook(nats_broker, members, tmp_path):
+    """Hosts come from the provisioning inventory plugin; once provisioned, they are no longer found."""
+    extra = per_host_vars(nats_broker, members, tmp_path)
+    ca_cert = extra["zeroinit_provision_ca_cert"]
     with AgentFleet(nats_broker.url, 4, tmp_path / "fleet", token=TOKEN) as fleet:
         inventory = tmp_path / "fleet.provisioning.yml"
         inventory.write_text(
@@ -236,15 +242,21 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
         playbook = ROOT / "playbooks" / "provision.yaml"
 
         before = snapshot(fleet)
-        check = run_playbook(playbook, inventory=inventory, extra_vars=extra, check=True)
+        check = run_playbook(playbook, inventory=inventory, extra_vars=extra, check=True, diff=True)
         assert check.rc == 0, check.stdout[-3000:] + check.stderr[-3000:]
         assert sorted(check.stats) == fleet.identities
+        for identity in fleet.identities:
+            would = check.result("Provision the node", identity)
+            assert would["changed"] is True and would["would_provision"] == [identity]
+            assert would["diff"]["after"]["state"] == "would_provision"
         assert snapshot(fleet) == before
 
         real = run_playbook(playbook, inventory=inventory, extra_vars=extra)
         assert real.rc == 0, real.stdout[-3000:] + real.stderr[-3000:]
         for identity in fleet.identities:
-            assert role_task(real, "Restart the node into its configured collective", identity)["changed"] is True
+            node = real.result("Provision the node", identity)
+            assert node["changed"] is True and node["status"] == "provisioned" and node["provisioned"] == [identity]
+            assert TOKEN not in json.dumps(node)
             assert chains_to(fleet, identity, ca_cert)
             conf = configured(fleet, identity)
             assert conf["identity"] == identity and conf["main_collective"] == "members"
@@ -256,3 +268,93 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
             assert again.rc == 0 and not any(again.changed(h) for h in again.stats)
             assert not set(again.stats) & set(fleet.identities)
         assert snapshot(fleet) == after
+
+
+ROLES_PLAY = """
+- hosts: provisioning
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+    csr_signing_brokers: "{{ zeroinit_provision_brokers }}"
+    csr_signing_token: "{{ zeroinit_provision_token }}"
+    csr_signing_ca_cert: "{{ zeroinit_provision_ca_cert }}"
+    csr_signing_ca_key: "{{ zeroinit_provision_ca_key }}"
+    csr_signing_configuration: "{{ zeroinit_provision_configuration }}"
+    config_push_brokers: "{{ zeroinit_provision_brokers }}"
+    config_push_token: "{{ zeroinit_provision_token }}"
+  roles:
+    - zeroinit.bootstrap.csr_signing
+    - zeroinit.bootstrap.config_push
+"""
+
+
+def test_roles_over_the_inventory_plugin(nats_broker, members, tmp_path):
+    """The roles' separate steps (gencsr, sign, configure, restart) for users who customise them; pki_sign's diff."""
+    extra = per_host_vars(nats_broker, members, tmp_path)
+    ca_cert = extra["zeroinit_provision_ca_cert"]
+    with AgentFleet(nats_broker.url, 2, tmp_path / "fleet", token=TOKEN) as fleet:
+        inventory = tmp_path / "fleet.provisioning.yml"
+        inventory.write_text(
+            json.dumps({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [nats_broker.url], "expect": 2})
+        )
+        before = snapshot(fleet)
+        check = run_playbook(ROLES_PLAY, inventory=inventory, extra_vars=extra, check=True)
+        assert check.rc == 0 and sorted(check.stats) == fleet.identities and snapshot(fleet) == before
+
+        real = run_playbook(ROLES_PLAY, inventory=inventory, extra_vars=extra, diff=True)
+        assert real.rc == 0, real.stdout[-3000:] + real.stderr[-3000:]
+        for identity in fleet.identities:
+            signed = role_task(real, "Sign the CSR with the built-in policy signer", identity)
+            assert signed["diff"]["after"]["subject"] == f"CN={identity}" and signed["diff"]["before"] == {}
+            assert role_task(real, "Restart the node into its configured collective", identity)["changed"] is True
+            assert chains_to(fleet, identity, ca_cert)
+            assert configured(fleet, identity)["main_collective"] == "members"
+
+
+IN_PROCESS_PLAY = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    cases:
+      missing: {action: gencsr, brokers: ["nats://127.0.0.1:1"]}
+      unknown: {action: inventory, identity: n1.example.net, brokers: ["nats://127.0.0.1:1"], colective: x}
+      wrong_type: {action: inventory, identity: n1.example.net, brokers: ["nats://127.0.0.1:1"], timeout: soon}
+      exclusive: {brokers: ["nats://127.0.0.1:1"], helper: /bin/true, signer: {ca_cert: /a, ca_key: /b}}
+      secret: {action: restart, identity: n1.example.net, brokers: ["nats://127.0.0.1:1"], token: s3cr3t-t0ken,
+               timeout: 0.2, retries: 0}
+  tasks:
+    - name: In the worker
+      zeroinit.bootstrap.choria_provision: "{{ cases[item] }}"
+      loop: "{{ cases | list }}"
+      register: in_worker
+      ignore_errors: true
+    - name: As a module
+      zeroinit.bootstrap.choria_provision: "{{ cases[item] }}"
+      vars:
+        ansible_python_interpreter: "WRAPPER"
+      loop: "{{ cases | list }}"
+      register: as_module
+      ignore_errors: true
+"""
+
+
+def test_in_worker_and_module_fail_alike(tmp_path):
+    """The action plugin validates as AnsibleModule does (same messages, no_log values removed), and runs the module
+    when the task's Python is not the controller's: a wrapper interpreter logs each module run."""
+    runs = tmp_path / "module-runs.log"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho run >> {runs}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    result = run_playbook(IN_PROCESS_PLAY.replace("WRAPPER", str(wrapper)))
+    in_worker = result.result("In the worker")["results"]
+    as_module = result.result("As a module")["results"]
+    assert len(runs.read_text().splitlines()) == len(as_module) == 5  # only the second task started the module
+    for worker, module in zip(in_worker, as_module):
+        assert worker["failed"] is True and module["failed"] is True
+        assert worker["msg"] == module["msg"], (worker["item"], worker["msg"], module["msg"])
+    messages = {item["item"]: item["msg"] for item in in_worker}
+    assert messages["missing"] == "action is gencsr but all of the following are missing: identity"
+    assert messages["unknown"].startswith("Unsupported parameters for (zeroinit.bootstrap.choria_provision) module")
+    assert "s3cr3t-t0ken" not in json.dumps(in_worker) and "s3cr3t-t0ken" not in json.dumps(as_module)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import stat
 
+from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.errors import UnsupportedError
 
+from ..common.deps import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY
 from ..common.files import atomic_write
 from .ca import CA_KEY_TYPES, DEFAULT_CA_COMMON_NAME, DEFAULT_CA_VALID_DAYS, CertificateAuthority, require_directory
 from .cfssl import CFSSL_SIGNER_OPTIONS, cfssl_signer_from_params
@@ -28,6 +30,7 @@ from .policy import (
     DEFAULT_VALID_DAYS,
     KEY_TYPES,
     CsrPolicy,
+    PolicyError,
 )
 from .signer import (
     PROFILES,
@@ -323,3 +326,32 @@ class CertificateIssuance:
             atomic_write(path, data, mode=CERTIFICATE_MODE, owner=owner, group=group)
         except OSError as exc:
             raise PkiError(f"{option} {path} cannot be written: {exc}", field=option) from exc
+
+
+def issuance_outcome(params: dict, check_mode: bool, diff: bool) -> dict:
+    """The ``pki_sign`` module's whole result from its validated parameters, for the module and its action plugin
+    alike: ``failed``, ``msg`` (and the policy's ``rule`` and ``field``) when it fails, ``warnings`` a list, ``diff``
+    in diff mode only."""
+    if not HAS_CRYPTOGRAPHY:
+        return {
+            "failed": True,
+            "msg": missing_required_lib("cryptography"),
+            "exception": CRYPTOGRAPHY_IMPORT_ERROR,
+            "warnings": [],
+        }
+    identity = params["identity"]
+    try:
+        result = CertificateIssuance(params).run(check_mode=check_mode)
+    except PolicyError as exc:
+        return {
+            "failed": True,
+            "msg": f"identity {identity}: {exc}",
+            "rule": exc.rule,
+            "field": exc.field,
+            "warnings": [],
+        }
+    except PkiError as exc:
+        return {"failed": True, "msg": f"identity {identity}: {exc}", "field": exc.field, "warnings": []}
+    if not diff:
+        result.pop("diff")
+    return result

@@ -15,11 +15,28 @@ from typing import Callable
 
 from ..choria.subjects import valid_identity
 from ..choria.transport import ConnectError
-from .flow import ask, verified_jwt_claims
+from .flow import (
+    DEFERRED,
+    FAILED,
+    PROVISIONED,
+    SHUTDOWN,
+    WOULD_PROVISION,
+    NodeOutcome,
+    ProvisioningFlow,
+    ask,
+    verified_jwt_claims,
+)
 from .helper import NodeFailure, check_configuration, merge_configuration
 from .rpc import RpcClient, RpcError
 from .settings import ProvisionError, ProvisionSettings
 
+NODE_OUTCOME_MESSAGES = {
+    PROVISIONED: "provisioned",
+    WOULD_PROVISION: "would be provisioned",
+    DEFERRED: "deferred",
+    SHUTDOWN: "shut down",
+    FAILED: "failed",
+}
 SINGLE_ACTIONS = ("inventory", "gencsr", "configure", "restart", "reprovision", "shutdown", "destroy")
 JWT_CHECKED_ACTIONS = ("gencsr", "configure")
 
@@ -99,6 +116,71 @@ async def discovery(settings: ProvisionSettings, client_factory: Callable[[], Rp
         await client.close()
     identities = [identity for identity in found if valid_identity(identity)]
     return {"changed": False, "identities": identities, "count": len(identities), "collective": settings.collective}
+
+
+async def node_provision(settings: ProvisionSettings, identity: str, decider) -> NodeOutcome:
+    """One node's whole pipeline (the flow the bulk run runs for each node), without a discovery: the caller knows
+    the node (the per-host playbook: the inventory plugin found it)."""
+    client = await connected_client(settings)
+    try:
+        return await ProvisioningFlow(client, decider, settings.flow_options()).run(identity)
+    finally:
+        await client.close()
+
+
+def node_provision_result(outcome: NodeOutcome, check_mode: bool, warnings: list) -> dict:
+    """The bulk run's result keys for one node, plus ``identity``, ``status`` and a ``msg`` saying what happened."""
+    identity, status = outcome.identity, outcome.status
+
+    def listed(wanted: str) -> dict:
+        return {identity: outcome.reason} if status == wanted else {}
+
+    provisioned = [identity] if status == PROVISIONED else []
+    counts = {"discovered": 1, "provisioned": len(provisioned)}
+    counts.update(
+        {
+            name: int(status == wanted)
+            for name, wanted in (("deferred", DEFERRED), ("failed", FAILED), ("shutdown", SHUTDOWN))
+        }
+    )
+    timings = {
+        step: {"count": 1, "p50_ms": round(ms, 1), "p99_ms": round(ms, 1)} for step, ms in outcome.timings.items()
+    }
+    timings["total_seconds"] = round(outcome.elapsed_ms / 1000.0, 3)
+    message = NODE_OUTCOME_MESSAGES.get(status, status)
+    result = {
+        "changed": status in (PROVISIONED, SHUTDOWN, WOULD_PROVISION),
+        "identity": identity,
+        "status": status,
+        "msg": f"{identity} {message}: {outcome.reason}" if outcome.reason else f"{identity} {message}",
+        "provisioned": provisioned,
+        "deferred": listed(DEFERRED),
+        "failed": listed(FAILED),
+        "shutdown": listed(SHUTDOWN),
+        "absent": [],
+        "counts": counts,
+        "timings": timings,
+        "warnings": warnings,
+    }
+    if check_mode:
+        result["would_provision"] = [identity] if status == WOULD_PROVISION else []
+    return result
+
+
+def run_node_provision(settings: ProvisionSettings, identity: str) -> dict:
+    """Synchronous entry point for ``action=provision`` with ``identity``."""
+    from .deciders import decider_for  # the signer's code, imported only when something is to be decided
+
+    if not valid_identity(identity):
+        raise ProvisionError(f"identity {identity!r} is not a valid node name")
+    decider = decider_for(settings)
+    try:
+        outcome = asyncio.run(node_provision(settings, identity, decider))
+    finally:
+        if decider is not None:
+            decider.close()
+    warnings = decider.warnings() if decider is not None else []
+    return node_provision_result(outcome, settings.check_mode, warnings)
 
 
 def run_discovery(settings: ProvisionSettings) -> dict:

@@ -6,9 +6,20 @@ action or an operation on a running provisioner service -> the module's result (
 
 from __future__ import annotations
 
-from .actions import run_action, run_discovery
-from .bulk import provision
-from .service.steering import SITE_OPERATIONS, SiteControlRequest, run_site_control
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ..common.deps import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    HAS_JWT,
+    HAS_NATS,
+    JWT_IMPORT_ERROR,
+    NATS_IMPORT_ERROR,
+)
+from .actions import run_action, run_discovery, run_node_provision
+from .service import SITE_OPERATIONS
 from .settings import ProvisionError, ProvisionSettings
 
 SETTINGS_FROM_PARAMS = (
@@ -73,8 +84,11 @@ def settings_from_params(params: dict, check_mode: bool) -> ProvisionSettings:
         raise TaskFailure(str(exc)) from None
 
 
-def site_control_from_params(params: dict, check_mode: bool) -> SiteControlRequest:
-    """The pause/resume/status request from the module's parameters; TaskFailure naming the option."""
+def site_control_from_params(params: dict, check_mode: bool):
+    """The pause/resume/status request (a SiteControlRequest) from the module's parameters; TaskFailure naming the
+    option."""
+    from .service.steering import SiteControlRequest  # the service's code, imported only for its operations
+
     if not params.get("site"):
         raise TaskFailure(f"site is required for action={params['action']}")
     try:
@@ -97,6 +111,8 @@ def site_control_from_params(params: dict, check_mode: bool) -> SiteControlReque
 def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
     """(result, warnings) of one choria_provision task; TaskFailure when the task fails."""
     if params["action"] in SITE_OPERATIONS:
+        from .service.steering import run_site_control
+
         request = site_control_from_params(params, check_mode)
         try:
             return run_site_control(request), []
@@ -104,7 +120,11 @@ def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
             raise TaskFailure(f"{exc} (site {request.site})") from None
     settings = settings_from_params(params, check_mode)
     try:
-        if params["action"] == "provision":
+        if params["action"] == "provision" and params["identity"]:
+            result = run_node_provision(settings, params["identity"])
+        elif params["action"] == "provision":
+            from .bulk import provision  # not imported for the single actions (a per-host task imports less)
+
             result = provision(settings)
         elif params["action"] == "discover":
             result = run_discovery(settings)
@@ -119,5 +139,44 @@ def run_task(params: dict, check_mode: bool) -> tuple[dict, list[str]]:
     warnings = result.pop("warnings", [])
     if params["action"] == "provision" and params["fail_on_node_error"] and result["failed_nodes"]:
         names = ", ".join(sorted(result["failed_nodes"]))
-        raise TaskFailure(f"{len(result['failed_nodes'])} node(s) failed: {names}", dict(result, warnings=warnings))
+        msg = result.pop("msg", "") or f"{len(result['failed_nodes'])} node(s) failed: {names}"
+        raise TaskFailure(msg, dict(result, warnings=warnings))
     return result, warnings
+
+
+def missing_library(params: dict) -> dict:
+    """The failure of a task whose parameters need a library that does not import ({} when all do)."""
+    if not HAS_NATS:
+        return {"msg": missing_required_lib("nats-py"), "exception": NATS_IMPORT_ERROR}
+    if (params["signer"] or params["signing_cert"] or params["jwt_verify_key"]) and not HAS_CRYPTOGRAPHY:
+        return {"msg": missing_required_lib("cryptography"), "exception": CRYPTOGRAPHY_IMPORT_ERROR}
+    if params["jwt_verify_key"] and not HAS_JWT:
+        return {"msg": missing_required_lib("PyJWT"), "exception": JWT_IMPORT_ERROR}
+    return {}
+
+
+def task_outcome(params: dict, check_mode: bool, diff: bool = False) -> dict:
+    """The module's whole result from its validated parameters, for the module and its action plugin alike:
+    ``failed`` and ``msg`` when the task fails, ``warnings`` a list; in diff mode, ``action=provision`` with an
+    ``identity`` shows the node's state before and after (or what it would be, in check mode)."""
+    missing = missing_library(params)
+    if missing:
+        return dict(missing, failed=True, warnings=[])
+    try:
+        result, warnings = run_task(params, check_mode)
+    except TaskFailure as exc:
+        warnings = exc.result.pop("warnings", [])
+        return dict(exc.result, failed=True, msg=exc.msg, warnings=warnings)
+    except Exception as exc:  # pylint: disable=broad-except
+        return {
+            "failed": True,
+            "msg": f"choria_provision failed: {exc}",
+            "exception": traceback.format_exc(),
+            "warnings": [],
+        }
+    if diff and "status" in result:
+        result["diff"] = {
+            "before": {"identity": result["identity"], "state": "provisioning"},
+            "after": {"identity": result["identity"], "state": result["status"]},
+        }
+    return dict(result, warnings=warnings)

@@ -19,10 +19,10 @@ from typing import Any, Optional
 from ...choria.brokers import BrokerUrlError, normalize_brokers
 from ...choria.transport import ConnectError, connect, tls_context
 from ..settings import ProvisionError
+from . import SITE_OPERATIONS
 from .config import SITE_PATTERN
 from .control import DEFAULT_GATHER, ControlClient, ControlCodec, ControlError, derive_control_key
 
-SITE_OPERATIONS = ("pause", "resume", "status")
 WANTED_PAUSED = {"pause": True, "resume": False}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning import task
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning import bulk, task
 
 
 def params(**overrides) -> dict:
@@ -59,7 +59,7 @@ def test_bad_parameters_fail_the_task_naming_the_option(overrides, phrase):
 
 def test_failed_nodes_are_reported_under_failed_nodes_and_can_fail_the_task(monkeypatch):
     outcome = {"changed": False, "provisioned": [], "failed": {"n1": "gencsr: no reply"}, "warnings": ["w"]}
-    monkeypatch.setattr(task, "provision", lambda settings: dict(outcome))
+    monkeypatch.setattr(bulk, "provision", lambda settings: dict(outcome))  # task imports it when it runs
     result, warnings = task.run_task(params(helper="/bin/true"), check_mode=False)
     assert result["failed_nodes"] == {"n1": "gencsr: no reply"} and "failed" not in result and warnings == ["w"]
     with pytest.raises(task.TaskFailure, match="1 node\\(s\\) failed: n1") as err:
@@ -74,3 +74,22 @@ def test_a_single_action_failure_names_the_node(monkeypatch):
     monkeypatch.setattr(task, "run_action", refuse)
     with pytest.raises(task.TaskFailure, match=r"restart refused by n1: no \(node n1\)"):
         task.run_task(params(action="restart", identity="n1"), check_mode=False)
+
+
+def test_provision_with_an_identity_runs_that_node_alone_and_fails_with_its_reason(monkeypatch):
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import node_provision_result
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.flow import NodeOutcome
+
+    ran = []
+
+    def one_node(settings, identity):
+        ran.append(identity)
+        return node_provision_result(NodeOutcome(identity, "failed", "gencsr: no reply", "gencsr"), False, [])
+
+    monkeypatch.setattr(task, "run_node_provision", one_node)
+    monkeypatch.setattr(bulk, "provision", lambda settings: pytest.fail("the bulk run discovers: not for one node"))
+    result, _warnings = task.run_task(params(helper="/bin/true", identity="n1"), check_mode=False)
+    assert ran == ["n1"] and result["failed_nodes"] == {"n1": "gencsr: no reply"} and result["status"] == "failed"
+    with pytest.raises(task.TaskFailure, match=r"^n1 failed: gencsr: no reply$") as err:
+        task.run_task(params(helper="/bin/true", identity="n1", fail_on_node_error=True), check_mode=False)
+    assert "msg" not in err.value.result
