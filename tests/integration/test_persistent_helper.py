@@ -10,6 +10,7 @@ import json
 import pathlib
 import sys
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.actions import run_node_provision
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import BulkRun
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import decider_for
 from tests.integration.test_provision import TOKEN, assert_member, in_provisioning, member_config, settings
@@ -94,3 +95,33 @@ def test_a_helper_failing_one_node_is_replaced_and_only_that_node_fails(nats_bro
         assert in_provisioning(nats_broker, sorted(faults)) == sorted(faults)
     # One process at a time: each protocol failure replaced it, the refusal did not.
     assert decider.pool.processes[0].starts == 1 + 6 and decider.pool.processes[0].proc is None
+
+
+def helper_processes_running(marker: str) -> list[int]:
+    """Processes whose command line names ``marker`` (the test's own base configuration file)."""
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:  # it exited while we looked
+            continue
+    return found
+
+
+def test_the_per_host_path_stops_its_persistent_helper_when_the_node_is_done(nats_broker, members, ca, tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(member_config(members)))
+    helper = [sys.executable, str(HELPERS / "policy_helper.py"), *signing_args(ca, base), "--persistent"]
+    with AgentFleet(nats_broker.url, 2, tmp_path / "fleet", token=TOKEN) as fleet:
+        node = fleet.identities[0]
+        out = run_node_provision(settings(nats_broker, helper=helper, helper_mode="persistent"), node)
+        assert out["status"] == "provisioned", out
+        assert_member(
+            fleet,
+            node,
+            ca["ca_cert"],
+            {**member_config(members), "identity": node, "plugin.choria.server.provision": "false"},
+        )
+        assert in_provisioning(nats_broker, [fleet.identities[1]]) == [fleet.identities[1]]
+    assert helper_processes_running(str(base)) == []

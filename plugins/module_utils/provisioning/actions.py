@@ -174,8 +174,16 @@ def run_node_provision(settings: ProvisionSettings, identity: str) -> dict:
     if not valid_identity(identity):
         raise ProvisionError(f"identity {identity!r} is not a valid node name")
     decider = decider_for(settings)
+
+    async def run():
+        try:
+            return await node_provision(settings, identity, decider)
+        finally:
+            if decider is not None:
+                await decider.finish()  # persistent helpers live in this loop
+
     try:
-        outcome = asyncio.run(node_provision(settings, identity, decider))
+        outcome = asyncio.run(run())
     finally:
         if decider is not None:
             decider.close()
