@@ -86,19 +86,29 @@ class ProtocolError(ValueError):
 
 class _RequestIds:
     """Unpredictable request ids (a reply subject ends in one), 16 bytes of the kernel's CSPRNG each, read 256 ids at
-    a time: one getrandom call per id cost a bulk run a fifth of its event loop's time on a loaded machine."""
+    a time: one getrandom call per id cost a bulk run a fifth of its event loop's time on a loaded machine.
+
+    The batch belongs to one process: a forked child (an Ansible worker per task, a signing worker) would otherwise
+    hand out the very ids its parent and its siblings hand out next, and the nodes refuse repeated ids as replays.
+    """
 
     BATCH = 256
 
     def __init__(self):
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)  # also a fresh lock, in case a thread held it at fork
+
+    def _reset(self) -> None:
         self.lock = threading.Lock()
         self.pool = b""
         self.used = 0
+        self.pid = os.getpid()
 
     def next(self) -> str:
         with self.lock:
-            if self.used >= len(self.pool):
-                self.pool, self.used = os.urandom(16 * self.BATCH), 0
+            if self.used >= len(self.pool) or self.pid != os.getpid():
+                self.pool, self.used, self.pid = os.urandom(16 * self.BATCH), 0, os.getpid()
             pool, start = self.pool, self.used
             self.used += 16
         return pool[start : start + 16].hex()

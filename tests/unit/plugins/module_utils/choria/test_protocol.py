@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import json
+import os
 
 import jsonschema
 import pytest
@@ -273,3 +274,23 @@ def test_token_compare_takes_any_text():
 def test_request_ids_are_32_hex_characters_and_never_repeat_across_batches():
     ids = [p.new_request_id() for _index in range(1000)]  # several batches of the kernel's random bytes
     assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_forked_child_never_hands_out_its_parents_next_request_ids():
+    """Ansible forks a worker per task after the inventory plugin drew ids: each worker's ids must be its own."""
+    p.new_request_id()  # the parent now holds a batch with ids left in it
+    read_end, write_end = os.pipe()
+    children = []
+    for _child in range(2):
+        pid = os.fork()
+        if pid == 0:  # the child: report its next ids and leave at once
+            os.write(write_end, "".join(p.new_request_id() for _index in range(3)).encode() + b"\n")
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        child_ids = [line.strip() for line in reader]
+    parent_ids = "".join(p.new_request_id() for _index in range(3))
+    assert len(child_ids) == 2 and len({*child_ids, parent_ids}) == 3
