@@ -24,7 +24,7 @@ import os
 
 from ..choria.config import IDENTITY_KEY, PROVISION_KEY
 from ..pki.issuance import signer_from_params
-from ..pki.policy import DEFAULT_VALID_DAYS, PolicyError
+from ..pki.policy import DEFAULT_VALID_DAYS
 from ..pki.signer import Signer
 from ..pki.x509 import PkiError
 from .helper import (
@@ -42,7 +42,7 @@ from .helper import (
 )
 from .helper_pool import PersistentHelperPool
 from .settings import ProvisionError, ProvisionSettings
-from .signing_pool import ERROR, ISSUED, REFUSED, BrokenProcessPool, SigningPool
+from .signing_pool import ISSUED, REFUSED, BrokenProcessPool, SigningPool, sign_outcome
 
 
 def helper_concurrency(mode: str, workers: int, configured: int = 0) -> int:
@@ -156,7 +156,7 @@ class SignerDecider:
                     f"signer could not sign the CSR of {identity}: {self.pool.broken} (later nodes are signed inline)"
                 ) from None
         else:
-            outcome = self._sign_inline(csr_pem, identity)
+            outcome = sign_outcome(self.signer, csr_pem, identity, self.valid_days, self.profile)
         if outcome[0] != ISSUED:
             verb = "refused" if outcome[0] == REFUSED else "could not sign"
             raise NodeFailure(f"signer {verb} the CSR of {identity}: {outcome[1]}")
@@ -171,15 +171,6 @@ class SignerDecider:
             configuration=configuration,
             msg=f"signed serial {serial_hex}",
         )
-
-    def _sign_inline(self, csr_pem: str, identity: str) -> tuple:
-        try:
-            issued = self.signer.sign(csr_pem, identity, valid_days=self.valid_days, profile=self.profile)
-        except PolicyError as exc:
-            return (REFUSED, str(exc))
-        except PkiError as exc:
-            return (ERROR, str(exc))
-        return (ISSUED, issued.certificate, issued.ca, issued.serial_hex)
 
     def warnings(self) -> list[str]:
         warnings = list(getattr(self.ca, "warnings", []) or [])

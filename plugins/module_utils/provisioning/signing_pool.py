@@ -23,7 +23,15 @@ from ..pki.x509 import PkiError
 # Issued: ("issued", certificate PEM, CA chain PEM, serial hex); refused by the policy: ("refused", why);
 # any other signer error: ("error", why).
 ISSUED, REFUSED, ERROR = "issued", "refused", "error"
-__all__ = ["ERROR", "ISSUED", "REFUSED", "BrokenProcessPool", "SigningPool", "default_signing_processes"]
+__all__ = [
+    "ERROR",
+    "ISSUED",
+    "REFUSED",
+    "BrokenProcessPool",
+    "SigningPool",
+    "default_signing_processes",
+    "sign_outcome",
+]
 
 _worker_signer = None  # the worker's signer, inherited from the parent at fork
 
@@ -37,18 +45,25 @@ def _ready() -> int:
     return os.getpid()
 
 
-def sign_in_worker(csr_pem: str, identity: str, valid_days: int, profile: str) -> tuple:
-    """Runs in a worker: one CSR checked and signed; the outcome as a tuple (see ISSUED, REFUSED, ERROR)."""
+def sign_outcome(signer, csr_pem: str, identity: str, valid_days: int, profile: str) -> tuple:
+    """One CSR checked and signed by ``signer``, the outcome as a tuple (see ISSUED, REFUSED, ERROR); inline or in a
+    worker alike."""
     try:
-        issued = _worker_signer.sign(csr_pem, identity, valid_days=valid_days, profile=profile)
+        issued = signer.sign(csr_pem, identity, valid_days=valid_days, profile=profile)
     except PolicyError as exc:
         return (REFUSED, str(exc))
     except PkiError as exc:
         return (ERROR, str(exc))
+    return (ISSUED, issued.certificate, issued.ca, issued.serial_hex)
+
+
+def sign_in_worker(csr_pem: str, identity: str, valid_days: int, profile: str) -> tuple:
+    """Runs in a worker: ``sign_outcome`` with the inherited signer."""
+    try:
+        return sign_outcome(_worker_signer, csr_pem, identity, valid_days, profile)
     # A worker must answer for every node, whatever the signer raised.
     except Exception as exc:  # pylint: disable=broad-except
         return (ERROR, f"{type(exc).__name__}: {exc}")
-    return (ISSUED, issued.certificate, issued.ca, issued.serial_hex)
 
 
 def default_signing_processes() -> int:
