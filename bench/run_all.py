@@ -19,11 +19,11 @@ def main(argv):
     print(f"machine: {platform.machine()}, {os.cpu_count() or 0} cores, Python {platform.python_version()}")
     failed = []
     for bench in sorted(here.glob("bench_*.py")):
-        print("\n=== {} {}".format(bench.name, " ".join(argv)), flush=True)
+        print(f"\n=== {bench.name} {' '.join(argv)}", flush=True)
         if subprocess.run([sys.executable, str(bench), *argv], check=False).returncode != 0:
             failed.append(bench.name)
     if failed:
-        print("\nfailed: {}".format(", ".join(failed)))
+        print(f"\nfailed: {', '.join(failed)}")
         return 1
     return 0
 

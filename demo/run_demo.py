@@ -99,7 +99,7 @@ def ansible_env():
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".venv" / "collections"),
         ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
         ANSIBLE_NOCOLOR="1",
-        PATH="{}:{}".format(BIN, env.get("PATH", "")),
+        PATH=f"{BIN}:{env.get('PATH', '')}",
         ANSIBLE_LOCALHOST_WARNING="0",
         ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
     )
@@ -135,7 +135,7 @@ def node_summary(node_dir):
     return {
         "outcome": "provisioning" if provisioning else "configured",
         "expires": expiry,
-        "where": "{} @ {}".format(conf.get("main_collective", "-"), conf.get("plugin.choria.middleware_hosts", "-")),
+        "where": f"{conf.get('main_collective', '-')} @ {conf.get('plugin.choria.middleware_hosts', '-')}",
         "key_mode": oct((node_dir / "ssl" / "private.pem").stat().st_mode & 0o777)
         if (node_dir / "ssl" / "private.pem").exists()
         else "-",
@@ -314,7 +314,7 @@ def main():
             text=True,
         )
         print("\n".join(line for line in third.stdout.splitlines() if line.startswith("localhost")))
-        print("{} is now: {}".format(victim, node_summary(RUN / "fleet" / victim)["outcome"]))
+        print(f"{victim} is now: {node_summary(RUN / 'fleet' / victim)['outcome']}")
         fourth = run(
             [
                 BIN / "ansible-playbook",
@@ -333,7 +333,7 @@ def main():
         )
         print("\n".join(line for line in fourth.stdout.splitlines() if line.startswith("localhost")))
         again = node_summary(RUN / "fleet" / victim)
-        print("{} is now: {}, certificate until {}".format(victim, again["outcome"], again["expires"]))
+        print(f"{victim} is now: {again['outcome']}, certificate until {again['expires']}")
         print(f"\ndemo finished in {time.monotonic() - started:.1f}s; files in {RUN}")
         return (
             0

@@ -99,7 +99,7 @@ class ActionModule(ActionBase):
             module_args["revoke"] = revoke
         out = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         if out.get("failed") or out.get("unreachable"):
-            raise SshKeyError("{} on the target failed: {}".format(step, out.get("msg", "no message")))
+            raise SshKeyError(f"{step} on the target failed: {out.get('msg', 'no message')}")
         return out
 
     # ------------------------------------------------------------------------------------------ the rotation
@@ -187,8 +187,8 @@ class ActionModule(ActionBase):
                 out["added"] = False
             except (SshKeyError, AnsibleError) as exc:
                 outcome = (
-                    "removing the new key again failed too ({}); it is still in {}, and the old keys were "
-                    "left in place".format(exc, out["authorized_keys"])
+                    f"removing the new key again failed too ({exc}); it is still in {out['authorized_keys']}, "
+                    "and the old keys were left in place"
                 )
         else:
             outcome = (
@@ -221,9 +221,8 @@ class ActionModule(ActionBase):
             keys.trailing_newline = True
             keys.lines.append(
                 AuthorizedKeyLine(
-                    "{} (public key of {}, generated when the task runs) {}".format(
-                        "ssh-ed25519" if args["key_type"] == "ed25519" else "ssh-rsa", pair.path, pair.comment
-                    )
+                    f"{'ssh-ed25519' if args['key_type'] == 'ed25519' else 'ssh-rsa'} "
+                    f"(public key of {pair.path}, generated when the task runs) {pair.comment}"
                 )
             )
         revoked = keys.remove(parse_revoke(revoke), keep=public)
@@ -240,9 +239,9 @@ class ActionModule(ActionBase):
         }
         if after != current["content"]:
             out["diff"] = _diff(current["authorized_keys"], current["content"], after)
-        out["msg"] = (
-            "would generate a {} key pair at {}; ".format(args["key_type"], pair.path) if generate else ""
-        ) + _summary(self._node, out, would=True)
+        out["msg"] = (f"would generate a {args['key_type']} key pair at {pair.path}; " if generate else "") + _summary(
+            self._node, out, would=True
+        )
         if warnings:
             out["warnings"] = warnings
         return out
@@ -256,14 +255,14 @@ def _summary(node, out, would=False) -> str:
     new = out["fingerprint"] or "the new key"
     if would:
         parts = ([f"would add {new}"] if out["added"] else []) + (
-            ["would revoke {}".format(", ".join(out["revoked"]))] if out["revoked"] else []
+            [f"would revoke {', '.join(out['revoked'])}"] if out["revoked"] else []
         )
     else:
         parts = (
             ([f"added {new}"] if out["added"] else [])
             + (["fresh login with the new key verified"] if out.get("verified") else [])
-            + (["revoked {}".format(", ".join(out["revoked"]))] if out["revoked"] else [])
+            + ([f"revoked {', '.join(out['revoked'])}"] if out["revoked"] else [])
         )
     if not out["added"] and not out["revoked"]:
         parts.insert(0, f"{new} already present, nothing to revoke")
-    return "{}: {}".format(node, "; ".join(parts))
+    return f"{node}: {'; '.join(parts)}"

@@ -199,7 +199,7 @@ def flattenable_fact_name(name, prefix=""):
     """The host variable name for top-level fact ``name``, or None when it must not become one."""
     if not isinstance(name, str):
         return None
-    varname = "{}{}".format(prefix or "", name)
+    varname = f"{prefix or ''}{name}"
     if not isidentifier(varname) or varname.startswith(("ansible_", "zeroinit_")):
         return None
     if varname in MAGIC_VARIABLES or is_reserved_name(varname):
@@ -303,9 +303,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if super().verify_file(path) and verify_path(path):
             return True
         self.display.debug(
-            "zeroinit.bootstrap.provisioning: skipping {}, the file name must end with {}".format(
-                path, " or ".join(VALID_FILE_SUFFIXES)
-            )
+            f"zeroinit.bootstrap.provisioning: skipping {path}, the file name must end with "
+            f"{' or '.join(VALID_FILE_SUFFIXES)}"
         )
         return False
 
@@ -383,9 +382,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 hostvars, skipped = node_hostvars(identity, record, collective, flatten, prefix)
                 if skipped:
                     self.display.vvv(
-                        "zeroinit.bootstrap.provisioning: {}: facts not flattened: {}".format(
-                            identity, ", ".join(map(str, skipped))
-                        )
+                        f"zeroinit.bootstrap.provisioning: {identity}: facts not flattened: "
+                        f"{', '.join(map(str, skipped))}"
                     )
                 if "zeroinit_inventory_error" in hostvars:
                     failed.append(identity)
@@ -411,7 +409,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         super().parse(inventory, loader, path, cache=cache)
         self._read_config_data(path)
         brokers = self._brokers()
-        cache_key = "{}_{}".format(self.get_cache_key(path), query_fingerprint(brokers, self.get_option("collective")))
+        cache_key = f"{self.get_cache_key(path)}_{query_fingerprint(brokers, self.get_option('collective'))}"
 
         # The aws_ec2 pattern: read the cache only when the user enabled it and Ansible did not ask for a refresh.
         use_cache = self.get_option("cache")

@@ -386,6 +386,7 @@ changed_instances:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.outcome import exit_with_outcome
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
     SIGNER_REQUIRED_IF,
     signer_argument_spec,
@@ -458,11 +459,7 @@ MODULE_OPTIONS = dict(
 def main():
     module = AnsibleModule(supports_check_mode=True, **MODULE_OPTIONS)
     outcome = task_outcome(module.params, module.check_mode, module._diff)
-    for warning in outcome.pop("warnings"):
-        module.warn(warning)
-    if outcome.pop("failed", False):
-        module.fail_json(**outcome)
-    module.exit_json(**outcome)
+    exit_with_outcome(module, outcome)
 
 
 if __name__ == "__main__":

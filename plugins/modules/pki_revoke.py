@@ -157,6 +157,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.deps imp
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
 )
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.outcome import exit_with_outcome
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.crl import (
     DEFAULT_CRL_RENEW_BEFORE_DAYS,
     DEFAULT_CRL_VALID_DAYS,
@@ -190,9 +191,7 @@ def main():
         result = CertificateRevocation(module.params).run(check_mode=module.check_mode)
     except PkiError as exc:
         module.fail_json(msg=str(exc), field=exc.field)
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    module.exit_json(**result)
+    exit_with_outcome(module, result)
 
 
 if __name__ == "__main__":

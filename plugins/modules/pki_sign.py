@@ -167,6 +167,7 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.common.outcome import exit_with_outcome
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.issuance import (
     SIGNER_REQUIRED_IF,
     issuance_outcome,
@@ -199,11 +200,7 @@ MODULE_OPTIONS = dict(
 def main():
     module = AnsibleModule(supports_check_mode=True, **MODULE_OPTIONS)
     outcome = issuance_outcome(module.params, module.check_mode, module._diff)
-    for warning in outcome.pop("warnings"):
-        module.warn(warning)
-    if outcome.pop("failed", False):
-        module.fail_json(**outcome)
-    module.exit_json(**outcome)
+    exit_with_outcome(module, outcome)
 
 
 if __name__ == "__main__":

@@ -112,9 +112,8 @@ class LoginProbe:
         if self.expect.fingerprint not in accepted:
             return ProbeResult(
                 False,
-                "the server accepted {}, not the new key {}".format(
-                    ", ".join(accepted) or "no public key", self.expect.fingerprint
-                ),
+                f"the server accepted {', '.join(accepted) or 'no public key'}, "
+                f"not the new key {self.expect.fingerprint}",
             )
         if _PROOF not in proc.stdout.decode("utf-8", "replace"):
             return ProbeResult(False, "logged in, but the remote command did not run (forced command?)")

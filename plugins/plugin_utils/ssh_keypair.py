@@ -113,9 +113,7 @@ class ControllerKeyPair:
         elif self.key_type == "rsa":
             size = self.key_size or 3072
             if size not in RSA_SIZES:
-                raise SshKeyError(
-                    "key_size {} is not allowed for rsa (one of {})".format(size, ", ".join(map(str, RSA_SIZES)))
-                )
+                raise SshKeyError(f"key_size {size} is not allowed for rsa (one of {', '.join(map(str, RSA_SIZES))})")
             private = rsa.generate_private_key(public_exponent=65537, key_size=size)
         else:
             raise SshKeyError(f"key_type {self.key_type!r} is not supported (ed25519 or rsa)")

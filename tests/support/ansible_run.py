@@ -45,7 +45,7 @@ def ansible_env(extra: dict | None = None) -> dict:
             "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore",
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-            "PATH": "{}:{}".format(VENV_BIN, os.environ.get("PATH", "")),
+            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
         }
     )
     if extra:

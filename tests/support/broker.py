@@ -135,10 +135,10 @@ class EmbeddedBroker:
         if self.tls:
             lines += [
                 "tls {",
-                "  cert_file: {}".format(_quote(self.tls["cert"])),
-                "  key_file: {}".format(_quote(self.tls["key"])),
-                "  ca_file: {}".format(_quote(self.tls["ca"])),
-                "  verify: %s" % ("true" if self.tls.get("verify", True) else "false"),
+                f"  cert_file: {_quote(self.tls['cert'])}",
+                f"  key_file: {_quote(self.tls['key'])}",
+                f"  ca_file: {_quote(self.tls['ca'])}",
+                f"  verify: {'true' if self.tls.get('verify', True) else 'false'}",
                 "  timeout: 5",
                 "}",
             ]

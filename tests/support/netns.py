@@ -90,7 +90,7 @@ class Host:
                 return os.path.join(
                     self.root, "fs", private.strip("/").replace("/", "_"), inside[len(private) :].lstrip("/")
                 )
-        raise ValueError("{} is not a per-host directory ({})".format(inside, ", ".join(PRIVATE_DIRS)))
+        raise ValueError(f"{inside} is not a per-host directory ({', '.join(PRIVATE_DIRS)})")
 
     @property
     def int_id(self) -> int:
@@ -181,7 +181,7 @@ class TestNetwork:
             os.makedirs(source, exist_ok=True)
             os.chmod(source, 0o700 if private == "/root/.ssh" else 0o755)
             mounts.append(f"mount --bind {source} {private}")
-        script = "hostname {} && {} && exec sleep 2147483647".format(hostname, " && ".join(mounts))
+        script = f"hostname {hostname} && {' && '.join(mounts)} && exec sleep 2147483647"
         holder = subprocess.Popen(
             [
                 "ip",

@@ -375,7 +375,7 @@ def parse_json_object(raw: Any, where: str) -> dict:
 
 def _expect_protocol(doc: dict, protocol: str, where: str) -> None:
     if doc.get("protocol") != protocol:
-        raise ProtocolError("{}: protocol is {!r}, expected {!r}".format(where, doc.get("protocol"), protocol))
+        raise ProtocolError(f"{where}: protocol is {doc.get('protocol')!r}, expected {protocol!r}")
 
 
 def _string_field(doc: dict, name: str, where: str, allow_empty: bool = False) -> str:

@@ -133,11 +133,9 @@ async def connect(
         return client
     except asyncio.TimeoutError:
         reason = str(last_error[0]) or type(last_error[0]).__name__ if last_error else "no answer"
-        raise ConnectError(
-            "could not connect to {} within {:.0f}s: {}".format(", ".join(brokers), deadline, reason)
-        ) from None
+        raise ConnectError(f"could not connect to {', '.join(brokers)} within {deadline:.0f}s: {reason}") from None
     except (NatsError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         if last_error and last_error[0] is not exc:  # "no servers available" alone does not say why
             reason += " (last error: %s)" % (str(last_error[0]) or type(last_error[0]).__name__)
-        raise ConnectError("could not connect to {}: {}".format(", ".join(brokers), reason)) from None
+        raise ConnectError(f"could not connect to {', '.join(brokers)}: {reason}") from None

@@ -34,7 +34,7 @@ class InvalidAnnouncement(ValueError):
 
 def instance_name(cluster: str, address: str) -> str:
     # Dots would become DNS label separators inside the instance name; dashes keep it one label.
-    return "{}-{}.{}".format(cluster, address.replace(".", "-"), SERVICE_TYPE)
+    return f"{cluster}-{address.replace('.', '-')}.{SERVICE_TYPE}"
 
 
 def validate_cluster(cluster: str) -> str:
@@ -137,9 +137,9 @@ def decode_txt(
 ) -> Announcement:
     """The announcement in ``props`` if it belongs to ``cluster`` and (with a secret) is signed and fresh."""
     if props.get("v") != PROTOCOL_VERSION:
-        raise InvalidAnnouncement("protocol version {!r}".format(props.get("v")))
+        raise InvalidAnnouncement(f"protocol version {props.get('v')!r}")
     if props.get("c") != cluster:
-        raise InvalidAnnouncement("cluster {!r}".format(props.get("c")))
+        raise InvalidAnnouncement(f"cluster {props.get('c')!r}")
     if secret:
         if "h" not in props:
             raise InvalidAnnouncement("unsigned")

@@ -122,7 +122,7 @@ class OwnAnnouncement:
             self.name,
             port=0,
             properties=encode_txt(self.me, self.secret),
-            server="zeroinit-{}.local.".format(self.address.replace(".", "-")),
+            server=f"zeroinit-{self.address.replace('.', '-')}.local.",
             addresses=[socket.inet_aton(self.address)],
             host_ttl=RECORD_TTL,
             other_ttl=RECORD_TTL,
@@ -180,9 +180,8 @@ class PeerView:
             genuine = not self.secret or ("h" in props and verify_announcement(props, self.secret))
             if props.get("n") not in self.own.nonces and not goodbye and genuine:
                 self.conflict = (
-                    "another member announces this host's address {} in cluster {!r} (election ID {})".format(
-                        self.own.address, self.cluster, props.get("id", "?")
-                    )
+                    f"another member announces this host's address {self.own.address} in cluster {self.cluster!r} "
+                    f"(election ID {props.get('id', '?')})"
                 )
             return
         if props.get("c") != self.cluster:
@@ -247,9 +246,7 @@ class PeerView:
             if peer.withdrawn and follows:
                 continue
             if peer.withdrawn and ann.state != CANDIDATE:
-                pending[address] = "gave up (withdrew as {} of {} for {})".format(
-                    ann.state, ann.leader, ",".join(ann.members)
-                )
+                pending[address] = f"gave up (withdrew as {ann.state} of {ann.leader} for {','.join(ann.members)})"
             elif peer.withdrawn and peer.final:
                 pending[address] = "gave up (withdrew as a candidate, without accepting this leader)"
             elif peer.withdrawn:
@@ -432,8 +429,10 @@ class LeaderElection:
         head = f"election in cluster {self.cluster!r} timed out after {self.timeout:g}s on {self.address}"
         if self.me.state == LEADER:
             pending = self.peers.unconfirmed()
-            msg = "{}: this host leads {} but these members did not withdraw as its followers: {}".format(
-                head, ", ".join(self.me.members), "; ".join("{} {}".format(*item) for item in sorted(pending.items()))
+            unconfirmed = "; ".join(f"{member} {state}" for member, state in sorted(pending.items()))
+            msg = (
+                f"{head}: this host leads {', '.join(self.me.members)} but these members did not withdraw as its "
+                f"followers: {unconfirmed}"
             )
         elif len(seen) < self.expect:
             ever = self.peers.ever_seen()
@@ -445,7 +444,7 @@ class LeaderElection:
                 return f"{head}: {exc}"
             lead = decision.leader
             if lead.state == LEADER:
-                said = "announced members {}".format(", ".join(lead.members))
+                said = f"announced members {', '.join(lead.members)}"
             else:
                 said = f"did not announce that it leads (state {lead.state})"
             msg = f"{head}: saw all {self.expect} expected members ({', '.join(decision.members)}) but the leader {lead.address} {said}"
@@ -453,8 +452,8 @@ class LeaderElection:
         if gone:
             msg += f"; of these withdrew: {describe(gone)}"
         if self.peers.ignored:
-            msg += "; ignored announcements: {}".format(
-                "; ".join("{} ({})".format(*item) for item in sorted(self.peers.ignored.items()))
+            msg += "; ignored announcements: " + "; ".join(
+                f"{sender} ({why})" for sender, why in sorted(self.peers.ignored.items())
             )
         return msg
 

@@ -53,9 +53,7 @@ def new_private_key(key_type: str):
         return rsa.generate_private_key(public_exponent=65537, key_size=CA_RSA_BITS)
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
-    raise PkiError(
-        "ca_key_type must be one of {}, not {!r}".format(", ".join(CA_KEY_TYPES), key_type), field="ca_key_type"
-    )
+    raise PkiError(f"ca_key_type must be one of {', '.join(CA_KEY_TYPES)}, not {key_type!r}", field="ca_key_type")
 
 
 class CertificateAuthority:
@@ -72,9 +70,8 @@ class CertificateAuthority:
         require_cryptography()
         if not certificate_matches_key(certificate, private_key):
             raise PkiError(
-                "ca_key{} does not match the CA certificate ca_cert{} (different public keys)".format(
-                    f" {key_path}" if key_path else "", f" {cert_path}" if cert_path else ""
-                ),
+                f"ca_key{' ' + str(key_path) if key_path else ''} does not match the CA certificate "
+                f"ca_cert{' ' + str(cert_path) if cert_path else ''} (different public keys)",
                 field="ca_key",
             )
         try:
@@ -84,8 +81,8 @@ class CertificateAuthority:
             is_ca = False
         if not is_ca:
             raise PkiError(
-                "ca_cert%s is not a CA certificate (BasicConstraints CA:TRUE missing)"
-                % (f" {cert_path}" if cert_path else ""),
+                f"ca_cert{' ' + str(cert_path) if cert_path else ''} "
+                "is not a CA certificate (BasicConstraints CA:TRUE missing)",
                 field="ca_cert",
             )
         try:
@@ -94,8 +91,8 @@ class CertificateAuthority:
             may_sign = True  # no KeyUsage: not restricted (RFC 5280 4.2.1.3)
         if not may_sign:
             raise PkiError(
-                "ca_cert%s may not sign certificates (KeyUsage keyCertSign missing)"
-                % (f" {cert_path}" if cert_path else ""),
+                f"ca_cert{' ' + str(cert_path) if cert_path else ''} "
+                "may not sign certificates (KeyUsage keyCertSign missing)",
                 field="ca_cert",
             )
         self.certificate = certificate

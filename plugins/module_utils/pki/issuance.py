@@ -180,7 +180,7 @@ class CertificateIssuance:
                 return handle.read()
         except (OSError, UnicodeDecodeError) as exc:
             raise PkiError(
-                "csr_path {} cannot be read: {}".format(path, getattr(exc, "strerror", None) or exc), field="csr_path"
+                f"csr_path {path} cannot be read: {getattr(exc, 'strerror', None) or exc}", field="csr_path"
             ) from exc
 
     @staticmethod

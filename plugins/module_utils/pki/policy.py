@@ -127,7 +127,7 @@ class CsrPolicy:
         for kt in self.key_types:
             if kt not in KEY_TYPES:
                 raise PkiError(
-                    "allowed_key_types: unknown key type {!r} (known: {})".format(kt, ", ".join(KEY_TYPES)),
+                    f"allowed_key_types: unknown key type {kt!r} (known: {', '.join(KEY_TYPES)})",
                     field="allowed_key_types",
                 )
         if self.max_valid_days < 1:
@@ -271,9 +271,7 @@ class CsrPolicy:
         raise PolicyError(
             "allowed_sans",
             name,
-            "name {!r} matches none of the allowed_sans patterns {}".format(
-                name, ", ".join(repr(p) for p in self.allowed_sans)
-            ),
+            f"name {name!r} matches none of the allowed_sans patterns {', '.join(repr(p) for p in self.allowed_sans)}",
         )
 
     @staticmethod
@@ -294,7 +292,7 @@ class CsrPolicy:
             raise PolicyError(
                 "key_types",
                 key_type,
-                "key type {!r} is not allowed (allowed: {})".format(key_type, ", ".join(self.key_types)),
+                f"key type {key_type!r} is not allowed (allowed: {', '.join(self.key_types)})",
             )
         if key_type == "rsa" and int(detail) < self.min_rsa_bits:
             raise PolicyError(
@@ -306,7 +304,7 @@ class CsrPolicy:
             raise PolicyError(
                 "key_types",
                 detail,
-                "EC curve {!r} is not allowed (allowed: {})".format(detail, ", ".join(self.ec_curves)),
+                f"EC curve {detail!r} is not allowed (allowed: {', '.join(self.ec_curves)})",
             )
         return key_type, detail
 

@@ -114,7 +114,7 @@ def leaf_key_usage(key_type: str):
 
 def check_profile(profile: str) -> None:
     if profile not in PROFILE_USAGES:
-        raise PkiError("profile must be one of {}, not {!r}".format(", ".join(PROFILES), profile), field="profile")
+        raise PkiError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}", field="profile")
 
 
 def extended_key_usage(profile: str):

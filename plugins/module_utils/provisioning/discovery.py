@@ -72,9 +72,7 @@ def check_settings(timeout: Any, listen: Any, expect: Any, inventory_timeout: An
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise DiscoveryError(f"{name} must be a number of seconds, got {value!r}")
         if value < minimum or (name != "listen" and value == 0):
-            raise DiscoveryError(
-                "{} must be {} 0 seconds, got {!r}".format(name, ">=" if name == "listen" else ">", value)
-            )
+            raise DiscoveryError(f"{name} must be {'>=' if name == 'listen' else '>'} 0 seconds, got {value!r}")
     if expect is not None and (not isinstance(expect, int) or isinstance(expect, bool) or expect < 1):
         raise DiscoveryError(f"expect must be a positive number of nodes, got {expect!r}")
 
@@ -88,7 +86,7 @@ def _tls_context(tls: dict | None) -> ssl.SSLContext | None:
         return tls_context(ca=tls.get("ca") or None, cert=tls.get("cert") or None, key=tls.get("key") or None)
     except (OSError, ssl.SSLError) as exc:
         raise DiscoveryError(
-            "TLS files for the broker are unusable (ca={}, cert={}): {}".format(tls.get("ca"), tls.get("cert"), exc)
+            f"TLS files for the broker are unusable (ca={tls.get('ca')}, cert={tls.get('cert')}): {exc}"
         ) from None
 
 
@@ -322,9 +320,7 @@ class FleetDiscovery:
             )
         except ConnectError as exc:
             raise DiscoveryError(
-                "cannot reach the provisioning broker(s) {}: {}".format(
-                    ", ".join(self.brokers), str(exc).split(": ", 1)[-1]
-                )
+                f"cannot reach the provisioning broker(s) {', '.join(self.brokers)}: {str(exc).split(': ', 1)[-1]}"
             ) from None
         self._enough = asyncio.Event()
         self._slots = asyncio.Semaphore(INVENTORY_IN_FLIGHT)
@@ -354,9 +350,8 @@ class FleetDiscovery:
             self.timings["total"] = time.monotonic() - started
         except NatsError as exc:
             raise DiscoveryError(
-                "lost the connection to the provisioning broker(s) {} during discovery: {}".format(
-                    ", ".join(self.brokers), exc or type(exc).__name__
-                )
+                f"lost the connection to the provisioning broker(s) {', '.join(self.brokers)} during discovery: "
+                f"{exc or type(exc).__name__}"
             ) from None
         finally:
             self._closed = True

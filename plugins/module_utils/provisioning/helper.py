@@ -284,9 +284,8 @@ async def run_helper(
         kill_group(proc)
         await proc.wait()
         raise NodeFailure(
-            "helper ran longer than {:g}s for {} and was killed; stderr: {}".format(
-                timeout, identity, stderr_tail(stderr.decode("utf-8", "replace"))
-            )
+            f"helper ran longer than {timeout:g}s for {identity} and was killed; "
+            f"stderr: {stderr_tail(stderr.decode('utf-8', 'replace'))}"
         ) from None
     except BaseException:
         kill_group(proc)
