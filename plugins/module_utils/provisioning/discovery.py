@@ -156,6 +156,7 @@ class FleetDiscovery:
         self.warn = warn or (lambda _msg: None)
         self.signer = signer  # choria.security.RequestSigner: sign the ping and the inventory requests
         self.nodes: dict[str, _Node] = {}
+        self._here = 0  # nodes seen and not departed
         self.rejected: set[str] = set()
         self.listener = NodeEventListener(self._on_event, self._on_rejected)
         self.timings: dict[str, float] = {}
@@ -171,7 +172,9 @@ class FleetDiscovery:
     # ----------------------------------------------------------------------------------- bookkeeping
 
     def _known(self) -> int:
-        return sum(1 for node in self.nodes.values() if not node.departed)
+        """How many nodes are here (seen and not departed): counted as they come and go, not by a walk over
+        every node, which made discovery quadratic in the fleet's size (one walk per pong)."""
+        return self._here
 
     def _seen(self, identity: Any, source: str, revive: bool = False) -> _Node | None:
         """Note that ``identity`` was seen via ``source``; returns its node, or None when it is refused.
@@ -188,11 +191,13 @@ class FleetDiscovery:
         node = self.nodes.get(identity)
         if node is None:
             node = self.nodes[identity] = _Node()
+            self._here += 1
             if self._inventory_started:
                 self._enqueue(identity)
         elif node.departed and revive:
             # Back after a shutdown (a restart): it is here again, and its inventory may never have been read.
             node.departed = False
+            self._here += 1
             if self._inventory_started and node.inventory is None:
                 self._enqueue(identity)
         node.sources.add(source)
@@ -217,7 +222,11 @@ class FleetDiscovery:
             if self._closed:
                 return
             # Remembered even when the node is not known yet: its pong may still be waiting to be handled.
-            node = self.nodes.setdefault(event.identity, _Node())
+            node = self.nodes.get(event.identity)
+            if node is None:
+                node = self.nodes[event.identity] = _Node()
+            elif not node.departed:
+                self._here -= 1
             node.departed = True
             node.events = ([*node.events, event.summary])[-EVENTS_KEPT:]
             return

@@ -13,7 +13,7 @@ import yaml
 from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.inventory import BaseInventoryPlugin
+from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 from ansible.plugins.loader import init_plugin_loader, inventory_loader
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -225,17 +225,117 @@ def test_each_constructed_expression_is_compiled_once_for_the_whole_fleet(tmp_pa
         return real_compile(self, expression, options)
 
     monkeypatch.setattr(engine_class, "_compile_expression", counting_compile)
-    keyed = [{"key": "zeroinit_facts.role", "prefix": "role"}]
-    plugin, inventory, _path = load_plugin(tmp_path, {"keyed_groups": keyed, "compose": {"r": "zeroinit_facts.role"}})
+    text = "zeroinit_facts.role | lower"  # a filter: Jinja evaluates it (a bare variable path is looked up directly)
+    keyed = [{"key": text, "prefix": "role"}]
+    plugin, inventory, _path = load_plugin(tmp_path, {"keyed_groups": keyed, "compose": {"r": text}})
     fleet = {f"n{number}.example.net": record({"role": f"r{number % 3}"}) for number in range(30)}
     plugin._populate(fleet)
-    assert compiled == ["zeroinit_facts.role"]  # one text, compose and key alike, 30 hosts: one compilation
+    assert compiled == [text]  # one text, compose and key alike, 30 hosts: one compilation
     assert members(inventory, "role_r1") == sorted(name for name in fleet if int(name[1:].split(".")[0]) % 3 == 1)
     assert hostvars(inventory, "n4.example.net")["r"] == "r1"
     # The memo lives only while the plugin populates: the next run compiles (and checks) afresh.
     assert "_compile_expression" not in vars(plugin.templar._engine)
     plugin._populate({"n99.example.net": record({"role": "late"})})
-    assert compiled == ["zeroinit_facts.role"] * 2 and members(inventory, "role_late") == ["n99.example.net"]
+    assert compiled == [text] * 2 and members(inventory, "role_late") == ["n99.example.net"]
+
+
+PATH_VARIABLES = {
+    "role": "web",
+    "port": 4222,
+    "ratio": 0.5,
+    "enabled": False,
+    "nothing": None,
+    "facts": {"os": {"family": "Debian", "items": "shadowed"}, "tags": ["a", "b"], "role": "db", "keys": "k"},
+    "true": "a variable named like a literal",
+}
+
+
+@pytest.mark.parametrize(
+    "expression,direct",
+    [
+        ("role", True),
+        ("  facts.os.family ", True),
+        ("port", True),
+        ("ratio", True),
+        ("enabled", True),
+        ("nothing", True),
+        ("facts.role", True),
+        ("facts.os.items", False),  # a dict method in Jinja, not the key
+        ("facts.keys", False),
+        ("facts.tags", False),  # a container: Jinja's copy
+        ("facts", False),
+        ("facts.missing", False),  # undefined: Jinja decides
+        ("missing", False),
+        ("true", False),  # a Jinja literal
+        ("facts.role | upper", False),
+        ("facts['role']", False),
+        ("facts.tags.0", False),
+        ("role ~ '-x'", False),
+    ],
+)
+def test_a_variable_path_is_looked_up_as_jinja_would_evaluate_it(tmp_path, expression, direct):
+    plugin, _inventory, _path = load_plugin(tmp_path, {"compose": {"x": expression}})
+    expression = plugin.get_option("compose")["x"]  # as the plugin reads it from its file: trusted as a template
+    value = plugin_module.variable_path_value(expression, PATH_VARIABLES)
+    assert (value is not plugin_module.NOT_A_PATH) is direct
+    if direct:
+        by_jinja = Constructable._compose(plugin, expression, PATH_VARIABLES)
+        assert value == by_jinja and isinstance(by_jinja, type(value))  # Jinja's carries the expression's origin
+
+
+KEYED_FLEET = {
+    f"n{number}.example.net": record(
+        {"role": ["web", "db", "", None, "web", "cache"][number % 6], "os": {"family": "Debian"}, "items": "x"}
+    )
+    for number in range(12)
+}
+KEYS = [
+    {"key": "zeroinit_facts.role", "prefix": "role"},
+    {"key": "zeroinit_facts.role", "prefix": "r", "default_value": "none"},
+    {"key": " zeroinit_facts.os.family ", "prefix": "os", "separator": "-"},
+    {"key": "zeroinit_facts.items", "prefix": "m"},  # the dict method in Jinja: no usable group name
+    {"key": "zeroinit_facts.missing", "prefix": "gone", "default_value": "x"},
+    {"key": "zeroinit_facts", "prefix": "facts"},
+]
+
+
+def test_keyed_groups_from_variable_paths_are_the_groups_jinja_makes(tmp_path, monkeypatch):
+    def groups_of(path_value):
+        monkeypatch.setattr(plugin_module, "variable_path_value", path_value)
+        plugin, inventory, _path = load_plugin(tmp_path, {"keyed_groups": KEYS})
+        plugin._populate(KEYED_FLEET)
+        return {name: members(inventory, name) for name in inventory.groups}
+
+    original, looked_up = plugin_module.variable_path_value, []
+
+    def spying(expression, variables):
+        value = original(expression, variables)
+        looked_up.append(value is not plugin_module.NOT_A_PATH)
+        return value
+
+    direct = groups_of(spying)
+    by_jinja = groups_of(lambda _expression, _variables: plugin_module.NOT_A_PATH)
+    assert direct == by_jinja
+    assert direct["role_web"] == ["n0.example.net", "n10.example.net", "n4.example.net", "n6.example.net"]
+    assert direct["r_none"] == ["n2.example.net", "n3.example.net", "n8.example.net", "n9.example.net"]
+    # The first three keys were looked up for every host; the method, the missing key and the dict went to Jinja.
+    assert len(looked_up) == len(KEYS) * len(KEYED_FLEET) and sum(looked_up) == 3 * len(KEYED_FLEET)
+
+
+def test_with_extra_variables_every_key_goes_to_jinja(tmp_path):
+    plugin, inventory, _path = load_plugin(
+        tmp_path, {"use_extra_vars": True, "keyed_groups": [{"key": "zeroinit_facts.role", "prefix": "role"}]}
+    )
+    plugin._vars = {"zeroinit_facts": {"role": "from-extra-vars"}}
+    plugin._populate({"n1.example.net": record({"role": "web"})})
+    assert members(inventory, "role_from_extra_vars") == ["n1.example.net"] and "role_web" not in inventory.groups
+
+
+def test_an_untrusted_expression_is_refused_even_when_it_is_a_plain_path(tmp_path):
+    plugin, _inventory, _path = load_plugin(tmp_path, {"compose": {"x": "role"}})
+    assert plugin_module.variable_path_value("role", PATH_VARIABLES) is plugin_module.NOT_A_PATH
+    with pytest.raises(AnsibleError, match="untrusted"):
+        plugin._compose("role", PATH_VARIABLES)
 
 
 class EngineWithOtherArguments:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 from types import SimpleNamespace
 
@@ -85,6 +86,25 @@ def test_shutdown_and_provisioned_nodes_are_gone_until_they_come_back():
         ]
     )
     assert sorted(records(run)) == ["a.example.net", "c.example.net"]
+    assert run._known() == 2
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_count_of_nodes_here_follows_every_arrival_and_departure(seed):
+    """The running count ``expect`` is checked against equals a walk over every node, whatever the order."""
+    rng = random.Random(seed)
+    names = [f"n{i}.example.net" for i in range(5)]
+    steps = []
+    for _step in range(40):
+        name, kind = rng.choice(names), rng.choice(["pong", "startup", "shutdown", "provisioned", "registration"])
+        if kind == "pong":
+            steps.append(("_on_pong", pong(name)))
+        elif kind == "registration":
+            steps.append(("on_registration", message(events.registration_document(name, {}))))
+        else:
+            steps.append(("on_lifecycle", event(kind, name)))
+    run, _warnings, _enough = feed(steps)
+    assert run._known() == sum(1 for node in run.nodes.values() if not node.departed) == len(records(run))
 
 
 def test_events_of_other_components_are_not_provisioning_nodes():
