@@ -306,7 +306,7 @@ def variable_path_value(expression, variables):
         return NOT_A_PATH  # an untrusted expression is refused by Jinja, and stays refused
     value = variables
     for depth, name in enumerate(match.group(1).split(".")):
-        if name in JINJA_WORDS or type(value) is not dict or name not in value:
+        if name in JINJA_WORDS or not isinstance(value, dict) or name not in value:
             return NOT_A_PATH
         if depth and hasattr(value, name):
             return NOT_A_PATH
