@@ -20,7 +20,9 @@ from cryptography.x509.oid import NameOID
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import BulkRun, provision
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import SignerDecider
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.flow import FlowOptions, ProvisioningFlow
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import NodeFailure
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.rpc import RpcClient, RpcError
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 from tests.support.bus import BusCapture
 from tests.support.fleet import AgentFleet, discover
@@ -253,3 +255,55 @@ def test_a_node_that_boots_during_the_wait_window_is_provisioned(nats_broker, me
         finally:
             late.stop()
         assert out["provisioned"] == sorted(early.identities + late.identities)
+
+
+class LosesTheRestart:
+    """A real RPC client whose ``restart`` requests never reach the node, as in a broker restart between a node's
+    ``configure`` and its ``restart``."""
+
+    def __init__(self, client):
+        self.client = client
+        self.lost = []
+
+    async def call(self, identity, agent, action, data, **kw):
+        if action == "restart":
+            self.lost.append(identity)
+            raise RpcError(f"restart: no reply from {identity} within 1.0s (1 attempts)")
+        return await self.client.call(identity, agent, action, data, **kw)
+
+
+def test_a_node_whose_restart_was_lost_is_restarted_into_its_configuration_not_configured_again(
+    nats_broker, members, ca, tmp_path
+):
+    """Its configure locked it to the site (token only: trust on first use), so the next run's gencsr and configure
+    are refused; the next run sends the restart it missed, and the node joins its collective with the files and key
+    that configure wrote."""
+    config = member_config(members)
+    options = FlowOptions(token=TOKEN, timeout=5.0, retries=1)
+    with AgentFleet(nats_broker.url, 1, tmp_path / "fleet", token=TOKEN) as fleet:
+        identity = fleet.identities[0]
+
+        async def first_run():
+            # The provisioner's own caller id: the node's per-caller lock keeps others out while it works on it.
+            async with RpcClient([nats_broker.url], callerid=settings(nats_broker).callerid) as client:
+                lossy = LosesTheRestart(client)
+                decider = SignerDecider(ca, config)
+                try:
+                    return await ProvisioningFlow(lossy, decider, options).run(identity), lossy.lost
+                finally:
+                    await decider.finish()
+
+        outcome, lost = asyncio.run(first_run())
+        assert (outcome.status, outcome.step, lost) == ("failed", "restart", [identity])
+        assert in_provisioning(nats_broker, [identity]) == [identity]  # configured on disk, still waiting
+        configured = snapshot(fleet)
+
+        out = provision(settings(nats_broker, signer=ca, configuration=config))
+        assert out["provisioned"] == [identity] and out["failed"] == {}, out
+        assert members_answering(members, [identity]) == [identity]
+        decided = dict(config, identity=identity, **{"plugin.choria.server.provision": "false"})
+        assert_member(fleet, identity, ca["ca_cert"], decided)
+        # Nothing was configured again: the key, certificate and server.conf are the ones the first run wrote.
+        assert {
+            path: digest for path, digest in snapshot(fleet).items() if "/ssl/" in path or "server.conf" in path
+        } == {path: digest for path, digest in configured.items() if "/ssl/" in path or "server.conf" in path}

@@ -101,6 +101,9 @@ PROVISIONER_USAGE = x509.ObjectIdentifier(PROVISIONER_USAGE_OID) if HAS_CRYPTOGR
 INSECURE_MARKERS = ("insecure", "insecure registration")
 
 MAX_PUBCERT_BYTES = 16 * 1024
+# In every refusal of a node locked to its site (a locked action without its site's signature, or under another
+# CA): the words a provisioner recognises it by (``refused_as_site_locked``).
+SITE_LOCKED = "is locked to"
 MAX_PUBCERT_CERTIFICATES = 4
 MAX_CA_BUNDLE_CERTIFICATES = 64
 MAX_SIGNATURE_CHARS = 1400  # base64 of an RSA-8192 signature (1,024 bytes) is 1,368 characters
@@ -164,6 +167,11 @@ class VerifiedSigner:
 def _require_cryptography() -> None:
     if not HAS_CRYPTOGRAPHY:
         raise TrustConfigError(f"the Python library 'cryptography' is required: {CRYPTOGRAPHY_IMPORT_ERROR}")
+
+
+def refused_as_site_locked(message: str) -> bool:
+    """Whether a node's refusal says it is locked to its site (see :data:`SITE_LOCKED`)."""
+    return f" {SITE_LOCKED} " in message
 
 
 def is_unsigned(signature, pubcert) -> bool:

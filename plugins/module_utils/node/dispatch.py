@@ -41,7 +41,7 @@ from ..choria.protocol import (
     rpc_reply_body,
 )
 from ..choria.replay import request_window_refusal
-from ..choria.security import RequestTrustError, TrustConfigError, VerifiedSigner, is_unsigned
+from ..choria.security import SITE_LOCKED, RequestTrustError, TrustConfigError, VerifiedSigner, is_unsigned
 from .actions.base import ActionResult, Refusal, RequestOrigin
 from .actions.configure import ConfigureInput, configure
 from .actions.destroy import DestroyInput, destroy
@@ -166,12 +166,12 @@ def authenticate(node: NodeState, req: Request, action: str, at: float) -> Verif
     if action not in SITE_LOCKED_ACTIONS or node.site_lock_text is None or is_unsigned(req.signature, req.pubcert):
         return None  # unsigned on a locked node: the site lock refuses it and says why
     if not node.site_ca_pem:
-        raise Refusal(StatusCode.ABORTED, f"{node.identity} is locked to its site but lost the site's CA bundle")
+        raise Refusal(StatusCode.ABORTED, f"{node.identity} {SITE_LOCKED} its site but lost the site's CA bundle")
     try:
         return trust.site_verifier(node.site_ca_pem).verify(req.secure_message, req.signature, req.pubcert, at=at)
     except (RequestTrustError, TrustConfigError) as exc:
         reason = exc.message if isinstance(exc, RequestTrustError) else str(exc)
-        raise Refusal(StatusCode.ABORTED, f"{node.identity} is locked to its site: {reason}") from None
+        raise Refusal(StatusCode.ABORTED, f"{node.identity} {SITE_LOCKED} its site: {reason}") from None
 
 
 def check_token(node: NodeState, data: dict, required: bool) -> None:

@@ -39,7 +39,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 
-from ..choria.security import TrustConfigError, ca_key_fingerprints
+from ..choria.security import SITE_LOCKED, TrustConfigError, ca_key_fingerprints
 
 SITE_LOCK_VERSION = 1
 SITE_LOCKED_ACTIONS = frozenset({"gencsr", "configure", "reprovision", "trust", "destroy"})
@@ -117,12 +117,12 @@ class SiteLock:
             return None
         if signer is None:
             return (
-                f"node is locked to {self.description}: {action} needs a request signed by a provisioner of that "
+                f"node {SITE_LOCKED} {self.description}: {action} needs a request signed by a provisioner of that "
                 "site; the token alone is refused"
             )
         if signer.ca_key_sha256 not in self.ca_keys:
             return (
-                f"node is locked to {self.description}: {action} signed under another CA is refused "
+                f"node {SITE_LOCKED} {self.description}: {action} signed under another CA is refused "
                 f"({signer.subject} under {signer.ca_subject}, key sha256 {signer.ca_key_sha256[:16]})"
             )
         return None

@@ -9,6 +9,10 @@ leaves it) -> decide (a decider: a helper program, the built-in signer, or anyth
 an RPC client it does not own and knows nothing about queues or other nodes: the bulk run (``bulk.py``), the
 single-node actions (``actions.py``) and the provisioner service all drive this one implementation.
 
+A node that is locked to its site and still in provisioning mode lost the end of an earlier provisioning (the reply
+to its ``configure`` or the ``restart``): it refuses ``gencsr`` and ``configure`` without its site's signature, and
+is sent the ``restart`` it missed (see :meth:`ProvisioningFlow._restart_configured`).
+
 The loop guard is the flow's: a decision whose configuration leaves provisioning on fails the node before
 ``configure``, whoever decided it.
 
@@ -33,6 +37,7 @@ from typing import Any, Protocol
 
 from ..choria.jwt import ProvisioningJwtError, verify_provisioning_jwt
 from ..choria.protocol import PROVISION_AGENT
+from ..choria.security import refused_as_site_locked
 from ..choria.subjects import valid_identity
 from .helper import HelperDecision, NodeFailure, check_configuration
 from .rpc import RpcClient, RpcError, reply_error
@@ -103,7 +108,8 @@ class FlowOptions:
 class NodeOutcome:
     """How one node's run ended: ``status`` is provisioned, deferred, failed, shutdown or would_provision.
 
-    ``reason`` is the decider's message (deferred, shutdown) or the failure; ``step`` the step that failed;
+    ``reason`` is the decider's message (deferred, shutdown), the failure, or why a provisioned node was only
+    restarted (it held its site's configuration already); ``step`` the step that failed;
     ``timings`` the milliseconds of each step that completed (a refused request completed too).
     """
 
@@ -212,7 +218,23 @@ class ProvisioningFlow:
             await node_ask("restart", self.options.token_data(splay=self.options.splay))
             return outcome(PROVISIONED)
         except NodeFailure as exc:
+            if step in ("gencsr", "configure") and refused_as_site_locked(str(exc)):
+                return await self._restart_configured(exc, node_ask, outcome)
             return outcome(FAILED, str(exc), step)
+
+    async def _restart_configured(self, refused: NodeFailure, node_ask, outcome) -> NodeOutcome:
+        """Finish a provisioning whose end was lost. A node in provisioning mode that refuses ``gencsr`` or
+        ``configure`` because it is locked to its site took its site's ``configure`` already (that is what locked
+        it), but the reply or the ``restart`` after it was lost, a broker restart for one. The restart it never got
+        moves it into that configuration. ``restart`` is no locked action and keeps its loop guard: a node sent
+        back (``reprovision``) or holding no configuration refuses it, and fails with both reasons."""
+        try:
+            await node_ask("restart", self.options.token_data(splay=self.options.splay))
+        except NodeFailure as again:
+            return outcome(
+                FAILED, f"{refused}; restarting it into a configuration of its site was refused too: {again}", "restart"
+            )
+        return outcome(PROVISIONED, f"already configured by its site, restarted into that configuration ({refused})")
 
     async def _decide(
         self, identity: str, inventory: dict, csr: dict | None, claims: dict | None, timings: dict

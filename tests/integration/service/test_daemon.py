@@ -115,8 +115,8 @@ def test_three_instances_on_three_servers_one_killed_mid_run_every_node_configur
     site, ttl = "killed", 5
     helper = policy_helper(tmp_path, ca, members)
     fleets = [AgentFleet(cluster.urls[i], 25, tmp_path / f"fleet{i}", token=TOKEN, prefix=f"s{i}n") for i in range(3)]
-    # The site's provisioner certificate: a node the victim configured but did not restart is locked to the site
-    # CA, and only a signed request of the site finishes it.
+    # The site's provisioner certificate, as a site runs its instances: a node the victim configured but did not
+    # restart is locked to the site CA, and its successor's signed requests are accepted like any other.
     signing = Authority.from_files(ca["ca_cert"], ca["ca_key"]).write_leaf(tmp_path / "signing", "prov.killed.test")
     instances = [
         service(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ...choria.config import SECURITY_CA_KEY, SECURITY_CERT_KEY
 from ...choria.protocol import StatusCode
-from ...choria.security import TrustConfigError
+from ...choria.security import SITE_LOCKED, TrustConfigError
 from ...common.deps import serialization, x509
 from ...common.files import read_bytes
 from ...pki.x509 import is_issued_by
@@ -63,7 +63,7 @@ def _moved_lock(node: NodeState, ca: str, origin: RequestOrigin | None) -> tuple
     if node.site_lock_text is None:
         return None
     if origin is None or origin.signer is None:  # the dispatcher refuses this first; never move a lock unsigned
-        raise Refusal(StatusCode.ABORTED, f"{node.identity} is locked to its site: trust needs a signed request")
+        raise Refusal(StatusCode.ABORTED, f"{node.identity} {SITE_LOCKED} its site: trust needs a signed request")
     try:
         current = SiteLock.load(node.site_lock_text)
         keys = node.trust.site_verifier(ca).ca_key_sha256s

@@ -10,6 +10,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.security
     RequestSigner,
     RequestVerifier,
     ca_key_fingerprints,
+    refused_as_site_locked,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.site_lock import (
     SITE_LOCKED_ACTIONS,
@@ -99,6 +100,7 @@ def test_a_locked_node_moves_only_for_its_site(site, action, who, refused):
         assert outcome.startswith("node is locked to site 'site-a' (CA keys sha256 ")
         assert refused in outcome
         assert site_lock_refusal(lock.dump(), action, signer) == outcome
+        assert refused_as_site_locked(f"{action} refused by n1.example.net: {outcome}")  # what a provisioner sees
 
 
 def test_a_trust_moves_the_site_ca_keys_and_keeps_the_provisioning_pins(site):

@@ -61,6 +61,41 @@ def test_a_failure_names_its_step(client, decider, step, phrase):
     assert outcome.status == "failed" and outcome.step == step and phrase in outcome.reason
 
 
+LOCKED = "node is locked to its site (CA keys sha256 0621): gencsr needs a request signed by a provisioner"
+
+
+@pytest.mark.parametrize("pki,locked_step", [(True, "gencsr"), (False, "configure")])
+def test_a_node_locked_to_its_site_in_provisioning_mode_gets_the_restart_it_missed(pki, locked_step):
+    """Its site's configure arrived but the reply or the restart was lost: the restart moves it into that
+    configuration, and nothing is configured again."""
+    client = ScriptedClient(["n1"], refuse={("n1", locked_step): LOCKED})
+    outcome, client = run(client=client, pki=pki, splay=3)
+    assert outcome.status == "provisioned" and outcome.step == ""
+    assert "already configured by its site" in outcome.reason and "locked to its site" in outcome.reason
+    actions = [sent[1] for sent in client.sent]
+    assert actions == (["inventory", "gencsr", "restart"] if pki else ["inventory", "configure", "restart"])
+    assert client.sent[-1][2] == {"token": "tok", "splay": 3}
+
+
+def test_a_locked_node_that_refuses_the_restart_too_fails_with_both_reasons():
+    refuse = {("n1", "gencsr"): LOCKED, ("n1", "restart"): "leaves plugin.choria.server.provision enabled"}
+    outcome, client = run(client=ScriptedClient(["n1"], refuse=refuse))
+    assert outcome.status == "failed" and outcome.step == "restart"
+    assert "locked to its site" in outcome.reason and "leaves plugin.choria.server.provision enabled" in outcome.reason
+    assert [sent[1] for sent in client.sent] == ["inventory", "gencsr", "restart"]
+
+
+def test_other_refusals_of_gencsr_send_no_restart():
+    outcome, client = run(client=ScriptedClient(["n1"], refuse={("n1", "gencsr"): "incorrect provisioning token"}))
+    assert outcome.status == "failed" and outcome.step == "gencsr"
+    assert "restart" not in [sent[1] for sent in client.sent]
+
+
+def test_check_mode_sends_no_restart_to_a_locked_node():
+    outcome, client = run(client=ScriptedClient(["n1"], refuse={("n1", "gencsr"): LOCKED}), check_mode=True)
+    assert outcome.status == "would_provision" and [sent[1] for sent in client.sent] == ["inventory"]
+
+
 def test_without_pki_the_node_is_configured_with_the_configuration_alone():
     decider = StaticDecider()
     outcome, client = run(decider=decider, pki=False)
