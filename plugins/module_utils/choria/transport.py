@@ -13,9 +13,13 @@ and a user and password. The connection comes back after every kind of disconnec
   that is not UTF-8, malformed headers: anyone allowed to publish can send those), and logs a traceback: the
   connection stays up but deaf. Here that one message is dropped and counted (``undeliverable``), and reading
   goes on.
+* nats-py answers each PONG by setting the result of the oldest ``flush``'s future, even when that flush timed out
+  or was cancelled (a drain at shutdown, a flush with a deadline): ``InvalidStateError`` in the read loop, a
+  traceback, and the connection stops reading. Here a PONG still takes its own (oldest) future, and sets it only if
+  nobody has given up on it.
 
-Both are overrides of two of nats-py's internal methods; the integration tests check them against a real
-nats-server, so a nats-py that changes them is noticed.
+These are overrides of three of nats-py's internal methods; the tests check them (against a real nats-server for
+the first two), so a nats-py that changes them is noticed.
 """
 
 from __future__ import annotations
@@ -68,6 +72,14 @@ def _client_class():
             self._err = error
             await self._error_cb(error)
             await self._process_op_err(error)
+
+        async def _process_pong(self) -> None:
+            if self._pongs:
+                future = self._pongs.pop(0)  # this PONG answers the oldest PING, whether or not it is still awaited
+                if not future.done():
+                    future.set_result(True)
+                self._pongs_received += 1
+                self._pings_outstanding = 0
 
     _CLIENT_CLASSES.append(HardenedClient)
     return HardenedClient
