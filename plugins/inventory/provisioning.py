@@ -333,6 +333,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     """Hosts from the nodes waiting on a Choria provisioning network."""
 
     NAME = "zeroinit.bootstrap.provisioning"
+    _keying = False  # within _add_host_to_keyed_groups: _compose may look a variable path up directly
 
     def verify_file(self, path):
         if super().verify_file(path) and verify_path(path):
@@ -411,7 +412,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._keying = False
 
     def _compose(self, template, variables, disable_lookups=...):
-        if getattr(self, "_keying", False) and disable_lookups is ...:
+        if self._keying and disable_lookups is ...:
             value = variable_path_value(template, variables)
             if value is not NOT_A_PATH:
                 return value
@@ -453,9 +454,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     self._set_composite_vars(compose, hostvars, host, strict=strict)
                     # The host's variables (its own, the composed ones, its magic ones) once for both kinds of group:
                     # what constructed would combine again for each keyed group.
-                    variables = host_object.get_vars()
-                    self._add_host_to_composed_groups(groups, variables, host, strict=strict, fetch_hostvars=False)
-                    self._add_host_to_keyed_groups(keyed_groups, variables, host, strict=strict, fetch_hostvars=False)
+                    if groups or keyed_groups:
+                        variables = host_object.get_vars()
+                        self._add_host_to_composed_groups(groups, variables, host, strict=strict, fetch_hostvars=False)
+                        self._add_host_to_keyed_groups(
+                            keyed_groups, variables, host, strict=strict, fetch_hostvars=False
+                        )
         if failed:
             shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
             self.display.warning(
