@@ -6,12 +6,14 @@ For each fleet size: one ``zeroinit-agent --fleet N`` process on a real nats-ser
 
 * ``discover_fleet`` in-process with ``expect=N`` (discovery ends when all answered): what the plugin spends on
   discovery plus rpcutil#inventory; the floor of a live listing;
-* ``ansible-inventory --list`` on a provisioning.yml with ``expect``, a keyed group and the jsonfile cache: live,
-  then again from the cache once the fleet is stopped (its output must equal the live one, character for
-  character): wall time, CPU time and peak RSS of the CLI, beside the target (6 s and 200 MiB at 10,000 nodes);
-* the floor of the hand-over to Ansible: ``ansible-inventory --list`` over a static source of the same hosts,
-  variables and groups, read by a trivial inventory plugin that adds them straight to the hosts. What it costs is
-  ansible-inventory's own (variables per host, JSON output); the cached listing is compared to it.
+* ``ansible-inventory --list`` on a provisioning.yml with ``expect``, a keyed group and the jsonfile cache, in three
+  variants: the plugin's defaults; the same with ``inject_facts_as_vars = False`` (the README's advice for a large
+  fleet); and ``host_details: true``. Each is listed live (``--flush-cache``), then again from the cache once the
+  fleet is stopped (its output must equal the live one, character for character): wall time, CPU time and peak
+  RSS of the CLI, beside the target (6 s and 200 MiB at 10,000 nodes);
+* the floor of the hand-over to Ansible, for each variant: ``ansible-inventory --list`` over a static source of the
+  same hosts, variables and groups, read by a trivial inventory plugin that adds them straight to the hosts. What
+  it costs is ansible-inventory's own (variables per host, JSON output); the cached listing is compared to it.
 """
 
 from __future__ import annotations
@@ -94,10 +96,11 @@ def in_process(url: str, size: int) -> tuple[float, int]:
 class Listing:
     """One ``ansible-inventory --list`` run: wall and CPU seconds, peak RSS, its output."""
 
-    def __init__(self, source: str, output: str, env: dict | None = None):
+    def __init__(self, source: str, output: str, env: dict | None = None, args: tuple = ()):
         started = time.monotonic()
+        command = [str(VENV_BIN / "ansible-inventory"), "-i", source, "--list", *args]
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD_USAGE, output, str(VENV_BIN / "ansible-inventory"), "-i", source, "--list"],
+            [sys.executable, "-c", CHILD_USAGE, output, *command],
             env=ansible_env(env),
             stdout=subprocess.PIPE,
             text=True,
@@ -136,7 +139,7 @@ def static_source(listing_text: str, workdir: str) -> tuple[str, dict]:
     return config, {"ANSIBLE_INVENTORY_PLUGINS": plugin_dir}
 
 
-def plugin_config(url: str, size: int, workdir: str) -> str:
+def plugin_config(url: str, size: int, workdir: str, **options) -> str:
     path = os.path.join(workdir, "bench.provisioning.yml")
     with open(path, "w") as handle:
         json.dump(
@@ -150,6 +153,7 @@ def plugin_config(url: str, size: int, workdir: str) -> str:
                 "cache_plugin": "ansible.builtin.jsonfile",
                 "cache_connection": os.path.join(workdir, "cache"),
                 "cache_timeout": 3600,
+                **options,
             },
             handle,
         )
@@ -163,33 +167,61 @@ def target(size: int, listing: Listing) -> str:
     return f" (target {TARGET_SECONDS:.0f} s, {TARGET_MIB:.0f} MiB: {verdict})"
 
 
+class Variant:
+    """One way to configure the listing: plugin options and Ansible settings, listed live, cached and as a floor."""
+
+    def __init__(self, name: str, workdir: str, url: str, size: int, options: dict, env: dict):
+        self.name, self.env, self.size = name, env, size
+        self.dir = os.path.join(workdir, name.replace(" ", "-").replace("=", "-"))
+        os.makedirs(self.dir)
+        self.config = plugin_config(url, size, self.dir, **options)
+        self.live = self.cached = None
+
+    def list_live(self) -> None:
+        self.live = Listing(self.config, os.path.join(self.dir, "live.json"), env=self.env, args=("--flush-cache",))
+        print(
+            f"  {self.name}, live: {self.live.hosts()} hosts, {self.live.figures()} (load {load()})"
+            f"{target(self.size, self.live)}",
+            flush=True,
+        )
+
+    def list_cached_and_floor(self) -> None:
+        cached = Listing(self.config, os.path.join(self.dir, "cached.json"), env=self.env)
+        same = "equal to the live output" if cached.text == self.live.text else "DIFFERENT from the live output"
+        print(
+            f"  {self.name}, from the cache (fleet stopped): {cached.figures()}, {same} (load {load()})"
+            f"{target(self.size, cached)}"
+        )
+        static, static_env = static_source(self.live.text, self.dir)
+        floor = Listing(static, os.path.join(self.dir, "static.json.out"), env={**self.env, **static_env})
+        print(
+            f"  {self.name}, floor: ansible-inventory --list over a static source of the same hosts and variables: "
+            f"{floor.hosts()} hosts, {floor.figures()} (load {load()})"
+        )
+        print(
+            f"  {self.name}: cached / floor {cached.wall / floor.wall:.2f}x wall, {cached.cpu / floor.cpu:.2f}x CPU, "
+            f"{cached.peak_mib / floor.peak_mib:.2f}x RSS; live - cached CPU {self.live.cpu - cached.cpu:.2f} s",
+            flush=True,
+        )
+
+
 def run_size(url: str, size: int, workdir: str) -> None:
     sizedir = os.path.join(workdir, str(size))
     os.makedirs(sizedir)
-    config = plugin_config(url, size, sizedir)
+    no_fact_vars = {"ANSIBLE_INJECT_FACT_VARS": "False"}
+    variants = [
+        Variant("defaults", sizedir, url, size, {}, {}),
+        Variant("inject_facts_as_vars=False", sizedir, url, size, {}, no_fact_vars),
+        Variant("host_details", sizedir, url, size, {"host_details": True}, {}),
+    ]
     print(f"{size} nodes (one keyed group), load average {load()}:", flush=True)
     with AgentFleet(url, size, os.path.join(sizedir, "fleet"), facts={"role": "bench", "os": {"family": "Debian"}}):
         discovery, found = in_process(url, size)
-        print(f"  floor, discover_fleet expect=N in-process: {found} nodes in {discovery:.2f} s (load {load()})")
-        live = Listing(config, os.path.join(sizedir, "live.json"))
-    print(
-        f"  ansible-inventory --list, live: {live.hosts()} hosts, {live.figures()} (load {load()}){target(size, live)}"
-    )
-    cached = Listing(config, os.path.join(sizedir, "cached.json"))
-    same = "equal to the live output" if cached.text == live.text else "DIFFERENT from the live output"
-    print(f"  ansible-inventory --list, cached (fleet stopped): {cached.figures()}, {same} (load {load()})")
-    static, env = static_source(live.text, sizedir)
-    floor = Listing(static, os.path.join(sizedir, "static.json.out"), env=env)
-    print(
-        f"  floor, ansible-inventory --list over a static source of the same hosts and variables: {floor.hosts()} "
-        f"hosts, {floor.figures()} (load {load()})"
-    )
-    print(
-        f"  cached / static floor: {cached.wall / floor.wall:.2f}x wall, {cached.cpu / floor.cpu:.2f}x CPU, "
-        f"{cached.peak_mib / floor.peak_mib:.2f}x RSS; live - cached CPU {live.cpu - cached.cpu:.2f} s "
-        f"(discovery in-process {discovery:.2f} s wall)",
-        flush=True,
-    )
+        print(f"  floor of a live listing, discover_fleet expect=N in-process: {found} nodes in {discovery:.2f} s")
+        for variant in variants:
+            variant.list_live()
+    for variant in variants:
+        variant.list_cached_and_floor()
 
 
 def main() -> int:

@@ -98,6 +98,7 @@ def test_list_shows_every_node_with_facts_groups_and_composed_variables(fleets, 
         ],
         groups={"inventory_failed": "zeroinit_inventory_error is defined"},
         compose={"node_name": "zeroinit_facts.identity", "agent_version": "zeroinit_inventory.version"},
+        host_details=True,
     )
     listing = inventory_list(path)
     identities = sorted(web.identities + db.identities)
@@ -262,7 +263,7 @@ def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_pa
     late = AgentProcess(nats_broker.url, "late1.fleet.example.net", tmp_path / "late", facts=DB_FACTS)
     # expect=4 ends the listen window as soon as the late node is known, so the test waits no longer than that.
     background = ListingInBackground(
-        nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=4)
+        nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=4, host_details=True)
     )
     with early:
         try:

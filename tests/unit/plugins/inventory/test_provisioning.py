@@ -106,14 +106,36 @@ def test_verify_file_refuses_a_missing_file(tmp_path):
 
 def test_host_variables_carry_facts_inventory_and_the_error():
     node_hostvars = plugin_module.node_hostvars
-    ok, skipped = node_hostvars("web1.example.net", FLEET["web1.example.net"], "provisioning")
+    ok, skipped = node_hostvars("web1.example.net", FLEET["web1.example.net"], "provisioning", details=True)
     assert ok["zeroinit_facts"]["os"]["family"] == "Debian"
     assert ok["zeroinit_inventory"]["version"] == "0.1.0"
     assert ok["zeroinit_identity"] == "web1.example.net" and ok["zeroinit_collective"] == "provisioning"
     assert "zeroinit_inventory_error" not in ok and skipped == []
-    failed, _skipped = node_hostvars("db1.example.net", FLEET["db1.example.net"], "provisioning")
+    failed, _skipped = node_hostvars("db1.example.net", FLEET["db1.example.net"], "provisioning", details=True)
     assert failed["zeroinit_inventory_error"].startswith("rpcutil#inventory")
     assert failed["zeroinit_inventory"] == {} and failed["zeroinit_discovered_by"] == ["lifecycle", "registration"]
+
+
+def test_without_details_a_host_carries_its_identity_collective_facts_and_error_only():
+    node_hostvars = plugin_module.node_hostvars
+    ok, _skipped = node_hostvars("web1.example.net", FLEET["web1.example.net"], "provisioning")
+    assert sorted(ok) == ["zeroinit_collective", "zeroinit_facts", "zeroinit_identity"]
+    assert ok["zeroinit_facts"] == FLEET["web1.example.net"]["facts"]
+    failed, _skipped = node_hostvars("db1.example.net", FLEET["db1.example.net"], "provisioning")
+    assert sorted(failed) == ["zeroinit_collective", "zeroinit_facts", "zeroinit_identity", "zeroinit_inventory_error"]
+
+
+def test_the_plugin_sets_the_details_only_when_asked(tmp_path):
+    (tmp_path / "lean").mkdir()
+    (tmp_path / "full").mkdir()
+    lean_plugin, lean, _path = load_plugin(tmp_path / "lean", {})
+    lean_plugin._populate(FLEET)
+    full_plugin, full, _path = load_plugin(tmp_path / "full", {"host_details": True})
+    full_plugin._populate(FLEET)
+    details = {"zeroinit_inventory", "zeroinit_discovered_by", "zeroinit_lifecycle_events"}
+    for name in FLEET:
+        assert not details & set(hostvars(lean, name)) and details <= set(hostvars(full, name))
+        assert hostvars(lean, name)["zeroinit_facts"] == hostvars(full, name)["zeroinit_facts"]
 
 
 def test_flattened_facts_never_set_connection_or_magic_variables():
@@ -172,6 +194,7 @@ def test_hosts_groups_and_composed_variables(tmp_path):
                 "debian": "zeroinit_facts.os.family | default('') == 'Debian'",
             },
             "compose": {"node_role": "zeroinit_facts.role", "agent_version": "zeroinit_inventory.version"},
+            "host_details": True,
         },
     )
     plugin._populate(FLEET)
@@ -191,7 +214,7 @@ def test_hosts_groups_and_composed_variables(tmp_path):
 
 def test_strict_turns_a_broken_expression_into_an_error_naming_the_host(tmp_path):
     plugin, _inventory, _path = load_plugin(
-        tmp_path, {"strict": True, "compose": {"agent_version": "zeroinit_inventory.version"}}
+        tmp_path, {"strict": True, "host_details": True, "compose": {"agent_version": "zeroinit_inventory.version"}}
     )
     with pytest.raises(AnsibleError, match=re.escape("db1.example.net")):
         plugin._populate(FLEET)
@@ -199,7 +222,10 @@ def test_strict_turns_a_broken_expression_into_an_error_naming_the_host(tmp_path
 
 def test_facts_carrying_templates_are_never_rendered(tmp_path):
     marker = tmp_path / "pwned"
-    evil = f"{{{{ lookup('pipe', 'touch {marker}') }}}}{{{{ 6 * 7 }}}}"
+    # A rendered product whose digits cannot come from the temporary path the marker names (as "42" could).
+    rendered = str(7919 * 7907)
+    evil = f"{{{{ lookup('pipe', 'touch {marker}') }}}}{{{{ 7919 * 7907 }}}}"
+    assert rendered not in evil
     plugin, inventory, _path = load_plugin(
         tmp_path,
         {
@@ -212,7 +238,7 @@ def test_facts_carrying_templates_are_never_rendered(tmp_path):
     variables = hostvars(inventory, "n1.example.net")
     assert variables["node_role"] == evil and variables["role"] == evil
     assert not marker.exists()
-    assert not any("42" in group for group in inventory.groups)
+    assert not any(rendered in group for group in inventory.groups)
 
 
 def test_each_constructed_expression_is_compiled_once_for_the_whole_fleet(tmp_path, monkeypatch):
@@ -368,7 +394,7 @@ def test_the_compile_memo_passes_other_arguments_through_and_removes_itself():
 
 
 def test_node_data_on_the_hosts_is_never_trusted_as_a_template(tmp_path):
-    plugin, inventory, _path = load_plugin(tmp_path, {"flatten_facts": True})
+    plugin, inventory, _path = load_plugin(tmp_path, {"flatten_facts": True, "host_details": True})
     plugin._populate(FLEET)
     variables = hostvars(inventory, "web1.example.net")
     strings = [
