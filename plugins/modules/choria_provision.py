@@ -173,6 +173,15 @@ options:
     type: str
     choices: [oneshot, persistent]
     default: oneshot
+  pki:
+    description:
+      - Whether each node makes a key and a CSR (C(gencsr)) and gets a certificate; Choria's C(features.pki).
+      - With V(false) no node is asked for a CSR. The O(helper) decides from the node's inventory alone and
+        returns its configuration, with no certificate (Choria helpers written for C(features.pki=false) run
+        unchanged). The node keeps no key and no certificate of this run.
+      - V(false) needs O(helper); O(signer) signs CSRs, so it cannot be used without them.
+    type: bool
+    default: true
   signer:
     description:
       - The policy signer, built in or a CFSSL server (the same backend, CA and policy options as
@@ -423,6 +432,7 @@ ARGUMENT_SPEC = dict(
     helper_timeout=dict(type="float", default=10),
     helper_concurrency=dict(type="int", default=0),
     helper_mode=dict(type="str", default="oneshot", choices=["oneshot", "persistent"]),
+    pki=dict(type="bool", default=True),
     signer=dict(type="dict", options=signer_argument_spec(), required_if=SIGNER_REQUIRED_IF),
     configuration=dict(type="dict", default={}),
     certificate=dict(type="str"),

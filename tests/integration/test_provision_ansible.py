@@ -16,6 +16,7 @@ from cryptography import x509
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.config import parse_config
 from tests.support.ansible_run import ROOT, run_module, run_playbook
 from tests.support.broker import EmbeddedBroker
+from tests.support.bus import BusCapture
 from tests.support.certificates import Authority
 from tests.support.fleet import AgentFleet, discover
 
@@ -205,6 +206,56 @@ def test_provision_fleet_playbook_with_a_helper_and_reprovision(nats_broker, mem
         assert third.rc == 0 and third.result(task)["provisioned"] == [node]
         assert (pathlib.Path(fleet.node_dir(node)) / "ssl" / "private.pem").read_bytes() != old_key
         assert chains_to(fleet, node, ca_cert)
+
+
+def test_provision_fleet_playbook_without_pki_and_with_a_persistent_helper(nats_broker, members, tmp_path):
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
+
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(member_config(members)))
+    playbook = ROOT / "playbooks" / "provision_fleet.yaml"
+    task = "Discover and provision the nodes"
+    # zeroinit_provision_pki: false with a helper written for Choria's features.pki false: no node is asked for a
+    # CSR, each is configured from the helper's configuration alone and holds no key or certificate.
+    no_pki = {
+        "zeroinit_provision_brokers": [nats_broker.url],
+        "zeroinit_provision_token": TOKEN,
+        "zeroinit_provision_helper": [sys.executable, str(HELPERS / "choria_config_helper.py"), str(base)],
+        "zeroinit_provision_pki": False,
+    }
+    with (
+        AgentFleet(nats_broker.url, 2, tmp_path / "nopki", token=TOKEN, prefix="nopki") as fleet,
+        BusCapture(nats_broker.url, "provisioning.node.>") as bus,
+    ):
+        real = run_playbook(playbook, extra_vars=no_pki)
+        assert real.rc == 0 and real.result(task)["provisioned"] == fleet.identities, real.stdout[-2000:]
+        assert asyncio.run(discover(members.url, fleet.identities, 20, collective="members")) == fleet.identities
+        for identity in fleet.identities:
+            assert configured(fleet, identity)["plugin.choria.server.provision"] == "false"
+            assert not list((pathlib.Path(fleet.node_dir(identity)) / "ssl").glob("*.pem"))
+    actions = {request.action for request in bus.requests()}
+    assert "gencsr" not in actions and {"inventory", "configure", "restart"} <= actions
+
+    # zeroinit_provision_helper_mode: persistent: the helper answers one JSON line per node with the request's id
+    # (run once per node, as in oneshot mode, it finds no id and fails every node).
+    ca_cert, ca_key = str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")
+    CertificateAuthority.load_or_create(ca_cert, ca_key)
+    helper = [sys.executable, str(HELPERS / "policy_helper.py"), "--ca-cert", ca_cert, "--ca-key", ca_key]
+    persistent = {
+        "zeroinit_provision_brokers": [nats_broker.url],
+        "zeroinit_provision_token": TOKEN,
+        "zeroinit_provision_helper": [*helper, "--config", str(base), "--persistent"],
+        "zeroinit_provision_helper_mode": "persistent",
+        "zeroinit_provision_helper_concurrency": 1,
+        "zeroinit_provision_helper_timeout": 20,
+    }
+    with AgentFleet(nats_broker.url, 3, tmp_path / "persistent", token=TOKEN, prefix="persistent") as fleet:
+        oneshot = run_playbook(playbook, extra_vars=dict(persistent, zeroinit_provision_helper_mode="oneshot"))
+        assert sorted(oneshot.result(task)["failed_nodes"]) == fleet.identities
+        real = run_playbook(playbook, extra_vars=persistent)
+        assert real.rc == 0 and real.result(task)["provisioned"] == fleet.identities, real.stdout[-2000:]
+        for identity in fleet.identities:
+            assert chains_to(fleet, identity, ca_cert)
 
 
 def per_host_vars(nats_broker, members, tmp_path) -> dict:

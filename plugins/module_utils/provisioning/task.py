@@ -39,6 +39,7 @@ SETTINGS_FROM_PARAMS = (
     "helper_timeout",
     "helper_concurrency",
     "helper_mode",
+    "pki",
     "signer",
     "csr_subject",
     "key_type",

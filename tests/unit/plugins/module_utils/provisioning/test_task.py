@@ -23,6 +23,7 @@ def params(**overrides) -> dict:
         helper_timeout=10.0,
         helper_concurrency=0,
         helper_mode="oneshot",
+        pki=True,
         csr_subject={},
         key_type="ec",
         configuration={},
@@ -40,6 +41,14 @@ def params(**overrides) -> dict:
 def test_configuration_values_are_choria_strings():
     settings = task.settings_from_params(params(configuration={"a": True, "b": 3, "c": None}), check_mode=False)
     assert settings.configuration == {"a": "true", "b": "3", "c": ""}
+
+
+def test_pki_off_reaches_the_flow_and_refuses_the_built_in_signer():
+    settings = task.settings_from_params(params(pki=False, helper=["/bin/true"]), check_mode=False)
+    assert settings.flow_options().pki is False
+    assert task.settings_from_params(params(helper=["/bin/true"]), check_mode=False).flow_options().pki is True
+    with pytest.raises(task.TaskFailure, match="the built-in signer needs the node's CSR: it cannot be used with pki"):
+        task.settings_from_params(params(pki=False, signer={"ca_cert": "/x", "ca_key": "/y"}), check_mode=False)
 
 
 @pytest.mark.parametrize(
