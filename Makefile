@@ -60,8 +60,9 @@ test: venv system-deps unit integration adversarial molecule lint sanity
 unit: venv
 	$(BIN)/pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
+## The slowest twenty are listed at the end: the integration tests are most of the test command's time.
 integration: venv system-deps
-	$(BIN)/pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider --durations=20 tests/integration $(PYTEST_ARGS)
 
 ## The hostile network: malformed messages, mutated CSRs, broken helpers, a broker restart and a killed fleet;
 ## fixed counts, a few minutes at most. The figures print with PYTEST_ARGS=-s.
