@@ -263,7 +263,8 @@ def test_listen_catches_a_node_that_starts_during_the_window(nats_broker, tmp_pa
     late = AgentProcess(nats_broker.url, "late1.fleet.example.net", tmp_path / "late", facts=DB_FACTS)
     # expect=4 ends the listen window as soon as the late node is known, so the test waits no longer than that.
     background = ListingInBackground(
-        nats_broker.url, write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=4, host_details=True)
+        nats_broker.url,
+        write_config(tmp_path, [nats_broker.url], discovery_timeout=1, listen=60, expect=4, host_details=True),
     )
     with early:
         try:
