@@ -8,9 +8,10 @@ For each fleet size: one ``zeroinit-agent --fleet N`` process on a real nats-ser
   discovery plus rpcutil#inventory; the floor of a live listing;
 * ``ansible-inventory --list`` on a provisioning.yml with ``expect``, a keyed group and the jsonfile cache, in three
   variants: the plugin's defaults; the same with the README's Ansible settings for a large fleet
-  (``inject_facts_as_vars = False``, ``run_vars_plugins = start``); and ``host_details: true``. Each is listed live (``--flush-cache``), then again from the cache once the
-  fleet is stopped (its output must equal the live one, character for character): wall time, CPU time and peak
-  RSS of the CLI, beside the target (6 s and 200 MiB at 10,000 nodes);
+  (``inject_facts_as_vars = False``, ``run_vars_plugins = start``); and ``host_details: true``. Each is listed
+  live (``--flush-cache``), then again from the cache once the fleet is stopped (its output must equal the live
+  one, character for character): wall time, CPU time and peak RSS of the CLI, beside the target (6 s and 200 MiB
+  at 10,000 nodes);
 * the floor of the hand-over to Ansible, for each variant: ``ansible-inventory --list`` over a static source of the
   same hosts, variables and groups, read by a trivial inventory plugin that adds them straight to the hosts. What
   it costs is ansible-inventory's own (variables per host, JSON output); the cached listing is compared to it.
