@@ -42,7 +42,7 @@ from .helper import (
 )
 from .helper_pool import PersistentHelperPool
 from .settings import ProvisionError, ProvisionSettings
-from .signing_pool import ISSUED, REFUSED, BrokenProcessPool, SigningPool, sign_outcome
+from .signing_pool import ISSUED, REFUSED, SigningPool, WorkerLost, sign_outcome
 
 
 def helper_concurrency(mode: str, workers: int, configured: int = 0) -> int:
@@ -151,9 +151,10 @@ class SignerDecider:
         if self.pool is not None and not self.pool.broken:
             try:
                 outcome = await self.pool.sign(csr_pem, identity, self.valid_days, self.profile)
-            except BrokenProcessPool:
+            except WorkerLost as exc:
+                later = "signed inline" if self.pool.broken else "signed by the other workers"
                 raise NodeFailure(
-                    f"signer could not sign the CSR of {identity}: {self.pool.broken} (later nodes are signed inline)"
+                    f"signer could not sign the CSR of {identity}: {exc} (later nodes are {later})"
                 ) from None
         else:
             outcome = sign_outcome(self.signer, csr_pem, identity, self.valid_days, self.profile)
@@ -174,8 +175,12 @@ class SignerDecider:
 
     def warnings(self) -> list[str]:
         warnings = list(getattr(self.ca, "warnings", []) or [])
-        if self.pool is not None and self.pool.broken:
-            warnings.append(f"the signing worker processes stopped ({self.pool.broken}); the rest was signed inline")
+        if self.pool is not None and self.pool.lost:
+            rest = "the rest was signed inline" if self.pool.broken else "the others signed the rest"
+            warnings.append(
+                f"{len(self.pool.lost)} of {self.pool.processes} signing worker processes stopped "
+                f"({'; '.join(self.pool.lost)}); only the nodes they held failed, {rest}"
+            )
         return warnings
 
     async def finish(self) -> None:
