@@ -191,10 +191,7 @@ class SigningPool:
 
     def _lose(self, worker: _Worker, reason: str) -> None:
         """The worker is gone: its batch fails with ``reason``; the others (or inline signing) take the rest."""
-        worker.alive = False
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(worker.conn.fileno())
-        worker.conn.close()
+        self._let_go(worker)
         self.lost.append(reason)
         held, worker.held = worker.held, []
         for future in held:
@@ -202,6 +199,13 @@ class SigningPool:
                 future.set_exception(WorkerLost(reason))
         if not any(other.alive for other in self.workers):
             self.broken = reason
+
+    def _let_go(self, worker: _Worker) -> None:
+        """No more reading from or writing to ``worker``: its pipe leaves the loop and is closed."""
+        worker.alive = False
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(worker.conn.fileno())
+        worker.conn.close()
 
     def _sign_waiting_inline(self) -> None:
         while self.waiting:
@@ -213,10 +217,7 @@ class SigningPool:
         """Stop the workers and wait for them; nodes still waiting fail."""
         for worker in self.workers:
             if worker.alive:
-                worker.alive = False
-                if self._loop is not None and not self._loop.is_closed():
-                    self._loop.remove_reader(worker.conn.fileno())
-                worker.conn.close()  # the worker reads the end of its pipe and exits
+                self._let_go(worker)  # the worker reads the end of its pipe and exits
         for worker in self.workers:
             worker.process.join(2)
             if worker.process.is_alive():
