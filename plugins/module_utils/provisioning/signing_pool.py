@@ -130,10 +130,9 @@ class SigningPool:
         return sorted(worker.process.pid for worker in self.workers if worker.alive)
 
     async def sign(self, csr_pem: str, identity: str, valid_days: int, profile: str) -> tuple:
-        """The outcome tuple for one node; raises WorkerLost when the worker signing it died."""
+        """The outcome tuple for one node; raises WorkerLost when the worker signing it died. With no worker left,
+        ``_dispatch`` signs it inline."""
         request = (csr_pem, identity, valid_days, profile)
-        if not any(worker.alive for worker in self.workers):
-            return _answer(self.signer, request)
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._watch(loop)
