@@ -335,9 +335,8 @@ class CertificateRenewer:
         if node.stopped or node.mode != MODE_CONFIGURED or node.link is None:
             self._tracked.pop(node.identity, None)  # back when it joins again (track)
             return
-        loop = asyncio.get_running_loop()
         try:
-            current = await loop.run_in_executor(self.executor, read_current, node)
+            current = await self._file_work(node, read_current, node)
         except NoCertificate as exc:
             log.debug("%s: no renewal: %s", node.identity, exc)
             self._tracked.pop(node.identity, None)
@@ -440,12 +439,11 @@ class CertificateRenewer:
     # -- the exchange --------------------------------------------------------------------------------------------------
     async def renew(self, node: NodeState, current: CurrentCertificate):
         """One renewal exchange for ``node`` (see the module doc); the installed certificate, or RenewalFailure."""
-        loop = asyncio.get_running_loop()
         link = node.link
         if link is None or link.nc is None or link.closed:
             raise RenewalFailure("not connected to its collective")
         _names, main = node.collectives
-        prepared = await loop.run_in_executor(self.executor, prepare_renewal, node, current, main)
+        prepared = await self._file_work(node, prepare_renewal, node, current, main)
         request = prepared.request
         timeout = current.settings.timeout
         try:
@@ -475,9 +473,13 @@ class CertificateRenewer:
                 f"{reply.senderid or 'the responder'} refused the renewal: {reply.statusmsg} "
                 f"(statuscode {reply.statuscode})"
             )
-        return await loop.run_in_executor(
-            self.executor, install_renewed, node, current, prepared, reply.data.get("certificate")
-        )
+        return await self._file_work(node, install_renewed, node, current, prepared, reply.data.get("certificate"))
+
+    async def _file_work(self, node: NodeState, func, *args):
+        """``func(*args)`` in the executor when the node's files can block (NodeState.files_block), else inline."""
+        if node.files_block:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+        return func(*args)
 
 
 def _iso(stamp: float) -> str:

@@ -139,7 +139,7 @@ class MessageRouter:
     async def serve(self, link: Link, node: NodeState, req) -> None:
         if node.stopped:
             return
-        blocking = req.agent == PROVISION_AGENT and req.action in BLOCKING_ACTIONS and node.durable
+        blocking = req.agent == PROVISION_AGENT and req.action in BLOCKING_ACTIONS and node.files_block
         if blocking or node.identity in self.inflight:
             self.spawn(self._serve_in_thread(link, node, req))
             return

@@ -119,6 +119,16 @@ class NodeState:
     def site_ca_path(self) -> str:
         return os.path.join(self.node_dir, SITE_LOCK_CA_FILE)
 
+    @property
+    def files_block(self) -> bool:
+        """Whether this node's file work goes to a worker thread rather than running on the event loop.
+
+        Fsynced files (a real node) can block for as long as the disk takes, so they go to a thread. Without fsync
+        (a simulated fleet's state, in memory or page cache) a write or read is microseconds, less than the thread
+        hop and the GIL hand-over it would cost for every node.
+        """
+        return self.durable
+
     def ssl_path(self, name: str) -> str:
         return os.path.join(self.ssldir, name)
 

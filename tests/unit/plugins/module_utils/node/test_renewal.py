@@ -215,3 +215,25 @@ def test_a_failure_is_announced_with_the_reason_and_retried_with_backoff(configu
     assert failures[0]["retry_in"] < failures[1]["retry_in"] <= 0.22
     assert "no renewal responder answered" in failures[0]["reason"]
     assert failures[0]["serial"] == script.events[3][1]["previous_serial"]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_file_work_goes_to_a_thread_only_when_the_nodes_files_are_fsynced(configured, durable):
+    """Fsync can block the event loop for as long as the disk takes; a simulated fleet's unsynced reads cannot."""
+    import threading
+
+    node, _ca = configured
+    node.durable = durable
+    script = _ScriptedRenewer([])
+    ran_on = []
+
+    def read(target):
+        ran_on.append(threading.current_thread())
+        return read_current(target)
+
+    async def scenario():
+        return await script.renewer._file_work(node, read, node), threading.current_thread()
+
+    got, loop_thread = asyncio.run(scenario())
+    assert got.cert_path == node.ssl_path("certificate.pem")
+    assert (ran_on[0] is not loop_thread) is durable
