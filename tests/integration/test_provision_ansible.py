@@ -321,6 +321,36 @@ def test_per_host_provision_playbook(nats_broker, members, tmp_path):
         assert snapshot(fleet) == after
 
 
+def test_per_host_provision_playbook_without_pki(nats_broker, members, tmp_path):
+    """provision.yaml passes zeroinit_provision_pki: no node is asked for a CSR, each holds no key or certificate."""
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(member_config(members)))
+    extra = {
+        "zeroinit_provision_brokers": [nats_broker.url],
+        "zeroinit_provision_token": TOKEN,
+        "zeroinit_provision_helper": [sys.executable, str(HELPERS / "choria_config_helper.py"), str(base)],
+        "zeroinit_provision_helper_timeout": 20,
+        "zeroinit_provision_pki": False,
+    }
+    inventory = tmp_path / "fleet.provisioning.yml"
+    inventory.write_text(
+        json.dumps({"plugin": "zeroinit.bootstrap.provisioning", "brokers": [nats_broker.url], "expect": 2})
+    )
+    with (
+        AgentFleet(nats_broker.url, 2, tmp_path / "fleet", token=TOKEN) as fleet,
+        BusCapture(nats_broker.url, "provisioning.node.>") as bus,
+    ):
+        real = run_playbook(ROOT / "playbooks" / "provision.yaml", inventory=inventory, extra_vars=extra)
+        assert real.rc == 0, real.stdout[-3000:] + real.stderr[-3000:]
+        for identity in fleet.identities:
+            assert real.result("Provision the node", identity)["status"] == "provisioned"
+            assert configured(fleet, identity)["main_collective"] == "members"
+            assert not list((pathlib.Path(fleet.node_dir(identity)) / "ssl").glob("*.pem"))
+        assert asyncio.run(discover(members.url, fleet.identities, 20, collective="members")) == fleet.identities
+    actions = {request.action for request in bus.requests()}
+    assert "gencsr" not in actions and {"inventory", "configure", "restart"} <= actions
+
+
 ROLES_PLAY = """
 - hosts: provisioning
   connection: local
