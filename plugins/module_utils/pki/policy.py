@@ -43,6 +43,7 @@ from typing import Sequence
 
 from ..choria.subjects import valid_identity
 from ..common.deps import NameOID, UnsupportedAlgorithm, x509
+from ..common.text import printable
 from .x509 import PkiError, key_description, load_csr
 
 KEY_TYPES = ("ec", "rsa", "ed25519", "ed448")
@@ -194,7 +195,7 @@ class CsrPolicy:
             raise PolicyError(
                 "identity",
                 identity,
-                f"identity {identity!r} is not a plain host name (letters, digits, '-', '_' and dots; no wildcards)",
+                f"identity '{printable(identity, 100)}' is not a plain host name (letters, digits, '-', '_' and dots; no wildcards)",
             )
         return identity
 
@@ -212,7 +213,9 @@ class CsrPolicy:
             )
         cn = cns[0].value
         if cn != identity:
-            raise PolicyError("cn_matches_identity", cn, f"CN {cn!r} is not the identity {identity!r}")
+            raise PolicyError(
+                "cn_matches_identity", cn, f"CN '{printable(cn, 100)}' is not the identity '{printable(identity, 100)}'"
+            )
 
     @staticmethod
     def requested_names(request, identity: str):

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
@@ -15,7 +15,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.policy impo
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.signer import Signer
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.x509 import PkiError
 from tests.support.rules import IDENTITIES
-from tests.support.x509 import IDENTITY, load, make_csr, refusal
+from tests.support.x509 import EC_KEY, IDENTITY, load, make_csr, refusal
 
 
 def test_cn_not_the_identity_is_refused_naming_rule_and_both_names(signer):
@@ -24,6 +24,22 @@ def test_cn_not_the_identity_is_refused_naming_rule_and_both_names(signer):
     assert str(err) == (
         "CSR refused by policy 'cn_matches_identity': CN 'evil.example.net' is not the identity 'node1.example.net'"
     )
+
+
+def test_a_hostile_long_name_is_refused_and_shown_cut(signer):
+    """A 10,240-character CN (or identity) is named in the refusal, cut at 100 characters: a log line, not a dump."""
+    long_cn = "a" * 10240
+    with pytest.warns(UserWarning):  # cryptography builds it only when told not to validate, as a hostile node can
+        attribute = x509.NameAttribute(NameOID.COMMON_NAME, long_cn, _validate=False)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([attribute])).sign(EC_KEY, hashes.SHA256())
+    with pytest.warns(UserWarning):  # cryptography's warning on parsing the subject; the policy still decides
+        err = refusal(signer, csr.public_bytes(serialization.Encoding.PEM).decode("ascii"))
+    assert err.rule == "cn_matches_identity" and err.value == long_cn
+    assert (
+        str(err) == f"CSR refused by policy 'cn_matches_identity': CN '{'a' * 100}...' is not the identity '{IDENTITY}'"
+    )
+    err = refusal(signer, make_csr(), "b" * 10240)
+    assert err.rule == "identity" and len(str(err)) < 300
 
 
 def test_csr_with_two_common_names_is_refused(signer):
