@@ -95,3 +95,74 @@ def test_init_site_refuses_a_secret_with_a_missing_file_naming_it(site):
     result = init_site(site)
     assert result.rc != 0
     assert "provisioner.pem exists but provisioner-key.pem does not" in made(result)["msg"]
+
+
+ISSUE_JWT_PLAY = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Issue while the issuer key is decrypted for this run only
+      block:
+        - name: Decrypt the issuer key
+          ansible.builtin.include_role:
+            name: zeroinit.bootstrap.site_secrets
+            tasks_from: unlock
+          vars:
+            site_secrets_unlock: [jwt_issuer]
+        - name: Issue or keep rack1's JWT
+          zeroinit.bootstrap.provisioning_jwt:
+            dest: "{{ site_secrets_dir }}/jwt/rack1.jwt"
+            signing_key: "{{ site_secrets_unlocked.jwt_issuer }}"
+            token: "{{ lookup('ansible.builtin.file', site_secrets_dir ~ '/token') }}"
+            brokers: ["tls://prov.example.net:4222"]
+            identities: ["*.rack1.example.net"]
+            valid_days: 90
+        - name: Where the key was
+          ansible.builtin.set_fact:
+            unlocked_key: "{{ site_secrets_unlocked.jwt_issuer }}"
+      always:
+        - name: Remove the decrypted key
+          ansible.builtin.include_role:
+            name: zeroinit.bootstrap.site_secrets
+            tasks_from: lock
+"""
+
+
+def test_the_sites_issuer_key_issues_a_node_jwt_that_verifies_with_jwt_issuer_pub(site):
+    """provisioning_jwt's example: the vaulted issuer key decrypted for one run, the JWT kept on the next run."""
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import (
+        load_jwt_verify_key,
+        verify_provisioning_jwt,
+    )
+
+    assert init_site(site).rc == 0
+    vault = VaultLib([("default", VaultSecret(PASSWORD.encode()))])
+    token = vault.decrypt((site["dir"] / "token").read_bytes()).decode().strip()
+    jwt_file = site["dir"] / "jwt" / "rack1.jwt"
+
+    def issue(check=False):
+        result = run_playbook(
+            ISSUE_JWT_PLAY,
+            extra_vars={"site_secrets_dir": str(site["dir"])},
+            check=check,
+            diff=True,
+            args=["--vault-password-file", site["password"]],
+        )
+        assert result.rc == 0, result.stdout[-3000:]
+        assert token not in result.stdout and "PRIVATE KEY" not in result.stdout
+        return result, result.result("Issue or keep rack1's JWT")
+
+    _preview, would = issue(check=True)
+    assert would["changed"] and would["reason"] == "the file does not exist" and not jwt_file.exists()
+
+    first, issued = issue()
+    assert issued["changed"] and stat.S_IMODE(os.stat(jwt_file).st_mode) == 0o600
+    assert not os.path.exists(first.result("Where the key was")["ansible_facts"]["unlocked_key"])
+    verify_key = load_jwt_verify_key(str(site["dir"] / "jwt-issuer.pub"))
+    jwt = jwt_file.read_text().strip()
+    verified = verify_provisioning_jwt(jwt, verify_key, "n7.rack1.example.net", expected_token=token)
+    assert verified.broker_urls == ("tls://prov.example.net:4222",) and verified.claims["jti"] == issued["jti"]
+
+    _again, kept = issue()
+    assert not kept["changed"] and jwt_file.read_text().strip() == jwt

@@ -340,6 +340,20 @@ def verify_provisioning_jwt(
     )
 
 
+def read_provisioning_jwt(encoded, verify_key) -> dict:
+    """The claims of a JWT whose signature verifies with ``verify_key``, its times and identities not judged: how the
+    issuer reads back a JWT it issued (``provisioning_jwt``). ProvisioningJwtError when it does not verify or parse."""
+    _require_libraries()
+    if not isinstance(encoded, str) or not encoded or len(encoded) > MAX_JWT_CHARS:
+        raise ProvisioningJwtError("token", f"not a JWT of 1 to {MAX_JWT_CHARS} characters")
+    try:
+        return _decode(encoded, verify_key, jwt_algorithm(verify_key))
+    except ProvisioningJwtError:
+        raise
+    except Exception as exc:  # a file anyone may have edited: a refusal whatever PyJWT or json raise
+        raise ProvisioningJwtError("token", f"JWT does not parse: {type(exc).__name__}") from None
+
+
 def _decode(encoded: str, verify_key, algorithm: str) -> dict:
     try:
         return pyjwt.decode(
