@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import stat
 
 import pytest
@@ -166,3 +167,42 @@ def test_the_sites_issuer_key_issues_a_node_jwt_that_verifies_with_jwt_issuer_pu
 
     _again, kept = issue()
     assert not kept["changed"] and jwt_file.read_text().strip() == jwt
+
+
+def test_init_site_issues_the_images_jwts_when_asked_and_keeps_them_on_the_next_run(site):
+    from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.jwt import (
+        load_jwt_verify_key,
+        verify_provisioning_jwt,
+    )
+
+    jwts = {"rack1": ["*.rack1.example.net"], "edge": ["edge-*.example.net", "*.edge.example.net"]}
+    extra = {"zeroinit_site_node_jwts": jwts, "zeroinit_site_node_jwt_brokers": ["nats://10.0.0.2:4222"]}
+    preview = init_site(site, check=True, **extra)
+    assert preview.rc == 0 and "would be issued after the JWT issuer key is made" in preview.stdout
+    assert not site["dir"].exists()
+
+    first = init_site(site, **extra)
+    assert first.rc == 0, first.stdout[-3000:]
+    vault = VaultLib([("default", VaultSecret(PASSWORD.encode()))])
+    token = vault.decrypt((site["dir"] / "token").read_bytes()).decode().strip()
+    assert token not in first.stdout
+    verify_key = load_jwt_verify_key(str(site["dir"] / "jwt-issuer.pub"))
+    texts = {}
+    for name, identity in (("rack1", "n1.rack1.example.net"), ("edge", "edge-7.example.net")):
+        jwt_file = site["dir"] / "jwt" / f"{name}.jwt"
+        assert stat.S_IMODE(os.stat(jwt_file).st_mode) == 0o600
+        texts[name] = jwt_file.read_text()
+        verified = verify_provisioning_jwt(texts[name].strip(), verify_key, identity, expected_token=token)
+        assert verified.broker_urls == ("nats://10.0.0.2:4222",) and verified.secure is False
+        assert verified.claims["ou"] == "lab"
+    with pytest.raises(Exception, match="does not match"):
+        verify_provisioning_jwt(texts["rack1"].strip(), verify_key, "edge-7.example.net", expected_token=token)
+    assert not list(pathlib.Path("/dev/shm").glob("zeroinit-site-*/jwt-issuer-key.pem"))
+
+    second = init_site(site, **extra)
+    assert second.rc == 0 and second.changed() == 0, second.stdout[-3000:]
+    assert {name: (site["dir"] / "jwt" / f"{name}.jwt").read_text() for name in jwts} == texts
+
+    missing = init_site(site, zeroinit_site_node_jwts=jwts)
+    assert missing.rc != 0
+    assert "set zeroinit_site_node_jwt_brokers" in missing.result("Say which brokers the JWTs name")["msg"]
