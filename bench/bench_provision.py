@@ -8,8 +8,9 @@ the fleet grows.
 For each fleet size: nodes/s and its ratio to the floor measured just before it in the same run (the raw NATS
 request/reply rate on this machine with a trivial responder, divided by the 4 round trips per node; target >= 0.25
 at 10,000 nodes), p50/p99 per node, the provisioner's CPU per node (its own process plus its signing workers) and
-peak RSS, RSS per node and the RSS it grew by per node, the fleet's CPU and RSS, and the load average before and
-after. Then the two growth checks against their targets: memory grown per node at the largest size no more than at
+peak RSS, RSS per node and the RSS it grew by per node, the fleet's CPU and RSS, nats-server's CPU, and the load
+average before and after; then the CPU per node of all of them together beside what the target allows on this
+machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy). Then the two growth checks against their targets: memory grown per node at the largest size no more than at
 10,000 (10 % noise allowed: linear or better), and nodes/s at the largest size at least 0.8 of 10,000's.
 
 A real nats-server on loopback; the fleet is zeroinit-agent processes of at most ``--fleet-nodes`` (12,500) simulated
@@ -249,6 +250,7 @@ def bench_size(
             for fleet in fleets:  # started together, waited for one after the other
                 fleet.wait_ready(max(60.0, fleet.count / 100.0))
             fleet_cpu0 = sum(proc_stats(fleet.process.pid)[0] for fleet in fleets)
+            nats_cpu0 = sum(proc_stats(server.process.pid)[0] for server in (broker, members))
             settings = dict(
                 brokers=[broker.url],
                 token=TOKEN,
@@ -262,6 +264,7 @@ def bench_size(
             )
             out = run_provisioner(settings, signing_processes)
             fleet_stats = [proc_stats(fleet.process.pid) for fleet in fleets]
+            nats_cpu = sum(proc_stats(server.process.pid)[0] for server in (broker, members)) - nats_cpu0
         finally:
             for fleet in fleets:
                 fleet.stop()
@@ -291,6 +294,8 @@ def bench_size(
         "fleet_cpu_s": round(fleet_cpu, 2),
         "fleet_cpu_ms_per_node": round(1000 * fleet_cpu / max(1, count), 3),
         "fleet_peak_rss_mb": round(sum(rss for _cpu, rss in fleet_stats) / 2**20, 1),
+        "nats_cpu_ms_per_node": round(1000 * nats_cpu / max(1, count), 3),
+        "total_cpu_ms_per_node": round(1000 * (prov_cpu + fleet_cpu + nats_cpu) / max(1, count), 3),
         "trust": trust,
         "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "steps": {k: v for k, v in t.items() if isinstance(v, dict) and k != "node"},
@@ -347,8 +352,19 @@ def size_line(row: dict) -> str:
         f"peak RSS {row['prov_peak_rss_mb']:.0f} MiB = {row['prov_rss_kb_per_node']:.1f} KiB/node, grown "
         f"{row['prov_grown_kb_per_node']:.2f} KiB/node over {row['prov_start_rss_mb']:.0f} MiB at start; fleet "
         f"({row['fleet_processes']} process(es)) {row['fleet_cpu_ms_per_node']:.2f} CPU ms/node, "
-        f"{row['fleet_peak_rss_mb']:.0f} MiB; failed {row['failed']}; load average {row['load_average'][0]} -> "
-        f"{row['load_average'][1]}"
+        f"{row['fleet_peak_rss_mb']:.0f} MiB; nats-server {row['nats_cpu_ms_per_node']:.2f} CPU ms/node; "
+        f"failed {row['failed']}; load average {row['load_average'][0]} -> {row['load_average'][1]}"
+        + (f"\n{'':>14}{cpu_budget_line(row)}" if "floor_nodes_per_s" in row else "")
+    )
+
+
+def cpu_budget_line(row: dict) -> str:
+    """What the target asks of the CPU: on this machine's cores, 0.25 of the floor leaves this much CPU per node."""
+    cores = os.cpu_count() or 1
+    allowed = 1000 * cores / (0.25 * row["floor_nodes_per_s"])
+    return (
+        f"all processes {row['total_cpu_ms_per_node']:.2f} CPU ms/node (provisioner, fleet, nats-server); "
+        f"0.25 of this floor on {cores} cores allows at most {allowed:.2f} with every core busy"
     )
 
 
