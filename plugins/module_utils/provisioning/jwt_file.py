@@ -81,7 +81,10 @@ def _summary(claims: dict) -> dict:
 def _iso(stamp) -> str | None:
     if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    except (OverflowError, ValueError, OSError):
+        return str(stamp)
 
 
 def _why_issue(existing: bytes | None, key, token: str, wanted: dict, renew_before: int, now: float):
