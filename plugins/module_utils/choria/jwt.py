@@ -59,6 +59,7 @@ from ..common.deps import (
     x509,
 )
 from ..common.deps import jwt as pyjwt
+from ..common.text import iso_utc
 from .subjects import IDENTITY_RULE, valid_identity
 
 PROVISIONING_PURPOSE = "choria_provisioning"
@@ -394,15 +395,8 @@ def _number(claims: dict, name: str):
 def _check_times(claims: dict, now: float, leeway: int) -> None:
     expires, not_before, issued = _number(claims, "exp"), _number(claims, "nbf"), _number(claims, "iat")
     if expires <= now - leeway:
-        raise ProvisioningJwtError("expired", f"JWT expired at {_iso(expires)}")
+        raise ProvisioningJwtError("expired", f"JWT expired at {iso_utc(expires)}")
     if not_before is not None and not_before > now + leeway:
-        raise ProvisioningJwtError("not_yet_valid", f"JWT is not valid before {_iso(not_before)}")
+        raise ProvisioningJwtError("not_yet_valid", f"JWT is not valid before {iso_utc(not_before)}")
     if issued is not None and issued > now + leeway:
-        raise ProvisioningJwtError("not_yet_valid", f"JWT is issued in the future ({_iso(issued)})")
-
-
-def _iso(stamp: float) -> str:
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
-    except (OverflowError, ValueError, OSError):
-        return str(stamp)
+        raise ProvisioningJwtError("not_yet_valid", f"JWT is issued in the future ({iso_utc(issued)})")

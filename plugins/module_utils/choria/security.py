@@ -84,6 +84,7 @@ from ..common.deps import (
     serialization,
     x509,
 )
+from ..common.text import iso_utc, printable
 from ..pki.x509 import certificate_matches_key, public_key_sha256
 
 # The provisioner extended key usage, made for this purpose from the random UUID
@@ -202,19 +203,9 @@ def _utc_bounds(cert) -> tuple[float, float]:
         return before.replace(tzinfo=_UTC).timestamp(), after.replace(tzinfo=_UTC).timestamp()
 
 
-def _iso(stamp: float) -> str:
-    return datetime.datetime.fromtimestamp(stamp, _UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """A name from a certificate, safe for a log line or a reply: control characters escaped, length capped."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
-
-
 def _subject(cert) -> str:
     try:
-        return _printable(cert.subject.rfc4514_string()) or "(empty subject)"
+        return printable(cert.subject.rfc4514_string()) or "(empty subject)"
     except ValueError:
         return "(unreadable subject)"
 
@@ -508,7 +499,7 @@ class RequestVerifier:
             raise RequestTrustError(
                 "name",
                 f"certificate {leaf.subject} is not for {required_name!r} "
-                f"(it names {_printable(', '.join(leaf.names)) or 'nothing'})",
+                f"(it names {printable(', '.join(leaf.names)) or 'nothing'})",
             )
         self._check_signature(leaf, message, signature)
         return VerifiedSigner(
@@ -517,7 +508,7 @@ class RequestVerifier:
             certificate_sha256=leaf.certificate_sha256,
             ca_subject=path.anchor.subject,
             ca_key_sha256=path.anchor.key_sha256,
-            not_after=_iso(path.valid_until),
+            not_after=iso_utc(path.valid_until),
         )
 
     # -- pubcert, cached ----------------------------------------------------------------------------------------------
@@ -634,9 +625,9 @@ class RequestVerifier:
     def _check_time(self, subject: str, what: str, not_before: float, not_after: float, at: float) -> None:
         skew = self.policy.clock_skew
         if at + skew < not_before:
-            raise RequestTrustError("validity", f"{what} {subject} is not valid before {_iso(not_before)}")
+            raise RequestTrustError("validity", f"{what} {subject} is not valid before {iso_utc(not_before)}")
         if at - skew > not_after:
-            raise RequestTrustError("validity", f"{what} {subject} expired at {_iso(not_after)}")
+            raise RequestTrustError("validity", f"{what} {subject} expired at {iso_utc(not_after)}")
 
     def _find_path(self, leaf: _Leaf, at: float) -> _Path:
         """A path from the leaf to an anchor, valid at ``at``; or the most telling reason there is none."""
@@ -758,7 +749,7 @@ class RequestVerifier:
 
 def _issuer(cert) -> str:
     try:
-        return _printable(cert.issuer.rfc4514_string()) or "(empty)"
+        return printable(cert.issuer.rfc4514_string()) or "(empty)"
     except ValueError:
         return "(unreadable)"
 

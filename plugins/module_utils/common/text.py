@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -13,3 +14,12 @@ def printable(text: Any, limit: int = 200) -> str:
     value = text if isinstance(text, str) else repr(text)
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value[:limit])
     return shown + ("..." if len(value) > limit else "")
+
+
+def iso_utc(stamp: float) -> str:
+    """A POSIX time as UTC ISO 8601 (``2026-11-28T05:40:00Z``); one no calendar can show (a hostile or corrupt
+    ``exp`` far in the future) as its number."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    except (OverflowError, ValueError, OSError):
+        return str(stamp)

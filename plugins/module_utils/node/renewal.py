@@ -55,6 +55,7 @@ from ..choria.security import RequestSigner, TrustConfigError
 from ..choria.subjects import broadcast_subject, reply_subject
 from ..common.deps import NameOID, NatsError, rsa, serialization, x509
 from ..common.files import read_bytes
+from ..common.text import iso_utc
 from ..pki.x509 import certificate_matches_key, is_issued_by
 from .actions.configure import CERTIFICATE_LIMIT
 from .actions.gencsr import new_key_and_csr
@@ -396,7 +397,7 @@ class CertificateRenewer:
                     "attempt": tracked.attempts,
                     "retry_in": round(delay, 1),
                     "serial": f"{current.serial:x}",
-                    "not_after": _iso(current.not_after),
+                    "not_after": iso_utc(current.not_after),
                 },
             )
             self._schedule(tracked, self.clock() + delay)
@@ -409,7 +410,7 @@ class CertificateRenewer:
             {
                 "serial": f"{cert.serial_number:x}",
                 "previous_serial": f"{current.serial:x}",
-                "not_after": _iso(cert.not_valid_after_utc.timestamp()),
+                "not_after": iso_utc(cert.not_valid_after_utc.timestamp()),
                 "issuer": cert.issuer.rfc4514_string(),
             },
         )
@@ -480,7 +481,3 @@ class CertificateRenewer:
         if node.files_block:
             return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
         return func(*args)
-
-
-def _iso(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))

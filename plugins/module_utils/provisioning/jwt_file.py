@@ -30,6 +30,7 @@ from ..choria.jwt import (
     read_provisioning_jwt,
 )
 from ..common.files import atomic_write, read_bytes
+from ..common.text import iso_utc
 
 DAY = 24 * 3600
 FILE_MODE = 0o600
@@ -79,12 +80,10 @@ def _summary(claims: dict) -> dict:
 
 
 def _iso(stamp) -> str | None:
+    """A claim's time as ISO 8601; None when the claim is not a number."""
     if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
         return None
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
-    except (OverflowError, ValueError, OSError):
-        return str(stamp)
+    return iso_utc(stamp)
 
 
 def _why_issue(existing: bytes | None, key, token: str, wanted: dict, renew_before: int, now: float):
