@@ -10,7 +10,8 @@ request/reply rate on this machine with a trivial responder, divided by the 4 ro
 at 10,000 nodes), p50/p99 per node, the provisioner's CPU per node (its own process plus its signing workers) and
 peak RSS, RSS per node and the RSS it grew by per node, the fleet's CPU and RSS, nats-server's CPU, and the load
 average before and after; then the CPU per node of all of them together beside what the target allows on this
-machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy). Then the two growth checks against their targets: memory grown per node at the largest size no more than at
+machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy).
+Then the two growth checks against their targets: memory grown per node at the largest size no more than at
 10,000 (10 % noise allowed: linear or better), and nodes/s at the largest size at least 0.8 of 10,000's.
 
 A real nats-server on loopback; the fleet is zeroinit-agent processes of at most ``--fleet-nodes`` (12,500) simulated
