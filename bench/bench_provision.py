@@ -10,8 +10,9 @@ request/reply rate on this machine with a trivial responder, divided by the 4 ro
 at 10,000 nodes), p50/p99 per node, the provisioner's CPU per node (its own process plus its signing workers) and
 peak RSS, RSS per node and the RSS it grew by per node, the fleet's CPU and RSS, nats-server's CPU, and the load
 average before and after; then the CPU per node of all of them together beside what the target allows on this
-machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy).
-Then the two growth checks against their targets: memory grown per node at the largest size no more than at
+machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy),
+and the work alone beside that allowance: the same node actions, protocol and signer decision for ``--work-nodes``
+(2,000) nodes in one process without NATS, a lower bound of the bulk path's CPU per node. Then the two growth checks against their targets: memory grown per node at the largest size no more than at
 10,000 (10 % noise allowed: linear or better), and nodes/s at the largest size at least 0.8 of 10,000's.
 
 A real nats-server on loopback; the fleet is zeroinit-agent processes of at most ``--fleet-nodes`` (12,500) simulated
@@ -46,9 +47,24 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.protocol import (
+    Reply,
+    Request,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    rpc_request_body,
+)
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.choria.transport import connect
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.dispatch import handle
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.state import NodeState
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.node.trust import AgentTrust
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning import bulk
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.bulk import provision
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.deciders import SignerDecider
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.flow import FlowOptions
+from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.helper import check_configuration
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
 from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet
@@ -343,6 +359,72 @@ def measure_floor(quick: bool) -> float:
         return asyncio.run(_floor(broker.url, 2000 if quick else 20000, 1000)) / 4
 
 
+def node_work(count: int, workdir: str, state_root: str) -> dict:
+    """The work of provisioning a node with no NATS: CPU ms per node, in parts.
+
+    One process takes ``count`` simulated nodes (as the fleet keeps them: a shared trust, no fsync) one after the
+    other through inventory, gencsr, the built-in signer's decision, configure and restart: the real protocol both
+    ways (encode and decode of each request and reply), the real node actions, the real ``SignerDecider`` signing
+    inline and the flow's loop guard. It is a lower bound of what the bulk path spends per node on all its processes
+    together: no transport, no concurrency, and not the node's move to its new broker or its events after restart.
+    The parts: the node's actions (``dispatch.handle``), the decision, and the protocol (the rest: building,
+    encoding and decoding each request and reply).
+    """
+    ca_cert, ca_key = make_ca(workdir)
+    configuration = {"plugin.choria.middleware_hosts": "nats://127.0.0.1:4222", "collectives": "bench"}
+    decider = SignerDecider({"ca_cert": ca_cert, "ca_key": ca_key}, configuration)
+    options = FlowOptions(token=TOKEN)
+    state = tempfile.mkdtemp(prefix="node-work-", dir=state_root)
+    trust = AgentTrust()
+    spent = {"node": 0.0, "decide": 0.0}
+    clock = time.process_time
+
+    def round_trip(node: NodeState, agent: str, action: str, data: dict) -> dict:
+        body = rpc_request_body(agent, action, data)
+        req = decode_request(encode_request(Request(agent=agent, body=body, callerid="choria=bench", senderid="bench")))
+        asked = clock()
+        result = handle(node, req)
+        spent["node"] += clock() - asked
+        reply = decode_reply(
+            encode_reply(Reply(requestid=req.requestid, senderid=node.identity, agent=agent, body=result.body))
+        )
+        if reply.statuscode != 0:
+            raise RuntimeError(f"{node.identity}: {agent}#{action} refused: {reply.statusmsg}")
+        return reply.data
+
+    async def provision_all(nodes: list) -> None:
+        for node in nodes:
+            inventory = round_trip(node, "rpcutil", "inventory", {})
+            csr = round_trip(node, "choria_provision", "gencsr", options.gencsr_data(node.identity))
+            deciding = clock()
+            decision = await decider.decide(node.identity, inventory, csr)
+            check_configuration(node.identity, decision.configuration)
+            spent["decide"] += clock() - deciding
+            data = options.configure_data(decision.configuration, decision.certificate, decision.ca, decision.ssldir)
+            round_trip(node, "choria_provision", "configure", data)
+            round_trip(node, "choria_provision", "restart", options.token_data(splay=0))
+
+    try:
+        nodes = []
+        for index in range(count):
+            node = NodeState(
+                f"w{index}.bench.example.net", os.path.join(state, str(index)), TOKEN, durable=False, trust=trust
+            )
+            node.load()
+            nodes.append(node)
+        started = clock()
+        asyncio.run(provision_all(nodes))
+        total = clock() - started
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return {
+        "nodes": count,
+        "cpu_ms_per_node": round(1000 * total / count, 3),
+        "protocol_ms_per_node": round(1000 * (total - spent["node"] - spent["decide"]) / count, 3),
+        **{f"{part}_ms_per_node": round(1000 * value / count, 3) for part, value in spent.items()},
+    }
+
+
 def size_line(row: dict) -> str:
     return (
         f"{row['nodes']:>6} nodes: {row['nodes_per_s']:6.0f} nodes/s = {row['ratio_to_floor']:.2f} of the floor "
@@ -356,6 +438,7 @@ def size_line(row: dict) -> str:
         f"{row['fleet_peak_rss_mb']:.0f} MiB; nats-server {row['nats_cpu_ms_per_node']:.2f} CPU ms/node; "
         f"failed {row['failed']}; load average {row['load_average'][0]} -> {row['load_average'][1]}"
         + (f"\n{'':>14}{cpu_budget_line(row)}" if "floor_nodes_per_s" in row else "")
+        + (f"\n{'':>14}{work_line(row)}" if "node_work" in row else "")
     )
 
 
@@ -366,6 +449,18 @@ def cpu_budget_line(row: dict) -> str:
     return (
         f"all processes {row['total_cpu_ms_per_node']:.2f} CPU ms/node (provisioner, fleet, nats-server); "
         f"0.25 of this floor on {cores} cores allows at most {allowed:.2f} with every core busy"
+    )
+
+
+def work_line(row: dict) -> str:
+    """The work alone (:func:`node_work`) beside what 0.25 of this size's floor allows."""
+    work = row["node_work"]
+    allowed = 1000 * (os.cpu_count() or 1) / (0.25 * row["floor_nodes_per_s"])
+    return (
+        f"the work alone, in one process without NATS ({work['nodes']} nodes): {work['cpu_ms_per_node']:.2f} CPU "
+        f"ms/node = {work['cpu_ms_per_node'] / allowed:.2f}x that allowance (the protocol both ways "
+        f"{work['protocol_ms_per_node']:.2f}, node actions {work['node_ms_per_node']:.2f}, decision (the "
+        f"built-in signer, inline) {work['decide_ms_per_node']:.2f})"
     )
 
 
@@ -411,6 +506,12 @@ def main() -> int:
     parser.add_argument(
         "--signing-processes", type=int, help="signing worker processes of the provisioner (default: its own choice)"
     )
+    parser.add_argument(
+        "--work-nodes",
+        type=int,
+        default=None,
+        help="nodes for the work alone, without NATS (default 2,000; 300 with --quick; 0: skip)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -429,7 +530,9 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="zeroinit-bench-prov-")
     state_root = args.state_dir or workdir
     rows: dict = {}
+    work_nodes = args.work_nodes if args.work_nodes is not None else (300 if args.quick else 2000)
     try:
+        work = node_work(work_nodes, workdir, state_root) if work_nodes > 0 and sizes else None
         for count in sizes:
             floor_nodes = measure_floor(args.quick)
             row = bench_size(
@@ -443,6 +546,8 @@ def main() -> int:
             )
             row["floor_nodes_per_s"] = round(floor_nodes, 1)
             row["ratio_to_floor"] = round(row["nodes_per_s"] / floor_nodes, 3)
+            if work:
+                row["node_work"] = work
             rows[count] = row
             print(json.dumps(row))
             print(size_line(row), flush=True)
