@@ -148,7 +148,7 @@ class SignerDecider:
         if csr is None:
             raise NodeFailure(f"the built-in signer needs the CSR of {identity}: it signs only with PKI on (gencsr)")
         csr_pem = csr.get("csr", "")
-        if self.pool is not None and not self.pool.broken:
+        if self.pool is not None:  # with no worker left, the pool signs inline itself
             try:
                 outcome = await self.pool.sign(csr_pem, identity, self.valid_days, self.profile)
             except WorkerLost as exc:
