@@ -12,8 +12,9 @@ peak RSS, RSS per node and the RSS it grew by per node, the fleet's CPU and RSS,
 average before and after; then the CPU per node of all of them together beside what the target allows on this
 machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy),
 and the work alone beside that allowance: the same node actions, protocol and signer decision for ``--work-nodes``
-(2,000) nodes in one process without NATS, a lower bound of the bulk path's CPU per node. Then the two growth checks against their targets: memory grown per node at the largest size no more than at
-10,000 (10 % noise allowed: linear or better), and nodes/s at the largest size at least 0.8 of 10,000's.
+(2,000) nodes in one process without NATS, a lower bound of the bulk path's CPU per node. Then the two growth
+checks against their targets: memory grown per node at the largest size no more than at 10,000 (10 % noise
+allowed: linear or better), and nodes/s at the largest size at least 0.8 of 10,000's.
 
 A real nats-server on loopback; the fleet is zeroinit-agent processes of at most ``--fleet-nodes`` (12,500) simulated
 nodes each, so 50,000 nodes are 4 processes (4 NATS connections each). Their node directories go to ``--state-dir``
