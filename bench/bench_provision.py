@@ -10,11 +10,12 @@ request/reply rate on this machine with a trivial responder, divided by the 4 ro
 at 10,000 nodes), p50/p99 per node, the provisioner's CPU per node (its own process plus its signing workers) and
 peak RSS, RSS per node and the RSS it grew by per node, the fleet's CPU and RSS, nats-server's CPU, and the load
 average before and after; then the CPU per node of all of them together beside what the target allows on this
-machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy),
-and the work alone beside that allowance: the same node actions, protocol and signer decision for ``--work-nodes``
-(2,000) nodes in one process without NATS, a lower bound of the bulk path's CPU per node. Then the two growth
-checks against their targets: memory grown per node at the largest size no more than at 10,000 (10 % noise
-allowed: linear or better), and nodes/s at the largest size at least 0.8 of 10,000's.
+machine's cores (0.25 of the floor leaves cores / (0.25 x floor) CPU seconds per node, with every core busy) and
+the CPU the floor itself took per node (its three processes); then the work alone: the same node actions, protocol
+and signer decision for ``--work-nodes`` (2,000) nodes in one process without NATS, and it plus the floor's own CPU
+beside that allowance, a lower bound of the bulk path's CPU per node on one machine. Then the two growth checks
+against their targets: memory grown per node at the largest size no more than at 10,000 (10 % noise allowed: linear
+or better), and nodes/s at the largest size at least 0.8 of 10,000's.
 
 A real nats-server on loopback; the fleet is zeroinit-agent processes of at most ``--fleet-nodes`` (12,500) simulated
 nodes each, so 50,000 nodes are 4 processes (4 NATS connections each). Their node directories go to ``--state-dir``
@@ -101,8 +102,12 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, hwm
 
 
-async def _floor(url: str, count: int, in_flight: int) -> float:
-    """Requests per second through nats-server with a trivial responder in another process."""
+async def _floor(url: str, count: int, in_flight: int, server_pids: tuple = ()) -> tuple[float, float]:
+    """(requests per second, CPU seconds) through nats-server with a trivial responder in another process.
+
+    The CPU seconds are those of the timed requests (not the warm-up): this process's, the responder's and those of
+    the nats-server processes ``server_pids``.
+    """
     responder = subprocess.Popen(
         [sys.executable, "-c", RESPONDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -116,12 +121,15 @@ async def _floor(url: str, count: int, in_flight: int) -> float:
             async with slots:
                 await nc.request("bench.echo", payload, timeout=30)
 
+        def cpu() -> float:
+            return time.process_time() + sum(proc_stats(pid)[0] for pid in (responder.pid, *server_pids))
+
         await asyncio.gather(*(one() for _warm in range(min(1000, count))))  # warm up
-        started = time.monotonic()
+        cpu_before, started = cpu(), time.monotonic()
         await asyncio.gather(*(one() for _req in range(count)))
-        rate = count / (time.monotonic() - started)
+        rate, spent = count / (time.monotonic() - started), cpu() - cpu_before
         await nc.drain()
-        return rate
+        return rate, spent
     finally:
         responder.stdin.close()
         try:
@@ -354,10 +362,13 @@ def bench_trust(
         )
 
 
-def measure_floor(quick: bool) -> float:
-    """The floor in nodes/s: raw request/reply through a fresh nats-server, divided by 4 round trips per node."""
+def measure_floor(quick: bool) -> tuple[float, float]:
+    """The floor: raw request/reply through a fresh nats-server, as (nodes/s, CPU ms per node) at 4 round trips per
+    node; the CPU is that of all three processes (requester, trivial responder, nats-server)."""
+    count = 2000 if quick else 20000
     with EmbeddedBroker() as broker:
-        return asyncio.run(_floor(broker.url, 2000 if quick else 20000, 1000)) / 4
+        rate, cpu = asyncio.run(_floor(broker.url, count, 1000, (broker.process.pid,)))
+    return rate / 4, 1000 * cpu / (count / 4)
 
 
 def node_work(count: int, workdir: str, state_root: str) -> dict:
@@ -443,25 +454,30 @@ def size_line(row: dict) -> str:
     )
 
 
+def cpu_allowance(row: dict) -> float:
+    """CPU ms per node that 0.25 of the row's floor leaves on this machine's cores, with every core busy."""
+    return 1000 * (os.cpu_count() or 1) / (0.25 * row["floor_nodes_per_s"])
+
+
 def cpu_budget_line(row: dict) -> str:
     """What the target asks of the CPU: on this machine's cores, 0.25 of the floor leaves this much CPU per node."""
-    cores = os.cpu_count() or 1
-    allowed = 1000 * cores / (0.25 * row["floor_nodes_per_s"])
     return (
         f"all processes {row['total_cpu_ms_per_node']:.2f} CPU ms/node (provisioner, fleet, nats-server); "
-        f"0.25 of this floor on {cores} cores allows at most {allowed:.2f} with every core busy"
+        f"0.25 of this floor on {os.cpu_count() or 1} cores allows at most {cpu_allowance(row):.2f} with every core "
+        f"busy; the floor's own 4 round trips took {row['floor_cpu_ms_per_node']:.2f} (requester, trivial responder, "
+        "nats-server)"
     )
 
 
 def work_line(row: dict) -> str:
-    """The work alone (:func:`node_work`) beside what 0.25 of this size's floor allows."""
+    """The work alone (:func:`node_work`), and it with the floor's own NATS cost, beside that allowance."""
     work = row["node_work"]
-    allowed = 1000 * (os.cpu_count() or 1) / (0.25 * row["floor_nodes_per_s"])
+    least = work["cpu_ms_per_node"] + row["floor_cpu_ms_per_node"]
     return (
         f"the work alone, in one process without NATS ({work['nodes']} nodes): {work['cpu_ms_per_node']:.2f} CPU "
-        f"ms/node = {work['cpu_ms_per_node'] / allowed:.2f}x that allowance (the protocol both ways "
-        f"{work['protocol_ms_per_node']:.2f}, node actions {work['node_ms_per_node']:.2f}, decision (the "
-        f"built-in signer, inline) {work['decide_ms_per_node']:.2f})"
+        f"ms/node (the protocol both ways {work['protocol_ms_per_node']:.2f}, node actions "
+        f"{work['node_ms_per_node']:.2f}, decision (the built-in signer, inline) {work['decide_ms_per_node']:.2f}); "
+        f"with the floor's NATS cost {least:.2f} = {least / cpu_allowance(row):.2f}x that allowance"
     )
 
 
@@ -535,7 +551,7 @@ def main() -> int:
     try:
         work = node_work(work_nodes, workdir, state_root) if work_nodes > 0 and sizes else None
         for count in sizes:
-            floor_nodes = measure_floor(args.quick)
+            floor_nodes, floor_cpu = measure_floor(args.quick)
             row = bench_size(
                 count,
                 args.workers,
@@ -546,6 +562,7 @@ def main() -> int:
                 signing_processes=args.signing_processes,
             )
             row["floor_nodes_per_s"] = round(floor_nodes, 1)
+            row["floor_cpu_ms_per_node"] = round(floor_cpu, 3)
             row["ratio_to_floor"] = round(row["nodes_per_s"] / floor_nodes, 3)
             if work:
                 row["node_work"] = work

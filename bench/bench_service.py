@@ -239,7 +239,7 @@ def main() -> int:
         CertificateAuthority.load_or_create(cert, key)
         ca = {"ca_cert": cert, "ca_key": key}
         with EmbeddedCluster(size=3) as cluster, EmbeddedBroker() as members:
-            floor_rps = asyncio.run(_floor(cluster.urls[0], 5000 if args.quick else 20000, 1000))
+            floor_rps, _cpu = asyncio.run(_floor(cluster.urls[0], 5000 if args.quick else 20000, 1000))
             floor_nodes = floor_rps / ROUND_TRIPS
             print(
                 f"floor: raw NATS request/reply through the cluster {floor_rps:.0f} req/s (trivial responder, 1000 in "
