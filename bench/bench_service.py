@@ -6,7 +6,9 @@
 
 A real three-server nats-server cluster with JetStream on loopback, the instances as the operator runs them
 (``.venv/bin/zeroinit-provisioner run``, instance i connected to server i), the built-in signer, one fleet process
-(``zeroinit-agent --fleet``) on server 0. Each run: the instances start and are paused, the fleet starts (its
+(``zeroinit-agent --fleet``) on server 0 with its nodes' directories in ``--state-dir`` (default /dev/shm, as
+bench_provision: on one shared disk, creating the simulated nodes' files took the fleet more CPU than everything
+else it did, and as much more as the disk was busy). Each run: the instances start and are paused, the fleet starts (its
 nodes' startup events fill every instance's queue), then ``resume``; the run's time is from the first node's
 start to the last node's outcome, read from the instances' JSON log lines. Printed per run: nodes/s, the ratio
 to one instance and to the floor measured in the same run (raw NATS request/reply through the cluster with a
@@ -134,9 +136,11 @@ class Site:
         return min(starts), max(ends), done
 
 
-def throughput_run(cluster, members, ca, workdir, count: int, nodes: int, workers: int, connections: int) -> dict:
+def throughput_run(
+    cluster, members, ca, workdir, state_root, count: int, nodes: int, workers: int, connections: int
+) -> dict:
     site = f"bench{count}"
-    state = os.path.join(workdir, f"fleet-{site}")
+    state = os.path.join(state_root, f"fleet-{site}")
     with Site(cluster, members, ca, workdir, site, count, workers) as run:
         idle = [rss_mib(instance.process.pid) for instance in run.instances]
         with AgentFleet(cluster.urls[0], nodes, state, token=TOKEN, connections=connections) as fleet:
@@ -172,9 +176,11 @@ def throughput_run(cluster, members, ca, workdir, count: int, nodes: int, worker
     }
 
 
-def failover_run(cluster, members, ca, workdir, nodes: int, workers: int, connections: int, ttl: int) -> dict:
+def failover_run(
+    cluster, members, ca, workdir, state_root, nodes: int, workers: int, connections: int, ttl: int
+) -> dict:
     site = "benchfail"
-    state = os.path.join(workdir, f"fleet-{site}")
+    state = os.path.join(state_root, f"fleet-{site}")
     with Site(cluster, members, ca, workdir, site, 3, workers, claim_ttl=ttl) as run:
         victim = run.instances[0]
         with (
@@ -228,12 +234,18 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4, help="NATS connections of the fleet process")
     parser.add_argument("--failover-nodes", type=int, default=None, help="fleet of the failover run (0: skip)")
     parser.add_argument("--claim-ttl", type=int, default=5, help="claim_ttl of the failover run's instances")
+    parser.add_argument(
+        "--state-dir",
+        default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+        help="where the simulated nodes' directories go (default /dev/shm when there is one)",
+    )
     args = parser.parse_args()
     nodes = args.nodes or (1000 if args.quick else 10000)
     failover_nodes = args.failover_nodes if args.failover_nodes is not None else (600 if args.quick else 3000)
     counts = [int(c) for c in args.instances.split(",") if c]
     print(f"bench_service: {machine()}; load average {load_average()} before", flush=True)
     workdir = tempfile.mkdtemp(prefix="zeroinit-bench-svc-")
+    state_root = tempfile.mkdtemp(prefix="zeroinit-bench-svc-fleet-", dir=args.state_dir)
     try:
         cert, key = os.path.join(workdir, "ca.pem"), os.path.join(workdir, "ca.key")
         CertificateAuthority.load_or_create(cert, key)
@@ -248,7 +260,9 @@ def main() -> int:
             )
             one = None
             for count in counts:
-                row = throughput_run(cluster, members, ca, workdir, count, nodes, args.workers, args.connections)
+                row = throughput_run(
+                    cluster, members, ca, workdir, state_root, count, nodes, args.workers, args.connections
+                )
                 one = one or row["nodes_per_s"]
                 print(
                     f"{count} instance(s), {row['nodes']} nodes, {args.workers} workers each: {row['seconds']:.1f} s, "
@@ -263,7 +277,15 @@ def main() -> int:
                 )
             if failover_nodes:
                 row = failover_run(
-                    cluster, members, ca, workdir, failover_nodes, args.workers, args.connections, args.claim_ttl
+                    cluster,
+                    members,
+                    ca,
+                    workdir,
+                    state_root,
+                    failover_nodes,
+                    args.workers,
+                    args.connections,
+                    args.claim_ttl,
                 )
                 print(
                     f"failover, 3 instances, {row['nodes']} nodes, claim_ttl {args.claim_ttl} s, first instance "
@@ -274,6 +296,7 @@ def main() -> int:
                 )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(state_root, ignore_errors=True)
     return 0
 
 
