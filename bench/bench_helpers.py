@@ -4,7 +4,8 @@
     .venv/bin/python bench/bench_helpers.py --quick    # 300 persistent, 40 one-shot, 300 floor (<= 60 s)
 
 Each run is the bulk path (``bulk.provision``, run in its own process) against a simulated fleet (one
-zeroinit-agent process serving every node) on a real nats-server, the nodes moved to a second broker:
+zeroinit-agent process serving every node, their directories in ``--state-dir``, /dev/shm by default, as in
+bench_provision) on a real nats-server, the nodes moved to a second broker:
 
 - floor: the built-in signer, no helper (what the path costs without a helper program);
 - persistent: ``tests/integration/helpers/policy_helper.py --persistent`` (Python + cryptography: loads the CA,
@@ -43,6 +44,7 @@ from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.de
     helper_concurrency,
 )
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.settings import ProvisionSettings
+from bench.bench_provision import add_state_dir_option
 from tests.support.broker import EmbeddedBroker
 from tests.support.fleet import AgentFleet
 
@@ -66,9 +68,10 @@ def child_run(settings_json: str) -> None:
     print(json.dumps(out))
 
 
-def bench_run(name: str, count: int, workdir: str, decider: dict, workers: int, connections: int) -> dict:
-    """One bulk run over a fresh fleet of ``count`` nodes; ``decider``: the helper or signer settings."""
-    state = os.path.join(workdir, f"fleet-{name}")
+def bench_run(name: str, count: int, state_root: str, decider: dict, workers: int, connections: int) -> dict:
+    """One bulk run over a fresh fleet of ``count`` nodes in ``state_root``; ``decider``: the helper or signer
+    settings."""
+    state = os.path.join(state_root, f"fleet-{name}")
     load_before = os.getloadavg()[0]
     with EmbeddedBroker() as broker, EmbeddedBroker() as members:
         configuration = {
@@ -185,6 +188,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=500, help="nodes in flight")
     parser.add_argument("--connections", type=int, default=4, help="NATS connections of the fleet process")
     parser.add_argument("--helper-concurrency", type=int, default=0, help="helper processes (0: the default)")
+    add_state_dir_option(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -198,6 +202,7 @@ def main() -> int:
         f"load average {os.getloadavg()[0]:.1f}"
     )
     workdir = tempfile.mkdtemp(prefix="zeroinit-bench-helpers-")
+    state_root = tempfile.mkdtemp(prefix="zeroinit-bench-helpers-fleet-", dir=args.state_dir)
     try:
         ca_cert, ca_key = os.path.join(workdir, "ca.pem"), os.path.join(workdir, "ca.key")
         CertificateAuthority.load_or_create(ca_cert, ca_key)
@@ -219,7 +224,7 @@ def main() -> int:
         for name, count, decider in runs:
             if count <= 0:
                 continue
-            rows[name] = row = bench_run(name, count, workdir, decider, args.workers, args.connections)
+            rows[name] = row = bench_run(name, count, state_root, decider, args.workers, args.connections)
             print(json.dumps(row))
         floor = rows.get("floor", {}).get("nodes_per_s") or 0.0
         print(f"floor (built-in signer, no helper), {floor_nodes} nodes: {floor:.0f} nodes/s")
@@ -255,6 +260,7 @@ def main() -> int:
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(state_root, ignore_errors=True)
     return 0
 
 

@@ -225,6 +225,15 @@ def trust_material(workdir: str, mode: str, broker_url: str, identities: list) -
     return settings, fleet_args
 
 
+def add_state_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--state-dir``: where a simulated fleet's node directories go; tmpfs by default, see the module docstring."""
+    parser.add_argument(
+        "--state-dir",
+        default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+        help="where the simulated nodes' directories go (default /dev/shm when there is one)",
+    )
+
+
 def fleet_parts(count: int, per_process: int) -> list[tuple[str, int]]:
     """(identity prefix, nodes) of each fleet process: ``count`` nodes split evenly, at most ``per_process`` each."""
     processes = max(1, -(-count // max(1, per_process)))
@@ -509,11 +518,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1000, help="nodes in flight")
     parser.add_argument("--connections", type=int, default=4, help="NATS connections of each fleet process")
     parser.add_argument("--fleet-nodes", type=int, default=12500, help="simulated nodes per fleet process at most")
-    parser.add_argument(
-        "--state-dir",
-        default="/dev/shm" if os.path.isdir("/dev/shm") else None,
-        help="where the simulated nodes' directories go (default /dev/shm when there is one)",
-    )
+    add_state_dir_option(parser)
     parser.add_argument(
         "--trust-nodes", type=int, default=None, help="nodes for the signatures off/on comparison (0: skip)"
     )

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.pki.ca import CertificateAuthority
 from ansible_collections.zeroinit.bootstrap.plugins.module_utils.provisioning.service.membership import node_owner
 from bench.bench_agent import load_average, machine
-from bench.bench_provision import _floor, proc_stats
+from bench.bench_provision import _floor, add_state_dir_option, proc_stats
 from tests.support.broker import EmbeddedBroker, EmbeddedCluster
 from tests.support.bus import BusCapture
 from tests.support.fleet import AgentFleet, discover
@@ -234,11 +234,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4, help="NATS connections of the fleet process")
     parser.add_argument("--failover-nodes", type=int, default=None, help="fleet of the failover run (0: skip)")
     parser.add_argument("--claim-ttl", type=int, default=5, help="claim_ttl of the failover run's instances")
-    parser.add_argument(
-        "--state-dir",
-        default="/dev/shm" if os.path.isdir("/dev/shm") else None,
-        help="where the simulated nodes' directories go (default /dev/shm when there is one)",
-    )
+    add_state_dir_option(parser)
     args = parser.parse_args()
     nodes = args.nodes or (1000 if args.quick else 10000)
     failover_nodes = args.failover_nodes if args.failover_nodes is not None else (600 if args.quick else 3000)
