@@ -8,14 +8,14 @@ A real three-server nats-server cluster with JetStream on loopback, the instance
 (``.venv/bin/zeroinit-provisioner run``, instance i connected to server i), the built-in signer, one fleet process
 (``zeroinit-agent --fleet``) on server 0 with its nodes' directories in ``--state-dir`` (default /dev/shm, as
 bench_provision: on one shared disk, creating the simulated nodes' files took the fleet more CPU than everything
-else it did, and as much more as the disk was busy). Each run: the instances start and are paused, the fleet starts (its
-nodes' startup events fill every instance's queue), then ``resume``; the run's time is from the first node's
-start to the last node's outcome, read from the instances' JSON log lines. Printed per run: nodes/s, the ratio
-to one instance and to the floor measured in the same run (raw NATS request/reply through the cluster with a
-trivial responder, divided by the 4 round trips of a node), and each instance's memory (RSS idle after start,
-peak while busy). Failover: 3 instances; when a third of the nodes are provisioned the first instance is
-SIGKILLed; a capture of the bus gives, for each node it held, the time from the kill to a survivor's first
-request to it, and the same for the nodes that fell to it (rendezvous hashing) and it had not started.
+else it did, and as much more as the disk was busy). Each run: the instances start and are paused, the fleet starts
+(its nodes' startup events fill every instance's queue), then ``resume``; the run's time is from the first node's
+start to the last node's outcome, read from the instances' JSON log lines. Printed per run: nodes/s, the ratio to
+one instance and to the floor measured in the same run (raw NATS request/reply through the cluster with a trivial
+responder, divided by the 4 round trips of a node), and each instance's memory (RSS idle after start, peak while
+busy). Failover: 3 instances; when a third of the nodes are provisioned the first instance is SIGKILLed; a capture
+of the bus gives, for each node it held, the time from the kill to a survivor's first request to it, and the same
+for the nodes that fell to it (rendezvous hashing) and it had not started.
 """
 
 from __future__ import annotations
